@@ -1,0 +1,127 @@
+"""The ``tigerrec`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from .config import RunConfig
+
+log = logging.getLogger("tigerrec")
+
+
+def load_config(args, preset: str | None = None) -> RunConfig:
+    """Preset (if any) < config file < --set overrides < dedicated flags."""
+    from .presets import preset_config
+
+    cfg = preset_config(preset) if preset else RunConfig()
+    if args.config:
+        from .config import read_config_file
+
+        merged = cfg.to_dict()
+        for section, values in read_config_file(args.config).items():
+            if not isinstance(values, dict) or section not in merged:
+                raise ValueError(f"{args.config}: unknown section {section!r}; sections are {sorted(merged)}")
+            merged[section].update(values)
+        cfg = RunConfig.from_dict(merged)
+    overrides = list(args.set or [])
+    for flag, key in (("encoder", "text.encoder"), ("scheme", "ids.scheme"), ("epochs", "ids.epochs"),
+                      ("steps", "train.steps"), ("max_minutes", "train.max_minutes")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    return cfg.override(overrides)
+
+
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML or TOML config file (sections: data, text, ids, model, train, eval)")
+    parser.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one setting (repeatable)")
+    parser.add_argument("--encoder", help="sentence encoder: name, local folder, or 'auto' (offline all-mpnet-base-v2)")
+    parser.add_argument("--scheme", choices=["rqvae", "rqkmeans", "lsh", "random"], help="Semantic ID scheme")
+    parser.add_argument("--epochs", type=int, help="quantiser training epochs")
+
+
+def cmd_ids(args) -> None:
+    from .data import load_dataset
+    from .pipeline import build_semantic_ids
+
+    cfg = load_config(args)
+    dataset = load_dataset(args.data_dir, cfg.data.min_interactions)
+    ids = build_semantic_ids(dataset, cfg, args.out)
+    metrics = ids.metrics()
+    print(f"{len(ids.item_ids)} items -> {Path(args.out) / 'semantic_ids.csv'}")
+    print(f"utilisation per level: {metrics['utilization']}, unique 3-code prefixes: "
+          f"{metrics['unique_prefix_share']:.1%}, largest collision group: {metrics['max_collision_group']}")
+
+
+def resolve_source(target: str, data_dir: str | None) -> tuple[str | None, str]:
+    """(preset or None, dataset source) for ``tigerrec run TARGET``."""
+    from .presets import AMAZON_CATEGORIES, PRESETS
+
+    if target in PRESETS:
+        if data_dir:
+            return target, data_dir
+        if target == "tiny":
+            return target, "tiny"
+        from .data.amazon import download_amazon
+        from .text import cache_dir
+
+        return target, str(download_amazon(AMAZON_CATEGORIES[target], cache_dir() / "datasets"))
+    if Path(target).is_dir():
+        return None, target
+    raise ValueError(f"{target!r} is neither a preset ({', '.join(PRESETS)}) nor a dataset directory")
+
+
+def cmd_run(args) -> None:
+    from .pipeline import run
+
+    preset, source = resolve_source(args.target, args.data_dir)
+    cfg = load_config(args, preset)
+    metrics = run(source, cfg, args.out)
+    if metrics:
+        test = metrics["test"]
+        print(f"test  R@5 {test['recall@5']:.4f}  N@5 {test['ndcg@5']:.4f}  R@10 {test['recall@10']:.4f}  N@10 {test['ndcg@10']:.4f}")
+        print(f"metrics written to {Path(args.out) / 'metrics.json'}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tigerrec", description="Generative retrieval recommenders with Semantic IDs (TIGER).")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    ids = commands.add_parser("ids", help="item metadata -> Semantic IDs (semantic_ids.csv, quantiser, metrics)")
+    ids.add_argument("data_dir", help="dataset directory (P5, raw Amazon 2014 or custom tables) or 'tiny'")
+    ids.add_argument("--out", required=True, help="output directory")
+    add_config_options(ids)
+    ids.set_defaults(func=cmd_ids)
+
+    run = commands.add_parser("run", help="the whole pipeline: embeddings -> Semantic IDs -> training -> evaluation")
+    run.add_argument("target", help="preset (beauty, sports, toys, tiny) or a dataset directory")
+    run.add_argument("--data-dir", help="local dataset directory for a preset (otherwise it is downloaded)")
+    run.add_argument("--out", required=True, help="run directory (reused stages are skipped; training resumes)")
+    run.add_argument("--steps", type=int, help="training steps")
+    run.add_argument("--max-minutes", type=float, help="stop training after this many minutes")
+    add_config_options(run)
+    run.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        with logging_redirect_tqdm():
+            args.func(args)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        log.error("%s", e.args[0] if e.args else e)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""Typed configuration for every stage of the pipeline.
+
+Defaults are the paper's values (Rajput et al. 2023, see TIGER_SPEC.md) unless a
+comment says otherwise. A config loads from YAML or TOML and takes dotted
+command-line overrides such as ``train.steps=20000``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+
+@dataclass
+class DataConfig:
+    max_history: int = 20  # most recent items fed to the model
+    min_interactions: int = 3  # a user needs train + valid + test items
+
+
+@dataclass
+class TextConfig:
+    # "auto" = offline all-mpnet-base-v2 (768-d) if installed, else all-MiniLM-L6-v2.
+    # Any sentence-transformers name (e.g. sentence-transformers/sentence-t5-base,
+    # the paper's encoder) or local folder works too.
+    encoder: str = "auto"
+    template: str = "{title}. Price: {price}. Brand: {brand}. Categories: {categories}."
+    batch_size: int = 128
+
+
+@dataclass
+class IDsConfig:
+    scheme: str = "rqvae"  # rqvae | rqkmeans | lsh | random
+    levels: int = 3
+    codebook_size: int = 256
+    code_dim: int = 32
+    hidden_dims: list[int] = field(default_factory=lambda: [512, 256, 128])
+    beta: float = 0.25  # commitment weight
+    lr: float = 0.4  # Adagrad
+    batch_size: int = 1024
+    # The paper trains 20k epochs; ~1.5k reach the same utilisation here (BENCHMARKS.md).
+    epochs: int = 1500
+    seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    d_model: int = 128
+    num_heads: int = 6
+    head_dim: int = 64
+    d_ff: int = 1024
+    encoder_layers: int = 4
+    decoder_layers: int = 4
+    dropout: float = 0.1
+    user_buckets: int = 2000
+    use_user_token: bool = True
+    relative_buckets: int = 32  # T5 relative position bias
+    relative_max_distance: int = 128
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 200_000  # paper: 200k Beauty/Sports, 100k Toys
+    batch_size: int = 256
+    lr: float = 0.01
+    warmup_steps: int = 10_000  # constant lr, then inverse square root decay
+    optimizer: str = "adafactor"  # adafactor | adamw
+    weight_decay: float = 0.0
+    eval_every: int = 5_000
+    patience: int = 0  # evaluations without improvement before stopping; 0 = never
+    valid_users: int = 0  # validation on a fixed random subset of users; 0 = all
+    checkpoint_every: int = 1_000
+    log_every: int = 100
+    bf16: str = "auto"  # auto | on | off
+    seed: int = 0
+    max_minutes: float = 0.0  # wall-clock budget for training; 0 = none
+
+
+@dataclass
+class EvalConfig:
+    beam_size: int = 20
+    top_k: int = 10
+    batch_size: int = 512
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    ids: IDsConfig = field(default_factory=IDsConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "RunConfig":
+        return _build(cls, values, "")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RunConfig":
+        return cls.from_dict(read_config_file(path))
+
+    def override(self, assignments: list[str]) -> "RunConfig":
+        """Apply ``section.key=value`` strings; values are parsed as YAML scalars."""
+        values = self.to_dict()
+        for assignment in assignments:
+            if "=" not in assignment:
+                raise ValueError(f"override {assignment!r} must look like section.key=value")
+            key, raw = assignment.split("=", 1)
+            parts = key.strip().split(".")
+            if len(parts) != 2 or parts[0] not in values:
+                raise ValueError(f"unknown config key {key!r}; sections are {sorted(values)}")
+            section, name = parts
+            if name not in values[section]:
+                raise ValueError(f"unknown config key {key!r}; {section} has {sorted(values[section])}")
+            values[section][name] = yaml.safe_load(raw)
+        return RunConfig.from_dict(values)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    text = path.read_text()
+    if path.suffix == ".toml":
+        return tomllib.loads(text)
+    if path.suffix in (".yaml", ".yml"):
+        return yaml.safe_load(text) or {}
+    if path.suffix == ".json":
+        return json.loads(text)
+    raise ValueError(f"config file {path} must end in .yaml, .yml, .toml or .json")
+
+
+def _build(cls, values: dict[str, Any], where: str):
+    """Build dataclass ``cls`` from a nested dict, checking names and types."""
+    if not isinstance(values, dict):
+        raise ValueError(f"config section {where or '<root>'} must be a mapping, got {values!r}")
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - names
+    if unknown:
+        raise ValueError(f"unknown config key(s) {sorted(unknown)} in {where or '<root>'}; known: {sorted(names)}")
+    kwargs = {}
+    for name, value in values.items():
+        hint = hints[name]
+        label = f"{where}.{name}" if where else name
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, label)
+        else:
+            kwargs[name] = _coerce(hint, value, label)
+    return cls(**kwargs)
+
+
+def _coerce(hint, value, label):
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"config {label} must be true or false, got {value!r}")
+    if hint in (int, float, str):
+        if hint is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, hint) and not isinstance(value, bool):
+            return value
+        raise ValueError(f"config {label} must be {hint.__name__}, got {value!r}")
+    if getattr(hint, "__origin__", None) is list:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"config {label} must be a list, got {value!r}")
+        return [_coerce(hint.__args__[0], v, label) for v in value]
+    return value

@@ -1,0 +1,126 @@
+"""Generating Semantic IDs: batched beam search (or sampling), optionally constrained by a prefix trie.
+
+The trie is a dense table ``next[node, code]``: for an ID prefix (a node) and a
+code it gives the node of the longer prefix, or, at the last position, the item
+index; -1 marks a code that leads to no item. Constrained decoding masks those
+codes, so every generated ID is a real item.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .model import NUM_SPECIAL, TigerModel
+
+
+class PrefixTrie:
+    def __init__(self, item_codes: np.ndarray, codebook_size: int):
+        codes = np.asarray(item_codes, dtype=np.int64)
+        n, length = codes.shape
+        self.id_length, self.codebook_size = length, codebook_size
+        # Node ids: 0 = root, then one per distinct prefix of length 1..length-1.
+        parent = np.zeros(n, dtype=np.int64)
+        num_nodes, steps = 1, []
+        for depth in range(length):
+            if depth < length - 1:
+                _, child = np.unique(codes[:, : depth + 1], axis=0, return_inverse=True)
+                child = child.ravel() + num_nodes
+                num_nodes = int(child.max()) + 1
+            else:
+                child = np.arange(n)  # the last code leads to the item itself
+            steps.append((parent, codes[:, depth], child))
+            parent = child
+        table = np.full((num_nodes, codebook_size), -1, dtype=np.int64)
+        for parent, code, child in steps:
+            table[parent, code] = child
+        if len(np.unique(codes, axis=0)) != n:
+            raise ValueError("item Semantic IDs are not unique; the trie needs one item per ID")
+        self.table = torch.from_numpy(table)
+
+    def to(self, device) -> "PrefixTrie":
+        self.table = self.table.to(device)
+        return self
+
+    def step(self, nodes: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """Follow ``codes`` from ``nodes``; -1 (dead) stays -1."""
+        alive = nodes >= 0
+        nxt = self.table[nodes.clamp(min=0), codes]
+        return torch.where(alive, nxt, torch.full_like(nxt, -1))
+
+    def allowed(self, nodes: torch.Tensor) -> torch.Tensor:
+        """(..., codebook_size) bool: codes that continue a valid prefix."""
+        return (self.table[nodes.clamp(min=0)] >= 0) & (nodes >= 0)[..., None]
+
+
+@dataclass
+class Generated:
+    items: torch.Tensor  # (B, k) item indices, -1 = the ID matches no item (unconstrained only)
+    codes: torch.Tensor  # (B, k, id_length)
+    scores: torch.Tensor  # (B, k) sequence log-probabilities
+
+
+@torch.no_grad()
+def generate(
+    model: TigerModel,
+    tokens: torch.Tensor,
+    trie: PrefixTrie,
+    beam_size: int = 20,
+    top_k: int = 10,
+    constrained: bool = True,
+    temperature: float | None = None,
+    generator: torch.Generator | None = None,
+) -> Generated:
+    """Top-k Semantic IDs for each input row.
+
+    With ``temperature`` set, each beam keeps its continuation by sampling from
+    the tempered distribution instead of taking the most likely ones (diverse
+    recommendations); ``temperature=None`` is plain beam search.
+    """
+    if top_k > beam_size:
+        raise ValueError(f"top_k ({top_k}) cannot exceed beam_size ({beam_size})")
+    batch = tokens.shape[0]
+    device = tokens.device
+    memory_kv, memory_mask = model.encode(tokens)
+    length, size = model.id_length, model.codebook_size
+
+    beams = 1  # beams per row; grows to beam_size after the first step
+    codes = torch.empty(batch, 1, 0, dtype=torch.long, device=device)
+    scores = torch.zeros(batch, 1, device=device)
+    nodes = torch.zeros(batch, 1, dtype=torch.long, device=device)
+    offsets = NUM_SPECIAL + size * torch.arange(length, device=device)
+    for position in range(length):
+        decoder_tokens = torch.cat(
+            [torch.full((batch, beams, 1), 1, device=device, dtype=torch.long), codes + offsets[:position]], dim=2
+        ).flatten(0, 1)
+        kv = [(k.repeat_interleave(beams, 0), v.repeat_interleave(beams, 0)) for k, v in memory_kv]
+        logits = model.decode(decoder_tokens, kv, memory_mask.repeat_interleave(beams, 0))[:, -1].float()
+        logits = logits.view(batch, beams, size)
+        if temperature is not None:
+            logits = logits / max(temperature, 1e-6)
+        log_probs = logits.log_softmax(-1)
+        if constrained:
+            log_probs = log_probs.masked_fill(~trie.allowed(nodes), float("-inf"))
+        total = (scores[..., None] + log_probs).flatten(1)  # (batch, beams * size)
+        keep = min(beam_size, total.shape[1])
+        if temperature is None:
+            scores, chosen = total.topk(keep, dim=1)
+        else:
+            # Sample beams without replacement (Gumbel top-k), then keep their true scores.
+            gumbel = -torch.log(-torch.log(torch.rand(total.shape, device=device, generator=generator).clamp(1e-10, 1.0)))
+            chosen = (total + gumbel).topk(keep, dim=1).indices
+            scores = total.gather(1, chosen)
+        parent, code = chosen // size, chosen % size
+        codes = torch.cat([codes.gather(1, parent[..., None].expand(-1, -1, position)), code[..., None]], dim=2)
+        nodes = trie.step(nodes.gather(1, parent), code)
+        beams = keep
+    # Beams are sorted by score already for beam search; sort sampled ones too.
+    scores, order = scores.sort(dim=1, descending=True)
+    order = order[:, :top_k]
+    items = nodes.gather(1, order)
+    scores = scores[:, :top_k]
+    # Paths through -inf (no valid continuation, only with fewer items than beams) are not results.
+    items = torch.where(torch.isfinite(scores), items, torch.full_like(items, -1))
+    return Generated(items, codes.gather(1, order[..., None].expand(-1, -1, length)), scores)

@@ -1,0 +1,39 @@
+"""Where tensors live and which precision to compute in."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+
+import torch
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@functools.cache
+def bf16_supported(device: str) -> bool:
+    """bf16 pays off on GPUs that support it and on CPUs with native bf16 units (AMX / AVX512-BF16)."""
+    if device.startswith("cuda"):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return " amx_bf16" in flags or " avx512_bf16" in flags
+
+
+def use_bf16(device: str, setting: str = "auto") -> bool:
+    if setting not in ("auto", "on", "off"):
+        raise ValueError(f"bf16 must be auto, on or off, got {setting!r}")
+    return setting == "on" or (setting == "auto" and bf16_supported(device))
+
+
+def autocast(device: str, enabled: bool | None = None):
+    """bf16 autocast when enabled (default: when the hardware supports it)."""
+    if enabled is None:
+        enabled = bf16_supported(device)
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device.split(":")[0], dtype=torch.bfloat16)

@@ -1,0 +1,75 @@
+"""Recall@K and NDCG@K over all users and the full catalogue (a hit is the exact item)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .decoding import PrefixTrie, generate
+from .device import autocast
+from .model import TigerModel
+from .sequences import Examples, Tokenizer
+
+log = logging.getLogger(__name__)
+
+
+def ranking_metrics(ranked: np.ndarray, targets: np.ndarray, ks=(5, 10)) -> dict[str, float]:
+    """ranked: (N, >=max(ks)) item indices best first (-1 = no item); targets: (N,)."""
+    if len(ranked) != len(targets):
+        raise ValueError(f"{len(ranked)} rankings for {len(targets)} targets")
+    hits = ranked == targets[:, None]
+    # Rank of the target (0-based), or a large number when it is missing.
+    rank = np.where(hits.any(1), hits.argmax(1), np.iinfo(np.int64).max)
+    metrics = {}
+    for k in ks:
+        if ranked.shape[1] < k:
+            raise ValueError(f"need at least {k} recommendations per user, got {ranked.shape[1]}")
+        hit = rank < k
+        metrics[f"recall@{k}"] = float(hit.mean())
+        metrics[f"ndcg@{k}"] = float(np.where(hit, 1.0 / np.log2(np.minimum(rank, k) + 2.0), 0.0).mean())
+    return metrics
+
+
+@torch.no_grad()
+def recommend_examples(
+    model: TigerModel,
+    tokenizer: Tokenizer,
+    trie: PrefixTrie,
+    examples: Examples,
+    user_tokens: np.ndarray,
+    beam_size: int,
+    top_k: int,
+    batch_size: int = 512,
+    constrained: bool = True,
+    bf16: bool = False,
+    desc: str = "decode",
+):
+    """Top-k item indices (N, top_k) and their ID codes for every example, in batches of similar length."""
+    model.eval()
+    device = next(model.parameters()).device
+    order = np.argsort(examples.lengths, kind="stable")
+    items = np.full((len(examples), top_k), -1, dtype=np.int64)
+    codes = np.zeros((len(examples), top_k, tokenizer.id_length), dtype=np.int64)
+    for begin in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False, mininterval=2):
+        index = order[begin : begin + batch_size]
+        tokens = tokenizer.encoder_input(torch.from_numpy(examples.histories[index]), torch.from_numpy(user_tokens[index]))
+        with autocast(str(device), bf16):
+            out = generate(model, tokens.to(device), trie, beam_size, top_k, constrained)
+        items[index] = out.items.cpu().numpy()
+        codes[index] = out.codes.cpu().numpy()
+    return items, codes
+
+
+def evaluate(model, tokenizer, trie, examples, user_tokens, beam_size=20, top_k=10, batch_size=512, bf16=False, constrained=True, desc="eval") -> dict:
+    start = time.perf_counter()
+    ranked, _ = recommend_examples(model, tokenizer, trie, examples, user_tokens, beam_size, top_k, batch_size, constrained, bf16, desc)
+    metrics = ranking_metrics(ranked, examples.targets)
+    if not constrained:
+        metrics["invalid_share"] = float((ranked < 0).mean())
+    metrics["users"] = len(examples)
+    metrics["seconds"] = round(time.perf_counter() - start, 2)
+    return metrics

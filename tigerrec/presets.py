@@ -1,0 +1,29 @@
+"""Named settings: the paper's three benchmarks and a tiny generated dataset for smoke runs."""
+
+from __future__ import annotations
+
+from .config import RunConfig
+
+# Training steps per dataset as in the paper; everything else is the paper default.
+PRESETS: dict[str, dict] = {
+    "beauty": {"train": {"steps": 200_000}},
+    "sports": {"train": {"steps": 200_000}},
+    "toys": {"train": {"steps": 100_000}},
+    # Generated data, a fast encoder and small budgets: the whole pipeline in well under a minute.
+    "tiny": {
+        "text": {"encoder": "all-MiniLM-L6-v2"},
+        "ids": {"epochs": 150, "codebook_size": 16, "hidden_dims": [128, 64], "code_dim": 16},
+        "model": {"encoder_layers": 2, "decoder_layers": 2, "d_ff": 256, "num_heads": 4, "head_dim": 32, "user_buckets": 50},
+        "train": {"steps": 600, "batch_size": 64, "warmup_steps": 100, "eval_every": 200, "checkpoint_every": 200, "log_every": 50},
+        "eval": {"beam_size": 10, "batch_size": 256},
+    },
+}
+
+# Official Amazon 2014 category names, for the downloader.
+AMAZON_CATEGORIES = {"beauty": "Beauty", "sports": "Sports_and_Outdoors", "toys": "Toys_and_Games"}
+
+
+def preset_config(name: str) -> RunConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return RunConfig.from_dict(PRESETS[name])

@@ -1,0 +1,119 @@
+"""Semantic IDs: unique 4-token IDs from quantiser codes.
+
+Items whose ``levels`` codes coincide get an extra last code 0, 1, 2, ... in item
+order (0 when unique), so every item has a unique ID such as (7, 1, 4, 0).
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .io import atomic_path
+
+IDS_FILE = "semantic_ids.csv"
+
+
+class CollisionError(ValueError):
+    pass
+
+
+def add_collision_code(codes: np.ndarray, capacity: int, taken: Counter | None = None) -> np.ndarray:
+    """Append the collision code to each row of ``codes`` (N, levels).
+
+    ``taken`` counts, per prefix, how many collision codes are already used (by
+    previously assigned items); new items continue from there. Raises when a
+    prefix group outgrows the last level's ``capacity``.
+    """
+    taken = Counter() if taken is None else taken
+    last = np.empty(len(codes), dtype=np.int64)
+    for i, prefix in enumerate(map(tuple, codes.tolist())):
+        last[i] = taken[prefix]
+        taken[prefix] += 1
+    largest = max(taken.values(), default=0)
+    if largest > capacity:
+        worst = max(taken, key=taken.get)
+        raise CollisionError(
+            f"{largest} items share the codes {worst}, more than the {capacity} values of the collision "
+            "code; train the quantiser longer, use a larger codebook, or another ID scheme"
+        )
+    return np.concatenate([codes, last[:, None]], axis=1)
+
+
+@dataclass
+class SemanticIDs:
+    """The ID table: ``item_ids[i]`` has the tuple ``codes[i]`` (levels + 1 codes)."""
+
+    item_ids: list[str]
+    codes: np.ndarray  # (N, levels + 1) int64
+    codebook_size: int
+
+    @classmethod
+    def from_codes(cls, item_ids: list[str], codes: np.ndarray, codebook_size: int) -> "SemanticIDs":
+        if len(item_ids) != len(codes):
+            raise ValueError(f"{len(item_ids)} items but {len(codes)} code rows")
+        return cls(list(item_ids), add_collision_code(np.asarray(codes, dtype=np.int64), codebook_size), codebook_size)
+
+    @property
+    def length(self) -> int:
+        return self.codes.shape[1]
+
+    def add_items(self, item_ids: list[str], codes: np.ndarray) -> "SemanticIDs":
+        """IDs for new (e.g. cold-start) items: same quantiser codes, next free collision codes."""
+        known = set(self.item_ids)
+        clash = [i for i in item_ids if i in known]
+        if clash:
+            raise ValueError(f"items already have Semantic IDs: {clash[:5]}")
+        taken = Counter(map(tuple, self.codes[:, :-1].tolist()))
+        new = add_collision_code(np.asarray(codes, dtype=np.int64), self.codebook_size, taken)
+        return SemanticIDs(self.item_ids + list(item_ids), np.concatenate([self.codes, new]), self.codebook_size)
+
+    def collision_groups(self) -> Counter:
+        """Histogram: group size -> number of prefixes with that many items."""
+        sizes = Counter(map(tuple, self.codes[:, :-1].tolist()))
+        return Counter(sizes.values())
+
+    def metrics(self) -> dict:
+        prefixes = self.codes[:, :-1]
+        sizes = Counter(map(tuple, prefixes.tolist()))
+        per_item = np.array([sizes[p] for p in map(tuple, prefixes.tolist())])
+        return {
+            "items": len(self.item_ids),
+            "utilization": [round(len(np.unique(prefixes[:, l])) / self.codebook_size, 4) for l in range(prefixes.shape[1])],
+            "unique_prefix_share": round(float((per_item == 1).mean()), 4),
+            "max_collision_group": int(per_item.max()),
+            "collision_group_sizes": {str(k): v for k, v in sorted(self.collision_groups().items())},
+            "unique_ids": len(np.unique(self.codes, axis=0)) == len(self.codes),
+        }
+
+    def save(self, directory: str | Path) -> Path:
+        path = Path(directory) / IDS_FILE
+        header = ["item_id"] + [f"c{i + 1}" for i in range(self.length)]
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(header)
+            for item, row in zip(self.item_ids, self.codes.tolist()):
+                writer.writerow([item, *row])
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path, codebook_size: int = 256) -> "SemanticIDs":
+        path = Path(directory) / IDS_FILE if Path(directory).is_dir() else Path(directory)
+        if not path.is_file():
+            raise FileNotFoundError(f"no Semantic IDs at {path}; run `tigerrec ids` first")
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+        if not rows or rows[0][0] != "item_id":
+            raise ValueError(f"{path}: expected a header 'item_id,c1,...'")
+        try:
+            codes = np.array([[int(c) for c in row[1:]] for row in rows[1:]], dtype=np.int64)
+        except ValueError as e:
+            raise ValueError(f"{path}: non-integer code ({e})") from None
+        ids = cls([row[0] for row in rows[1:]], codes, codebook_size)
+        if len(np.unique(codes, axis=0)) != len(codes):
+            raise ValueError(f"{path}: Semantic IDs are not unique")
+        return ids

@@ -1,0 +1,120 @@
+"""From item sequences to token batches.
+
+Vocabulary: PAD, BOS, then ``id_length x codebook_size`` codeword tokens (token
+= "code c at position p"), then ``user_buckets`` user tokens. The encoder input
+is [user token, the 4 tokens of each of the last ``max_history`` items]; the
+target is the next item's 4 codes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .model import BOS, NUM_SPECIAL, PAD
+
+
+def user_bucket(user_id: str, buckets: int) -> int:
+    """Stable hash of a user id into ``buckets`` (Python's ``hash`` is salted per process)."""
+    digest = hashlib.blake2b(str(user_id).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % buckets
+
+
+class Tokenizer:
+    def __init__(self, item_codes: np.ndarray, codebook_size: int, user_buckets: int, max_history: int, use_user_token: bool = True):
+        self.item_codes = torch.as_tensor(item_codes, dtype=torch.long)  # (items, id_length)
+        self.id_length = self.item_codes.shape[1]
+        self.codebook_size = codebook_size
+        self.user_buckets = user_buckets
+        self.max_history = max_history
+        self.use_user_token = use_user_token
+        offsets = NUM_SPECIAL + codebook_size * torch.arange(self.id_length)
+        self.item_tokens = self.item_codes + offsets  # (items, id_length)
+        # Row ``num_items`` is all PAD: history slots beyond a user's length point there.
+        self._item_tokens_padded = torch.cat([self.item_tokens, torch.full((1, self.id_length), PAD)])
+        self.user_offset = NUM_SPECIAL + codebook_size * self.id_length
+        self.vocab_size = self.user_offset + user_buckets
+
+    @property
+    def num_items(self) -> int:
+        return len(self.item_codes)
+
+    def user_token(self, user_id: str) -> int:
+        return self.user_offset + user_bucket(user_id, self.user_buckets)
+
+    def encoder_input(self, histories: torch.Tensor, user_tokens: torch.Tensor) -> torch.Tensor:
+        """histories: (B, H) item indices, -1 = padding (right side). Returns (B, [1+] H*id_length) tokens,
+        cut to the longest history in the batch so no batch pays for padding it does not need."""
+        longest = int((histories >= 0).sum(1).max()) if len(histories) else 0
+        histories = histories[:, : max(longest, 1)]
+        tokens = self._item_tokens_padded[torch.where(histories >= 0, histories, self.num_items)]
+        tokens = tokens.flatten(1)
+        if self.use_user_token:
+            tokens = torch.cat([user_tokens[:, None], tokens], dim=1)
+        return tokens
+
+    def decoder_input(self, target_codes: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing: [BOS, token(c1), ..., token(c_{L-1})]."""
+        offsets = NUM_SPECIAL + self.codebook_size * torch.arange(self.id_length - 1, device=target_codes.device)
+        bos = torch.full((len(target_codes), 1), BOS, dtype=torch.long, device=target_codes.device)
+        return torch.cat([bos, target_codes[:, :-1] + offsets], dim=1)
+
+
+@dataclass
+class Examples:
+    """(history, target) pairs as padded arrays: ``histories[i, :lengths[i]]`` are item indices, oldest first."""
+
+    histories: np.ndarray  # (M, max_history) int64, -1 padded
+    lengths: np.ndarray  # (M,)
+    targets: np.ndarray  # (M,) item index, -1 when unknown (inference)
+    users: np.ndarray  # (M,) user index
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    @classmethod
+    def from_histories(cls, histories: list[np.ndarray], targets, users, max_history: int) -> "Examples":
+        n = len(histories)
+        padded = np.full((n, max_history), -1, dtype=np.int64)
+        lengths = np.zeros(n, dtype=np.int64)
+        for i, history in enumerate(histories):
+            recent = history[-max_history:]
+            padded[i, : len(recent)] = recent
+            lengths[i] = len(recent)
+        if n and lengths.min() == 0:
+            raise ValueError(f"{int((lengths == 0).sum())} examples have an empty history")
+        return cls(padded, lengths, np.asarray(targets, dtype=np.int64), np.asarray(users, dtype=np.int64))
+
+    @classmethod
+    def training(cls, train_sequences: list[np.ndarray], max_history: int) -> "Examples":
+        """Every prefix of every user's training part: history s[:t] -> target s[t], t >= 1."""
+        histories, targets, users = [], [], []
+        for user, seq in enumerate(train_sequences):
+            for t in range(1, len(seq)):
+                histories.append(seq[max(0, t - max_history) : t])
+                targets.append(seq[t])
+                users.append(user)
+        return cls.from_histories(histories, targets, users, max_history)
+
+    def subset(self, index: np.ndarray) -> "Examples":
+        return Examples(self.histories[index], self.lengths[index], self.targets[index], self.users[index])
+
+
+def length_bucketed_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, chunk_batches: int = 64) -> list[np.ndarray]:
+    """Shuffled batches of similar-length examples, deterministic in (seed, epoch).
+
+    Shuffle, cut into chunks of ``chunk_batches`` batches, sort each chunk by
+    length, cut into batches, shuffle the batches: randomness stays, padding mostly goes.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths))
+    chunk = batch_size * chunk_batches
+    batches = []
+    for begin in range(0, len(order), chunk):
+        part = order[begin : begin + chunk]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        batches += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]

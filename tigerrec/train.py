@@ -1,0 +1,251 @@
+"""Training the sequence model: bucketed batches, bf16 autocast, validation, exact resume, DDP.
+
+Under ``torchrun --nproc_per_node N`` each process takes every N-th batch of the
+same epoch order (per-process batch = batch_size / N, so the global batch stays
+``batch_size``), gradients are averaged by DistributedDataParallel (gloo on CPU,
+nccl on GPU), and process 0 validates and writes files.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from .config import EvalConfig, TrainConfig
+from .decoding import PrefixTrie
+from .device import autocast, use_bf16
+from .evaluate import evaluate
+from .io import atomic_path, write_text
+from .model import TigerModel
+from .sequences import Examples, Tokenizer, length_bucketed_batches
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+BEST_MODEL = "model.safetensors"
+TRAIN_LOG = "train_log.csv"
+VALID_LOG = "valid_log.csv"
+SELECTION_METRIC = "ndcg@10"
+
+
+@dataclass
+class TrainData:
+    tokenizer: Tokenizer
+    trie: PrefixTrie
+    train: Examples
+    valid: Examples
+    user_tokens: np.ndarray  # (num_users,) encoder token of each user
+
+
+# ------------------------------------------------------------------ distributed
+
+def distributed_context() -> tuple[int, int]:
+    """(rank, world size); joins the process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend)
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def training_device() -> str:
+    if torch.cuda.is_available():
+        return f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    return "cpu"
+
+
+# ------------------------------------------------------------------ logs
+
+def append_csv(path: Path, row: dict) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def read_csv(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def truncate_csv(path: Path, last_step: int) -> None:
+    """Drop log rows written after the checkpoint we resume from (they will be written again)."""
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    kept = [rows[0]] + [r for r in rows[1:] if r and float(r[0]) <= last_step]
+    write_text(path, "".join(",".join(r) + "\r\n" for r in kept))
+
+
+# ------------------------------------------------------------------ training
+
+def lr_factor(step: int, warmup_steps: int) -> float:
+    """Constant for ``warmup_steps``, then inverse square root decay (T5X's rsqrt schedule)."""
+    return min(1.0, math.sqrt(warmup_steps / max(step, 1)))
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig):
+    if cfg.optimizer == "adafactor":
+        optimizer = torch.optim.Adafactor(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    elif cfg.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        raise ValueError(f"unknown optimizer {cfg.optimizer!r}; use adafactor or adamw")
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step + 1, cfg.warmup_steps))
+    return optimizer, schedule
+
+
+def save_model(model: TigerModel, path: Path) -> None:
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp))
+
+
+def train(model: TigerModel, data: TrainData, cfg: TrainConfig, eval_cfg: EvalConfig, run_dir: str | Path) -> dict:
+    """Train for ``cfg.steps`` steps (resuming from ``run_dir/checkpoint.pt`` if present).
+
+    Returns a summary: steps done, best validation metrics and step, timings.
+    The best model by validation NDCG@10 is at ``run_dir/model.safetensors``.
+    """
+    run_dir = Path(run_dir)
+    rank, world = distributed_context()
+    device = training_device()
+    model.to(device)
+    bf16 = use_bf16(device, cfg.bf16)
+    if cfg.batch_size % world:
+        raise ValueError(f"batch_size {cfg.batch_size} must divide among {world} processes")
+    local_batch = cfg.batch_size // world
+
+    torch.manual_seed(cfg.seed)
+    optimizer, schedule = make_optimizer(model, cfg)
+    state = {"step": 0, "best": -1.0, "best_step": 0, "evals_since_best": 0, "seconds": 0.0}
+    checkpoint_path = run_dir / CHECKPOINT
+    if checkpoint_path.exists():
+        checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=True)
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        schedule.load_state_dict(checkpoint["schedule"])
+        torch.set_rng_state(checkpoint["rng"])
+        state = checkpoint["state"]
+        log.info("resuming from %s at step %d", checkpoint_path, state["step"])
+        if rank == 0:
+            truncate_csv(run_dir / TRAIN_LOG, state["step"])
+            truncate_csv(run_dir / VALID_LOG, state["step"])
+
+    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    valid = data.valid
+    if cfg.valid_users and cfg.valid_users < len(valid):
+        valid = valid.subset(np.random.default_rng(cfg.seed).choice(len(valid), cfg.valid_users, replace=False))
+
+    batches_per_epoch = len(length_bucketed_batches(data.train.lengths, local_batch, cfg.seed, 0)) // world
+    if batches_per_epoch == 0:
+        raise ValueError(f"{len(data.train)} training examples are fewer than one batch per process")
+    start_step, step = state["step"], state["step"]
+    started = time.perf_counter() - state["seconds"]
+    window_loss, window_samples, window_start = 0.0, 0, time.perf_counter()
+    progress = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", disable=rank != 0, mininterval=2)
+    stop = step >= cfg.steps
+    while not stop:
+        epoch, position = divmod(step, batches_per_epoch)
+        batches = length_bucketed_batches(data.train.lengths, local_batch, cfg.seed, epoch)
+        batches = batches[rank::world][:batches_per_epoch]
+        for index in batches[position:]:
+            model.train()
+            batch = data.train.subset(index)
+            tokens = data.tokenizer.encoder_input(torch.from_numpy(batch.histories), torch.from_numpy(data.user_tokens[batch.users]))
+            targets = data.tokenizer.item_codes[torch.from_numpy(batch.targets)]
+            decoder_tokens = data.tokenizer.decoder_input(targets)
+            with autocast(device, bf16):
+                logits = net(tokens.to(device), decoder_tokens.to(device))
+            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.to(device).flatten())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.optimizer == "adamw":
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            step += 1
+            window_loss += loss.item()
+            window_samples += len(index) * world
+            progress.update(1)
+
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                elapsed = time.perf_counter() - window_start
+                row = {
+                    "step": step, "samples": step * cfg.batch_size, "epoch": round(step / batches_per_epoch, 3),
+                    "loss": round(window_loss / max(1, step % cfg.log_every or cfg.log_every), 5),
+                    "lr": schedule.get_last_lr()[0], "samples_per_s": round(window_samples / elapsed, 1),
+                }
+                progress.set_postfix(loss=row["loss"], lr=f"{row['lr']:.2g}", sps=row["samples_per_s"])
+                if rank == 0:
+                    append_csv(run_dir / TRAIN_LOG, row)
+                window_loss, window_samples, window_start = 0.0, 0, time.perf_counter()
+
+            out_of_time = cfg.max_minutes and (time.perf_counter() - started) / 60 >= cfg.max_minutes
+            last = step >= cfg.steps or out_of_time
+            if step % cfg.eval_every == 0 or last:
+                if rank == 0:
+                    metrics = evaluate(model, data.tokenizer, data.trie, valid, data.user_tokens[valid.users],
+                                       eval_cfg.beam_size, eval_cfg.top_k, eval_cfg.batch_size, bf16, desc="valid")
+                    append_csv(run_dir / VALID_LOG, {"step": step, "samples": step * cfg.batch_size, **metrics})
+                    log.info("step %d valid %s", step, metrics)
+                    if metrics[SELECTION_METRIC] > state["best"]:
+                        state.update(best=metrics[SELECTION_METRIC], best_step=step, evals_since_best=0)
+                        save_model(model, run_dir / BEST_MODEL)
+                    else:
+                        state["evals_since_best"] += 1
+                patience_over = cfg.patience and state["evals_since_best"] >= cfg.patience
+                last = last or _agree(patience_over, world, device)
+            if step % cfg.checkpoint_every == 0 or last:
+                state.update(step=step, seconds=time.perf_counter() - started)
+                if rank == 0:
+                    _save_checkpoint(checkpoint_path, model, optimizer, schedule, state)
+                if world > 1:
+                    dist.barrier()
+            if last:
+                stop = True
+                break
+    progress.close()
+    summary = {
+        "steps": step, "steps_this_run": step - start_step, "best_step": state["best_step"],
+        "best_valid_" + SELECTION_METRIC: state["best"], "train_seconds": round(time.perf_counter() - started, 1),
+        "bf16": bf16, "world_size": world, "parameters": model.num_parameters(),
+    }
+    return summary
+
+
+def _agree(flag: bool, world: int, device: str) -> bool:
+    """Process 0 decides (it validated); everyone follows."""
+    if world == 1:
+        return bool(flag)
+    value = torch.tensor([1 if flag else 0], device=device)
+    dist.broadcast(value, src=0)
+    return bool(value.item())
+
+
+def _save_checkpoint(path: Path, model, optimizer, schedule, state: dict) -> None:
+    checkpoint = {
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+        "rng": torch.get_rng_state(), "state": dict(state),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(checkpoint, tmp)
