@@ -89,6 +89,7 @@ def generate(
     beams = 1  # beams per row; grows to beam_size after the first step
     codes = torch.empty(batch, 1, 0, dtype=torch.long, device=device)
     scores = torch.zeros(batch, 1, device=device)
+    sample_keys = torch.zeros(batch, 1, device=device)  # tempered log-probabilities (sampling only)
     nodes = torch.zeros(batch, 1, dtype=torch.long, device=device)
     offsets = NUM_SPECIAL + size * torch.arange(length, device=device)
     for position in range(length):
@@ -98,8 +99,6 @@ def generate(
         kv = [(k.repeat_interleave(beams, 0), v.repeat_interleave(beams, 0)) for k, v in memory_kv]
         logits = model.decode(decoder_tokens, kv, memory_mask.repeat_interleave(beams, 0))[:, -1].float()
         logits = logits.view(batch, beams, size)
-        if temperature is not None:
-            logits = logits / max(temperature, 1e-6)
         log_probs = logits.log_softmax(-1)
         if constrained:
             log_probs = log_probs.masked_fill(~trie.allowed(nodes), float("-inf"))
@@ -108,19 +107,22 @@ def generate(
         if temperature is None:
             scores, chosen = total.topk(keep, dim=1)
         else:
-            # Sample beams without replacement (Gumbel top-k), then keep their true scores.
-            gumbel = -torch.log(-torch.log(torch.rand(total.shape, device=device, generator=generator).clamp(1e-10, 1.0)))
-            chosen = (total + gumbel).topk(keep, dim=1).indices
-            scores = total.gather(1, chosen)
+            # Sample continuations without replacement from the tempered distribution
+            # (Gumbel top-k); scores stay the model's own log-probabilities.
+            tempered = (logits / max(temperature, 1e-6)).log_softmax(-1)
+            if constrained:
+                tempered = tempered.masked_fill(~trie.allowed(nodes), float("-inf"))
+            keys = (sample_keys[..., None] + tempered).flatten(1)
+            uniform = torch.rand(keys.shape, device=device, generator=generator).clamp(1e-10, 1.0)
+            perturbed, chosen = (keys - torch.log(-torch.log(uniform))).topk(keep, dim=1)
+            sample_keys, scores = keys.gather(1, chosen), total.gather(1, chosen)
         parent, code = chosen // size, chosen % size
         codes = torch.cat([codes.gather(1, parent[..., None].expand(-1, -1, position)), code[..., None]], dim=2)
         nodes = trie.step(nodes.gather(1, parent), code)
         beams = keep
-    # Beams are sorted by score already for beam search; sort sampled ones too.
-    scores, order = scores.sort(dim=1, descending=True)
-    order = order[:, :top_k]
-    items = nodes.gather(1, order)
-    scores = scores[:, :top_k]
+    # Beam search keeps beams sorted by score; sampled beams come in the order they were drawn.
+    order = torch.arange(top_k, device=device).expand(batch, -1)
+    items, scores = nodes.gather(1, order), scores.gather(1, order)
     # Paths through -inf (no valid continuation, only with fewer items than beams) are not results.
     items = torch.where(torch.isfinite(scores), items, torch.full_like(items, -1))
     return Generated(items, codes.gather(1, order[..., None].expand(-1, -1, length)), scores)

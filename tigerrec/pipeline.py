@@ -111,6 +111,7 @@ def prepare(dataset: Dataset, ids: SemanticIDs, cfg: RunConfig) -> tuple[TrainDa
         user_tokens=user_tokens,
     )
     test = Examples.from_histories(split.test_history, split.test_target, users, cfg.data.max_history)
+    torch.manual_seed(cfg.train.seed)  # same seed, same initial weights
     model = TigerModel(cfg.model, tokenizer.vocab_size, tokenizer.id_length, ids.codebook_size)
     return data, test, model
 

@@ -127,6 +127,7 @@ def train(model: TigerModel, data: TrainData, cfg: TrainConfig, eval_cfg: EvalCo
     The best model by validation NDCG@10 is at ``run_dir/model.safetensors``.
     """
     run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
     rank, world = distributed_context()
     device = training_device()
     model.to(device)

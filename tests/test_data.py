@@ -1,0 +1,85 @@
+import gzip
+import json
+
+import numpy as np
+import pytest
+
+from conftest import SHARED_DATA
+from tigerrec.data import DataError, leave_one_out, load_dataset, make_tiny
+from tigerrec.data.p5 import read_p5, write_p5
+
+
+def write_dir(path, sequences: str, meta: list[dict] | None = None):
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "sequential_data.txt").write_text(sequences)
+    if meta is not None:
+        with gzip.open(path / "item_meta.jsonl.gz", "wt") as f:
+            for row in meta:
+                f.write(json.dumps(row) + "\n")
+    return path
+
+
+def test_p5_reader_numbers_items_in_order_of_appearance(tmp_path):
+    meta = [{"item_id": i, "title": f"t{i}", "brand": None} for i in (7, 8, 9, 5)]
+    ds = read_p5(write_dir(tmp_path / "d", "1 7 8 9\n2 9 5 7 8\n", meta))
+    assert ds.user_ids == ["1", "2"] and ds.item_ids == ["7", "8", "9", "5"]
+    assert [s.tolist() for s in ds.sequences] == [[0, 1, 2], [2, 3, 0, 1]]
+    assert ds.item_meta[3] == {"title": "t5"}  # None fields dropped
+    assert ds.item_index("9") == 2
+    with pytest.raises(KeyError, match="unknown item id '42'"):
+        ds.item_index("42")
+
+
+def test_p5_reader_skips_short_users_and_counts_them(tmp_path, caplog):
+    ds = read_p5(write_dir(tmp_path / "d", "1 1 2 3\n2 1 2\n3 4 5 6\n"))
+    assert ds.user_ids == ["1", "3"]
+    assert "skipped 1 users with fewer than 3 interactions" in caplog.text
+
+
+def test_p5_reader_errors_name_file_and_line(tmp_path):
+    with pytest.raises(DataError, match=r"sequential_data.txt:2: expected"):
+        read_p5(write_dir(tmp_path / "a", "1 1 2 3\n2\n"))
+    with pytest.raises(DataError, match=r"user 1 appears twice"):
+        read_p5(write_dir(tmp_path / "b", "1 1 2 3\n1 4 5 6\n"))
+    d = write_dir(tmp_path / "c", "1 1 2 3\n")
+    with gzip.open(d / "item_meta.jsonl.gz", "wt") as f:
+        f.write('{"item_id": 1}\n{not json\n')
+    with pytest.raises(DataError, match=r"item_meta.jsonl.gz:2: malformed"):
+        read_p5(d)
+    with pytest.raises(DataError, match="no known dataset format"):
+        load_dataset(tmp_path)
+    with pytest.raises(DataError, match="not found"):
+        load_dataset(tmp_path / "nope")
+
+
+def test_items_without_metadata_are_counted(tmp_path, caplog):
+    ds = read_p5(write_dir(tmp_path / "d", "1 1 2 3\n", [{"item_id": 1, "title": "a"}]))
+    assert ds.item_meta[1] == {}
+    assert "2 items have no metadata" in caplog.text
+
+
+def test_leave_one_out():
+    ds = make_tiny()
+    split = leave_one_out(ds)
+    for u, seq in enumerate(ds.sequences):
+        assert split.test_target[u] == seq[-1] and split.valid_target[u] == seq[-2]
+        assert split.train[u].tolist() == seq[:-2].tolist()
+        assert split.test_history[u].tolist() == seq[:-1].tolist()
+
+
+def test_p5_roundtrip(tmp_path):
+    ds = make_tiny()
+    write_p5(ds, tmp_path / "tiny")
+    again = load_dataset(tmp_path / "tiny")
+    assert again.user_ids == ds.user_ids and set(again.item_ids) <= set(ds.item_ids)
+    for a, b in zip(again.sequences, ds.sequences):
+        assert [again.item_ids[i] for i in a] == [ds.item_ids[i] for i in b]
+    item = ds.item_ids[5]
+    assert again.item_meta[again.item_index(item)]["title"] == ds.item_meta[5]["title"]
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "beauty").is_dir(), reason="benchmark data not present")
+def test_beauty_matches_published_statistics():
+    ds = load_dataset(SHARED_DATA / "beauty")
+    assert ds.stats() == {"users": 22363, "items": 12101, "interactions": 198502, "min_len": 5, "mean_len": 8.88, "max_len": 204}
+    assert np.mean([bool(m.get("title")) for m in ds.item_meta]) == 1.0

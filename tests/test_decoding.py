@@ -1,0 +1,102 @@
+import numpy as np
+import pytest
+import torch
+
+from tigerrec.config import ModelConfig
+from tigerrec.decoding import PrefixTrie, generate
+from tigerrec.evaluate import ranking_metrics
+from tigerrec.model import TigerModel
+from tigerrec.sequences import Examples, Tokenizer, length_bucketed_batches, user_bucket
+
+
+def test_ranking_metrics_hand_computed():
+    ranked = np.array([[3, 1, 2, 4, 5, 6, 7, 8, 9, 10], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], [9, 9, 9, 9, 9, 9, 9, 9, 9, 9]])
+    targets = np.array([3, 7, 0])  # rank 0, rank 6, miss
+    m = ranking_metrics(ranked, targets)
+    assert m["recall@5"] == pytest.approx(1 / 3) and m["recall@10"] == pytest.approx(2 / 3)
+    assert m["ndcg@5"] == pytest.approx(1 / 3)
+    assert m["ndcg@10"] == pytest.approx((1 + 1 / np.log2(8)) / 3)
+
+
+def test_trie_follows_only_real_ids():
+    codes = np.array([[0, 1, 2, 0], [0, 1, 2, 1], [3, 0, 0, 0]])
+    trie = PrefixTrie(codes, 4)
+    nodes = torch.zeros(1, dtype=torch.long)
+    assert trie.allowed(nodes)[0].tolist() == [True, False, False, True]
+    for step, code in enumerate([0, 1, 2, 1]):
+        nodes = trie.step(nodes, torch.tensor([code]))
+    assert nodes.item() == 1  # the item index
+    dead = trie.step(torch.zeros(1, dtype=torch.long), torch.tensor([2]))
+    assert dead.item() == -1 and not trie.allowed(dead).any()
+
+
+def small_setup(num_items=60, size=8, seed=0):
+    rng = np.random.default_rng(seed)
+    codes = np.unique(rng.integers(0, size, size=(num_items * 3, 4)), axis=0)[:num_items]
+    tokenizer = Tokenizer(codes, size, user_buckets=10, max_history=5)
+    cfg = ModelConfig(d_model=32, num_heads=2, head_dim=16, d_ff=64, encoder_layers=1, decoder_layers=1)
+    torch.manual_seed(seed)
+    model = TigerModel(cfg, tokenizer.vocab_size, 4, size).eval()
+    histories = torch.from_numpy(rng.integers(0, len(codes), size=(16, 5)))
+    tokens = tokenizer.encoder_input(histories, torch.full((16,), tokenizer.user_offset))
+    return codes, tokenizer, model, tokens
+
+
+def test_constrained_beam_search_returns_only_real_distinct_items():
+    codes, tokenizer, model, tokens = small_setup()
+    out = generate(model, tokens, PrefixTrie(codes, 8), beam_size=12, top_k=10)
+    assert out.items.shape == (16, 10)
+    assert (out.items >= 0).all()
+    for row_items, row_codes in zip(out.items, out.codes):
+        assert len(set(row_items.tolist())) == 10
+        assert (codes[row_items.numpy()] == row_codes.numpy()).all()
+    assert (out.scores[:, :-1] >= out.scores[:, 1:]).all()
+
+
+def test_unconstrained_search_reports_invalid_ids():
+    codes, tokenizer, model, tokens = small_setup()
+    out = generate(model, tokens, PrefixTrie(codes, 8), beam_size=12, top_k=10, constrained=False)
+    # 60 items among 8^4 = 4096 possible IDs: an untrained model mostly generates IDs of no item.
+    assert (out.items == -1).float().mean() > 0.5
+    valid = out.items >= 0
+    assert (torch.from_numpy(codes)[out.items[valid]] == out.codes[valid]).all()
+
+
+def test_near_zero_temperature_sampling_equals_greedy_decoding():
+    codes, tokenizer, model, tokens = small_setup()
+    trie = PrefixTrie(codes, 8)
+    greedy = generate(model, tokens, trie, beam_size=1, top_k=1)
+    sampled = generate(model, tokens, trie, beam_size=1, top_k=1, temperature=1e-4, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(sampled.items[:, 0], greedy.items[:, 0])
+    assert torch.allclose(sampled.scores[:, 0], greedy.scores[:, 0])
+
+
+def test_tokenizer_layout():
+    codes = np.array([[1, 2, 3, 0], [4, 5, 6, 1]])
+    tok = Tokenizer(codes, 8, user_buckets=10, max_history=3)
+    history = torch.tensor([[1, 0, -1]])
+    tokens = tok.encoder_input(history, torch.tensor([tok.user_token("u1")]))
+    offset = 2  # PAD, BOS
+    assert tokens[0, 1:].tolist() == [offset + 4, offset + 8 + 5, offset + 16 + 6, offset + 24 + 1,
+                                      offset + 1, offset + 8 + 2, offset + 16 + 3, offset + 24 + 0]
+    assert tok.user_offset <= tokens[0, 0] < tok.vocab_size
+    assert user_bucket("u1", 2000) == user_bucket("u1", 2000)  # stable across processes by construction
+    assert tok.decoder_input(torch.tensor([[4, 5, 6, 1]])).tolist() == [[1, offset + 4, offset + 8 + 5, offset + 16 + 6]]
+
+
+def test_training_examples_are_every_prefix():
+    ex = Examples.training([np.array([5, 6, 7, 8])], max_history=2)
+    assert ex.targets.tolist() == [6, 7, 8]
+    assert ex.histories.tolist() == [[5, -1], [5, 6], [6, 7]]
+    with pytest.raises(ValueError, match="empty history"):
+        Examples.from_histories([np.array([], dtype=int)], [1], [0], 3)
+
+
+def test_bucketed_batches_cover_every_example_once_and_are_deterministic():
+    lengths = np.random.default_rng(0).integers(1, 20, size=1000)
+    batches = length_bucketed_batches(lengths, 64, seed=1, epoch=3)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
+    again = length_bucketed_batches(lengths, 64, seed=1, epoch=3)
+    assert all((a == b).all() for a, b in zip(batches, again))
+    spread = np.mean([lengths[b].max() - lengths[b].min() for b in batches])
+    assert spread < 5  # similar lengths share a batch

@@ -1,0 +1,71 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import tiny_config
+from tigerrec.data import make_tiny
+from tigerrec.evaluate import evaluate
+from tigerrec.pipeline import build_semantic_ids, prepare, run
+from tigerrec.semantic_ids import SemanticIDs
+from tigerrec.train import CHECKPOINT, read_csv, train
+
+
+@pytest.fixture(scope="module")
+def tiny_ids(tmp_path_factory):
+    cfg = tiny_config()
+    dataset = make_tiny()
+    return dataset, build_semantic_ids(dataset, cfg, tmp_path_factory.mktemp("ids")), cfg
+
+
+def test_tiny_dataset_is_overfit_to_recall_one(tmp_path):
+    cfg = tiny_config(train={"steps": 600, "eval_every": 600, "checkpoint_every": 600})
+    metrics = run("tiny", cfg, tmp_path)
+    # Every training example is memorised; held-out targets follow the same chains,
+    # except the few transitions that occur only in a test position.
+    dataset = make_tiny()
+    data, _, model = prepare(dataset, SemanticIDs.load(tmp_path / "ids", cfg.ids.codebook_size), cfg)
+    model.load_state_dict(load_file(str(tmp_path / "model.safetensors")))
+    on_train = evaluate(model, data.tokenizer, data.trie, data.train, data.user_tokens[data.train.users], beam_size=10)
+    assert on_train["recall@10"] == 1.0
+    assert metrics["test"]["recall@10"] >= 0.95 and metrics["valid"]["recall@10"] >= 0.95
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(saved["test"]) >= {"recall@5", "recall@10", "ndcg@5", "ndcg@10"}
+    assert saved["training"]["steps"] == 600 and saved["timings"]["train_seconds"] > 0
+    log = read_csv(tmp_path / "train_log.csv")
+    assert log[-1]["loss"] < log[0]["loss"] / 5
+
+
+def _train(dataset, ids, cfg, run_dir):
+    data, _, model = prepare(dataset, ids, cfg)
+    train(model, data, cfg.train, cfg.eval, run_dir)
+    return torch.load(run_dir / CHECKPOINT, weights_only=True)["model"]
+
+
+def test_resume_gives_the_same_model_as_an_uninterrupted_run(tiny_ids, tmp_path):
+    dataset, ids, cfg = tiny_ids
+    settings = {"eval_every": 1000, "checkpoint_every": 10, "log_every": 10}
+    whole = _train(dataset, ids, tiny_config(train={**settings, "steps": 60}), tmp_path / "whole")
+    _train(dataset, ids, tiny_config(train={**settings, "steps": 30}), tmp_path / "split")  # "killed" at 30
+    resumed = _train(dataset, ids, tiny_config(train={**settings, "steps": 60}), tmp_path / "split")
+    assert whole.keys() == resumed.keys()
+    for name in whole:
+        assert torch.equal(whole[name], resumed[name]), name
+    steps = [row["step"] for row in read_csv(tmp_path / "split" / "train_log.csv")]
+    assert steps == [10, 20, 30, 40, 50, 60]
+
+
+def test_ddp_with_two_cpu_processes(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "-m", "tigerrec.cli", "run", "tiny", "--out", str(tmp_path), "--scheme", "rqkmeans",
+           "--steps", "40", "--set", "train.eval_every=40", "--set", "train.log_every=10"]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["training"]["world_size"] == 2 and metrics["training"]["steps"] == 40
+    assert load_file(str(tmp_path / "model.safetensors"))
