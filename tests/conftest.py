@@ -23,3 +23,14 @@ def tiny_config(**sections) -> RunConfig:
     for section, values in sections.items():
         cfg[section].update(values)
     return RunConfig.from_dict(cfg)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A small finished run directory (tiny data, 200 training steps), built once per session."""
+    from tigerrec.pipeline import run
+
+    run_dir = tmp_path_factory.mktemp("tiny_run")
+    cfg = tiny_config(train={"steps": 200, "eval_every": 100, "checkpoint_every": 200, "log_every": 20})
+    run("tiny", cfg, run_dir)
+    return run_dir

@@ -100,3 +100,13 @@ def test_bucketed_batches_cover_every_example_once_and_are_deterministic():
     assert all((a == b).all() for a, b in zip(batches, again))
     spread = np.mean([lengths[b].max() - lengths[b].min() for b in batches])
     assert spread < 5  # similar lengths share a batch
+
+
+def test_cached_step_by_step_decoding_matches_teacher_forcing():
+    codes, tokenizer, model, tokens = small_setup()
+    memory_kv, memory_mask = model.encode(tokens)
+    decoder_tokens = tokenizer.decoder_input(torch.from_numpy(codes[:16]))
+    full = model.decode(decoder_tokens, memory_kv, memory_mask)
+    cache: list = []
+    steps = [model.decode(decoder_tokens[:, p : p + 1], memory_kv, memory_mask, cache) for p in range(4)]
+    assert torch.allclose(torch.cat(steps, 1), full, atol=1e-5)

@@ -88,6 +88,46 @@ def cmd_run(args) -> None:
         print(f"metrics written to {Path(args.out) / 'metrics.json'}")
 
 
+def cmd_recommend(args) -> None:
+    import json
+
+    from .recommend import Recommender
+
+    history = [item.strip() for item in args.history.split(",") if item.strip()]
+    recommender = Recommender.load(args.run_dir, args.device)
+    results = recommender.recommend(history, args.user, args.k, args.temperature, not args.include_seen, args.seed)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    rows = [(str(rank), r["item_id"], f"{r['score']:.4f}", "(" + ", ".join(map(str, r["semantic_id"])) + ")",
+             _shorten(r["title"] or "", 70)) for rank, r in enumerate(results, 1)]
+    header = ("rank", "item id", "score", "semantic id", "title")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.rjust(w) if i in (0, 2) else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))).rstrip())
+
+
+def _shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def cmd_serve(args) -> None:
+    try:
+        import uvicorn
+
+        from .serve import create_app
+    except ImportError as e:
+        raise SystemExit(f"tigerrec serve needs FastAPI and uvicorn ({e}); install them with: pip install 'tigerrec[serve]'")
+    uvicorn.run(create_app(args.run_dir), host=args.host, port=args.port, log_level="info", access_log=not args.no_access_log)
+
+
+def cmd_report(args) -> None:
+    from .report import write_report
+
+    path = write_report(args.run_dir, args.out)
+    print(f"report written to {path}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tigerrec", description="Generative retrieval recommenders with Semantic IDs (TIGER).")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -107,6 +147,30 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-minutes", type=float, help="stop training after this many minutes")
     add_config_options(run)
     run.set_defaults(func=cmd_run)
+
+    rec = commands.add_parser("recommend", help="next-item recommendations from a trained run directory")
+    rec.add_argument("run_dir", help="run directory written by `tigerrec run`")
+    rec.add_argument("--history", required=True, help="comma-separated item ids, oldest first, e.g. 12,55,3")
+    rec.add_argument("-k", type=int, default=10, help="number of recommendations (default 10)")
+    rec.add_argument("--user", help="user id (selects the user's hashed token, as in training)")
+    rec.add_argument("--temperature", type=float, help="sample the beams at this temperature (diverse results)")
+    rec.add_argument("--seed", type=int, help="random seed for --temperature")
+    rec.add_argument("--include-seen", action="store_true", help="allow items of the history in the results")
+    rec.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    rec.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    rec.set_defaults(func=cmd_recommend)
+
+    serve = commands.add_parser("serve", help="HTTP API (FastAPI) for recommendations; docs at /docs")
+    serve.add_argument("run_dir", help="run directory written by `tigerrec run`")
+    serve.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--no-access-log", action="store_true", help="do not log every request")
+    serve.set_defaults(func=cmd_serve)
+
+    report = commands.add_parser("report", help="self-contained HTML report of a run (curves, IDs, metrics)")
+    report.add_argument("run_dir", help="run directory written by `tigerrec run`")
+    report.add_argument("--out", help="output file (default RUN_DIR/report.html)")
+    report.set_defaults(func=cmd_report)
     return parser
 
 

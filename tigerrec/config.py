@@ -41,10 +41,23 @@ class IDsConfig:
     code_dim: int = 32
     hidden_dims: list[int] = field(default_factory=lambda: [512, 256, 128])
     beta: float = 0.25  # commitment weight
-    lr: float = 0.4  # Adagrad
+    # Adagrad. The paper's 0.4 diverges here (reconstruction ~1e3-1e8, one code
+    # per level), with PyTorch's and with TensorFlow's (0.1) initial accumulator,
+    # raw or standardised inputs; 0.01 trains stably (benchmarks/ids_beauty.py).
+    lr: float = 0.01
+    # Scale inputs to zero mean, unit variance per dimension (statistics saved with
+    # the model). Unit-norm sentence embeddings have per-dimension variance ~1/768,
+    # so raw, the decoder barely learns (reconstruction stays at the data variance).
+    standardize: bool = True
     batch_size: int = 1024
-    # The paper trains 20k epochs; ~1.5k reach the same utilisation here (BENCHMARKS.md).
-    epochs: int = 1500
+    # The paper trains 20k epochs; here codes stop improving after ~200 (~80 s on 1 CPU thread).
+    epochs: int = 200
+    bf16: bool = True  # bf16 autocast for the MLPs; distances and argmin stay fp32
+    # Re-seed codewords no item chose in an epoch with random residuals of the last
+    # batch. Not in the paper, but without it the first level collapses to ~10% use
+    # as the encoder drifts away from the k-means-initialised codebook.
+    dead_code_reset: bool = True
+    eval_every: int = 0  # epochs between metric rows in history; 0 = epochs // 20
     seed: int = 0
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .model import NUM_SPECIAL, TigerModel
+from .model import BOS, NUM_SPECIAL, TigerModel
 
 
 class PrefixTrie:
@@ -92,12 +92,10 @@ def generate(
     sample_keys = torch.zeros(batch, 1, device=device)  # tempered log-probabilities (sampling only)
     nodes = torch.zeros(batch, 1, dtype=torch.long, device=device)
     offsets = NUM_SPECIAL + size * torch.arange(length, device=device)
+    cache: list = []  # decoder self-attention keys/values, one row per (input, beam)
+    last = torch.full((batch, 1), BOS, dtype=torch.long, device=device)
     for position in range(length):
-        decoder_tokens = torch.cat(
-            [torch.full((batch, beams, 1), 1, device=device, dtype=torch.long), codes + offsets[:position]], dim=2
-        ).flatten(0, 1)
-        kv = [(k.repeat_interleave(beams, 0), v.repeat_interleave(beams, 0)) for k, v in memory_kv]
-        logits = model.decode(decoder_tokens, kv, memory_mask.repeat_interleave(beams, 0))[:, -1].float()
+        logits = model.decode(last, memory_kv, memory_mask, cache)[:, -1].float()
         logits = logits.view(batch, beams, size)
         log_probs = logits.log_softmax(-1)
         if constrained:
@@ -119,6 +117,10 @@ def generate(
         parent, code = chosen // size, chosen % size
         codes = torch.cat([codes.gather(1, parent[..., None].expand(-1, -1, position)), code[..., None]], dim=2)
         nodes = trie.step(nodes.gather(1, parent), code)
+        # Each surviving beam continues from its parent's cache.
+        rows = (torch.arange(batch, device=device)[:, None] * beams + parent).flatten()
+        cache[:] = [(k[rows], v[rows]) for k, v in cache]
+        last = (code + offsets[position]).flatten()[:, None]
         beams = keep
     # Beam search keeps beams sorted by score; sampled beams come in the order they were drawn.
     order = torch.arange(top_k, device=device).expand(batch, -1)

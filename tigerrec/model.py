@@ -44,8 +44,10 @@ class RelativeBias(nn.Module):
         self.cfg, self.bidirectional = cfg, bidirectional
         self.embedding = nn.Embedding(cfg.relative_buckets, cfg.num_heads)
 
-    def forward(self, q_len: int, k_len: int, device) -> torch.Tensor:
-        relative = torch.arange(k_len, device=device)[None, :] - torch.arange(q_len, device=device)[:, None]
+    def forward(self, q_len: int, k_len: int, device, q_offset: int = 0) -> torch.Tensor:
+        """Bias (1, heads, q_len, k_len) for queries at positions q_offset.. over keys at 0..k_len-1."""
+        queries = torch.arange(q_offset, q_offset + q_len, device=device)
+        relative = torch.arange(k_len, device=device)[None, :] - queries[:, None]
         buckets = relative_position_bucket(relative, self.bidirectional, self.cfg.relative_buckets, self.cfg.relative_max_distance)
         return self.embedding(buckets).permute(2, 0, 1)[None]  # (1, heads, q, k)
 
@@ -66,14 +68,23 @@ class Attention(nn.Module):
         k, v = self.kv(x).chunk(2, dim=-1)
         return self.split_heads(k), self.split_heads(v)
 
-    def forward(self, x, mask, context=None, cached_kv=None):
+    def forward(self, x, mask, kv):
+        """Attend from ``x`` to keys/values ``kv`` (from ``keys_values``) under the additive ``mask``."""
         q = self.split_heads(self.q(x))
-        k, v = cached_kv if cached_kv is not None else self.keys_values(x if context is None else context)
+        k, v = kv
+        # Beam search: the beams of one input share its memory, so fold them into the
+        # query axis instead of copying the memory once per beam.
+        rows, heads, length, dim = q.shape
+        groups = rows // k.shape[0]
+        if groups > 1:
+            q = q.view(k.shape[0], groups, heads, length, dim).transpose(1, 2).reshape(k.shape[0], heads, groups * length, dim)
         # Plain matmul attention: for these short sequences it beats the fused CPU kernels,
         # whose backward pass with an additive bias is slow.
         scores = (q @ k.transpose(-1, -2)) * self.head_dim**-0.5 + mask
         y = scores.softmax(-1).to(v.dtype) @ v
-        return self.out(y.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1))
+        if groups > 1:
+            y = y.view(k.shape[0], heads, groups, length, dim).transpose(1, 2).reshape(rows, heads, length, dim)
+        return self.out(y.transpose(1, 2).reshape(rows, length, -1))
 
 
 class FeedForward(nn.Sequential):
@@ -91,7 +102,8 @@ class EncoderLayer(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x, mask):
-        x = x + self.drop(self.attn(self.norm1(x), mask))
+        h = self.norm1(x)
+        x = x + self.drop(self.attn(h, mask, self.attn.keys_values(h)))
         return x + self.drop(self.ff(self.norm2(x)))
 
 
@@ -103,10 +115,15 @@ class DecoderLayer(nn.Module):
         self.norm3, self.ff = nn.RMSNorm(cfg.d_model), FeedForward(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, self_mask, cross_mask, memory_kv):
-        x = x + self.drop(self.self_attn(self.norm1(x), self_mask))
-        x = x + self.drop(self.cross_attn(self.norm2(x), cross_mask, cached_kv=memory_kv))
-        return x + self.drop(self.ff(self.norm3(x)))
+    def forward(self, x, self_mask, cross_mask, memory_kv, past_kv=None):
+        """Returns the output and this layer's self-attention keys/values (past ones included)."""
+        h = self.norm1(x)
+        k, v = self.self_attn.keys_values(h)
+        if past_kv is not None:
+            k, v = torch.cat([past_kv[0], k], dim=2), torch.cat([past_kv[1], v], dim=2)
+        x = x + self.drop(self.self_attn(h, self_mask, (k, v)))
+        x = x + self.drop(self.cross_attn(self.norm2(x), cross_mask, memory_kv))
+        return x + self.drop(self.ff(self.norm3(x))), (k, v)
 
 
 class TigerModel(nn.Module):
@@ -153,22 +170,27 @@ class TigerModel(nn.Module):
         # Keys/values for every decoder layer, computed once per input (beam search reuses them).
         return [layer.cross_attn.keys_values(memory) for layer in self.decoder_layers], mask
 
-    def decode(self, decoder_tokens: torch.Tensor, memory_kv, memory_mask) -> torch.Tensor:
-        """Logits (B, P, codebook_size) for the codes at positions 0..P-1 given BOS + P-1 codes."""
-        length = decoder_tokens.shape[1]
-        causal = torch.full((length, length), float("-inf"), device=decoder_tokens.device).triu(1)
-        self_mask = self.decoder_bias(length, length, decoder_tokens.device) + causal
+    def decode(self, decoder_tokens: torch.Tensor, memory_kv, memory_mask, cache: list | None = None) -> torch.Tensor:
+        """Logits (B, P, codebook_size) for the next code after each of the P decoder tokens.
+
+        Training passes [BOS, c1, c2, c3] at once. Generation passes one token per
+        step with a ``cache`` (a list, empty at first) that keeps every layer's
+        self-attention keys/values, so earlier positions are not recomputed.
+        """
+        past = cache[0][0].shape[2] if cache else 0
+        length, total = decoder_tokens.shape[1], past + decoder_tokens.shape[1]
+        device = decoder_tokens.device
+        causal = torch.full((length, total), float("-inf"), device=device).triu(past + 1)
+        self_mask = self.decoder_bias(length, total, device, q_offset=past) + causal
         x = self.drop(self.embed(decoder_tokens))
-        for layer, kv in zip(self.decoder_layers, memory_kv):
-            x = layer(x, self_mask, memory_mask, kv)
+        for i, (layer, kv) in enumerate(zip(self.decoder_layers, memory_kv)):
+            x, layer_kv = layer(x, self_mask, memory_mask, kv, cache[i] if cache else None)
+            if cache is not None:
+                cache[i:i + 1] = [layer_kv]
         x = self.drop(self.decoder_norm(x))
         # Rescale as T5 does with tied embeddings, keeping logits well scaled at init.
-        return torch.einsum("bpd,pkd->bpk", x * self.cfg.d_model**-0.5, self.head[:length].to(x.dtype))
+        return torch.einsum("bpd,pkd->bpk", x * self.cfg.d_model**-0.5, self.head[past:total].to(x.dtype))
 
     def forward(self, tokens: torch.Tensor, decoder_tokens: torch.Tensor) -> torch.Tensor:
         memory_kv, memory_mask = self.encode(tokens)
         return self.decode(decoder_tokens, memory_kv, memory_mask)
-
-    def loss(self, tokens: torch.Tensor, target_codes: torch.Tensor, decoder_tokens: torch.Tensor) -> torch.Tensor:
-        logits = self(tokens, decoder_tokens)
-        return F.cross_entropy(logits.float().flatten(0, 1), target_codes.flatten())

@@ -95,12 +95,39 @@ def write_items(dataset: Dataset, path: Path) -> None:
     write_text(path, "\n".join(lines) + "\n")
 
 
+def read_items(path: str | Path) -> dict[str, dict]:
+    """``items.jsonl`` back as {item id: metadata}, in catalogue order."""
+    items = {}
+    with open(path) as f:
+        for line in f:
+            if line.strip():
+                record = json.loads(line)
+                items[str(record.pop("item_id"))] = record
+    return items
+
+
+def read_run_config(run_dir: str | Path) -> RunConfig:
+    """The configuration a run directory was made with (``config.json`` minus the source)."""
+    values = read_json(Path(run_dir) / "config.json")
+    values.pop("source", None)
+    return RunConfig.from_dict(values)
+
+
+def make_tokenizer(ids: SemanticIDs, cfg: RunConfig) -> Tokenizer:
+    return Tokenizer(ids.codes, ids.codebook_size, cfg.model.user_buckets, cfg.data.max_history, cfg.model.use_user_token)
+
+
+def make_model(tokenizer: Tokenizer, cfg: RunConfig) -> TigerModel:
+    """A freshly initialised sequence model sized for ``tokenizer``'s vocabulary and IDs."""
+    return TigerModel(cfg.model, tokenizer.vocab_size, tokenizer.id_length, tokenizer.codebook_size)
+
+
 def prepare(dataset: Dataset, ids: SemanticIDs, cfg: RunConfig) -> tuple[TrainData, Examples, TigerModel]:
     """Tokenizer, examples for train / valid / test, trie and a fresh model."""
     if ids.item_ids != dataset.item_ids:
         raise ValueError("Semantic IDs were built for a different item list; delete the ids/ directory")
     split = leave_one_out(dataset)
-    tokenizer = Tokenizer(ids.codes, ids.codebook_size, cfg.model.user_buckets, cfg.data.max_history, cfg.model.use_user_token)
+    tokenizer = make_tokenizer(ids, cfg)
     user_tokens = np.array([tokenizer.user_token(u) for u in dataset.user_ids], dtype=np.int64)
     users = np.arange(dataset.num_users)
     data = TrainData(
@@ -112,7 +139,7 @@ def prepare(dataset: Dataset, ids: SemanticIDs, cfg: RunConfig) -> tuple[TrainDa
     )
     test = Examples.from_histories(split.test_history, split.test_target, users, cfg.data.max_history)
     torch.manual_seed(cfg.train.seed)  # same seed, same initial weights
-    model = TigerModel(cfg.model, tokenizer.vocab_size, tokenizer.id_length, ids.codebook_size)
+    model = make_model(tokenizer, cfg)
     return data, test, model
 
 

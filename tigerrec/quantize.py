@@ -30,6 +30,12 @@ from .io import atomic_path
 log = logging.getLogger(__name__)
 
 
+def nearest_codeword(residual: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """Index of the nearest codeword, in fp32 via ||r||^2 - 2 r.C + ||C||^2 (cheaper than cdist)."""
+    r, c = residual.detach().float(), codebook.detach().float()
+    return (r.pow(2).sum(1, keepdim=True) - 2 * r @ c.T + c.pow(2).sum(1)).argmin(1)
+
+
 def residual_quantize(z: torch.Tensor, codebooks: torch.Tensor):
     """Nearest-codeword residual quantisation.
 
@@ -39,8 +45,7 @@ def residual_quantize(z: torch.Tensor, codebooks: torch.Tensor):
     residual = z
     codes, chosen, residuals = [], [], []
     for codebook in codebooks:
-        distances = torch.cdist(residual.detach().float(), codebook.detach().float())
-        index = distances.argmin(dim=1)
+        index = nearest_codeword(residual, codebook)
         codeword = codebook[index]
         codes.append(index)
         chosen.append(codeword)
@@ -146,35 +151,52 @@ class RQVAE(Quantizer):
         self.decoder = mlp(dims[::-1])
         self.codebooks = nn.Parameter(torch.zeros(config.levels, config.codebook_size, config.code_dim))
         self.register_buffer("initialized", torch.tensor(False))
+        # Input standardisation (identity unless config.standardize); set by fit.
+        self.register_buffer("mean", torch.zeros(input_dim))
+        self.register_buffer("std", torch.ones(input_dim))
+
+    def _autocast(self, device: torch.device):
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.config.bf16)
+
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Standardised input -> fp32 latent."""
+        with self._autocast(x.device):
+            return self.encoder(x).float()
 
     def forward(self, x: torch.Tensor):
-        z = self.encoder(x)
+        """x is already standardised."""
+        z = self._encode(x)
         codes, chosen, residuals = residual_quantize(z, self.codebooks)
         # Codebook loss pulls codewords to the (frozen) residuals; commitment pulls
         # the encoder's residuals to the (frozen) codewords.
-        codebook_loss = (residuals.detach() - chosen).pow(2).sum(-1).mean()
-        commitment_loss = (residuals - chosen.detach()).pow(2).sum(-1).mean()
+        codebook_loss = (residuals.detach() - chosen).pow(2).sum(-1).mean(1).sum()
+        commitment_loss = (residuals - chosen.detach()).pow(2).sum(-1).mean(1).sum()
         quantized = chosen.sum(0)
         # Straight-through: the decoder sees the quantised latent, the encoder gets its gradient.
-        x_hat = self.decoder(z + (quantized - z).detach())
+        with self._autocast(x.device):
+            x_hat = self.decoder(z + (quantized - z).detach()).float()
         reconstruction = (x - x_hat).pow(2).sum(-1).mean()
         loss = reconstruction + codebook_loss + self.config.beta * commitment_loss
-        return loss, reconstruction, codes
+        return loss, x_hat, codes, residuals
 
     @torch.no_grad()
     def init_codebooks(self, x: torch.Tensor) -> None:
         """k-means on the first batch, level by level on that level's residuals."""
-        residual = self.encoder(x).cpu().numpy()
+        residual = self._encode(x).cpu().numpy()
         for level in range(self.config.levels):
             centroids = kmeans(residual, self.config.codebook_size, self.config.seed + level)
             self.codebooks[level] = torch.from_numpy(centroids).to(self.codebooks.device)
-            nearest = ((residual[:, None, :] - centroids[None]) ** 2).sum(-1).argmin(1)
+            nearest = nearest_codeword(torch.from_numpy(residual), torch.from_numpy(centroids)).numpy()
             residual = residual - centroids[nearest]
         self.initialized.fill_(True)
 
     def fit(self, embeddings: np.ndarray, log_every: int = 0) -> "RQVAE":
         cfg = self.config
-        x = self._check_input(embeddings)
+        raw = self._check_input(embeddings)
+        if cfg.standardize:
+            self.mean.copy_(raw.mean(0))
+            self.std.copy_(raw.std(0).clamp_min(1e-8))
+        x = (raw - self.mean) / self.std
         generator = torch.Generator().manual_seed(cfg.seed)
         torch.manual_seed(cfg.seed)
         for module in (self.encoder, self.decoder):  # reproducible initial weights
@@ -184,22 +206,26 @@ class RQVAE(Quantizer):
         optimizer = torch.optim.Adagrad(self.parameters(), lr=cfg.lr)
         n = len(x)
         batch_size = min(cfg.batch_size, n)
-        log_every = log_every or max(1, cfg.epochs // 20)
+        log_every = log_every or cfg.eval_every or max(1, cfg.epochs // 20)
         start = time.perf_counter()
         self.train()
         progress = tqdm(range(1, cfg.epochs + 1), desc="RQ-VAE", unit="epoch", mininterval=2)
         for epoch in progress:
             order = torch.randperm(n, generator=generator).to(x.device)
+            used = torch.zeros(cfg.levels, cfg.codebook_size, dtype=torch.bool, device=x.device)
             for begin in range(0, n, batch_size):
                 batch = x[order[begin : begin + batch_size]]
                 if not self.initialized:
                     self.init_codebooks(batch)
-                loss, reconstruction, _ = self(batch)
+                loss, _, codes, residuals = self(batch)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                used.scatter_(1, codes.T, True)
+            if cfg.dead_code_reset:
+                self._reset_dead_codes(used, residuals.detach(), generator)
             if epoch % log_every == 0 or epoch == cfg.epochs:
-                row = {"epoch": epoch, "seconds": round(time.perf_counter() - start, 1), **self.evaluate(x)}
+                row = {"epoch": epoch, "seconds": round(time.perf_counter() - start, 1), **self.evaluate(raw)}
                 self.history.append(row)
                 progress.set_postfix(rec=f"{row['reconstruction']:.4f}", util=row["utilization"], unique=row["unique_prefix_share"])
                 log.info("RQ-VAE %s", row)
@@ -208,15 +234,26 @@ class RQVAE(Quantizer):
         return self
 
     @torch.no_grad()
-    def evaluate(self, x: torch.Tensor) -> dict:
+    def _reset_dead_codes(self, used: torch.Tensor, residuals: torch.Tensor, generator: torch.Generator) -> None:
+        """Move codewords no item chose this epoch onto random residuals of the last batch."""
+        for level in range(self.config.levels):
+            dead = (~used[level]).nonzero().squeeze(1)
+            if len(dead):
+                pick = torch.randint(residuals.shape[1], (len(dead),), generator=generator).to(dead.device)
+                self.codebooks[level, dead] = residuals[level, pick]
+
+    @torch.no_grad()
+    def evaluate(self, embeddings: torch.Tensor) -> dict:
+        """Reconstruction (squared error in input units) and code metrics on raw embeddings."""
         self.eval()
-        _, reconstruction, codes = self(x)
+        _, x_hat, codes, _ = self((embeddings - self.mean) / self.std)
+        reconstruction = (embeddings - (x_hat * self.std + self.mean)).pow(2).sum(-1).mean()
         return {"reconstruction": round(float(reconstruction), 5), **code_metrics(codes.cpu().numpy(), self.config.codebook_size)}
 
     @torch.no_grad()
     def encode(self, embeddings: np.ndarray) -> np.ndarray:
         self.eval()
-        z = self.encoder(self._check_input(embeddings))
+        z = self._encode((self._check_input(embeddings) - self.mean) / self.std)
         return residual_quantize(z, self.codebooks)[0].cpu().numpy()
 
 

@@ -1,0 +1,99 @@
+"""Training and decoding speed of the sequence model on a real dataset, as ratios in one run.
+
+Training: samples/s of the shipped path (length-bucketed batches, bf16 autocast where
+supported) against the same model in plain fp32 with every batch padded to 20 items.
+Decoding: seconds to evaluate every user (constrained beam search, top-10) at beam 10 and 20.
+
+    python benchmarks/speed.py --data-dir ../shared/data/beauty --ids-dir runs/beauty/ids \
+        --out benchmarks/results/speed.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tigerrec.config import RunConfig
+from tigerrec.data import load_dataset
+from tigerrec.device import autocast, bf16_supported
+from tigerrec.evaluate import evaluate
+from tigerrec.model import PAD
+from tigerrec.pipeline import prepare
+from tigerrec.semantic_ids import SemanticIDs
+from tigerrec.sequences import length_bucketed_batches
+from tigerrec.train import make_optimizer
+
+
+def train_speed(model, data, cfg, steps: int, bucketed: bool, bf16: bool) -> float:
+    """Samples/s over ``steps`` optimiser steps (after 3 warm-up steps)."""
+    optimizer, _ = make_optimizer(model, cfg.train)
+    batches = length_bucketed_batches(data.train.lengths, cfg.train.batch_size, seed=0, epoch=0)
+    model.train()
+    start, samples = None, 0
+    for i, index in enumerate(batches[: steps + 3]):
+        if i == 3:
+            start, samples = time.perf_counter(), 0
+        batch = data.train.subset(index)
+        tokens = data.tokenizer.encoder_input(torch.from_numpy(batch.histories), torch.from_numpy(data.user_tokens[batch.users]))
+        if not bucketed:  # the naive baseline: every batch padded to the full 20-item window
+            full = 1 + data.tokenizer.id_length * cfg.data.max_history
+            tokens = F.pad(tokens, (0, full - tokens.shape[1]), value=PAD)
+        targets = data.tokenizer.item_codes[torch.from_numpy(batch.targets)]
+        with autocast("cpu", bf16):
+            logits = model(tokens, data.tokenizer.decoder_input(targets))
+        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        samples += len(index)
+    return samples / (time.perf_counter() - start)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--ids-dir", required=True, help="directory with semantic_ids.csv (from `tigerrec ids`)")
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--eval-users", type=int, default=0, help="0 = all users")
+    parser.add_argument("--out")
+    args = parser.parse_args()
+
+    cfg = RunConfig()
+    dataset = load_dataset(args.data_dir)
+    ids = SemanticIDs.load(args.ids_dir, cfg.ids.codebook_size)
+    data, test, model = prepare(dataset, ids, cfg)
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    bf16 = bf16_supported("cpu")
+
+    result = {"dataset": dataset.name, "parameters": model.num_parameters(), "bf16": bf16}
+    result["train_samples_per_s"] = round(train_speed(model, data, cfg, args.steps, bucketed=True, bf16=bf16), 1)
+    model.load_state_dict(initial)
+    result["train_samples_per_s_naive_fp32"] = round(train_speed(model, data, cfg, args.steps, bucketed=False, bf16=False), 1)
+    result["train_speedup"] = round(result["train_samples_per_s"] / result["train_samples_per_s_naive_fp32"], 2)
+
+    examples = test if not args.eval_users else test.subset(np.arange(args.eval_users))
+    for beam in (10, 20):
+        metrics = evaluate(model, data.tokenizer, data.trie, examples, data.user_tokens[examples.users],
+                           beam_size=beam, top_k=10, batch_size=cfg.eval.batch_size, bf16=bf16)
+        result[f"eval_all_users_seconds_beam{beam}"] = metrics["seconds"]
+        result[f"eval_users_per_s_beam{beam}"] = round(len(examples) / metrics["seconds"], 1)
+    result["eval_users"] = len(examples)
+    result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    result["machine"] = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    result["date"] = date.today().isoformat()
+    print(json.dumps(result, indent=2))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

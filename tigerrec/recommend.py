@@ -1,0 +1,239 @@
+"""Recommendations from a finished run directory: load once, then ask for next items.
+
+    rec = Recommender.load("runs/tiny")
+    rec.recommend(["item3", "item17"], k=5)
+    # [{"item_id": "item44", "score": -0.01, "semantic_id": [3, 9, 1, 0], "title": ..., "categories": ...}, ...]
+
+The model generates Semantic IDs by beam search constrained to the catalogue
+(every result is a real item); ``score`` is the model's log-probability of the
+item's ID given the history, so 0 is certain and more negative is less likely.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from numbers import Integral, Real
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from .config import RunConfig
+from .decoding import PrefixTrie, generate
+from .device import autocast, default_device, use_bf16
+from .model import PAD, TigerModel
+from .pipeline import IDS_DIR, ITEMS_FILE, make_model, make_tokenizer, read_items, read_run_config
+from .semantic_ids import IDS_FILE, SemanticIDs
+from .sequences import Examples, Tokenizer
+from .train import BEST_MODEL
+
+log = logging.getLogger(__name__)
+
+MAX_K = 100  # largest k served by default; beams grow with k, and so does decoding time
+
+
+class RequestError(ValueError):
+    """A recommendation request is malformed (empty history, k out of range, wrong type, ...)."""
+
+
+class UnknownItemError(KeyError):
+    """Item ids the run's catalogue does not contain; ``item_ids`` lists them."""
+
+    def __init__(self, item_ids: list[str]):
+        self.item_ids = list(item_ids)
+        shown = ", ".join(repr(i) for i in self.item_ids[:10])
+        more = f" and {len(self.item_ids) - 10} more" if len(self.item_ids) > 10 else ""
+        super().__init__(f"unknown item id{'s' if len(self.item_ids) > 1 else ''} {shown}{more}")
+
+    def __str__(self) -> str:  # KeyError would show the message in quotes
+        return self.args[0]
+
+
+class Recommender:
+    """A trained TIGER model with its Semantic IDs and item metadata, ready to recommend.
+
+    Thread-safe: model calls are serialised by a lock (the model is shared, and one
+    call already uses every CPU thread), everything else is read-only after loading.
+    """
+
+    def __init__(self, model: TigerModel, tokenizer: Tokenizer, ids: SemanticIDs, items: dict[str, dict],
+                 cfg: RunConfig, max_k: int = MAX_K, run_dir: str | Path | None = None):
+        self.model = model.eval()
+        self.device = str(next(model.parameters()).device)
+        self.tokenizer, self.ids, self.items, self.cfg = tokenizer, ids, items, cfg
+        self.trie = PrefixTrie(ids.codes, ids.codebook_size).to(self.device)
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.bf16 = use_bf16(self.device, cfg.train.bf16)
+        self.max_k = min(max_k, self.num_items)
+        self.max_history = cfg.data.max_history
+        # exclude_seen widens the beam by the number of seen items, up to this cap.
+        self.max_beam = min(self.max_k + self.max_history, self.num_items)
+        self._index = {item: i for i, item in enumerate(ids.item_ids)}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, run_dir: str | Path, device: str | None = None, max_k: int = MAX_K) -> "Recommender":
+        """Load the best model of a ``tigerrec run`` directory (on CUDA when available)."""
+        run_dir = Path(run_dir)
+        for name in ("config.json", f"{IDS_DIR}/{IDS_FILE}", ITEMS_FILE, BEST_MODEL):
+            if not (run_dir / name).is_file():
+                raise FileNotFoundError(f"{run_dir / name} is missing; is {run_dir} a finished `tigerrec run` directory?")
+        device = device or default_device()
+        cfg = read_run_config(run_dir)
+        ids = SemanticIDs.load(run_dir / IDS_DIR, cfg.ids.codebook_size)
+        items = read_items(run_dir / ITEMS_FILE)
+        missing = [item for item in ids.item_ids if item not in items]
+        if missing:
+            log.warning("%d items have no metadata in %s (e.g. %s)", len(missing), ITEMS_FILE, missing[:3])
+        tokenizer = make_tokenizer(ids, cfg)
+        model = make_model(tokenizer, cfg)
+        model.load_state_dict(load_file(str(run_dir / BEST_MODEL)))
+        model.to(device)
+        log.info("loaded %s: %d items, %.2fM parameters, on %s", run_dir, len(ids.item_ids), model.num_parameters() / 1e6, device)
+        return cls(model, tokenizer, ids, items, cfg, max_k, run_dir)
+
+    @property
+    def num_items(self) -> int:
+        return len(self.ids.item_ids)
+
+    @property
+    def item_ids(self) -> list[str]:
+        return self.ids.item_ids
+
+    def __contains__(self, item_id) -> bool:
+        return isinstance(item_id, str) and item_id in self._index
+
+    def item(self, item_id: str) -> dict:
+        """Metadata and Semantic ID of one item; UnknownItemError if the catalogue lacks it."""
+        index = self._index.get(item_id) if isinstance(item_id, str) else None
+        if index is None:
+            raise UnknownItemError([item_id])
+        return {"item_id": item_id, "semantic_id": self.ids.codes[index].tolist(), **self.items.get(item_id, {})}
+
+    def recommend(self, history: list[str], user_id: str | None = None, k: int = 10, temperature: float | None = None,
+                  exclude_seen: bool = True, seed: int | None = None) -> list[dict]:
+        """The ``k`` most likely next items after ``history`` (item ids, oldest first).
+
+        Only the most recent ``max_history`` items (the training setting, see
+        ``self.max_history``) are fed to the model; ``exclude_seen`` still drops
+        every item of the full history from the results. ``user_id`` selects the
+        user's hashed token as in training; without it the user token is left out.
+        ``temperature`` samples the beams instead of keeping the most likely ones
+        (more diverse results, in the order they were drawn; ``seed`` makes it
+        repeatable). ``k`` is 1..``self.max_k``. With ``exclude_seen`` the beam is
+        widened by the number of seen items up to ``self.max_beam``, so a very long
+        history of a small catalogue can leave fewer than ``k`` results.
+
+        Returns dicts with item_id, score (log-probability), semantic_id, title, categories.
+        """
+        user_ids = None if user_id is None else [user_id]
+        return self.recommend_batch([history], user_ids, k, temperature, exclude_seen, seed)[0]
+
+    def recommend_batch(self, histories: list[list[str]], user_ids: list[str | None] | None = None, k: int = 10,
+                        temperature: float | None = None, exclude_seen: bool = True, seed: int | None = None) -> list[list[dict]]:
+        """``recommend`` for many histories at once (one model call per ``eval.batch_size`` rows)."""
+        k, temperature = self._check_options(k, temperature, exclude_seen, seed)
+        indices = self._item_indices(histories)
+        user_tokens = self._user_tokens(user_ids, len(indices))
+        seen = [set(row.tolist()) if exclude_seen else set() for row in indices]
+        beam = min(max(k + max(map(len, seen), default=0), self.cfg.eval.beam_size), self.max_beam)
+        beam = max(beam, k)
+        examples = Examples.from_histories(indices, np.full(len(indices), -1), np.zeros(len(indices)), self.max_history)
+        generator = None
+        if seed is not None:
+            generator = torch.Generator(self.device).manual_seed(seed)
+
+        results = []
+        step = self.cfg.eval.batch_size
+        for begin in range(0, len(indices), step):
+            tokens = self.tokenizer.encoder_input(torch.from_numpy(examples.histories[begin : begin + step]),
+                                                  user_tokens[begin : begin + step])
+            with self._lock, autocast(self.device, self.bf16):
+                out = generate(self.model, tokens.to(self.device), self.trie, beam, beam,
+                               temperature=temperature, generator=generator)
+            items, scores = out.items.cpu().numpy(), out.scores.float().cpu().numpy()
+            for row in range(len(items)):
+                results.append(self._results(items[row], scores[row], seen[begin + row], k))
+        return results
+
+    # ------------------------------------------------------------------ helpers
+
+    def _results(self, items: np.ndarray, scores: np.ndarray, seen: set[int], k: int) -> list[dict]:
+        out = []
+        for index, score in zip(items.tolist(), scores.tolist()):
+            if index < 0 or index in seen:  # -1: a beam with no valid continuation (tiny catalogues)
+                continue
+            item_id = self.ids.item_ids[index]
+            meta = self.items.get(item_id, {})
+            out.append({"item_id": item_id, "score": score, "semantic_id": self.ids.codes[index].tolist(),
+                        "title": meta.get("title"), "categories": meta.get("categories")})
+            if len(out) == k:
+                break
+        return out
+
+    def _check_options(self, k, temperature, exclude_seen, seed) -> tuple[int, float | None]:
+        if not isinstance(k, Integral) or isinstance(k, bool):
+            raise RequestError(f"k must be an integer, got {k!r}")
+        if not 1 <= k <= self.max_k:
+            raise RequestError(f"k must be between 1 and {self.max_k}, got {k}")
+        if temperature is not None:
+            if not isinstance(temperature, Real) or isinstance(temperature, bool):
+                raise RequestError(f"temperature must be a number or None, got {temperature!r}")
+            if not (math.isfinite(temperature) and temperature > 0):
+                raise RequestError(f"temperature must be a finite number > 0, got {temperature!r}")
+            temperature = float(temperature)
+        if not isinstance(exclude_seen, bool):
+            raise RequestError(f"exclude_seen must be true or false, got {exclude_seen!r}")
+        if seed is not None and (not isinstance(seed, Integral) or isinstance(seed, bool)):
+            raise RequestError(f"seed must be an integer or None, got {seed!r}")
+        return int(k), temperature
+
+    def _item_indices(self, histories) -> list[np.ndarray]:
+        """Catalogue indices of every history; item ids may be strings or integers (numeric ids)."""
+        if not isinstance(histories, (list, tuple)):
+            raise RequestError(f"histories must be a list of item id lists, got {type(histories).__name__}")
+        if not histories:
+            raise RequestError("no histories given")
+        indices, unknown = [], []
+        for n, history in enumerate(histories):
+            where = f"history {n}" if len(histories) > 1 else "history"
+            if not isinstance(history, (list, tuple)):
+                raise RequestError(f"{where} must be a list of item ids, got {type(history).__name__}")
+            if not history:
+                raise RequestError(f"{where} is empty; give at least one item id")
+            row = []
+            for item in history:
+                if isinstance(item, bool) or not isinstance(item, (str, Integral)):
+                    raise RequestError(f"{where}: item ids must be strings, got {item!r}")
+                index = self._index.get(str(item))
+                if index is None:
+                    unknown.append(str(item))
+                row.append(index)
+            indices.append(np.array(row if None not in row else [], dtype=np.int64))
+        if unknown:
+            raise UnknownItemError(list(dict.fromkeys(unknown)))
+        return indices
+
+    def _user_tokens(self, user_ids, n: int) -> torch.Tensor:
+        if user_ids is None:
+            user_ids = [None] * n
+        if not isinstance(user_ids, (list, tuple)) or len(user_ids) != n:
+            raise RequestError(f"user_ids must be a list of {n} user ids (or None)")
+        tokens = []
+        for user in user_ids:
+            if user is None:
+                tokens.append(PAD)  # padding is masked out by the encoder: no user token
+            elif isinstance(user, (str, Integral)) and not isinstance(user, bool):
+                try:
+                    tokens.append(self.tokenizer.user_token(str(user)))
+                except UnicodeEncodeError:  # lone surrogates, e.g. from a JSON "\ud800"
+                    raise RequestError(f"user id {user!r} is not valid Unicode text") from None
+            else:
+                raise RequestError(f"user ids must be strings, got {user!r}")
+        return torch.tensor(tokens, dtype=torch.long)
+
+    def __repr__(self) -> str:
+        return f"Recommender({self.run_dir}, items={self.num_items}, device={self.device})"

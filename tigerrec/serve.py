@@ -1,0 +1,150 @@
+"""HTTP API for a trained run (FastAPI). Needs the ``serve`` extra: pip install 'tigerrec[serve]'.
+
+    tigerrec serve runs/beauty --port 8000        # docs at http://127.0.0.1:8000/docs
+    curl -s 127.0.0.1:8000/recommend -H 'content-type: application/json' -d '{"history": ["item3"], "k": 5}'
+
+Every bad request gets a 4xx whose ``message`` names the problem: 422 for a body
+that does not fit the schema (wrong type, k out of range, empty or over-long
+history, unknown item ids), 404 for an unknown item in ``GET /items/{id}``.
+"""
+
+# No ``from __future__ import annotations`` here: FastAPI must see the real types of
+# the request models, which are built inside create_app (their limits depend on the run).
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated, Any, Optional, Union
+
+try:
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, RedirectResponse
+    from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+except ImportError as e:  # the core package works without the serve extra
+    raise ImportError(f"tigerrec.serve needs FastAPI ({e}); install it with: pip install 'tigerrec[serve]'") from e
+
+from .recommend import Recommender, RequestError, UnknownItemError
+
+log = logging.getLogger(__name__)
+
+MAX_HISTORY_ITEMS = 1000  # longer histories are refused (the model reads only the last max_history anyway)
+MAX_ID_LENGTH = 256  # characters of an item or user id
+
+ItemId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH)]
+
+
+class ASCIIJSONResponse(JSONResponse):
+    """JSON with non-ASCII characters escaped. A request may carry lone surrogates ("\\ud800" is
+    valid JSON), which UTF-8 cannot encode; echoed in an error message they would be a 500."""
+
+    def render(self, content) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
+class Recommendation(BaseModel):
+    item_id: str
+    score: float = Field(description="log-probability of the item's Semantic ID given the history")
+    semantic_id: list[int]
+    title: Optional[str] = None
+    categories: Any = None
+
+
+class RecommendResponse(BaseModel):
+    recommendations: list[Recommendation]
+
+
+class Item(BaseModel):
+    model_config = ConfigDict(extra="allow")  # whatever metadata the dataset has (brand, price, ...)
+    item_id: str
+    semantic_id: list[int]
+    title: Optional[str] = None
+
+
+class Health(BaseModel):
+    status: str
+    items: int
+    max_k: int
+    max_history: int
+    max_history_items: int
+    device: str
+    run_dir: Optional[str]
+
+
+def create_app(source: Union[str, Path, Recommender], max_history_items: int = MAX_HISTORY_ITEMS) -> FastAPI:
+    """The API for a run directory (loaded once, here) or an already loaded Recommender."""
+    recommender = source if isinstance(source, Recommender) else Recommender.load(source)
+    max_k = recommender.max_k
+
+    class RecommendRequest(BaseModel):
+        # strict: "5" is not a number and 1 is not true; forbid: a misspelt field is an error, not a default.
+        model_config = ConfigDict(strict=True, extra="forbid", json_schema_extra={
+            "examples": [{"history": recommender.item_ids[:3], "k": min(10, max_k)}]})
+        history: list[ItemId] = Field(min_length=1, max_length=max_history_items,
+                                      description=f"item ids, oldest first; the model reads the last {recommender.max_history}")
+        user_id: Optional[Annotated[str, StringConstraints(max_length=MAX_ID_LENGTH)]] = Field(
+            None, description="selects the user's hashed token, as in training; omit for an anonymous user")
+        k: int = Field(min(10, max_k), ge=1, le=max_k, description="number of recommendations")
+        temperature: Optional[float] = Field(None, gt=0, le=100, allow_inf_nan=False,
+                                             description="sample the beams at this temperature (diverse results)")
+        exclude_seen: bool = Field(True, description="leave the history's items out of the results")
+        seed: Optional[int] = Field(None, ge=0, le=2**63 - 1, description="random seed for temperature sampling")
+
+    app = FastAPI(title="tigerrec", summary="Next-item recommendations by generative retrieval with Semantic IDs (TIGER)",
+                  default_response_class=ASCIIJSONResponse)
+    app.state.recommender = recommender
+
+    @app.exception_handler(RequestValidationError)
+    def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # The default body echoes the input (possibly megabytes); keep where and what.
+        errors = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+                  for e in exc.errors()]
+        return ASCIIJSONResponse({"message": "; ".join(map(_describe, errors)), "detail": errors}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Same shape as the other errors (a body that is no JSON at all, unknown routes, ...).
+        return ASCIIJSONResponse({"message": str(exc.detail), "detail": exc.detail}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestError)
+    def request_error(request: Request, exc: RequestError) -> JSONResponse:
+        return ASCIIJSONResponse({"message": str(exc), "detail": str(exc)}, status_code=422)
+
+    @app.exception_handler(UnknownItemError)
+    def unknown_item(request: Request, exc: UnknownItemError) -> JSONResponse:
+        # In a request body an unknown id is invalid input (422); as a path it is a missing resource (404).
+        status = 404 if request.url.path.startswith("/items/") else 422
+        return ASCIIJSONResponse({"message": str(exc), "detail": str(exc), "unknown_item_ids": exc.item_ids}, status_code=status)
+
+    @app.get("/", include_in_schema=False)
+    def root():
+        return RedirectResponse("/docs")
+
+    @app.get("/health", response_model=Health)
+    def health():
+        return Health(status="ok", items=recommender.num_items, max_k=max_k, max_history=recommender.max_history,
+                      max_history_items=max_history_items, device=recommender.device,
+                      run_dir=str(recommender.run_dir) if recommender.run_dir else None)
+
+    # Plain ``def`` endpoints run in FastAPI's thread pool; the Recommender serialises model calls.
+    @app.post("/recommend", response_model=RecommendResponse)
+    def recommend(request: RecommendRequest):
+        results = recommender.recommend(request.history, request.user_id, request.k, request.temperature,
+                                        request.exclude_seen, request.seed)
+        return {"recommendations": results}
+
+    @app.get("/items/{item_id:path}", response_model=Item, responses={404: {"description": "unknown item id"}})
+    def item(item_id: str):
+        return recommender.item(item_id)
+
+    return app
+
+
+def _describe(error: dict) -> str:
+    """'k: Input should be less than or equal to 100' from a pydantic error."""
+    if error["type"] == "json_invalid":  # loc is ("body", character offset)
+        return f"the body is not valid JSON (error near character {error['loc'][-1]})"
+    where = ".".join(map(str, error["loc"][1:])) or "body"
+    return f"{where}: {error['msg']}"
