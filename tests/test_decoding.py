@@ -34,7 +34,7 @@ def small_setup(num_items=60, size=8, seed=0):
     rng = np.random.default_rng(seed)
     codes = np.unique(rng.integers(0, size, size=(num_items * 3, 4)), axis=0)[:num_items]
     tokenizer = Tokenizer(codes, size, user_buckets=10, max_history=5)
-    cfg = ModelConfig(d_model=32, num_heads=2, head_dim=16, d_ff=64, encoder_layers=1, decoder_layers=1)
+    cfg = ModelConfig(d_model=32, num_heads=2, head_dim=16, d_ff=64, encoder_layers=1, decoder_layers=2)
     torch.manual_seed(seed)
     model = TigerModel(cfg, tokenizer.vocab_size, 4, size).eval()
     histories = torch.from_numpy(rng.integers(0, len(codes), size=(16, 5)))

@@ -5,7 +5,7 @@ import pytest
 
 from tigerrec.cli import main
 from tigerrec.data import make_tiny
-from tigerrec.recommend import Recommender, RequestError, UnknownItemError
+from tigerrec.recommend import MicroBatcher, Recommender, RequestError, UnknownItemError
 
 fastapi = pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
@@ -95,6 +95,20 @@ def test_concurrent_calls_give_the_sequential_results(recommender):
     assert [[r["item_id"] for r in g] for g in got] == [[r["item_id"] for r in e] for e in expected]
 
 
+def test_micro_batcher_gives_each_query_its_own_results(recommender):
+    histories = [recommender.item_ids[i : i + 1 + i % 15] for i in range(40)]  # beams differ with history length
+    queries = [recommender.query(h, k=3 + i % 4, seed=7 if i % 10 == 0 else None,
+                                 temperature=1.0 if i % 10 == 0 else None) for i, h in enumerate(histories)]
+    batcher = MicroBatcher(recommender, max_batch=16)
+    try:
+        futures = [batcher.submit(q) for q in queries]
+        got = [f.result(timeout=120) for f in futures]
+    finally:
+        batcher.close()
+    expected = [recommender.run([q])[0] for q in queries]
+    assert [[r["item_id"] for r in g] for g in got] == [[r["item_id"] for r in e] for e in expected]
+
+
 @pytest.mark.parametrize("history, kwargs, error, message", [
     (["item1", "nope", "zzz"], {}, UnknownItemError, "unknown item ids 'nope', 'zzz'"),
     ([], {}, RequestError, "history is empty"),
@@ -178,7 +192,8 @@ def test_http_bad_input_is_a_4xx_naming_the_problem(client, body, message):
     assert message in response.json()["message"]
 
 
-@pytest.mark.parametrize("raw", [b"{not json", b'{"history": ["item1"], "temperature": NaN}', b"\xff\xfe", b"[" * 50_000])
+@pytest.mark.parametrize("raw", [b"{not json", b'{"history": ["item1"], "temperature": NaN}', b"\xff\xfe", b"[" * 50_000,
+                                 b'{"history": ["item1"], "user_id": "\\ud800"}', b'{"history": ["\\ud800x"]}'])
 def test_http_malformed_bodies_are_4xx(client, raw):
     response = client.post("/recommend", content=raw, headers={"content-type": "application/json"})
     assert 400 <= response.status_code < 500 and response.json()["message"]

@@ -117,7 +117,7 @@ def cmd_serve(args) -> None:
 
         from .serve import create_app
     except ImportError as e:
-        raise SystemExit(f"tigerrec serve needs FastAPI and uvicorn ({e}); install them with: pip install 'tigerrec[serve]'")
+        raise SystemExit(f"tigerrec serve needs FastAPI and uvicorn ({e}); install them with: pip install 'tigerrec[serve]'") from None
     uvicorn.run(create_app(args.run_dir), host=args.host, port=args.port, log_level="info", access_log=not args.no_access_log)
 
 

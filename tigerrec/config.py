@@ -52,7 +52,7 @@ class IDsConfig:
     batch_size: int = 1024
     # The paper trains 20k epochs; here codes stop improving after ~200 (~80 s on 1 CPU thread).
     epochs: int = 200
-    bf16: bool = True  # bf16 autocast for the MLPs; distances and argmin stay fp32
+    bf16: str = "auto"  # auto | on | off: bf16 autocast for the MLPs; distances and argmin stay fp32
     # Re-seed codewords no item chose in an epoch with random residuals of the last
     # batch. Not in the paper, but without it the first level collapses to ~10% use
     # as the encoder drifts away from the k-means-initialised codebook.

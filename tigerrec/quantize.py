@@ -25,6 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .config import IDsConfig
+from .device import autocast, use_bf16
 from .io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -156,7 +157,7 @@ class RQVAE(Quantizer):
         self.register_buffer("std", torch.ones(input_dim))
 
     def _autocast(self, device: torch.device):
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.config.bf16)
+        return autocast(str(device), use_bf16(str(device), self.config.bf16))
 
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
         """Standardised input -> fp32 latent."""

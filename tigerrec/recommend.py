@@ -2,7 +2,7 @@
 
     rec = Recommender.load("runs/tiny")
     rec.recommend(["item3", "item17"], k=5)
-    # [{"item_id": "item44", "score": -0.01, "semantic_id": [3, 9, 1, 0], "title": ..., "categories": ...}, ...]
+    # [{"item_id": "item114", "score": -0.36, "semantic_id": [15, 10, 13, 1], "title": ..., "categories": ...}, ...]
 
 The model generates Semantic IDs by beam search constrained to the catalogue
 (every result is a real item); ``score`` is the model's log-probability of the
@@ -13,7 +13,11 @@ from __future__ import annotations
 
 import logging
 import math
+import queue
 import threading
+from collections import defaultdict
+from concurrent.futures import Future
+from dataclasses import dataclass
 from numbers import Integral, Real
 from pathlib import Path
 
@@ -52,11 +56,26 @@ class UnknownItemError(KeyError):
         return self.args[0]
 
 
+@dataclass(frozen=True, eq=False)
+class Query:
+    """A checked request: catalogue indices of the history and the decoding settings."""
+
+    indices: np.ndarray  # history, oldest first
+    user_token: int
+    k: int
+    temperature: float | None
+    seen: frozenset  # item indices to leave out of the results
+    seed: int | None
+    beam: int
+
+
 class Recommender:
     """A trained TIGER model with its Semantic IDs and item metadata, ready to recommend.
 
     Thread-safe: model calls are serialised by a lock (the model is shared, and one
     call already uses every CPU thread), everything else is read-only after loading.
+    Servers with many concurrent callers should go through a ``MicroBatcher``,
+    which runs the queries that arrive together in one model call.
     """
 
     def __init__(self, model: TigerModel, tokenizer: Tokenizer, ids: SemanticIDs, items: dict[str, dict],
@@ -129,39 +148,66 @@ class Recommender:
 
         Returns dicts with item_id, score (log-probability), semantic_id, title, categories.
         """
-        user_ids = None if user_id is None else [user_id]
-        return self.recommend_batch([history], user_ids, k, temperature, exclude_seen, seed)[0]
+        return self.run([self.query(history, user_id, k, temperature, exclude_seen, seed)])[0]
 
     def recommend_batch(self, histories: list[list[str]], user_ids: list[str | None] | None = None, k: int = 10,
                         temperature: float | None = None, exclude_seen: bool = True, seed: int | None = None) -> list[list[dict]]:
         """``recommend`` for many histories at once (one model call per ``eval.batch_size`` rows)."""
-        k, temperature = self._check_options(k, temperature, exclude_seen, seed)
-        indices = self._item_indices(histories)
-        user_tokens = self._user_tokens(user_ids, len(indices))
-        seen = [set(row.tolist()) if exclude_seen else set() for row in indices]
-        beam = min(max(k + max(map(len, seen), default=0), self.cfg.eval.beam_size), self.max_beam)
-        beam = max(beam, k)
-        examples = Examples.from_histories(indices, np.full(len(indices), -1), np.zeros(len(indices)), self.max_history)
-        generator = None
-        if seed is not None:
-            generator = torch.Generator(self.device).manual_seed(seed)
+        if not isinstance(histories, (list, tuple)) or not histories:
+            raise RequestError("histories must be a non-empty list of item id lists")
+        if user_ids is None:
+            user_ids = [None] * len(histories)
+        if not isinstance(user_ids, (list, tuple)) or len(user_ids) != len(histories):
+            raise RequestError(f"user_ids must be None or a list of {len(histories)} user ids")
+        queries = [self.query(h, u, k, temperature, exclude_seen, seed, where=f"history {n}")
+                   for n, (h, u) in enumerate(zip(histories, user_ids))]
+        return self.run(queries)
 
-        results = []
+    def query(self, history: list[str], user_id: str | None = None, k: int = 10, temperature: float | None = None,
+              exclude_seen: bool = True, seed: int | None = None, where: str = "history") -> Query:
+        """Check a request and look its items up; raises RequestError or UnknownItemError naming the problem."""
+        k, temperature = self._check_options(k, temperature, exclude_seen, seed)
+        indices = self._item_indices(history, where)
+        seen = frozenset(indices.tolist()) if exclude_seen else frozenset()
+        # The beam needs room for the seen items. It depends on the query alone (never on batch-mates),
+        # and takes few values so that concurrent queries share model calls: the evaluation beam, one
+        # wide enough for a full max_history of seen items, or beyond that a multiple of 32.
+        needed = k + len(seen)
+        if needed <= self.cfg.eval.beam_size:
+            beam = self.cfg.eval.beam_size
+        elif needed <= k + self.max_history:
+            beam = k + self.max_history
+        else:
+            beam = -(-needed // 32) * 32
+        beam = max(k, min(beam, self.max_beam))
+        return Query(indices, self._user_token(user_id), k, temperature, seen, seed, beam)
+
+    def run(self, queries: list[Query]) -> list[list[dict]]:
+        """Results of checked queries; those with the same settings share model calls."""
+        groups = defaultdict(list)
+        for n, q in enumerate(queries):
+            groups[q.beam, q.k, q.temperature, q.seed].append(n)
+        results = [None] * len(queries)
         step = self.cfg.eval.batch_size
-        for begin in range(0, len(indices), step):
-            tokens = self.tokenizer.encoder_input(torch.from_numpy(examples.histories[begin : begin + step]),
-                                                  user_tokens[begin : begin + step])
-            with self._lock, autocast(self.device, self.bf16):
-                out = generate(self.model, tokens.to(self.device), self.trie, beam, beam,
-                               temperature=temperature, generator=generator)
-            items, scores = out.items.cpu().numpy(), out.scores.float().cpu().numpy()
-            for row in range(len(items)):
-                results.append(self._results(items[row], scores[row], seen[begin + row], k))
+        for (beam, k, temperature, seed), members in groups.items():
+            generator = torch.Generator(self.device).manual_seed(seed) if seed is not None else None
+            for begin in range(0, len(members), step):
+                chunk = [queries[n] for n in members[begin : begin + step]]
+                examples = Examples.from_histories([q.indices for q in chunk], np.full(len(chunk), -1),
+                                                   np.zeros(len(chunk)), self.max_history)  # keeps the most recent items
+                tokens = self.tokenizer.encoder_input(torch.from_numpy(examples.histories),
+                                                      torch.tensor([q.user_token for q in chunk]))
+                with self._lock, autocast(self.device, self.bf16):
+                    out = generate(self.model, tokens.to(self.device), self.trie, beam, beam,
+                                   temperature=temperature, generator=generator)
+                items, scores = out.items.cpu().numpy(), out.scores.float().cpu().numpy()
+                for row, n in enumerate(members[begin : begin + step]):
+                    results[n] = self._results(items[row], scores[row], queries[n].seen, k)
         return results
 
     # ------------------------------------------------------------------ helpers
 
-    def _results(self, items: np.ndarray, scores: np.ndarray, seen: set[int], k: int) -> list[dict]:
+    def _results(self, items: np.ndarray, scores: np.ndarray, seen: frozenset, k: int) -> list[dict]:
         out = []
         for index, score in zip(items.tolist(), scores.tolist()):
             if index < 0 or index in seen:  # -1: a beam with no valid continuation (tiny catalogues)
@@ -191,49 +237,81 @@ class Recommender:
             raise RequestError(f"seed must be an integer or None, got {seed!r}")
         return int(k), temperature
 
-    def _item_indices(self, histories) -> list[np.ndarray]:
-        """Catalogue indices of every history; item ids may be strings or integers (numeric ids)."""
-        if not isinstance(histories, (list, tuple)):
-            raise RequestError(f"histories must be a list of item id lists, got {type(histories).__name__}")
-        if not histories:
-            raise RequestError("no histories given")
+    def _item_indices(self, history, where: str) -> np.ndarray:
+        """Catalogue indices of a history; item ids may be strings or integers (numeric ids)."""
+        if not isinstance(history, (list, tuple)):
+            raise RequestError(f"{where} must be a list of item ids, got {type(history).__name__}")
+        if not history:
+            raise RequestError(f"{where} is empty; give at least one item id")
         indices, unknown = [], []
-        for n, history in enumerate(histories):
-            where = f"history {n}" if len(histories) > 1 else "history"
-            if not isinstance(history, (list, tuple)):
-                raise RequestError(f"{where} must be a list of item ids, got {type(history).__name__}")
-            if not history:
-                raise RequestError(f"{where} is empty; give at least one item id")
-            row = []
-            for item in history:
-                if isinstance(item, bool) or not isinstance(item, (str, Integral)):
-                    raise RequestError(f"{where}: item ids must be strings, got {item!r}")
-                index = self._index.get(str(item))
-                if index is None:
-                    unknown.append(str(item))
-                row.append(index)
-            indices.append(np.array(row if None not in row else [], dtype=np.int64))
+        for item in history:
+            if isinstance(item, bool) or not isinstance(item, (str, Integral)):
+                raise RequestError(f"{where}: item ids must be strings, got {item!r}")
+            index = self._index.get(str(item))
+            if index is None:
+                unknown.append(str(item))
+            indices.append(index)
         if unknown:
             raise UnknownItemError(list(dict.fromkeys(unknown)))
-        return indices
+        return np.array(indices, dtype=np.int64)
 
-    def _user_tokens(self, user_ids, n: int) -> torch.Tensor:
-        if user_ids is None:
-            user_ids = [None] * n
-        if not isinstance(user_ids, (list, tuple)) or len(user_ids) != n:
-            raise RequestError(f"user_ids must be a list of {n} user ids (or None)")
-        tokens = []
-        for user in user_ids:
-            if user is None:
-                tokens.append(PAD)  # padding is masked out by the encoder: no user token
-            elif isinstance(user, (str, Integral)) and not isinstance(user, bool):
-                try:
-                    tokens.append(self.tokenizer.user_token(str(user)))
-                except UnicodeEncodeError:  # lone surrogates, e.g. from a JSON "\ud800"
-                    raise RequestError(f"user id {user!r} is not valid Unicode text") from None
-            else:
-                raise RequestError(f"user ids must be strings, got {user!r}")
-        return torch.tensor(tokens, dtype=torch.long)
+    def _user_token(self, user) -> int:
+        if user is None:
+            return PAD  # padding is masked out by the encoder: no user token
+        if isinstance(user, bool) or not isinstance(user, (str, Integral)):
+            raise RequestError(f"user ids must be strings, got {user!r}")
+        try:
+            return self.tokenizer.user_token(str(user))
+        except UnicodeEncodeError:  # lone surrogates, e.g. from a JSON "\ud800"
+            raise RequestError(f"user id {user!r} is not valid Unicode text") from None
 
     def __repr__(self) -> str:
         return f"Recommender({self.run_dir}, items={self.num_items}, device={self.device})"
+
+
+class MicroBatcher:
+    """Runs queries submitted from many threads in shared model calls.
+
+    A worker thread takes the next query, plus every query that arrived meanwhile
+    (up to ``max_batch``), and runs them together: under load, requests queue while
+    a batch decodes and go in the next one; an idle server adds no waiting time.
+    Seeded queries run alone, so a seed always gives the same results.
+    """
+
+    def __init__(self, recommender: Recommender, max_batch: int = 64):
+        self.recommender, self.max_batch = recommender, max_batch
+        self._queue: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._loop, name="tigerrec-batcher", daemon=True)
+        self._thread.start()
+
+    def submit(self, query: Query) -> Future:
+        future = Future()
+        self._queue.put((query, future))
+        return future
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while (job := self._queue.get()) is not None:
+            jobs = [job]
+            while len(jobs) < self.max_batch:
+                try:
+                    job = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:
+                    self._queue.put(None)  # stop after this batch
+                    break
+                jobs.append(job)
+            batches = [[j for j in jobs if j[0].seed is None]] + [[j] for j in jobs if j[0].seed is not None]
+            for batch in filter(None, batches):
+                try:
+                    results = self.recommender.run([q for q, _ in batch])
+                except Exception as e:  # hand the error to the callers; the worker keeps going
+                    for _, future in batch:
+                        future.set_exception(e)
+                    continue
+                for (_, future), result in zip(batch, results):
+                    future.set_result(result)

