@@ -1,91 +1,78 @@
-"""Semantic-ID quality and cost on Amazon Beauty: embed items, fit a quantiser, add collision codes.
+"""Semantic-ID quality and cost: embed a dataset's items, fit a quantiser, add collision codes.
 
-    python benchmarks/ids_beauty.py --scheme rqvae [--epochs N] [--no-cache] [--threads 1]
+    python benchmarks/ids_beauty.py --scheme rqvae [--epochs N] [--no-cache] [--threads T]
 
-Writes benchmarks/results/ids_beauty.json (rqvae) or ids_beauty_<scheme>.json.
+Runs the same stage as `tigerrec ids` (pipeline.build_semantic_ids) and writes a summary
+to benchmarks/results/ids_beauty.json (rqvae) or ids_beauty_<scheme>.json. With
+--no-cache the embeddings are computed again (into a fresh cache) so the embedding
+time is measured; otherwise they come from the cache.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import json
-import logging
 import os
 import platform
 import resource
-import time
+import tempfile
 from pathlib import Path
 
 import torch
 
-from tigerrec.config import IDsConfig, TextConfig
+from tigerrec.config import RunConfig
 from tigerrec.data import load_dataset
-from tigerrec.quantize import make_quantizer
-from tigerrec.semantic_ids import SemanticIDs
-from tigerrec.text import TextEncoder, item_sentence
+from tigerrec.io import read_json, write_json
+from tigerrec.pipeline import IDS_METRICS, build_semantic_ids
+from tigerrec.text import cache_dir
 
-# First (uncached) run of all-mpnet-base-v2 over the 12101 Beauty items on the 2-core dev machine.
-FIRST_RUN_EMBED_SECONDS = 173.0
+RESULTS = Path(__file__).parent / "results"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="/work/shared/data/beauty")
+    parser.add_argument("--data", default="../shared/data/beauty")
     parser.add_argument("--scheme", default="rqvae", choices=["rqvae", "rqkmeans", "lsh", "random"])
-    parser.add_argument("--epochs", type=int, default=IDsConfig().epochs)
+    parser.add_argument("--epochs", type=int, default=RunConfig().ids.epochs)
     parser.add_argument("--encoder", default="auto")
-    parser.add_argument("--no-cache", action="store_true", help="re-embed instead of reading the embedding cache")
+    parser.add_argument("--no-cache", action="store_true", help="embed again instead of reading the embedding cache")
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch's default")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    cfg = RunConfig().override([f"ids.scheme={args.scheme}", f"ids.epochs={args.epochs}", f"text.encoder={args.encoder}"])
     dataset = load_dataset(args.data)
-    texts = [item_sentence(meta, TextConfig().template) for meta in dataset.item_meta]
-    encoder = TextEncoder(args.encoder)
-    start = time.perf_counter()
-    embeddings = encoder.encode(texts, use_cache=not args.no_cache)
-    embed_seconds = time.perf_counter() - start
-
-    config = IDsConfig(scheme=args.scheme, epochs=args.epochs)
-    quantizer = make_quantizer(args.scheme, embeddings.shape[1], config)
-    start = time.perf_counter()
-    quantizer.fit(embeddings)
-    fit_seconds = time.perf_counter() - start
-    ids = SemanticIDs.from_codes(dataset.item_ids, quantizer.encode(embeddings), config.codebook_size)
-    metrics = ids.metrics()
+    with tempfile.TemporaryDirectory() as work:
+        if args.no_cache:  # fresh embedding cache, but keep the unpacked models
+            fresh = Path(work) / "cache"
+            fresh.mkdir()
+            if (cache_dir() / "models").is_dir():
+                (fresh / "models").symlink_to(cache_dir() / "models")
+            os.environ["TIGERREC_CACHE"] = str(fresh)
+        build_semantic_ids(dataset, cfg, Path(work) / "ids")
+        metrics = read_json(Path(work) / "ids" / IDS_METRICS)
 
     result = {
-        "scheme": args.scheme,
-        "items": metrics["items"],
-        "utilization": metrics["utilization"],
-        "unique_prefix_share": metrics["unique_prefix_share"],
-        "max_collision_group": metrics["max_collision_group"],
-        "collision_group_sizes": metrics["collision_group_sizes"],
-        "unique_ids": metrics["unique_ids"],
-        "reconstruction": quantizer.history[-1].get("reconstruction"),
-        "encoder": encoder.label,
-        "embed_seconds": round(embed_seconds, 1),
-        "embed_cache_used": not args.no_cache,  # cached embeddings load in seconds
-        "embed_seconds_first_run": FIRST_RUN_EMBED_SECONDS,
-        "rqvae_seconds": round(fit_seconds, 1),
+        "dataset": dataset.name, "scheme": args.scheme, "encoder": metrics["encoder"],
         "epochs": args.epochs if args.scheme == "rqvae" else None,
-        "config": vars(config),
-        "torch_threads": torch.get_num_threads(),
+        **{k: metrics[k] for k in ("items", "utilization", "unique_prefix_share", "max_collision_group",
+                                   "collision_group_sizes", "unique_ids", "reconstruction")},
+        "embed_seconds": metrics["embed_seconds"], "embed_cached": not args.no_cache,
+        "rqvae_seconds": metrics["quantizer_seconds"],
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "history": quantizer.history,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count()},
+        "torch_threads": torch.get_num_threads(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
+        "date": datetime.date.today().isoformat(),
+        "config": vars(cfg.ids),
+        "history": metrics["history"],
     }
-    name = "ids_beauty.json" if args.scheme == "rqvae" else f"ids_beauty_{args.scheme}.json"
-    out = Path(args.out or Path(__file__).parent / "results" / name)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))
-    print(f"wrote {out}")
+    out = Path(args.out) if args.out else RESULTS / ("ids_beauty.json" if args.scheme == "rqvae" else f"ids_beauty_{args.scheme}.json")
+    write_json(out, result)
+    print(f"{out}: utilisation {result['utilization']}, unique prefixes {result['unique_prefix_share']:.1%}, "
+          f"largest collision group {result['max_collision_group']}, embed {result['embed_seconds']} s, "
+          f"quantiser {result['rqvae_seconds']} s")
 
 
 if __name__ == "__main__":

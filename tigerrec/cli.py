@@ -38,7 +38,7 @@ def load_config(args, preset: str | None = None) -> RunConfig:
 
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML or TOML config file (sections: data, text, ids, model, train, eval)")
+    parser.add_argument("--config", help="YAML or TOML config file (sections: data, text, ids, model, train, eval, sasrec, experiment)")
     parser.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one setting (repeatable)")
     parser.add_argument("--encoder", help="sentence encoder: name, local folder, or 'auto' (offline all-mpnet-base-v2)")
     parser.add_argument("--scheme", choices=["rqvae", "rqkmeans", "lsh", "random"], help="Semantic ID scheme")
@@ -86,6 +86,16 @@ def cmd_run(args) -> None:
         test = metrics["test"]
         print(f"test  R@5 {test['recall@5']:.4f}  N@5 {test['ndcg@5']:.4f}  R@10 {test['recall@10']:.4f}  N@10 {test['ndcg@10']:.4f}")
         print(f"metrics written to {Path(args.out) / 'metrics.json'}")
+
+
+def cmd_experiment(args) -> None:
+    from .experiments import run_experiment
+
+    preset, source = resolve_source(args.target, args.data_dir)
+    cfg = load_config(args, preset)
+    result = run_experiment(args.name, source, cfg, args.out, args.run_dir)
+    print(result["table"])
+    print(f"written to {Path(args.out) / (args.name + '.json')} and {Path(args.out) / (args.name + '.md')}")
 
 
 def cmd_recommend(args) -> None:
@@ -147,6 +157,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-minutes", type=float, help="stop training after this many minutes")
     add_config_options(run)
     run.set_defaults(func=cmd_run)
+
+    exp = commands.add_parser("experiment", help="the paper's further experiments: coldstart, diversity, ablation, baselines")
+    exp.add_argument("name", choices=["coldstart", "diversity", "ablation", "baselines"], help="which experiment")
+    exp.add_argument("target", help="preset (beauty, sports, toys, tiny) or a dataset directory")
+    exp.add_argument("--data-dir", help="local dataset directory for a preset (otherwise it is downloaded)")
+    exp.add_argument("--out", required=True, help="output directory: NAME.json, NAME.md and the runs it trains")
+    exp.add_argument("--run-dir", help="diversity: sample this trained run instead of training one; "
+                                       "baselines: add its TIGER metrics to the table")
+    exp.add_argument("--steps", type=int, help="training steps of every TIGER model it trains")
+    exp.add_argument("--max-minutes", type=float, help="training budget of every TIGER model it trains")
+    add_config_options(exp)
+    exp.set_defaults(func=cmd_experiment)
 
     rec = commands.add_parser("recommend", help="next-item recommendations from a trained run directory")
     rec.add_argument("run_dir", help="run directory written by `tigerrec run`")

@@ -102,6 +102,42 @@ class EvalConfig:
 
 
 @dataclass
+class SASRecConfig:
+    """SASRec baseline (Kang & McAuley 2018) trained with full-catalogue cross-entropy.
+
+    Sizes follow the original paper (2 blocks, 1 head, dropout 0.5 on the sparse
+    Amazon data, max length 50, Adam 1e-3, batch 128), with 64 hidden units as in
+    most re-implementations (the original used 50).
+    """
+
+    hidden: int = 64
+    blocks: int = 2
+    heads: int = 1
+    dropout: float = 0.5
+    max_len: int = 50
+    lr: float = 0.001
+    batch_size: int = 128
+    steps: int = 20_000
+    max_minutes: float = 0.0  # wall-clock budget; 0 = none
+    eval_every: int = 1_000  # steps between validation runs (best checkpoint by NDCG@10)
+    bf16: str = "auto"
+    seed: int = 0
+
+
+@dataclass
+class ExperimentConfig:
+    """Settings of ``tigerrec experiment`` (the paper's further experiments)."""
+
+    unseen_share: float = 0.05  # cold start: share of the distinct test targets held out as unseen
+    epsilons: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.2, 0.4, 1.0])
+    temperatures: list[float] = field(default_factory=lambda: [1.0, 1.5, 2.0])
+    category_level: int = 2  # diversity: depth in the item's first category path (1 = root); 0 = deepest
+    schemes: list[str] = field(default_factory=lambda: ["random", "lsh", "rqkmeans", "rqvae"])
+    user_token_ablation: bool = True  # ablation: also train rqvae without the user token
+    seed: int = 0
+
+
+@dataclass
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     text: TextConfig = field(default_factory=TextConfig)
@@ -109,6 +145,8 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    sasrec: SASRecConfig = field(default_factory=SASRecConfig)
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -47,10 +47,16 @@ def recommend_examples(
     constrained: bool = True,
     bf16: bool = False,
     desc: str = "decode",
+    temperature: float | None = None,
+    generator: torch.Generator | None = None,
 ):
-    """Top-k item indices (N, top_k) and their ID codes for every example, in batches of similar length."""
+    """Top-k item indices (N, top_k) and their ID codes for every example, in batches of similar length.
+
+    ``temperature`` samples the beams instead of searching (see ``decoding.generate``).
+    """
     model.eval()
     device = next(model.parameters()).device
+    trie.to(device)  # the trie's table must sit where the decoder's nodes are
     order = np.argsort(examples.lengths, kind="stable")
     items = np.full((len(examples), top_k), -1, dtype=np.int64)
     codes = np.zeros((len(examples), top_k, tokenizer.id_length), dtype=np.int64)
@@ -58,7 +64,7 @@ def recommend_examples(
         index = order[begin : begin + batch_size]
         tokens = tokenizer.encoder_input(torch.from_numpy(examples.histories[index]), torch.from_numpy(user_tokens[index]))
         with autocast(str(device), bf16):
-            out = generate(model, tokens.to(device), trie, beam_size, top_k, constrained)
+            out = generate(model, tokens.to(device), trie, beam_size, top_k, constrained, temperature, generator)
         items[index] = out.items.cpu().numpy()
         codes[index] = out.codes.cpu().numpy()
     return items, codes

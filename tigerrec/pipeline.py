@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import load_file
 
 from .config import RunConfig
-from .data import Dataset, leave_one_out, load_dataset
+from .data import Dataset, Split, leave_one_out, load_dataset
 from .decoding import PrefixTrie
 from .device import use_bf16
 from .evaluate import evaluate
@@ -122,6 +122,14 @@ def make_model(tokenizer: Tokenizer, cfg: RunConfig) -> TigerModel:
     return TigerModel(cfg.model, tokenizer.vocab_size, tokenizer.id_length, tokenizer.codebook_size)
 
 
+def held_out_examples(split: Split, max_history: int) -> tuple[Examples, Examples]:
+    """Validation and test examples of every user (the leave-one-out targets)."""
+    users = np.arange(len(split.train))
+    valid = Examples.from_histories(split.valid_history, split.valid_target, users, max_history)
+    test = Examples.from_histories(split.test_history, split.test_target, users, max_history)
+    return valid, test
+
+
 def prepare(dataset: Dataset, ids: SemanticIDs, cfg: RunConfig) -> tuple[TrainData, Examples, TigerModel]:
     """Tokenizer, examples for train / valid / test, trie and a fresh model."""
     if ids.item_ids != dataset.item_ids:
@@ -129,28 +137,38 @@ def prepare(dataset: Dataset, ids: SemanticIDs, cfg: RunConfig) -> tuple[TrainDa
     split = leave_one_out(dataset)
     tokenizer = make_tokenizer(ids, cfg)
     user_tokens = np.array([tokenizer.user_token(u) for u in dataset.user_ids], dtype=np.int64)
-    users = np.arange(dataset.num_users)
+    valid, test = held_out_examples(split, cfg.data.max_history)
     data = TrainData(
         tokenizer=tokenizer,
         trie=PrefixTrie(ids.codes, ids.codebook_size),
         train=Examples.training(split.train, cfg.data.max_history),
-        valid=Examples.from_histories(split.valid_history, split.valid_target, users, cfg.data.max_history),
+        valid=valid,
         user_tokens=user_tokens,
     )
-    test = Examples.from_histories(split.test_history, split.test_target, users, cfg.data.max_history)
     torch.manual_seed(cfg.train.seed)  # same seed, same initial weights
     model = make_model(tokenizer, cfg)
     return data, test, model
 
 
-def run(source: str, cfg: RunConfig, run_dir: str | Path) -> dict:
-    """Run every stage; returns (and writes) ``metrics.json``."""
+def load_best_model(model: TigerModel, run_dir: str | Path) -> TigerModel:
+    """Load the checkpoint selected by validation into ``model``, on the device the model is on."""
+    model.load_state_dict(load_file(str(Path(run_dir) / BEST_MODEL), device=str(next(model.parameters()).device)))
+    return model.eval()
+
+
+def run(source: str | Dataset, cfg: RunConfig, run_dir: str | Path) -> dict:
+    """Run every stage; returns (and writes) ``metrics.json``.
+
+    ``source`` is anything ``load_dataset`` reads, or a ``Dataset`` already in
+    memory (the cold-start experiment trains on one without its unseen items).
+    """
     run_dir = Path(run_dir)
     rank, _ = distributed_context()
     run_dir.mkdir(parents=True, exist_ok=True)
     timings = {}
     start = time.perf_counter()
-    dataset = load_dataset(source, cfg.data.min_interactions)
+    dataset = source if isinstance(source, Dataset) else load_dataset(source, cfg.data.min_interactions)
+    source = dataset.name if isinstance(source, Dataset) else source
     timings["load_seconds"] = round(time.perf_counter() - start, 1)
     log.info("dataset %s: %s", dataset.name, dataset.stats())
     if rank == 0:
@@ -174,7 +192,7 @@ def run(source: str, cfg: RunConfig, run_dir: str | Path) -> dict:
         return {}
 
     # Test metrics once, on the checkpoint selected by validation.
-    model.load_state_dict(load_file(str(run_dir / BEST_MODEL), device=str(next(model.parameters()).device)))
+    load_best_model(model, run_dir)
     bf16 = use_bf16(str(next(model.parameters()).device), cfg.train.bf16)
     evals = {}
     for name, examples in (("valid", data.valid), ("test", test)):

@@ -1,0 +1,186 @@
+import json
+import math
+
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from tigerrec.baselines import most_popular, sasrec_recommend, semantic_knn, train_sasrec, training_windows
+from tigerrec.cli import main
+from tigerrec.config import SASRecConfig
+from tigerrec.data import leave_one_out, make_tiny
+from tigerrec.evaluate import ranking_metrics
+from tigerrec.experiments import (category_entropy, cold_start_ids, epsilon_rank, item_categories, pick_unseen,
+                                  unseen_siblings, without_items)
+from tigerrec.pipeline import IDS_DIR, QUANTIZER_FILE, build_semantic_ids, embed_items
+from tigerrec.quantize import load_quantizer
+from tigerrec.sequences import Examples
+
+# Fast settings for the smoke runs of the commands (tiny data, a few dozen steps).
+SMOKE = ["--scheme", "rqkmeans", "--steps", "30", "--set", "train.eval_every=30", "--set", "train.log_every=10"]
+
+
+# ------------------------------------------------------------------ epsilon rule
+
+SEEN = np.array([[0, 1, 2]])  # seen items of three generated IDs, best first
+UNSEEN = np.array([[[10, 11], [-1, -1], [12, 10]]])  # unseen items sharing each ID's first codes
+
+
+def test_epsilon_zero_gives_only_seen_items_in_generated_order():
+    assert epsilon_rank(SEEN, UNSEEN, 3, 0.0).tolist() == [[0, 1, 2]]
+
+
+def test_epsilon_one_puts_unseen_siblings_before_their_seen_item():
+    assert epsilon_rank(SEEN, UNSEEN, 3, 1.0).tolist() == [[10, 11, 0]]
+    assert epsilon_rank(SEEN, UNSEEN, 6, 1.0).tolist() == [[10, 11, 0, 1, 12, 2]]  # 10 is not repeated
+
+
+def test_epsilon_caps_unseen_items_at_ceil_epsilon_k():
+    assert epsilon_rank(SEEN, UNSEEN, 5, 0.4).tolist() == [[10, 11, 0, 1, 2]]  # cap 2: 12 skipped
+    assert epsilon_rank(SEEN, UNSEEN, 5, 0.2).tolist() == [[10, 0, 1, 2, -1]]  # cap 1; candidates run out
+    assert epsilon_rank(SEEN, UNSEEN, 1, 0.1).tolist() == [[10]]  # any epsilon > 0 admits one
+    for epsilon in (0.0, 0.1, 0.2, 0.4, 1.0):
+        for k in range(1, 7):
+            ranked = epsilon_rank(SEEN, UNSEEN, k, epsilon)
+            assert (ranked >= 10).sum() <= math.ceil(epsilon * k - 1e-9)
+
+
+def test_unseen_siblings_share_all_but_the_last_code():
+    from tigerrec.semantic_ids import SemanticIDs
+
+    ids = SemanticIDs.from_codes(["a", "b"], np.array([[1, 2, 3], [4, 5, 6]]), 8)
+    ids = ids.add_items(["c", "d", "e"], np.array([[1, 2, 3], [1, 2, 3], [7, 7, 7]]))
+    generated = np.array([[[1, 2, 3, 0], [4, 5, 6, 0]]])
+    assert unseen_siblings(generated, ids, 2).tolist() == [[[2, 3], [-1, -1]]]
+
+
+# ------------------------------------------------------------------ diversity
+
+def test_category_entropy_in_nats():
+    entropy = category_entropy(np.array([[0, 0, 0, 0], [0, 1, 0, 1], [0, 1, -1, -1], [0, 1, 2, 3]]))
+    assert entropy == pytest.approx([0.0, math.log(2), math.log(2), math.log(4)])
+
+
+def test_item_categories_level_and_leaf():
+    meta = [{"categories": [["Beauty", "Skin Care", "Face"], ["Beauty", "Bath"]]}, {"categories": [["Beauty", "Makeup"]]},
+            {"categories": [["Beauty", "Skin Care", "Body"]]}, {}]
+    level2 = item_categories(meta, 2)
+    assert level2[0] == level2[2] and len(set(level2.tolist())) == 3
+    leaf = item_categories(meta, 0)
+    assert len(set(leaf.tolist())) == 4
+
+
+# ------------------------------------------------------------------ baselines
+
+def test_most_popular_counts_training_parts():
+    train = [np.array([0, 1]), np.array([1, 2]), np.array([1])]
+    histories = [np.array([1]), np.array([3])]
+    assert most_popular(train, 4, histories, 3).tolist() == [[1, 0, 2], [1, 0, 2]]
+    assert most_popular(train, 4, histories, 3, exclude_history=True).tolist() == [[0, 2, 3], [1, 0, 2]]
+
+
+def test_semantic_knn_ranks_by_cosine_to_the_mean_history():
+    embeddings = np.array([[1.0, 0.0], [0.0, 1.0], [2.0, 0.2], [0.1, 1.0]])
+    assert semantic_knn(embeddings, [np.array([0])], 3).tolist() == [[2, 3, 1]]
+    assert semantic_knn(embeddings, [np.array([0])], 4, exclude_history=False)[0, 0] == 0
+    # Profile = mean of unit vectors of items 0 and 1 = the diagonal; 2 and 3 are equally far from it.
+    assert set(semantic_knn(embeddings, [np.array([0, 1])], 2)[0].tolist()) == {2, 3}
+
+
+def test_training_windows_cover_every_target_once():
+    windows = training_windows([np.arange(12), np.array([5])], max_len=5)
+    targets = sorted(t for w in windows for t in w[1:].tolist())
+    assert targets == list(range(1, 12)) and all(len(w) <= 6 for w in windows)
+
+
+def test_sasrec_overfits_the_tiny_dataset():
+    dataset = make_tiny()
+    split = leave_one_out(dataset)
+    cfg = SASRecConfig(hidden=32, dropout=0.0, steps=200, eval_every=100, batch_size=64, lr=0.01, bf16="off")
+    model, summary = train_sasrec(split.train, dataset.num_items, split.valid_history, split.valid_target, cfg)
+    train = Examples.training(split.train, cfg.max_len)
+    histories = [h[:n] for h, n in zip(train.histories, train.lengths)]
+    assert ranking_metrics(sasrec_recommend(model, histories, 10), train.targets)["recall@10"] >= 0.95
+    assert summary["best_valid_ndcg@10"] > 0.8 and summary["steps"] == 200
+
+
+# ------------------------------------------------------------------ cold start split
+
+def test_cold_start_split_and_ids(tmp_path):
+    cfg = tiny_config()
+    dataset = make_tiny()
+    split = leave_one_out(dataset)
+    unseen = pick_unseen(split.test_target, 0.05, seed=0)
+    assert np.isin(unseen, split.test_target).all()
+    assert len(unseen) == round(0.05 * len(np.unique(split.test_target)))
+    assert (pick_unseen(split.test_target, 0.05, seed=0) == unseen).all()
+
+    seen = without_items(dataset, unseen)
+    unseen_ids = {dataset.item_ids[i] for i in unseen}
+    assert not unseen_ids & set(seen.item_ids) and seen.num_items == dataset.num_items - len(unseen)
+    for user, seq in zip(seen.user_ids, seen.sequences):
+        original = [dataset.item_ids[i] for i in dataset.sequences[dataset.user_ids.index(user)]]
+        assert [seen.item_ids[i] for i in seq] == [i for i in original if i not in unseen_ids]
+
+    build_semantic_ids(seen, cfg, tmp_path / IDS_DIR)  # the quantiser is fit on seen items only
+    ids, to_row, embeddings = cold_start_ids(dataset, unseen, cfg, tmp_path)
+    assert ids.item_ids[: seen.num_items] == seen.item_ids  # seen items first, IDs unchanged
+    assert [ids.item_ids[to_row[i]] for i in range(dataset.num_items)] == dataset.item_ids
+    assert len(np.unique(ids.codes, axis=0)) == dataset.num_items
+    quantizer = load_quantizer(tmp_path / IDS_DIR / QUANTIZER_FILE)
+    full, _, _ = embed_items(dataset, cfg)
+    assert np.array_equal(ids.codes[seen.num_items :, :-1], quantizer.encode(full[unseen]))
+    assert np.allclose(embeddings[to_row], full)
+    # An unseen item's last code continues after the seen items that share its first codes.
+    for row in range(seen.num_items, dataset.num_items):
+        same = (ids.codes[:row, :-1] == ids.codes[row, :-1]).all(1)
+        assert ids.codes[row, -1] == same.sum()
+
+
+# ------------------------------------------------------------------ the commands on tiny data
+
+@pytest.fixture(scope="module")
+def tiny_tiger(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("tiger")
+    assert main(["run", "tiny", "--out", str(run_dir), *SMOKE]) == 0
+    return run_dir
+
+
+def _read(out, name):
+    result = json.loads((out / f"{name}.json").read_text())
+    assert (out / f"{name}.md").read_text().startswith(f"# {name}")
+    return result
+
+
+def test_coldstart_command(tmp_path):
+    assert main(["experiment", "coldstart", "tiny", "--out", str(tmp_path), *SMOKE]) == 0
+    result = _read(tmp_path, "coldstart")
+    assert result["cold_test_users"] > 0 and result["unseen_items"] > 0
+    assert set(result["recall"]) == {"Semantic_KNN", "TIGER eps=0", "TIGER eps=0.1", "TIGER eps=0.2", "TIGER eps=0.4", "TIGER eps=1"}
+    assert all(v == 0 for v in result["recall"]["TIGER eps=0"].values())  # only seen items, every target unseen
+    assert result["mean_unseen_in_top10"]["TIGER eps=0.1"] <= 1
+
+
+def test_diversity_command(tmp_path, tiny_tiger):
+    assert main(["experiment", "diversity", "tiny", "--out", str(tmp_path), "--run-dir", str(tiny_tiger)]) == 0
+    rows = _read(tmp_path, "diversity")["rows"]
+    assert [r["temperature"] for r in rows] == [None, 1.0, 1.5, 2.0]
+    assert all(0 <= r["entropy@10 (level 2)"] <= math.log(10) for r in rows)
+
+
+def test_baselines_command(tmp_path, tiny_tiger):
+    args = ["--set", "sasrec.steps=40", "--set", "sasrec.eval_every=20", "--run-dir", str(tiny_tiger)]
+    assert main(["experiment", "baselines", "tiny", "--out", str(tmp_path), *args]) == 0
+    methods = _read(tmp_path, "baselines")["methods"]
+    assert set(methods) == {"MostPop", "MostPop (history excluded)", "Semantic_KNN", "SASRec", "TIGER"}
+    assert all(0 <= m["test"]["recall@10"] <= 1 for m in methods.values())
+
+
+def test_ablation_command(tmp_path):
+    args = ["--set", "experiment.schemes=[random, rqvae]", "--epochs", "5", "--steps", "20", "--set", "train.eval_every=20"]
+    assert main(["experiment", "ablation", "tiny", "--out", str(tmp_path), *args]) == 0
+    variants = _read(tmp_path, "ablation")["variants"]
+    assert list(variants) == ["random", "rqvae", "rqvae-no-user-token"]
+    assert all(v["steps"] == 20 for v in variants.values())
+    ids = [(tmp_path / "ablation" / name / IDS_DIR / "semantic_ids.csv").read_text() for name in ("rqvae", "rqvae-no-user-token")]
+    assert ids[0] == ids[1]  # the user-token rows share their IDs

@@ -1,0 +1,181 @@
+"""Baselines for the TIGER tables: most-popular, Semantic_KNN and SASRec.
+
+Every baseline returns rankings as (N, k) item indices, best first, so the
+same ``evaluate.ranking_metrics`` scores them and TIGER. Histories are lists of
+item-index arrays, oldest first (``Split.valid_history`` / ``test_history``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import SASRecConfig
+from .device import autocast, use_bf16
+from .evaluate import ranking_metrics
+from .sequences import length_bucketed_batches
+
+log = logging.getLogger(__name__)
+
+
+def _top_k(scores: torch.Tensor, histories: list[np.ndarray], k: int, exclude_history: bool) -> np.ndarray:
+    """Indices of the k best scores per row, optionally never an item of the row's history."""
+    if exclude_history:
+        rows = np.repeat(np.arange(len(histories)), [len(h) for h in histories])
+        scores[torch.from_numpy(rows), torch.from_numpy(np.concatenate(histories))] = float("-inf")
+    return scores.topk(k, dim=1).indices.cpu().numpy()
+
+
+def _in_chunks(histories: list[np.ndarray], rank_chunk, chunk: int = 1024) -> np.ndarray:
+    """Score users a chunk at a time: a full users x items matrix would not fit for large catalogues."""
+    return np.concatenate([rank_chunk(histories[i : i + chunk]) for i in range(0, len(histories), chunk)])
+
+
+def most_popular(train_sequences: list[np.ndarray], num_items: int, histories: list[np.ndarray], k: int = 10,
+                 exclude_history: bool = False) -> np.ndarray:
+    """Items by how often they occur in the training parts (ties: lower index first).
+
+    Without ``exclude_history`` every user gets the same list; with it, the items
+    the user already has are skipped (Amazon 5-core users rarely repeat an item).
+    """
+    counts = np.bincount(np.concatenate(train_sequences), minlength=num_items).astype(np.float64)
+    # Tiny decreasing offsets break ties by index, so the ranking is deterministic.
+    scores = torch.from_numpy(counts - np.arange(num_items) / (num_items + 1.0))
+    return _in_chunks(histories, lambda part: _top_k(scores.expand(len(part), -1).clone(), part, k, exclude_history))
+
+
+def semantic_knn(embeddings: np.ndarray, histories: list[np.ndarray], k: int = 10, max_history: int = 20,
+                 exclude_history: bool = True) -> np.ndarray:
+    """Items nearest to the user's profile in the content-embedding space.
+
+    Profile = mean of the unit-normalised embeddings of the user's last
+    ``max_history`` items (what TIGER's encoder sees); items are ranked by cosine
+    similarity to it. Items anywhere in the history are excluded by default.
+    """
+    unit = F.normalize(torch.as_tensor(embeddings, dtype=torch.float32), dim=1)
+
+    def rank(part):
+        profiles = torch.stack([unit[torch.from_numpy(h[-max_history:])].mean(0) for h in part])
+        return _top_k(F.normalize(profiles, dim=1) @ unit.T, part, k, exclude_history)
+
+    return _in_chunks(histories, rank)
+
+
+# ------------------------------------------------------------------ SASRec
+
+class SASRec(nn.Module):
+    """Self-attentive sequential recommendation (Kang & McAuley 2018).
+
+    Item embeddings (shared with the output layer) plus learned absolute
+    positions, pre-LayerNorm causal Transformer blocks with a ReLU feed-forward of
+    width ``hidden`` as in the original. Trained with cross-entropy over the full
+    catalogue at every position (the stronger modern recipe, e.g. Klenitskiy &
+    Vasilev 2023) instead of the original's BCE with one sampled negative.
+    Item i is token i + 1; 0 is padding (on the right, so causal attention never sees it).
+    """
+
+    def __init__(self, num_items: int, cfg: SASRecConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.items = nn.Embedding(num_items + 1, cfg.hidden, padding_idx=0)
+        self.positions = nn.Embedding(cfg.max_len, cfg.hidden)
+        layer = nn.TransformerEncoderLayer(cfg.hidden, cfg.heads, cfg.hidden, cfg.dropout, activation="relu",
+                                           batch_first=True, norm_first=True)
+        self.blocks = nn.TransformerEncoder(layer, cfg.blocks, enable_nested_tensor=False)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.norm = nn.LayerNorm(cfg.hidden)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, L) tokens -> (B, L, hidden) states; state t summarises tokens[:, :t+1]."""
+        length = tokens.shape[1]
+        x = self.items(tokens) * self.cfg.hidden**0.5 + self.positions(torch.arange(length, device=tokens.device))
+        causal = nn.Transformer.generate_square_subsequent_mask(length, device=tokens.device)
+        return self.norm(self.blocks(self.dropout(x), mask=causal, is_causal=True))
+
+    def logits(self, states: torch.Tensor) -> torch.Tensor:
+        return states @ self.items.weight[1:].T  # scores of every item (padding row left out)
+
+
+def _pad(sequences: list[np.ndarray], length: int) -> torch.Tensor:
+    """Right-padded tokens (item + 1) of the last ``length`` items of each sequence."""
+    out = np.zeros((len(sequences), length), dtype=np.int64)
+    for i, seq in enumerate(sequences):
+        recent = seq[-length:]
+        out[i, : len(recent)] = recent + 1
+    return torch.from_numpy(out)
+
+
+def training_windows(train_sequences: list[np.ndarray], max_len: int) -> list[np.ndarray]:
+    """Cut each training part into windows of up to max_len + 1 items, newest first, so that every
+    item after a user's first is a target exactly once (every prefix is a training example)."""
+    windows = []
+    for seq in train_sequences:
+        for end in range(len(seq), 1, -max_len):
+            windows.append(seq[max(0, end - max_len - 1) : end])
+    return windows
+
+
+@torch.no_grad()
+def sasrec_recommend(model: SASRec, histories: list[np.ndarray], k: int = 10, batch_size: int = 1024, bf16: bool = False) -> np.ndarray:
+    """Top-k items after each history (history items are not excluded, as in TIGER's evaluation)."""
+    model.eval()
+    device = next(model.parameters()).device
+    ranked = []
+    for begin in range(0, len(histories), batch_size):
+        part = histories[begin : begin + batch_size]
+        tokens = _pad(part, model.cfg.max_len).to(device)
+        last = torch.tensor([min(len(h), model.cfg.max_len) - 1 for h in part], device=device)
+        with autocast(str(device), bf16):
+            states = model(tokens)[torch.arange(len(part), device=device), last]
+            ranked.append(model.logits(states).float().topk(k, dim=1).indices.cpu().numpy())
+    return np.concatenate(ranked)
+
+
+def train_sasrec(train_sequences: list[np.ndarray], num_items: int, valid_histories: list[np.ndarray],
+                 valid_targets: np.ndarray, cfg: SASRecConfig, device: str = "cpu") -> tuple[SASRec, dict]:
+    """Train on every prefix of the training parts; keep the weights with the best validation NDCG@10."""
+    torch.manual_seed(cfg.seed)
+    model = SASRec(num_items, cfg).to(device)
+    bf16 = use_bf16(device, cfg.bf16)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98))
+    windows = training_windows(train_sequences, cfg.max_len)
+    tokens = _pad(windows, cfg.max_len + 1)  # inputs are [:, :-1], targets [:, 1:]
+    lengths = np.array([len(w) - 1 for w in windows])
+    best, best_state, best_step, step, epoch, start = -1.0, None, 0, 0, 0, time.perf_counter()
+    history, out_of_time = [], False
+    while step < cfg.steps:
+        for index in length_bucketed_batches(lengths, cfg.batch_size, cfg.seed, epoch):
+            batch = tokens[index, : lengths[index].max() + 1].to(device)
+            inputs, targets = batch[:, :-1], batch[:, 1:] - 1  # target -1 = padding
+            model.train()
+            with autocast(device, bf16):
+                states = model(inputs)[targets >= 0]  # only real positions pay for the full-catalogue softmax
+                loss = F.cross_entropy(model.logits(states).float(), targets[targets >= 0])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            out_of_time = cfg.max_minutes and (time.perf_counter() - start) / 60 >= cfg.max_minutes
+            last = step >= cfg.steps or out_of_time
+            if step % cfg.eval_every == 0 or last:
+                metrics = ranking_metrics(sasrec_recommend(model, valid_histories, 10, bf16=bf16), valid_targets)
+                history.append({"step": step, "loss": round(loss.item(), 4), **metrics})
+                log.info("SASRec step %d loss %.4f valid %s", step, loss.item(), metrics)
+                if metrics["ndcg@10"] > best:
+                    best, best_step = metrics["ndcg@10"], step
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if last:
+                break
+        epoch += 1
+        if out_of_time:
+            break
+    model.load_state_dict(best_state)
+    summary = {"steps": step, "best_step": best_step, "best_valid_ndcg@10": best, "epochs": round(step * cfg.batch_size / len(windows), 2),
+               "train_seconds": round(time.perf_counter() - start, 1), "parameters": sum(p.numel() for p in model.parameters()),
+               "history": history}
+    return model, summary

@@ -1,0 +1,365 @@
+"""The paper's further experiments, one command each, on the main pipeline's data, splits and metrics.
+
+    tigerrec experiment coldstart beauty --out runs/experiments
+    tigerrec experiment diversity beauty --out runs/experiments --run-dir runs/beauty
+    tigerrec experiment ablation  beauty --out runs/experiments --max-minutes 60
+    tigerrec experiment baselines beauty --out runs/experiments --run-dir runs/beauty
+
+Each writes ``OUT/<name>.json`` (numbers, settings, timings) and ``OUT/<name>.md``
+(a Markdown table); the runs they train go to ``OUT/<name>/`` and are reused or
+resumed when the command is run again.
+
+- coldstart: 5% of the test items are "unseen": removed from every sequence, so
+  neither the quantiser nor the sequence model sees them; afterwards they get
+  Semantic IDs from the trained quantiser. Retrieval adds the unseen items that
+  share the first codes of each generated ID, at most ceil(epsilon * K) of them
+  in a top K (``epsilon_rank``). Compared with Semantic_KNN.
+- diversity: temperature sampling of the decoder; Entropy@K of the categories of
+  the top-K items (natural log, ``category_entropy``) against the Recall@10 it costs.
+- ablation: the same sequence model and budget on random / LSH / RQ-KMeans /
+  RQ-VAE IDs, and RQ-VAE IDs without the user token.
+- baselines: most-popular, Semantic_KNN and SASRec (``baselines.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import time
+from collections import defaultdict
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from .baselines import most_popular, sasrec_recommend, semantic_knn, train_sasrec
+from .config import RunConfig
+from .data import Dataset, leave_one_out, load_dataset
+from .decoding import PrefixTrie
+from .device import use_bf16
+from .evaluate import ranking_metrics, recommend_examples
+from .io import read_json, write_json, write_text
+from .pipeline import (IDS_DIR, QUANTIZER_FILE, embed_items, load_best_model, make_model, make_tokenizer, prepare,
+                       read_run_config, run)
+from .quantize import load_quantizer
+from .semantic_ids import SemanticIDs
+from .sequences import Examples
+from .train import training_device
+
+log = logging.getLogger(__name__)
+
+METRICS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
+# Figures of the paper (TIGER_SPEC.md), shown next to our numbers.
+PAPER_TABLE1 = {  # dataset -> method -> R@5, N@5, R@10, N@10
+    "beauty": {"SASRec": (.0387, .0249, .0605, .0318), "TIGER": (.0454, .0321, .0648, .0384)},
+    "sports": {"SASRec": (.0233, .0154, .0350, .0192), "TIGER": (.0264, .0181, .0400, .0225)},
+    "toys": {"SASRec": (.0463, .0306, .0675, .0374), "TIGER": (.0521, .0371, .0712, .0432)},
+}
+PAPER_ABLATION = {"random": {"recall@5": .0296}, "lsh": {"recall@5": .0379},
+                  "rqvae": {"recall@5": .0454, "ndcg@10": .0384}, "rqvae-no-user-token": {"ndcg@10": .0367}}
+PAPER_ENTROPY = {1.0: 0.76, 1.5: 1.14, 2.0: 1.38}  # Beauty, Entropy@10
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    cell = lambda v: "" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]) + "\n"
+
+
+def _device_and_bf16(cfg: RunConfig) -> tuple[str, bool]:
+    device = training_device()
+    return device, use_bf16(device, cfg.train.bf16)
+
+
+# ------------------------------------------------------------------ cold start
+
+def pick_unseen(test_targets: np.ndarray, share: float, seed: int) -> np.ndarray:
+    """A seeded ``share`` of the distinct test-target items (at least one), sorted."""
+    distinct = np.unique(test_targets)
+    count = max(1, round(share * len(distinct)))
+    return np.sort(np.random.default_rng(seed).choice(distinct, count, replace=False))
+
+
+def without_items(dataset: Dataset, items: np.ndarray) -> Dataset:
+    """``dataset`` with ``items`` removed from the catalogue and from every sequence.
+
+    Users left with fewer than 3 items (no room for train, valid and test) are dropped.
+    The other items keep their order, so they are the first rows of the cold-start IDs.
+    """
+    drop = np.zeros(dataset.num_items, dtype=bool)
+    drop[items] = True
+    new_index = np.cumsum(~drop) - 1
+    users, sequences = [], []
+    for user, seq in zip(dataset.user_ids, dataset.sequences):
+        kept = new_index[seq[~drop[seq]]]
+        if len(kept) >= 3:
+            users.append(user)
+            sequences.append(kept)
+    keep = np.flatnonzero(~drop)
+    return Dataset(f"{dataset.name}-seen", users, [dataset.item_ids[i] for i in keep], sequences,
+                   [dataset.item_meta[i] for i in keep])
+
+
+def cold_start_ids(dataset: Dataset, unseen: np.ndarray, cfg: RunConfig, run_dir: Path):
+    """Semantic IDs of every item: the seen ones as the run made them, the unseen ones from the
+    run's trained quantiser, with collision codes continuing after the seen items' (``add_items``).
+
+    Returns the IDs (rows: seen items, then unseen), the ID row of every dataset item, and the
+    item embeddings in ID-row order.
+    """
+    seen_ids = SemanticIDs.load(run_dir / IDS_DIR, cfg.ids.codebook_size)
+    quantizer = load_quantizer(run_dir / IDS_DIR / QUANTIZER_FILE)
+    embeddings, _, _ = embed_items(dataset, cfg)
+    ids = seen_ids.add_items([dataset.item_ids[i] for i in unseen], quantizer.encode(embeddings[unseen]))
+    row = {item: i for i, item in enumerate(ids.item_ids)}
+    to_row = np.array([row[item] for item in dataset.item_ids])
+    by_row = np.empty_like(embeddings)
+    by_row[to_row] = embeddings
+    return ids, to_row, by_row
+
+
+def unseen_siblings(codes: np.ndarray, ids: SemanticIDs, num_seen: int) -> np.ndarray:
+    """(N, B, M) unseen items (ID rows >= num_seen) sharing all but the last code of each
+    generated ID ``codes`` (N, B, L), in collision-code order; -1 pads."""
+    groups = defaultdict(list)
+    for item in range(num_seen, len(ids.codes)):
+        groups[tuple(ids.codes[item, :-1])].append(item)
+    out = np.full((*codes.shape[:2], max(map(len, groups.values()), default=1)), -1, dtype=np.int64)
+    for n in range(codes.shape[0]):
+        for b in range(codes.shape[1]):
+            members = groups.get(tuple(codes[n, b, :-1]), ())
+            out[n, b, : len(members)] = members
+    return out
+
+
+EPSILON_RULE = (
+    "The top K is filled by walking the generated IDs (beam search over the seen items) best first; each ID "
+    "contributes the unseen items sharing its first three codes (in collision-code order), then the seen item "
+    "with exactly that ID. At most ceil(epsilon * K) unseen items enter the top K; later ones are skipped. "
+    "An item already taken is skipped; a list with too few candidates is padded (counts as a miss)."
+)
+
+
+def epsilon_rank(seen: np.ndarray, unseen: np.ndarray, k: int, epsilon: float) -> np.ndarray:
+    """Top-k lists from generated IDs holding at most ceil(epsilon * k) unseen items (``EPSILON_RULE``).
+
+    seen: (N, B) the seen item of each generated ID, best first (-1 = none);
+    unseen: (N, B, M) the unseen items sharing that ID's first codes (-1 = padding).
+
+    Unseen siblings come before the seen item because the last code only tells apart
+    items that share the others (in assignment order): the exact match has no better
+    claim than its unseen siblings, so the cap alone decides how many unseen items
+    appear. The ceiling lets any epsilon > 0 admit one unseen item even at K = 1.
+    """
+    cap = math.ceil(epsilon * k - 1e-9)
+    ranked = np.full((len(seen), k), -1, dtype=np.int64)
+    for row in range(len(seen)):
+        taken, unseen_taken = [], 0
+        for b in range(seen.shape[1]):
+            for item in unseen[row, b]:
+                if item >= 0 and unseen_taken < cap and item not in taken and len(taken) < k:
+                    taken.append(item)
+                    unseen_taken += 1
+            if seen[row, b] >= 0 and seen[row, b] not in taken and len(taken) < k:
+                taken.append(seen[row, b])
+        ranked[row, : len(taken)] = taken
+    return ranked
+
+
+def coldstart(source, cfg: RunConfig, out_dir: Path) -> tuple[dict, str]:
+    exp = cfg.experiment
+    dataset = load_dataset(source, cfg.data.min_interactions)
+    split = leave_one_out(dataset)
+    unseen = pick_unseen(split.test_target, exp.unseen_share, exp.seed)
+    run_dir = out_dir / "coldstart"
+    # Quantiser and sequence model never see the unseen items. The seen dataset gets its own
+    # leave-one-out split: a user whose test target was unseen loses that item, so their
+    # training part ends one item earlier (nothing of the cold-start test leaks into training).
+    seen_metrics = run(without_items(dataset, unseen), cfg, run_dir)
+    ids, to_row, embeddings = cold_start_ids(dataset, unseen, cfg, run_dir)
+    num_seen = dataset.num_items - len(unseen)
+
+    # Test users whose target is unseen; their histories keep any unseen items (now with IDs).
+    cold = np.flatnonzero(np.isin(split.test_target, unseen))
+    if not len(cold):
+        raise ValueError("no test user has an unseen target; raise experiment.unseen_share")
+    histories = [to_row[split.test_history[u]] for u in cold]
+    examples = Examples.from_histories(histories, to_row[split.test_target[cold]], cold, cfg.data.max_history)
+    tokenizer = make_tokenizer(ids, cfg)
+    user_tokens = np.array([tokenizer.user_token(dataset.user_ids[u]) for u in cold], dtype=np.int64)
+    device, bf16 = _device_and_bf16(cfg)
+    model = load_best_model(make_model(tokenizer, cfg).to(device), run_dir)
+    trie = PrefixTrie(ids.codes[:num_seen], ids.codebook_size)  # beam search over seen items only
+    beam = cfg.eval.beam_size
+    generated, codes = recommend_examples(model, tokenizer, trie, examples, user_tokens, beam, beam,
+                                          cfg.eval.batch_size, True, bf16, "cold start")
+    siblings = unseen_siblings(codes, ids, num_seen)
+
+    ks = range(1, 11)
+    knn = ranking_metrics(semantic_knn(embeddings, histories, 10, cfg.data.max_history), examples.targets, ks)
+    recall = {"Semantic_KNN": {k: knn[f"recall@{k}"] for k in ks}}
+    unseen_in_top10 = {}
+    for epsilon in exp.epsilons:
+        name = f"TIGER eps={epsilon:g}"
+        # The cap depends on K, so each K gets its own list (not a prefix of the top 10).
+        recall[name] = {k: ranking_metrics(epsilon_rank(generated, siblings, k, epsilon), examples.targets, (k,))[f"recall@{k}"]
+                        for k in ks}
+        unseen_in_top10[name] = float((epsilon_rank(generated, siblings, 10, epsilon) >= num_seen).sum(1).mean())
+    result = {
+        "unseen_items": len(unseen), "seen_items": num_seen, "cold_test_users": len(cold),
+        "generated_ids_with_unseen_siblings": float((siblings >= 0).any(2).mean()),
+        "recall": recall, "mean_unseen_in_top10": unseen_in_top10,
+        "seen_test_metrics": seen_metrics["test"], "training": seen_metrics["training"],
+        "fill_rule": EPSILON_RULE,
+    }
+    header = ["K", *recall]
+    rows = [[k, *(recall[name][k] for name in recall)] for k in ks]
+    rows.append(["unseen in top 10", None, *unseen_in_top10.values()])
+    intro = (f"Recall@K on the {len(cold)} test users whose target is one of {len(unseen)} unseen items "
+             f"({exp.unseen_share:.0%} of the distinct test targets). Paper: TIGER beats Semantic_KNN at every K for eps >= 0.1.\n\n"
+             f"{EPSILON_RULE} Semantic_KNN ranks all items, seen and unseen, by cosine similarity to the mean embedding "
+             "of the user's last items, history excluded.\n\n")
+    return result, intro + markdown_table(header, rows)
+
+
+# ------------------------------------------------------------------ diversity
+
+def item_categories(item_meta: list[dict], level: int) -> np.ndarray:
+    """Category index of every item: the ``level``-th name (1 = root) of its first category path,
+    or the deepest name when the path is shorter or ``level`` is 0. Items without categories share one."""
+    names = []
+    for meta in item_meta:
+        paths = meta.get("categories") or [[]]
+        path = [paths] if isinstance(paths, str) else paths[0] if isinstance(paths[0], list) else paths
+        names.append(str(path[level - 1]) if level and len(path) >= level else str(path[-1]) if path else "")
+    return np.unique(names, return_inverse=True)[1].ravel()
+
+
+def category_entropy(categories: np.ndarray) -> np.ndarray:
+    """Entropy in nats (natural log) of the category distribution of each row of (N, K) category
+    indices; -1 entries (no item) are left out. All one category -> 0; two equally often -> ln 2."""
+    categories = np.asarray(categories)
+    valid = categories >= 0
+    counts = np.zeros((len(categories), max(int(categories.max(initial=0)) + 1, 1)))
+    np.add.at(counts, (np.nonzero(valid)[0], categories[valid]), 1)
+    p = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    return -(p * np.log(np.where(p > 0, p, 1))).sum(1)
+
+
+def diversity(source, cfg: RunConfig, out_dir: Path, run_dir: str | Path | None = None) -> tuple[dict, str]:
+    exp = cfg.experiment
+    if run_dir is None:
+        run_dir = out_dir / "diversity"
+        run(source, cfg, run_dir)
+    else:
+        cfg = replace(read_run_config(run_dir), experiment=exp, eval=cfg.eval)  # the trained model's own sizes
+    run_dir = Path(run_dir)
+    dataset = load_dataset(source, cfg.data.min_interactions)
+    data, test, model = prepare(dataset, SemanticIDs.load(run_dir / IDS_DIR, cfg.ids.codebook_size), cfg)
+    device, bf16 = _device_and_bf16(cfg)
+    load_best_model(model.to(device), run_dir)
+    levels = {f"level {exp.category_level}" if exp.category_level else "leaf": exp.category_level, "leaf": 0}
+    categories = {name: item_categories(dataset.item_meta, level) for name, level in levels.items()}
+    rows = []
+    for temperature in [None, *exp.temperatures]:
+        generator = torch.Generator(device=device).manual_seed(exp.seed)
+        ranked, _ = recommend_examples(model, data.tokenizer, data.trie, test, data.user_tokens[test.users], cfg.eval.beam_size,
+                                       cfg.eval.top_k, cfg.eval.batch_size, True, bf16, "diversity", temperature, generator)
+        row = {"decoding": "beam search" if temperature is None else f"sampling T={temperature:g}", "temperature": temperature,
+               **ranking_metrics(ranked, test.targets)}
+        for name, cats in categories.items():
+            for k in (5, 10):
+                row[f"entropy@{k} ({name})"] = float(category_entropy(np.where(ranked[:, :k] >= 0, cats[ranked[:, :k]], -1)).mean())
+        rows.append(row)
+        log.info("diversity %s", row)
+    name = next(iter(categories))
+    header = ["decoding", f"Entropy@10 ({name})", "Entropy@10 (leaf)", "Recall@10", "NDCG@10", "paper Entropy@10 (Beauty)"]
+    table = [[r["decoding"], r[f"entropy@10 ({name})"], r["entropy@10 (leaf)"], r["recall@10"], r["ndcg@10"],
+              PAPER_ENTROPY.get(r["temperature"])] for r in rows]
+    result = {"rows": rows, "run_dir": str(run_dir), "categories": {n: int(c.max()) + 1 for n, c in categories.items()},
+              "entropy": "natural log (nats) of the category distribution among a user's top-K items, averaged over test users"}
+    intro = (f"Test users ({len(test)}); categories: the {name} name of each item's first category path "
+             f"({result['categories'][name]} distinct) and the deepest ({result['categories']['leaf']}). Entropy in nats.\n\n")
+    return result, intro + markdown_table(header, table)
+
+
+# ------------------------------------------------------------------ ablation
+
+def ablation(source, cfg: RunConfig, out_dir: Path) -> tuple[dict, str]:
+    exp = cfg.experiment
+    variants = {scheme: [f"ids.scheme={scheme}"] for scheme in exp.schemes}
+    if exp.user_token_ablation and "rqvae" in exp.schemes:
+        variants["rqvae-no-user-token"] = ["ids.scheme=rqvae", "model.use_user_token=false"]
+    results = {}
+    for name, overrides in variants.items():
+        run_dir = out_dir / "ablation" / name
+        if name == "rqvae-no-user-token" and not (run_dir / IDS_DIR).exists():
+            # The same IDs as the rqvae row, so the rows differ only in the user token.
+            shutil.copytree(out_dir / "ablation" / "rqvae" / IDS_DIR, run_dir / IDS_DIR)
+        metrics = run(source, cfg.override(overrides), run_dir)
+        results[name] = {**{m: metrics["test"][m] for m in METRICS}, "valid_ndcg@10": metrics["valid"]["ndcg@10"],
+                         "steps": metrics["training"]["steps"], "train_seconds": metrics["training"]["train_seconds"],
+                         "unique_prefix_share": metrics["semantic_ids"].get("unique_prefix_share")}
+    header = ["IDs", "R@5", "N@5", "R@10", "N@10", "steps", "paper R@5", "paper N@10"]
+    rows = [[name, *(r[m] for m in METRICS), r["steps"], PAPER_ABLATION.get(name, {}).get("recall@5"),
+             PAPER_ABLATION.get(name, {}).get("ndcg@10")] for name, r in results.items()]
+    intro = (f"Test metrics, the same model and budget (train.steps={cfg.train.steps}, train.max_minutes={cfg.train.max_minutes}) "
+             "for each ID scheme. Paper figures are for Beauty.\n\n")
+    return {"variants": results}, intro + markdown_table(header, rows)
+
+
+# ------------------------------------------------------------------ baselines
+
+def baselines(source, cfg: RunConfig, out_dir: Path, run_dir: str | Path | None = None) -> tuple[dict, str]:
+    dataset = load_dataset(source, cfg.data.min_interactions)
+    split = leave_one_out(dataset)
+    n, k = dataset.num_items, cfg.eval.top_k
+    embeddings, _, _ = embed_items(dataset, cfg)
+    device, _ = _device_and_bf16(cfg)
+    bf16 = use_bf16(device, cfg.sasrec.bf16)
+    sasrec, sasrec_summary = train_sasrec(split.train, n, split.valid_history, split.valid_target, cfg.sasrec, device)
+    (out_dir / "baselines").mkdir(parents=True, exist_ok=True)
+    save_file({key: v.detach().cpu().contiguous() for key, v in sasrec.state_dict().items()}, str(out_dir / "baselines" / "sasrec.safetensors"))
+    rankers = {
+        "MostPop": lambda h: most_popular(split.train, n, h, k),
+        "MostPop (history excluded)": lambda h: most_popular(split.train, n, h, k, exclude_history=True),
+        "Semantic_KNN": lambda h: semantic_knn(embeddings, h, k, cfg.data.max_history),
+        "SASRec": lambda h: sasrec_recommend(sasrec, h, k, bf16=bf16),
+    }
+    results = {}
+    for name, rank in rankers.items():
+        results[name] = {"valid": ranking_metrics(rank(split.valid_history), split.valid_target),
+                         "test": ranking_metrics(rank(split.test_history), split.test_target)}
+        log.info("%s test %s", name, results[name]["test"])
+    if run_dir is not None:
+        tiger = read_json(Path(run_dir) / "metrics.json")
+        results["TIGER"] = {"valid": tiger["valid"], "test": tiger["test"], "run_dir": str(run_dir)}
+    paper = next((v for key, v in PAPER_TABLE1.items() if dataset.name.lower().startswith(key)), {})
+    rows = [[name, *(r["test"][m] for m in METRICS)] for name, r in results.items()]
+    rows += [[f"{name} (paper)", *values] for name, values in paper.items()]
+    intro = f"Test metrics over all {dataset.num_users} users, full catalogue of {n} items.\n\n"
+    return {"methods": results, "sasrec_training": sasrec_summary}, intro + markdown_table(["method", "R@5", "N@5", "R@10", "N@10"], rows)
+
+
+EXPERIMENTS = {"coldstart": coldstart, "diversity": diversity, "ablation": ablation, "baselines": baselines}
+
+
+def run_experiment(name: str, source, cfg: RunConfig, out_dir: str | Path, run_dir: str | Path | None = None) -> dict:
+    """Run one experiment; writes ``out_dir/<name>.json`` and ``out_dir/<name>.md`` and returns the result."""
+    if name not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {name!r}; choose one of {sorted(EXPERIMENTS)}")
+    if run_dir is not None and name not in ("diversity", "baselines"):
+        raise ValueError("--run-dir applies to diversity (the model to sample) and baselines (a TIGER row)")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    extra = {"run_dir": run_dir} if run_dir is not None else {}
+    result, table = EXPERIMENTS[name](source, cfg, out_dir, **extra)
+    result = {"experiment": name, "source": str(source), **result, "seconds": round(time.perf_counter() - start, 1),
+              "config": cfg.to_dict(), "table": table}
+    write_json(out_dir / f"{name}.json", result)
+    write_text(out_dir / f"{name}.md", f"# {name}\n\n{table}")
+    return result
