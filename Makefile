@@ -33,7 +33,7 @@ else
 endif
 
 test: venv
-	$(BIN)/pytest -q
+	$(BIN)/pytest
 
 clean:
 	rm -rf $(VENV) runs
