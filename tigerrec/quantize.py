@@ -191,7 +191,7 @@ class RQVAE(Quantizer):
             residual = residual - centroids[nearest]
         self.initialized.fill_(True)
 
-    def fit(self, embeddings: np.ndarray, log_every: int = 0) -> "RQVAE":
+    def fit(self, embeddings: np.ndarray) -> "RQVAE":
         cfg = self.config
         raw = self._check_input(embeddings)
         if cfg.standardize:
@@ -207,7 +207,7 @@ class RQVAE(Quantizer):
         optimizer = torch.optim.Adagrad(self.parameters(), lr=cfg.lr)
         n = len(x)
         batch_size = min(cfg.batch_size, n)
-        log_every = log_every or cfg.eval_every or max(1, cfg.epochs // 20)
+        log_every = cfg.eval_every or max(1, cfg.epochs // 20)
         start = time.perf_counter()
         self.train()
         progress = tqdm(range(1, cfg.epochs + 1), desc="RQ-VAE", unit="epoch", mininterval=2)
