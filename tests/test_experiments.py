@@ -33,6 +33,9 @@ def test_epsilon_zero_gives_only_seen_items_in_generated_order():
 def test_epsilon_one_puts_unseen_siblings_before_their_seen_item():
     assert epsilon_rank(SEEN, UNSEEN, 3, 1.0).tolist() == [[10, 11, 0]]
     assert epsilon_rank(SEEN, UNSEEN, 6, 1.0).tolist() == [[10, 11, 0, 1, 12, 2]]  # 10 is not repeated
+    # A generated ID of an unseen item (no seen item has it) brings that item and its siblings.
+    assert epsilon_rank(np.array([[-1, 0]]), np.array([[[13, 14], [-1, -1]]]), 2, 1.0).tolist() == [[13, 14]]
+    assert epsilon_rank(np.array([[-1, 0]]), np.array([[[13, 14], [-1, -1]]]), 2, 0.0).tolist() == [[0, -1]]
 
 
 def test_epsilon_caps_unseen_items_at_ceil_epsilon_k():

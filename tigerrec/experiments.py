@@ -136,9 +136,9 @@ def unseen_siblings(codes: np.ndarray, ids: SemanticIDs, num_seen: int) -> np.nd
 
 
 EPSILON_RULE = (
-    "The top K is filled by walking the generated IDs (beam search over the seen items) best first; each ID "
-    "contributes the unseen items sharing its first three codes (in collision-code order), then the seen item "
-    "with exactly that ID. At most ceil(epsilon * K) unseen items enter the top K; later ones are skipped. "
+    "The top K is filled by walking the generated IDs (beam search constrained to the ID prefixes of all items, "
+    "seen and unseen) best first; each ID contributes the unseen items sharing its first three codes (in "
+    "collision-code order), then the seen item with exactly that ID, if there is one. At most ceil(epsilon * K) unseen items enter the top K; later ones are skipped. "
     "An item already taken is skipped; a list with too few candidates is padded (counts as a miss)."
 )
 
@@ -192,11 +192,14 @@ def coldstart(source, cfg: RunConfig, out_dir: Path) -> tuple[dict, str]:
     user_tokens = np.array([tokenizer.user_token(dataset.user_ids[u]) for u in cold], dtype=np.int64)
     device, bf16 = _device_and_bf16(cfg)
     model = load_best_model(make_model(tokenizer, cfg).to(device), run_dir)
-    trie = PrefixTrie(ids.codes[:num_seen], ids.codebook_size)  # beam search over seen items only
+    # The model may generate any prefix of a real item, unseen ones included (it knows every code
+    # token); a generated unseen ID then brings its unseen siblings, itself among them.
+    trie = PrefixTrie(ids.codes, ids.codebook_size)
     beam = cfg.eval.beam_size
     generated, codes = recommend_examples(model, tokenizer, trie, examples, user_tokens, beam, beam,
                                           cfg.eval.batch_size, True, bf16, "cold start")
     siblings = unseen_siblings(codes, ids, num_seen)
+    generated = np.where(generated < num_seen, generated, -1)  # the seen item with exactly that ID, if any
 
     ks = range(1, 11)
     knn = ranking_metrics(semantic_knn(embeddings, histories, 10, cfg.data.max_history), examples.targets, ks)
