@@ -138,7 +138,8 @@ def unseen_siblings(codes: np.ndarray, ids: SemanticIDs, num_seen: int) -> np.nd
 EPSILON_RULE = (
     "The top K is filled by walking the generated IDs (beam search constrained to the ID prefixes of all items, "
     "seen and unseen) best first; each ID contributes the unseen items sharing its first three codes (in "
-    "collision-code order), then the seen item with exactly that ID, if there is one. At most ceil(epsilon * K) unseen items enter the top K; later ones are skipped. "
+    "collision-code order), then the seen item with exactly that ID, if there is one. At most "
+    "ceil(epsilon * K) unseen items enter the top K; later ones are skipped. "
     "An item already taken is skipped; a list with too few candidates is padded (counts as a miss)."
 )
 
