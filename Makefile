@@ -29,7 +29,7 @@ ifeq ($(DATASET),tiny)
 	$(BIN)/tigerrec run tiny --out $(OUT)
 else
 	$(BIN)/tigerrec run $(DATASET) --data-dir $(DATA_DIR) --out $(OUT) --max-minutes $(MAX_MINUTES) \
-		--set train.eval_every=2500 --set train.valid_users=4000 --set train.log_every=100
+		--set train.eval_every=2500 --set train.valid_users=4000 --set train.log_every=100 --set train.cooldown_fraction=0.2
 endif
 
 # The paper's further experiments on one dataset, in the order they depend on each other:

@@ -3,6 +3,9 @@
 Training: samples/s of the shipped path (length-bucketed batches, bf16 autocast where
 supported) against the same model in plain fp32 with every batch padded to 20 items.
 Decoding: seconds to evaluate every user (constrained beam search, top-10) at beam 10 and 20.
+Ceiling: the model FLOPs of one training sample (forward + backward, counted by
+torch.utils.flop_counter on real batches) against the bf16 matmul throughput of this
+machine, for a large square matmul and for the model's own shapes (d_model 128).
 
     python benchmarks/speed.py --data-dir ../shared/data/beauty --ids-dir runs/beauty/ids \
         --out benchmarks/results/speed.json
@@ -21,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from tigerrec.config import RunConfig
 from tigerrec.data import load_dataset
@@ -33,29 +37,64 @@ from tigerrec.sequences import length_bucketed_batches
 from tigerrec.train import make_optimizer
 
 
+def batch_tensors(data, cfg, index, bucketed: bool):
+    """Encoder tokens, decoder tokens and targets of one batch of training examples."""
+    batch = data.train.subset(index)
+    tokens = data.tokenizer.encoder_input(torch.from_numpy(batch.histories), torch.from_numpy(data.user_tokens[batch.users]))
+    if not bucketed:  # the naive baseline: every batch padded to the full 20-item window
+        full = 1 + data.tokenizer.id_length * cfg.data.max_history
+        tokens = F.pad(tokens, (0, full - tokens.shape[1]), value=PAD)
+    targets = data.tokenizer.item_codes[torch.from_numpy(batch.targets)]
+    return tokens, data.tokenizer.decoder_input(targets), targets
+
+
+def training_step(model, optimizer, tensors, bf16: bool) -> None:
+    tokens, decoder_tokens, targets = tensors
+    with autocast("cpu", bf16):
+        logits = model(tokens, decoder_tokens)
+    loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
 def train_speed(model, data, cfg, steps: int, bucketed: bool, bf16: bool) -> float:
     """Samples/s over ``steps`` optimiser steps (after 3 warm-up steps)."""
-    optimizer, _ = make_optimizer(model, cfg.train)
+    optimizer = make_optimizer(model, cfg.train)
     batches = length_bucketed_batches(data.train.lengths, cfg.train.batch_size, seed=0, epoch=0)
     model.train()
     start, samples = None, 0
     for i, index in enumerate(batches[: steps + 3]):
         if i == 3:
             start, samples = time.perf_counter(), 0
-        batch = data.train.subset(index)
-        tokens = data.tokenizer.encoder_input(torch.from_numpy(batch.histories), torch.from_numpy(data.user_tokens[batch.users]))
-        if not bucketed:  # the naive baseline: every batch padded to the full 20-item window
-            full = 1 + data.tokenizer.id_length * cfg.data.max_history
-            tokens = F.pad(tokens, (0, full - tokens.shape[1]), value=PAD)
-        targets = data.tokenizer.item_codes[torch.from_numpy(batch.targets)]
-        with autocast("cpu", bf16):
-            logits = model(tokens, data.tokenizer.decoder_input(targets))
-        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        training_step(model, optimizer, batch_tensors(data, cfg, index, bucketed), bf16)
         samples += len(index)
     return samples / (time.perf_counter() - start)
+
+
+def train_flops_per_sample(model, data, cfg, batches: int) -> float:
+    """Model FLOPs (matmuls, forward + backward) per training example, on shipped (bucketed) batches."""
+    indices = length_bucketed_batches(data.train.lengths, cfg.train.batch_size, seed=1, epoch=0)[:batches]
+    model.train()
+    counter = FlopCounterMode(display=False)
+    with counter:
+        for index in indices:
+            tokens, decoder_tokens, targets = batch_tensors(data, cfg, index, bucketed=True)
+            F.cross_entropy(model(tokens, decoder_tokens).flatten(0, 1), targets.flatten()).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / sum(len(index) for index in indices)
+
+
+def matmul_tflops(m: int, k: int, n: int, dtype: torch.dtype, seconds: float = 2.0) -> float:
+    """Sustained TFLOP/s of an (m, k) @ (k, n) matmul."""
+    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    calls, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        calls += 1
+    return 2 * m * k * n * calls / (time.perf_counter() - start) / 1e12
 
 
 def main():
@@ -79,6 +118,19 @@ def main():
     model.load_state_dict(initial)
     result["train_samples_per_s_naive_fp32"] = round(train_speed(model, data, cfg, args.steps, bucketed=False, bf16=False), 1)
     result["train_speedup"] = round(result["train_samples_per_s"] / result["train_samples_per_s_naive_fp32"], 2)
+
+    # How far the shipped path is from what the hardware allows.
+    model.load_state_dict(initial)
+    flops = train_flops_per_sample(model, data, cfg, batches=20)
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    peak_square = matmul_tflops(4096, 4096, 4096, dtype)
+    peak_model_shape = matmul_tflops(256 * 40, cfg.model.d_model, cfg.model.d_ff, dtype)  # a batch of ~40-token inputs
+    result["train_gflops_per_sample"] = round(flops / 1e9, 3)
+    result["train_tflops_achieved"] = round(flops * result["train_samples_per_s"] / 1e12, 3)
+    result["matmul_tflops_4096_square"] = round(peak_square, 3)
+    result["matmul_tflops_model_shape"] = round(peak_model_shape, 3)
+    result["train_samples_per_s_ceiling"] = round(peak_model_shape * 1e12 / flops, 1)
+    result["train_tflops_needed_for_2000"] = round(flops * 2000 / 1e12, 3)
 
     examples = test if not args.eval_users else test.subset(np.arange(args.eval_users))
     for beam in (10, 20):

@@ -20,10 +20,10 @@ def report(tiny_run):
 def test_report_has_every_section_and_plot(report, tiny_run):
     assert report == tiny_run / "report.html"
     page = report.read_text()
-    for section in ("Test metrics", "Training loss", "Validation", "Codebook utilisation per level",
+    for section in ("Test metrics", "Training loss", "Learning rate", "Validation", "Codebook utilisation per level",
                     "Items sharing the same first codes", "Semantic-ID prefix explorer", "TIGER paper, Table 1"):
         assert section in page, section
-    assert page.count("<svg") == 4 and page.count("<polyline") == 3  # loss + NDCG@10 + Recall@10
+    assert page.count("<svg") == 5 and page.count("<polyline") == 4  # loss + lr + NDCG@10 + Recall@10
     assert "<details class='c1' open>" in page and "<details class='c2'" in page
     titles = [json.loads(line)["title"] for line in (tiny_run / "items.jsonl").read_text().splitlines()]
     assert sum(title in page for title in titles) >= 20

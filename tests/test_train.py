@@ -69,3 +69,23 @@ def test_ddp_with_two_cpu_processes(tmp_path):
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["training"]["world_size"] == 2 and metrics["training"]["steps"] == 40
     assert load_file(str(tmp_path / "model.safetensors"))
+
+
+def test_lr_schedule_is_rsqrt_with_an_optional_linear_cooldown():
+    from tigerrec.config import TrainConfig
+    from tigerrec.train import lr_factor
+
+    paper = TrainConfig(steps=100_000, warmup_steps=10_000)
+    assert lr_factor(1, paper) == lr_factor(10_000, paper) == 1.0
+    assert lr_factor(40_000, paper) == pytest.approx(0.5)
+    assert lr_factor(100_000, paper) == pytest.approx(0.1**0.5)
+
+    cooled = TrainConfig(steps=100_000, warmup_steps=10_000, cooldown_fraction=0.2)
+    assert lr_factor(40_000, cooled) == lr_factor(40_000, paper)  # before the cooldown: unchanged
+    assert lr_factor(90_000, cooled) == pytest.approx(lr_factor(90_000, paper) * 0.5)
+    assert lr_factor(100_000, cooled) == 0.0
+    # Under a time budget the clock can start the cooldown first.
+    timed = TrainConfig(steps=100_000, warmup_steps=10_000, cooldown_fraction=0.2, max_minutes=60)
+    assert lr_factor(5_000, timed, elapsed_minutes=30) == 1.0
+    assert lr_factor(5_000, timed, elapsed_minutes=54) == pytest.approx(0.5)
+    assert lr_factor(5_000, timed, elapsed_minutes=61) == 0.0

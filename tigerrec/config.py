@@ -82,6 +82,9 @@ class TrainConfig:
     batch_size: int = 256
     lr: float = 0.01
     warmup_steps: int = 10_000  # constant lr, then inverse square root decay
+    # Not in the paper: decay the lr linearly to 0 over this last share of the budget
+    # (steps, or max_minutes when that ends first). 0 = the paper's schedule alone.
+    cooldown_fraction: float = 0.0
     optimizer: str = "adafactor"  # adafactor | adamw
     weight_decay: float = 0.0
     eval_every: int = 5_000

@@ -1,6 +1,6 @@
 """A self-contained HTML report of a run directory: no network, plots are inline SVG.
 
-Sections: summary, test metrics next to the paper's Table 1, training loss and
+Sections: summary, test metrics next to the paper's Table 1, training loss, learning rate and
 validation curves, codebook utilisation and collision groups of the Semantic IDs,
 and a prefix explorer listing the item titles that share the first codes (so a
 reader can see that the IDs are semantic).
@@ -174,11 +174,13 @@ def training_plots(run_dir: Path, metrics: dict | None) -> str:
     best = (metrics or {}).get("training", {}).get("best_step")
     loss = line_chart([("loss", [r["step"] for r in train_log], [r["loss"] for r in train_log])],
                       "Training loss", "step", "cross-entropy per code")
+    lr = line_chart([("lr", [r["step"] for r in train_log], [r["lr"] for r in train_log])],
+                    "Learning rate", "step", "learning rate", y_min=0)
     steps = [r["step"] for r in valid_log]
     valid = line_chart([(name, steps, [r.get(key, float("nan")) for r in valid_log])
                         for name, key in (("NDCG@10", "ndcg@10"), ("Recall@10", "recall@10"))],
                        "Validation", "step", "metric", marker=best, y_min=0)
-    return f'<div class="plots">{loss}{valid}</div>'
+    return f'<div class="plots">{loss}{lr}{valid}</div>'
 
 
 def id_plots(ids_metrics: dict | None) -> str:

@@ -98,20 +98,33 @@ def truncate_csv(path: Path, last_step: int) -> None:
 
 # ------------------------------------------------------------------ training
 
-def lr_factor(step: int, warmup_steps: int) -> float:
-    """Constant for ``warmup_steps``, then inverse square root decay (T5X's rsqrt schedule)."""
-    return min(1.0, math.sqrt(warmup_steps / max(step, 1)))
+def lr_factor(step: int, cfg: TrainConfig, elapsed_minutes: float = 0.0) -> float:
+    """T5X's rsqrt schedule (constant for ``warmup_steps``, then 1/sqrt(step)), times an optional cooldown.
+
+    The cooldown decays linearly to 0 over the last ``cooldown_fraction`` of the
+    budget, measured in steps or, under ``max_minutes``, in wall-clock time,
+    whichever is further along; a run stopped by the clock still ends annealed.
+    """
+    factor = min(1.0, math.sqrt(cfg.warmup_steps / max(step, 1)))
+    if cfg.cooldown_fraction > 0:
+        progress = step / cfg.steps
+        if cfg.max_minutes:
+            progress = max(progress, elapsed_minutes / cfg.max_minutes)
+        factor *= min(1.0, max(0.0, (1.0 - progress) / cfg.cooldown_fraction))
+    return factor
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig):
     if cfg.optimizer == "adafactor":
-        optimizer = torch.optim.Adafactor(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    elif cfg.optimizer == "adamw":
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    else:
-        raise ValueError(f"unknown optimizer {cfg.optimizer!r}; use adafactor or adamw")
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step + 1, cfg.warmup_steps))
-    return optimizer, schedule
+        return torch.optim.Adafactor(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; use adafactor or adamw")
+
+
+def set_lr(optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
 
 
 def save_model(model: TigerModel, path: Path) -> None:
@@ -137,14 +150,13 @@ def train(model: TigerModel, data: TrainData, cfg: TrainConfig, eval_cfg: EvalCo
     local_batch = cfg.batch_size // world
 
     torch.manual_seed(cfg.seed)
-    optimizer, schedule = make_optimizer(model, cfg)
+    optimizer = make_optimizer(model, cfg)
     state = {"step": 0, "best": -1.0, "best_step": 0, "evals_since_best": 0, "seconds": 0.0}
     checkpoint_path = run_dir / CHECKPOINT
     if checkpoint_path.exists():
         checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=True)
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
-        schedule.load_state_dict(checkpoint["schedule"])
         torch.set_rng_state(checkpoint["rng"])
         state = checkpoint["state"]
         log.info("resuming from %s at step %d", checkpoint_path, state["step"])
@@ -182,8 +194,9 @@ def train(model: TigerModel, data: TrainData, cfg: TrainConfig, eval_cfg: EvalCo
             loss.backward()
             if cfg.optimizer == "adamw":
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            lr = cfg.lr * lr_factor(step + 1, cfg, (time.perf_counter() - started) / 60)
+            set_lr(optimizer, lr)
             optimizer.step()
-            schedule.step()
             step += 1
             window_loss += loss.item()
             window_samples += len(index) * world
@@ -194,7 +207,7 @@ def train(model: TigerModel, data: TrainData, cfg: TrainConfig, eval_cfg: EvalCo
                 row = {
                     "step": step, "samples": step * cfg.batch_size, "epoch": round(step / batches_per_epoch, 3),
                     "loss": round(window_loss / max(1, step % cfg.log_every or cfg.log_every), 5),
-                    "lr": schedule.get_last_lr()[0], "samples_per_s": round(window_samples / elapsed, 1),
+                    "lr": lr, "samples_per_s": round(window_samples / elapsed, 1),
                 }
                 progress.set_postfix(loss=row["loss"], lr=f"{row['lr']:.2g}", sps=row["samples_per_s"])
                 if rank == 0:
@@ -219,7 +232,7 @@ def train(model: TigerModel, data: TrainData, cfg: TrainConfig, eval_cfg: EvalCo
             if step % cfg.checkpoint_every == 0 or last:
                 state.update(step=step, seconds=time.perf_counter() - started)
                 if rank == 0:
-                    _save_checkpoint(checkpoint_path, model, optimizer, schedule, state)
+                    _save_checkpoint(checkpoint_path, model, optimizer, state)
                 if world > 1:
                     dist.barrier()
             if last:
@@ -243,9 +256,9 @@ def _agree(flag: bool, world: int, device: str) -> bool:
     return bool(value.item())
 
 
-def _save_checkpoint(path: Path, model, optimizer, schedule, state: dict) -> None:
+def _save_checkpoint(path: Path, model, optimizer, state: dict) -> None:
     checkpoint = {
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
         "rng": torch.get_rng_state(), "state": dict(state),
     }
     with atomic_path(path) as tmp:
