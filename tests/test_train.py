@@ -63,7 +63,9 @@ def test_ddp_with_two_cpu_processes(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
            "-m", "tigerrec.cli", "run", "tiny", "--out", str(tmp_path), "--scheme", "rqkmeans",
-           "--steps", "40", "--set", "train.eval_every=40", "--set", "train.log_every=10"]
+           "--steps", "40", "--set", "train.eval_every=40", "--set", "train.log_every=10",
+           # a time budget with a cooldown: the processes share process 0's clock each step
+           "--set", "train.max_minutes=30", "--set", "train.cooldown_fraction=0.2"]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())

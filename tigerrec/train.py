@@ -194,7 +194,9 @@ def train(model: TigerModel, data: TrainData, cfg: TrainConfig, eval_cfg: EvalCo
             loss.backward()
             if cfg.optimizer == "adamw":
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            lr = cfg.lr * lr_factor(step + 1, cfg, (time.perf_counter() - started) / 60)
+            # Under DDP every process takes process 0's clock, so all use the same lr and stop together.
+            minutes = _from_rank0((time.perf_counter() - started) / 60, world, device) if cfg.max_minutes else 0.0
+            lr = cfg.lr * lr_factor(step + 1, cfg, minutes)
             set_lr(optimizer, lr)
             optimizer.step()
             step += 1
@@ -214,7 +216,7 @@ def train(model: TigerModel, data: TrainData, cfg: TrainConfig, eval_cfg: EvalCo
                     append_csv(run_dir / TRAIN_LOG, row)
                 window_loss, window_samples, window_start = 0.0, 0, time.perf_counter()
 
-            out_of_time = cfg.max_minutes and (time.perf_counter() - started) / 60 >= cfg.max_minutes
+            out_of_time = cfg.max_minutes and minutes >= cfg.max_minutes
             last = step >= cfg.steps or out_of_time
             if step % cfg.eval_every == 0 or last:
                 if rank == 0:
@@ -247,13 +249,18 @@ def train(model: TigerModel, data: TrainData, cfg: TrainConfig, eval_cfg: EvalCo
     return summary
 
 
+def _from_rank0(value: float, world: int, device: str) -> float:
+    """Process 0's ``value`` on every process."""
+    if world == 1:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.broadcast(tensor, src=0)
+    return tensor.item()
+
+
 def _agree(flag: bool, world: int, device: str) -> bool:
     """Process 0 decides (it validated); everyone follows."""
-    if world == 1:
-        return bool(flag)
-    value = torch.tensor([1 if flag else 0], device=device)
-    dist.broadcast(value, src=0)
-    return bool(value.item())
+    return bool(_from_rank0(1.0 if flag else 0.0, world, device))
 
 
 def _save_checkpoint(path: Path, model, optimizer, state: dict) -> None:
