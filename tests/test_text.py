@@ -1,7 +1,11 @@
+import gzip
+
 import numpy as np
+import pytest
 
 from tigerrec.config import TextConfig
-from tigerrec.text import TextEncoder, item_sentence, resolve_encoder
+from tigerrec.data import DataError
+from tigerrec.text import TextEncoder, item_sentence, read_titles, resolve_encoder, with_titles
 
 TEMPLATE = TextConfig().template
 
@@ -12,6 +16,30 @@ def test_sentence_skips_missing_fields_and_unescapes_html():
     assert item_sentence({"title": "X", "price": 3.5}, TEMPLATE) == "X. Price: $3.50."
     assert item_sentence({}, TEMPLATE) == ""
     assert item_sentence({"brand": "B", "title": "T"}, "{brand} - {title}") == "B - T"
+
+
+def test_titles_file_fills_only_missing_titles_by_item_id_or_asin(tmp_path):
+    path = tmp_path / "titles.txt.gz"
+    with gzip.open(path, "wt") as f:
+        f.write("B00X jump rope olympic style\n\n2 camping mattress\nB00Y not used: item has a title\n")
+    titles = read_titles(path)
+    assert titles == {"B00X": "jump rope olympic style", "2": "camping mattress", "B00Y": "not used: item has a title"}
+    meta = [{"asin": "B00X", "brand": "Acme"}, {"brand": "Intex"}, {"asin": "B00Y", "title": "Sock"}, {}]
+    filled = with_titles(["1", "2", "3", "4"], meta, titles)
+    assert [m.get("title") for m in filled] == ["jump rope olympic style", "camping mattress", "Sock", None]
+    assert meta[0] == {"asin": "B00X", "brand": "Acme"}  # the dataset's own metadata is left alone
+    assert item_sentence(filled[0], TEMPLATE) == "jump rope olympic style. Brand: Acme."
+
+
+def test_titles_file_errors_name_the_problem(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        read_titles(tmp_path / "missing.txt")
+    bad = tmp_path / "bad.txt"
+    bad.write_text("B00X a title\nB00Z\n")
+    with pytest.raises(DataError, match=r"bad.txt:2: expected 'KEY TEXT'"):
+        read_titles(bad)
+    with pytest.raises(DataError, match="no key of the titles file matches"):
+        with_titles(["1"], [{"asin": "A1"}], {"B00X": "x"})
 
 
 def test_encoder_embeds_and_caches(tmp_path, monkeypatch):

@@ -31,6 +31,8 @@ class TextConfig:
     encoder: str = "auto"
     template: str = "{title}. Price: {price}. Brand: {brand}. Categories: {categories}."
     batch_size: int = 128
+    # Optional ``KEY TEXT`` lines (KEY = item id or ASIN) giving a title to items that have none.
+    titles_file: str = ""
 
 
 @dataclass

@@ -16,6 +16,8 @@ from .sequences import Examples, Tokenizer
 
 log = logging.getLogger(__name__)
 
+METRICS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")  # the paper's Table 1 columns, in its order
+
 
 def ranking_metrics(ranked: np.ndarray, targets: np.ndarray, ks=(5, 10)) -> dict[str, float]:
     """ranked: (N, >=max(ks)) item indices best first (-1 = no item); targets: (N,)."""

@@ -40,10 +40,11 @@ from .config import RunConfig
 from .data import Dataset, leave_one_out, load_dataset
 from .decoding import PrefixTrie
 from .device import use_bf16
-from .evaluate import ranking_metrics, recommend_examples
+from .evaluate import METRICS, ranking_metrics, recommend_examples
 from .io import read_json, write_json, write_text
 from .pipeline import (IDS_DIR, QUANTIZER_FILE, embed_items, load_best_model, make_model, make_tokenizer, prepare,
                        read_run_config, run)
+from .presets import paper_table1
 from .quantize import load_quantizer
 from .semantic_ids import SemanticIDs
 from .sequences import Examples
@@ -51,13 +52,7 @@ from .train import training_device
 
 log = logging.getLogger(__name__)
 
-METRICS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
-# Figures of the paper (TIGER_SPEC.md), shown next to our numbers.
-PAPER_TABLE1 = {  # dataset -> method -> R@5, N@5, R@10, N@10
-    "beauty": {"SASRec": (.0387, .0249, .0605, .0318), "TIGER": (.0454, .0321, .0648, .0384)},
-    "sports": {"SASRec": (.0233, .0154, .0350, .0192), "TIGER": (.0264, .0181, .0400, .0225)},
-    "toys": {"SASRec": (.0463, .0306, .0675, .0374), "TIGER": (.0521, .0371, .0712, .0432)},
-}
+# Further figures of the paper (TIGER_SPEC.md), shown next to ours.
 PAPER_ABLATION = {"random": {"recall@5": .0296}, "lsh": {"recall@5": .0379},
                   "rqvae": {"recall@5": .0454, "ndcg@10": .0384}, "rqvae-no-user-token": {"ndcg@10": .0367}}
 PAPER_ENTROPY = {1.0: 0.76, 1.5: 1.14, 2.0: 1.38}  # Beauty, Entropy@10
@@ -341,7 +336,7 @@ def baselines(source, cfg: RunConfig, out_dir: Path, run_dir: str | Path | None 
     if run_dir is not None:
         tiger = read_json(Path(run_dir) / "metrics.json")
         results["TIGER"] = {"valid": tiger["valid"], "test": tiger["test"], "run_dir": str(run_dir)}
-    paper = next((v for key, v in PAPER_TABLE1.items() if dataset.name.lower().startswith(key)), {})
+    paper = paper_table1(dataset.name)
     rows = [[name, *(r["test"][m] for m in METRICS)] for name, r in results.items()]
     rows += [[f"{name} (paper)", *values] for name, values in paper.items()]
     intro = f"Test metrics over all {dataset.num_users} users, full catalogue of {n} items.\n\n"

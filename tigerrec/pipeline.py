@@ -35,7 +35,7 @@ from .model import TigerModel
 from .quantize import make_quantizer
 from .semantic_ids import SemanticIDs
 from .sequences import Examples, Tokenizer
-from .text import TextEncoder, item_sentence
+from .text import TextEncoder, item_sentence, read_titles, with_titles
 from .train import BEST_MODEL, TrainData, distributed_context, train
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,10 @@ ITEMS_FILE = "items.jsonl"
 def embed_items(dataset: Dataset, cfg: RunConfig) -> tuple[np.ndarray, str, float]:
     """Sentence embeddings of every item (cached on disk by encoder + texts)."""
     start = time.perf_counter()
-    texts = [item_sentence(meta, cfg.text.template) for meta in dataset.item_meta]
+    item_meta = dataset.item_meta
+    if cfg.text.titles_file:
+        item_meta = with_titles(dataset.item_ids, item_meta, read_titles(cfg.text.titles_file))
+    texts = [item_sentence(meta, cfg.text.template) for meta in item_meta]
     empty = sum(1 for t in texts if not t)
     if empty:
         log.warning("%d of %d items have no text; they will share an embedding", empty, len(texts))

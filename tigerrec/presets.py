@@ -19,6 +19,20 @@ PRESETS: dict[str, dict] = {
     },
 }
 
+# TIGER, Rajput et al. 2023, Table 1 (TIGER_SPEC.md): dataset -> method -> R@5, N@5, R@10, N@10.
+PAPER_TABLE1: dict[str, dict[str, tuple[float, float, float, float]]] = {
+    "beauty": {"SASRec": (.0387, .0249, .0605, .0318), "TIGER": (.0454, .0321, .0648, .0384)},
+    "sports": {"SASRec": (.0233, .0154, .0350, .0192), "TIGER": (.0264, .0181, .0400, .0225)},
+    "toys": {"SASRec": (.0463, .0306, .0675, .0374), "TIGER": (.0521, .0371, .0712, .0432)},
+}
+
+
+def paper_table1(dataset_name: str) -> dict[str, tuple[float, float, float, float]]:
+    """The paper's rows for a dataset whose name contains one of its benchmarks ("beauty", "amazon-Beauty", ...); {} otherwise."""
+    name = dataset_name.lower()
+    return next((rows for key, rows in PAPER_TABLE1.items() if key in name), {})
+
+
 # Official Amazon 2014 category names, for the downloader.
 AMAZON_CATEGORIES = {"beauty": "Beauty", "sports": "Sports_and_Outdoors", "toys": "Toys_and_Games"}
 

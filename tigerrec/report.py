@@ -17,21 +17,16 @@ from collections import Counter, defaultdict
 from datetime import datetime
 from pathlib import Path
 
+from .evaluate import METRICS
 from .io import read_json, write_text
 from .pipeline import IDS_DIR, IDS_METRICS, ITEMS_FILE, read_items
+from .presets import paper_table1
 from .semantic_ids import IDS_FILE, SemanticIDs
 from .train import TRAIN_LOG, VALID_LOG, read_csv
 
 log = logging.getLogger(__name__)
 
 REPORT_FILE = "report.html"
-METRICS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
-# TIGER, Rajput et al. 2023, Table 1: R@5, N@5, R@10, N@10.
-PAPER_TABLE1 = {
-    "beauty": (0.0454, 0.0321, 0.0648, 0.0384),
-    "sports": (0.0264, 0.0181, 0.0400, 0.0225),
-    "toys": (0.0521, 0.0371, 0.0712, 0.0432),
-}
 COLORS = ("#2563eb", "#dc2626", "#059669", "#d97706")
 STOPWORDS = set("and for the with of in to by a an on oz ml fl pack set new no pcs count inch size".split())
 
@@ -153,7 +148,7 @@ def metrics_table(metrics: dict | None) -> str:
     if not metrics or "test" not in metrics:
         return '<p class="missing">No metrics.json: the run has not finished its evaluation.</p>'
     dataset = str(metrics.get("dataset", ""))
-    paper = next((row for name, row in PAPER_TABLE1.items() if name in dataset.lower()), None)
+    paper = paper_table1(dataset).get("TIGER")
     head = "".join(f"<th>{m.replace('recall', 'Recall').replace('ndcg', 'NDCG')}</th>" for m in METRICS)
     rows = []
     for split in ("test", "valid"):

@@ -7,6 +7,7 @@ encoder and the exact texts, so reruns skip the encoder.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import html
 import importlib.metadata
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .data import DataError
 from .device import autocast, default_device
 from .io import atomic_path
 
@@ -67,6 +69,42 @@ def _field_text(key: str, value) -> str:
     if key == "price" and isinstance(value, (int, float)):
         return f"${value:.2f}"
     return html.unescape(str(value)).strip()
+
+
+def read_titles(path: str | Path) -> dict[str, str]:
+    """A titles file: one ``KEY TEXT`` line per item (KEY = item id or ASIN; gzip when it ends in .gz)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"titles file {path} does not exist")
+    titles = {}
+    with (gzip.open(path, "rt") if path.suffix == ".gz" else open(path)) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            key, _, text = line.strip().partition(" ")
+            if not text.strip():
+                raise DataError(f"{path}:{lineno}: expected 'KEY TEXT', got {line.strip()!r}")
+            titles[key] = text.strip()
+    return titles
+
+
+def with_titles(item_ids: list[str], item_meta: list[dict], titles: dict[str, str]) -> list[dict]:
+    """Copies of ``item_meta`` in which items without a title take theirs from ``titles`` (by item id, else ASIN).
+
+    For datasets that ship without titles (Amazon Sports in the P5 release), where
+    brand + categories alone give thousands of items the same sentence.
+    """
+    matched, filled, out = 0, 0, []
+    for item, meta in zip(item_ids, item_meta):
+        title = titles.get(item) or titles.get(meta.get("asin", ""))
+        matched += title is not None
+        if title and not meta.get("title"):
+            meta, filled = {**meta, "title": title}, filled + 1
+        out.append(meta)
+    if not matched:
+        raise DataError("no key of the titles file matches an item id or ASIN of the dataset")
+    log.info("titles file: %d of %d items without a title got one", filled, len(item_ids))
+    return out
 
 
 # ---------------------------------------------------------------- encoders

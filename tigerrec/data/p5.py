@@ -57,7 +57,8 @@ def read_p5(path: str | Path, name: str | None = None, min_interactions: int = 3
                     raise DataError(f"{meta_file}:{lineno}: malformed item record ({e})") from None
                 if item in meta:
                     raise DataError(f"{meta_file}:{lineno}: item {item} appears twice")
-                meta[item] = {k: row.get(k) for k in META_FIELDS if row.get(k) is not None}
+                # The ASIN rides along: a titles file (text.titles_file) may be keyed by it.
+                meta[item] = {k: row.get(k) for k in ("asin", *META_FIELDS) if row.get(k) is not None}
     else:
         log.warning("%s: no %s; items have no text (only ID schemes without text will be meaningful)", path, META_FILE)
     return from_sequences(name or path.name, sequences, meta, min_interactions)

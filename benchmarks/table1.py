@@ -1,0 +1,43 @@
+"""Table 1 across datasets: the test metrics of finished runs next to the paper's rows.
+
+    python benchmarks/table1.py benchmarks/results/run_beauty.json benchmarks/results/run_toys.json ...
+
+Each argument is a run's ``metrics.json`` (as written by ``tigerrec run``). Prints a
+Markdown table per dataset with the training budget used and the share of the paper.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from tigerrec.evaluate import METRICS
+from tigerrec.io import read_json
+from tigerrec.presets import paper_table1
+
+
+def table(metrics: dict) -> str:
+    dataset, training = metrics["dataset"], metrics["training"]
+    samples = training["steps"] * metrics["config"]["train"]["batch_size"]
+    budget = f"{training['train_seconds'] / 60:.0f} min, {training['steps']:,} steps, {samples / 1e6:.2f}M samples"
+    rows = [[f"{method} (paper)", *values] for method, values in paper_table1(dataset).items()]
+    rows.append([f"tigerrec, test ({budget})", *(metrics["test"][m] for m in METRICS)])
+    rows.append(["tigerrec, validation (all users)", *(metrics["valid"][m] for m in METRICS)])
+    paper = paper_table1(dataset).get("TIGER")
+    lines = [f"### {dataset}", "", "| method | R@5 | N@5 | R@10 | N@10 |", "|---|---|---|---|---|"]
+    lines += ["| " + " | ".join([row[0], *(f"{v:.4f}".lstrip("0") for v in row[1:])]) + " |" for row in rows]
+    if paper:
+        shares = (metrics["test"][m] / p for m, p in zip(METRICS, paper))
+        lines.append("| test / TIGER paper | " + " | ".join(f"{s:.0%}" for s in shares) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="metrics.json files of finished runs")
+    args = parser.parse_args()
+    print("\n".join(table(read_json(path)) for path in args.runs))
+
+
+if __name__ == "__main__":
+    main()
