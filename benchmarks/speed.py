@@ -38,14 +38,12 @@ from tigerrec.train import make_optimizer
 
 
 def batch_tensors(data, cfg, index, bucketed: bool):
-    """Encoder tokens, decoder tokens and targets of one batch of training examples."""
-    batch = data.train.subset(index)
-    tokens = data.tokenizer.encoder_input(torch.from_numpy(batch.histories), torch.from_numpy(data.user_tokens[batch.users]))
-    if not bucketed:  # the naive baseline: every batch padded to the full 20-item window
+    """The shipped training batch; for the naive baseline, padded to the full 20-item window."""
+    tokens, decoder_tokens, targets = data.batch(index)
+    if not bucketed:
         full = 1 + data.tokenizer.id_length * cfg.data.max_history
         tokens = F.pad(tokens, (0, full - tokens.shape[1]), value=PAD)
-    targets = data.tokenizer.item_codes[torch.from_numpy(batch.targets)]
-    return tokens, data.tokenizer.decoder_input(targets), targets
+    return tokens, decoder_tokens, targets
 
 
 def training_step(model, optimizer, tensors, bf16: bool) -> None:

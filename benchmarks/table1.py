@@ -20,10 +20,11 @@ def table(metrics: dict) -> str:
     dataset, training = metrics["dataset"], metrics["training"]
     samples = training["steps"] * metrics["config"]["train"]["batch_size"]
     budget = f"{training['train_seconds'] / 60:.0f} min, {training['steps']:,} steps, {samples / 1e6:.2f}M samples"
-    rows = [[f"{method} (paper)", *values] for method, values in paper_table1(dataset).items()]
+    paper_rows = paper_table1(dataset)
+    rows = [[f"{method} (paper)", *values] for method, values in paper_rows.items()]
     rows.append([f"tigerrec, test ({budget})", *(metrics["test"][m] for m in METRICS)])
     rows.append(["tigerrec, validation (all users)", *(metrics["valid"][m] for m in METRICS)])
-    paper = paper_table1(dataset).get("TIGER")
+    paper = paper_rows.get("TIGER")
     lines = [f"### {dataset}", "", "| method | R@5 | N@5 | R@10 | N@10 |", "|---|---|---|---|---|"]
     lines += ["| " + " | ".join([row[0], *(f"{v:.4f}".lstrip("0") for v in row[1:])]) + " |" for row in rows]
     if paper:

@@ -48,6 +48,13 @@ class TrainData:
     valid: Examples
     user_tokens: np.ndarray  # (num_users,) encoder token of each user
 
+    def batch(self, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Encoder tokens, teacher-forced decoder tokens and target codes of training examples ``index``."""
+        examples = self.train.subset(index)
+        tokens = self.tokenizer.encoder_input(torch.from_numpy(examples.histories), torch.from_numpy(self.user_tokens[examples.users]))
+        targets = self.tokenizer.item_codes[torch.from_numpy(examples.targets)]
+        return tokens, self.tokenizer.decoder_input(targets), targets
+
 
 # ------------------------------------------------------------------ distributed
 
@@ -183,10 +190,7 @@ def train(model: TigerModel, data: TrainData, cfg: TrainConfig, eval_cfg: EvalCo
         batches = batches[rank::world][:batches_per_epoch]
         for index in batches[position:]:
             model.train()
-            batch = data.train.subset(index)
-            tokens = data.tokenizer.encoder_input(torch.from_numpy(batch.histories), torch.from_numpy(data.user_tokens[batch.users]))
-            targets = data.tokenizer.item_codes[torch.from_numpy(batch.targets)]
-            decoder_tokens = data.tokenizer.decoder_input(targets)
+            tokens, decoder_tokens, targets = data.batch(index)
             with autocast(device, bf16):
                 logits = net(tokens.to(device), decoder_tokens.to(device))
             loss = F.cross_entropy(logits.float().flatten(0, 1), targets.to(device).flatten())
