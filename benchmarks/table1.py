@@ -18,7 +18,8 @@ from tigerrec.presets import paper_table1
 
 def table(metrics: dict) -> str:
     dataset, training = metrics["dataset"], metrics["training"]
-    samples = training["steps"] * metrics["config"]["train"]["batch_size"]
+    # Samples = training targets seen (recorded since causal histories; before, one per example).
+    samples = training.get("samples") or training["steps"] * metrics["config"]["train"]["batch_size"]
     budget = f"{training['train_seconds'] / 60:.0f} min, {training['steps']:,} steps, {samples / 1e6:.2f}M samples"
     paper_rows = paper_table1(dataset)
     rows = [[f"{method} (paper)", *values] for method, values in paper_rows.items()]

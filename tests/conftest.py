@@ -16,9 +16,9 @@ def _isolated_cache(tmp_path_factory):
     yield
 
 
-def tiny_config(**sections) -> RunConfig:
+def tiny_config(recipe: str = "paper", **sections) -> RunConfig:
     """The tiny preset with faster settings for tests; ``sections`` override per section."""
-    cfg = preset_config("tiny").to_dict()
+    cfg = preset_config("tiny", recipe).to_dict()
     cfg["ids"]["scheme"] = "rqkmeans"
     for section, values in sections.items():
         cfg[section].update(values)

@@ -113,3 +113,46 @@ def test_cached_step_by_step_decoding_matches_teacher_forcing():
     cache: list = []
     steps = [model.decode(decoder_tokens[:, p : p + 1], memory_kv, memory_mask, cache) for p in range(4)]
     assert torch.allclose(torch.cat(steps, 1), full, atol=1e-5)
+
+
+def test_training_windows_give_every_target_once():
+    seq = np.arange(10, 35)  # 25 items; targets are items 11..34
+    ex = Examples.windows([seq, np.array([7, 8])], max_history=10)
+    following = ex.next_items()
+    targets = sorted(int(t) for t in following.ravel() if t >= 0)
+    assert targets == [8] + list(range(11, 35))
+    for row in range(len(ex)):  # each target directly follows its history position
+        n = ex.lengths[row]
+        assert (following[row, : n - 1] == ex.histories[row, 1:n]).all()
+
+
+@pytest.mark.parametrize("history", ["items", "causal-codes"])
+@pytest.mark.parametrize("user_token", [True, False])
+def test_causal_history_positions_never_see_later_items(user_token, history):
+    """Row i of a causal-history batch must not depend on items after position i."""
+    from tigerrec.train import TrainData
+
+    size = 8
+    codes = np.stack([np.arange(20) % size, (np.arange(20) // size) % size, np.zeros(20, int), np.arange(20) % 3], 1)
+    cfg = ModelConfig(d_model=32, num_heads=2, head_dim=16, d_ff=64, encoder_layers=2, decoder_layers=2,
+                      user_buckets=5, dropout=0.0, history=history, use_user_token=user_token)
+    tokenizer = Tokenizer(codes, size, 5, 6, use_user_token=user_token, history=history)
+    torch.manual_seed(0)
+    model = TigerModel(cfg, tokenizer.vocab_size, 4, size).eval()
+    seqs = [np.array([1, 2, 3, 4, 5, 6, 7]), np.array([1, 2, 3, 9, 10, 11, 12])]
+    ex = Examples.windows(seqs, max_history=6)
+    data = TrainData(tokenizer, PrefixTrie(codes, size), ex, ex, np.array([tokenizer.user_offset] * 2))
+    tokens, decoder_tokens, targets = data.batch(np.array([0, 1]))
+    shape = (2, 6 + user_token, 4) if history == "items" else (2, 6 * 4 + user_token)
+    assert tokens.shape == shape and decoder_tokens.shape == (12, 4) and targets.shape == (12, 4)
+    with torch.no_grad():
+        logits = model(tokens, decoder_tokens).view(2, 6, 4, size)
+    # The sequences share their first 3 items and rows 0-1 their targets too: same logits.
+    # From row 3 on the memory differs (item 4 against 9).
+    assert torch.allclose(logits[0, :2], logits[1, :2], atol=1e-5)
+    assert not torch.allclose(logits[0, 3], logits[1, 3], atol=1e-3)
+    # The same position through inference (the history up to it) gives the same scores for the first code.
+    with torch.no_grad():
+        memory_kv, mask = model.encode(tokenizer.encoder_input(torch.tensor([[1, 2, 3]]), torch.tensor([tokenizer.user_offset])))
+        first = model.decode(decoder_tokens[2:3, :1], memory_kv, mask)
+    assert torch.allclose(first[0, 0], logits[0, 2, 0], atol=1e-5)

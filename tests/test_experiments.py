@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from tigerrec.baselines import most_popular, sasrec_recommend, semantic_knn, train_sasrec, training_windows
+from tigerrec.baselines import markov, most_popular, sasrec_recommend, semantic_knn, train_sasrec
 from tigerrec.cli import main
 from tigerrec.config import SASRecConfig
 from tigerrec.data import leave_one_out, make_tiny
@@ -14,7 +14,7 @@ from tigerrec.experiments import (category_entropy, cold_start_ids, epsilon_rank
                                   unseen_siblings, without_items)
 from tigerrec.pipeline import IDS_DIR, QUANTIZER_FILE, build_semantic_ids, embed_items
 from tigerrec.quantize import load_quantizer
-from tigerrec.sequences import Examples
+from tigerrec.sequences import Examples, training_windows
 
 # Fast settings for the smoke runs of the commands (tiny data, a few dozen steps).
 SMOKE = ["--scheme", "rqkmeans", "--steps", "30", "--set", "train.eval_every=30", "--set", "train.log_every=10"]
@@ -88,6 +88,16 @@ def test_semantic_knn_ranks_by_cosine_to_the_mean_history():
     assert semantic_knn(embeddings, [np.array([0])], 4, exclude_history=False)[0, 0] == 0
     # Profile = mean of unit vectors of items 0 and 1 = the diagonal; 2 and 3 are equally far from it.
     assert set(semantic_knn(embeddings, [np.array([0, 1])], 2)[0].tolist()) == {2, 3}
+
+
+def test_markov_ranks_what_followed_the_last_item_then_popularity():
+    train = [np.array([0, 1, 2]), np.array([0, 1, 3]), np.array([0, 2, 3]), np.array([3, 3])]
+    histories = [np.array([5, 0]), np.array([1]), np.array([4])]
+    ranked = markov(train, 6, histories, 4)
+    assert ranked[0].tolist() == [1, 2, 3, 0]  # after 0: item 1 twice, item 2 once; then by popularity
+    assert ranked[1].tolist() == [3, 2, 0, 1]  # after 1: 2 and 3 once each (popularity breaks the tie)
+    assert ranked[2].tolist() == [3, 0, 1, 2]  # item 4 never seen: popularity (3: 4 times, then 0, 1, 2 by count/index)
+    assert 0 not in markov(train, 6, histories, 4, exclude_history=True)[0].tolist()
 
 
 def test_training_windows_cover_every_target_once():

@@ -24,6 +24,7 @@ def test_report_has_every_section_and_plot(report, tiny_run):
                     "Items sharing the same first codes", "Semantic-ID prefix explorer", "TIGER paper, Table 1"):
         assert section in page, section
     assert page.count("<svg") == 5 and page.count("<polyline") == 4  # loss + lr + NDCG@10 + Recall@10
+    assert "Learning rate (adafactor, rsqrt schedule)" in page  # the schedule that was used
     assert "<details class='c1' open>" in page and "<details class='c2'" in page
     titles = [json.loads(line)["title"] for line in (tiny_run / "items.jsonl").read_text().splitlines()]
     assert sum(title in page for title in titles) >= 20

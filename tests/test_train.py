@@ -91,3 +91,36 @@ def test_lr_schedule_is_rsqrt_with_an_optional_linear_cooldown():
     assert lr_factor(5_000, timed, elapsed_minutes=30) == 1.0
     assert lr_factor(5_000, timed, elapsed_minutes=54) == pytest.approx(0.5)
     assert lr_factor(5_000, timed, elapsed_minutes=61) == 0.0
+
+
+def test_warmup_then_decay_to_zero_over_the_budget():
+    from tigerrec.config import TrainConfig
+    from tigerrec.train import lr_factor
+
+    linear = TrainConfig(steps=1_000, warmup_steps=100, schedule="linear")
+    assert lr_factor(50, linear) == pytest.approx(0.5 * (1 - 0.05))  # warming up
+    assert lr_factor(500, linear) == pytest.approx(0.5)
+    assert lr_factor(1_000, linear) == 0.0
+    cosine = TrainConfig(steps=1_000, warmup_steps=0, schedule="cosine")
+    assert lr_factor(0, cosine) == 1.0 and lr_factor(500, cosine) == pytest.approx(0.5)
+    assert lr_factor(1_000, cosine) == pytest.approx(0.0)
+    constant = TrainConfig(steps=1_000, warmup_steps=10, schedule="constant")
+    assert lr_factor(5, constant) == 0.5 and lr_factor(900, constant) == 1.0
+    # The clock decides when it is further along than the steps.
+    timed = TrainConfig(steps=1_000_000, warmup_steps=0, schedule="linear", max_minutes=20)
+    assert lr_factor(10, timed, elapsed_minutes=15) == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="schedule"):
+        lr_factor(1, TrainConfig(schedule="step"))
+
+
+def test_tuned_recipe_item_history_model_learns_the_tiny_dataset_to_recall_one(tmp_path):
+    cfg = tiny_config("tuned", train={"eval_every": 500, "checkpoint_every": 500})
+    assert cfg.model.history == "items" and cfg.train.optimizer == "adafactor" and cfg.train.schedule == "constant"
+    metrics = run("tiny", cfg, tmp_path)
+    assert metrics["test"]["recall@10"] >= 0.95 and metrics["valid"]["recall@10"] >= 0.95
+    # Samples count targets: every item after a user's first training item is one per epoch.
+    dataset = make_tiny()
+    data, _, _ = prepare(dataset, SemanticIDs.load(tmp_path / "ids", cfg.ids.codebook_size), cfg)
+    per_epoch = int(data.train.lengths.sum())
+    assert metrics["training"]["samples"] > 5 * per_epoch
+    assert read_csv(tmp_path / "valid_log.csv")[-1]["minutes"] > 0

@@ -1,4 +1,4 @@
-"""Baselines for the TIGER tables: most-popular, Semantic_KNN and SASRec.
+"""Baselines for the TIGER tables: most-popular, first-order Markov, Semantic_KNN and SASRec.
 
 Every baseline returns rankings as (N, k) item indices, best first, so the
 same ``evaluate.ranking_metrics`` scores them and TIGER. Histories are lists of
@@ -18,7 +18,7 @@ from torch import nn
 from .config import SASRecConfig
 from .device import autocast, use_bf16
 from .evaluate import ranking_metrics
-from .sequences import length_bucketed_batches
+from .sequences import length_bucketed_batches, training_windows
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,27 @@ def most_popular(train_sequences: list[np.ndarray], num_items: int, histories: l
     # Tiny decreasing offsets break ties by index, so the ranking is deterministic.
     scores = torch.from_numpy(counts - np.arange(num_items) / (num_items + 1.0))
     return _in_chunks(histories, lambda part: _top_k(scores.expand(len(part), -1).clone(), part, k, exclude_history))
+
+
+def markov(train_sequences: list[np.ndarray], num_items: int, histories: list[np.ndarray], k: int = 10,
+           exclude_history: bool = False) -> np.ndarray:
+    """First-order Markov chain: items by how often they followed the user's last item in the
+    training parts; items never seen after it are ranked by popularity (the fallback)."""
+    from scipy.sparse import coo_matrix
+
+    sources = np.concatenate([seq[:-1] for seq in train_sequences])
+    following = np.concatenate([seq[1:] for seq in train_sequences])
+    transitions = coo_matrix((np.ones(len(sources)), (sources, following)), shape=(num_items, num_items)).tocsr()
+    counts = np.bincount(np.concatenate(train_sequences), minlength=num_items).astype(np.float64)
+    # Popularity scaled below 1, minus tiny index offsets: breaks count ties, then popularity ties, by index.
+    fallback = torch.from_numpy(counts / (counts.max() + 1.0) - np.arange(num_items) / (num_items + 1.0) / (counts.max() + 1.0))
+
+    def rank(part):
+        last = np.array([h[-1] for h in part])
+        scores = torch.from_numpy(transitions[last].toarray()) + fallback
+        return _top_k(scores, part, k, exclude_history)
+
+    return _in_chunks(histories, rank)
 
 
 def semantic_knn(embeddings: np.ndarray, histories: list[np.ndarray], k: int = 10, max_history: int = 20,
@@ -108,16 +129,6 @@ def _pad(sequences: list[np.ndarray], length: int) -> torch.Tensor:
         recent = seq[-length:]
         out[i, : len(recent)] = recent + 1
     return torch.from_numpy(out)
-
-
-def training_windows(train_sequences: list[np.ndarray], max_len: int) -> list[np.ndarray]:
-    """Cut each training part into windows of up to max_len + 1 items, newest first, so that every
-    item after a user's first is a target exactly once (every prefix is a training example)."""
-    windows = []
-    for seq in train_sequences:
-        for end in range(len(seq), 1, -max_len):
-            windows.append(seq[max(0, end - max_len - 1) : end])
-    return windows
 
 
 @torch.no_grad()

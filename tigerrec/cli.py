@@ -15,10 +15,10 @@ log = logging.getLogger("tigerrec")
 
 
 def load_config(args, preset: str | None = None) -> RunConfig:
-    """Preset (if any) < config file < --set overrides < dedicated flags."""
-    from .presets import preset_config
+    """Recipe < preset (if any) < config file < --set overrides < dedicated flags."""
+    from .presets import DEFAULT_RECIPE, recipe_config
 
-    cfg = preset_config(preset) if preset else RunConfig()
+    cfg = recipe_config(getattr(args, "recipe", None) or DEFAULT_RECIPE, preset)
     if args.config:
         from .config import read_config_file
 
@@ -38,6 +38,8 @@ def load_config(args, preset: str | None = None) -> RunConfig:
 
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--recipe", choices=["tuned", "paper"],
+                        help="training recipe under the preset and config file: tuned (default) or the paper's exact one")
     parser.add_argument("--config", help="YAML or TOML config file (sections: data, text, ids, model, train, eval, sasrec, experiment)")
     parser.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one setting (repeatable)")
     parser.add_argument("--encoder", help="sentence encoder: name, local folder, or 'auto' (offline all-mpnet-base-v2)")

@@ -74,6 +74,16 @@ class ModelConfig:
     dropout: float = 0.1
     user_buckets: int = 2000
     use_user_token: bool = True
+    # How the encoder sees the history. "codes" (the paper): every item as its 4 code
+    # tokens, a bidirectional encoder, one training target per example. "items": every
+    # item as one token (the mean of its code embeddings), a causal encoder, and every
+    # position of a user's sequence is a target in one pass (4x shorter inputs, ~10x
+    # fewer encoder passes per target). "causal-codes": the paper's tokens under a causal
+    # encoder, every position a target. The decoder is the paper's in every case.
+    history: str = "codes"
+    # Initial std of the token embeddings: T5's 1.0 suits Adafactor, whose steps scale with
+    # each parameter's size; AdamW's absolute steps move such embeddings slowly.
+    embed_init_std: float = 1.0
     relative_buckets: int = 32  # T5 relative position bias
     relative_max_distance: int = 128
 
@@ -81,15 +91,24 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     steps: int = 200_000  # paper: 200k Beauty/Sports, 100k Toys
-    batch_size: int = 256
+    # Not in the paper: a budget in passes over the training data (any dataset size);
+    # when > 0 it replaces ``steps``.
+    epochs: float = 0.0
+    batch_size: int = 256  # examples; with model.history=items, user sequences (each holds several targets)
     lr: float = 0.01
-    warmup_steps: int = 10_000  # constant lr, then inverse square root decay
+    # "rsqrt" (the paper, T5X): constant lr for ``warmup_steps``, then 1/sqrt(step).
+    # Not in the paper: "constant", "linear" and "cosine" warm up linearly from 0 over
+    # ``warmup_steps`` and then stay constant, or decay to 0 at the end of the budget
+    # (``steps``, or ``max_minutes`` when that ends first).
+    schedule: str = "rsqrt"
+    warmup_steps: int = 10_000
     # Not in the paper: decay the lr linearly to 0 over this last share of the budget
     # (steps, or max_minutes when that ends first). 0 = the paper's schedule alone.
     cooldown_fraction: float = 0.0
     optimizer: str = "adafactor"  # adafactor | adamw
     weight_decay: float = 0.0
-    eval_every: int = 5_000
+    eval_every: int = 5_000  # steps between validations; 0 = every ``eval_every_minutes`` instead
+    eval_every_minutes: float = 0.0  # wall-clock minutes between validations (with eval_every = 0; both 0 = at the end)
     patience: int = 0  # evaluations without improvement before stopping; 0 = never
     valid_users: int = 0  # validation on a fixed random subset of users; 0 = all
     checkpoint_every: int = 1_000
@@ -226,6 +245,11 @@ def _coerce(hint, value, label):
     if hint in (int, float, str):
         if hint is float and isinstance(value, int) and not isinstance(value, bool):
             return float(value)
+        if hint is float and isinstance(value, str):
+            try:  # YAML reads 2e-3 (no dot) as a string
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, hint) and not isinstance(value, bool):
             return value
         raise ValueError(f"config {label} must be {hint.__name__}, got {value!r}")

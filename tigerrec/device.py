@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import platform
+import subprocess
 
 import torch
 
@@ -37,3 +39,15 @@ def autocast(device: str, enabled: bool | None = None):
     if not enabled:
         return contextlib.nullcontext()
     return torch.autocast(device.split(":")[0], dtype=torch.bfloat16)
+
+
+def machine_name() -> str:
+    """This machine for result files: CPU model (``lscpu``), bf16 yes/no, threads, torch version, GPU."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        cpu = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+    except (OSError, subprocess.SubprocessError, StopIteration):
+        cpu = platform.processor() or platform.machine()
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return (f"{cpu} ({platform.machine()}), bf16 {'yes' if bf16_supported('cpu') else 'no'}, "
+            f"{torch.get_num_threads()} threads, torch {torch.__version__}{gpu}")

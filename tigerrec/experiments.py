@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from .baselines import most_popular, sasrec_recommend, semantic_knn, train_sasrec
+from .baselines import markov, most_popular, sasrec_recommend, semantic_knn, train_sasrec
 from .config import RunConfig
 from .data import Dataset, leave_one_out, load_dataset
 from .decoding import PrefixTrie
@@ -325,6 +325,7 @@ def baselines(source, cfg: RunConfig, out_dir: Path, run_dir: str | Path | None 
     rankers = {
         "MostPop": lambda h: most_popular(split.train, n, h, k),
         "MostPop (history excluded)": lambda h: most_popular(split.train, n, h, k, exclude_history=True),
+        "Markov (last item)": lambda h: markov(split.train, n, h, k),
         "Semantic_KNN": lambda h: semantic_knn(embeddings, h, k, cfg.data.max_history),
         "SASRec": lambda h: sasrec_recommend(sasrec, h, k, bf16=bf16),
     }

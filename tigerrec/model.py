@@ -1,7 +1,11 @@
 """The sequence model: a small T5-style Transformer encoder-decoder.
 
 The encoder reads [user token, Semantic ID tokens of the history]; the decoder
-generates the 4 tokens of the next item. As in T5: pre-norm RMSNorm, no biases,
+generates the 4 tokens of the next item. With a causal history ("items": one
+token per history item, the mean of its code embeddings; "causal-codes": the
+paper's tokens) the encoder runs under a causal mask, so one pass over a user's
+sequence yields the memory for every position, and the decoder predicts the next
+item after each position at once. As in T5: pre-norm RMSNorm, no biases,
 ReLU feed-forward, relative position bias shared across the layers of a stack,
 shared input embeddings. The output layer of decoder step p only scores the
 codes of position p (a token means "code c at position p"), so every step is a
@@ -20,6 +24,7 @@ from .config import ModelConfig
 
 PAD, BOS = 0, 1
 NUM_SPECIAL = 2
+HISTORIES = ("codes", "items", "causal-codes")  # see ModelConfig.history
 
 
 def relative_position_bucket(relative: torch.Tensor, bidirectional: bool, num_buckets: int, max_distance: int) -> torch.Tensor:
@@ -153,10 +158,15 @@ class DecoderLayer(nn.Module):
 class TigerModel(nn.Module):
     def __init__(self, cfg: ModelConfig, vocab_size: int, id_length: int, codebook_size: int):
         super().__init__()
+        if cfg.history not in HISTORIES:
+            raise ValueError(f"model.history must be one of {HISTORIES}, got {cfg.history!r}")
         self.cfg, self.id_length, self.codebook_size = cfg, id_length, codebook_size
+        # Causal histories train every position of a sequence at once; "items" pools each item into one token.
+        self.causal = cfg.history != "codes"
+        self.tokens_per_item = 1 if cfg.history == "items" else id_length
         self.embed = nn.Embedding(vocab_size, cfg.d_model, padding_idx=PAD)
         self.drop = Dropout(cfg.dropout)
-        self.encoder_bias = RelativeBias(cfg, bidirectional=True)
+        self.encoder_bias = RelativeBias(cfg, bidirectional=not self.causal)
         self.encoder_layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.encoder_layers))
         self.encoder_norm = nn.RMSNorm(cfg.d_model)
         self.decoder_bias = RelativeBias(cfg, bidirectional=False)
@@ -165,6 +175,7 @@ class TigerModel(nn.Module):
         # One output matrix per ID position: (position, code, d_model).
         self.head = nn.Parameter(torch.empty(id_length, codebook_size, cfg.d_model))
         self.apply(self._init)
+        nn.init.normal_(self.embed.weight, std=cfg.embed_init_std)
         nn.init.normal_(self.head, std=cfg.d_model**-0.5)
 
     @staticmethod
@@ -183,11 +194,23 @@ class TigerModel(nn.Module):
         mask = torch.zeros(tokens.shape, dtype=torch.float32, device=tokens.device)
         return mask.masked_fill(tokens == PAD, float("-inf"))[:, None, None, :]
 
+    def embed_input(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Input vectors (B, T, d) and the padding mask of ``tokens``: (B, T) code tokens, or
+        (B, T, L) with ``history="items"``, where a position is the mean of its non-PAD tokens."""
+        if tokens.dim() == 2:
+            return self.embed(tokens), self.padding_mask(tokens)
+        present = (tokens != PAD).unsqueeze(-1)
+        vectors = (self.embed(tokens) * present).sum(2) / present.sum(2).clamp(min=1)
+        return vectors, self.padding_mask(tokens[..., 0])
+
     def encode(self, tokens: torch.Tensor):
-        """Encode (B, T) input tokens; returns per-layer cross-attention keys/values and their mask."""
-        mask = self.padding_mask(tokens)
-        x = self.drop(self.embed(tokens))
-        self_mask = self.encoder_bias(tokens.shape[1], tokens.shape[1], tokens.device) + mask
+        """Encode input tokens; returns per-layer cross-attention keys/values and their mask."""
+        x, mask = self.embed_input(tokens)
+        x = self.drop(x)
+        length = tokens.shape[1]
+        self_mask = self.encoder_bias(length, length, tokens.device) + mask
+        if self.causal:  # position t sees the user token and the tokens up to t
+            self_mask = self_mask + torch.full((length, length), float("-inf"), device=tokens.device).triu(1)
         for layer in self.encoder_layers:
             x = layer(x, self_mask)
         memory = self.drop(self.encoder_norm(x))
@@ -219,5 +242,22 @@ class TigerModel(nn.Module):
         return torch.einsum("bpd,pkd->bpk", x * self.cfg.d_model**-0.5, self.head[past:total].to(x.dtype))
 
     def forward(self, tokens: torch.Tensor, decoder_tokens: torch.Tensor) -> torch.Tensor:
+        """Training logits. With ``history="items"``, ``decoder_tokens`` holds one row per history
+        position of each sequence (B * positions rows), each predicting the item after its position."""
         memory_kv, memory_mask = self.encode(tokens)
+        if self.causal:
+            positions = decoder_tokens.shape[0] // tokens.shape[0]
+            memory_mask = memory_mask + self.prefix_mask(tokens.shape[1], positions, self.tokens_per_item,
+                                                         decoder_tokens.shape[1], tokens.device)
         return self.decode(decoder_tokens, memory_kv, memory_mask)
+
+    @staticmethod
+    def prefix_mask(memory_length: int, positions: int, tokens_per_item: int, id_length: int, device) -> torch.Tensor:
+        """Additive cross-attention mask (1, 1, positions * id_length, memory_length): the decoder row of
+        history position i sees memory up to the last token of that item (and a leading user token).
+
+        Attention folds the rows of one sequence into its query axis, position-major."""
+        offset = memory_length - positions * tokens_per_item  # 1 with a user token, else 0
+        row = torch.arange(positions, device=device).repeat_interleave(id_length)
+        hidden = torch.arange(memory_length, device=device)[None, :] > offset + (row[:, None] + 1) * tokens_per_item - 1
+        return torch.zeros(hidden.shape, device=device).masked_fill(hidden, float("-inf"))[None, None]

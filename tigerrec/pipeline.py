@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import platform
 import resource
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ from safetensors.torch import load_file
 from .config import RunConfig
 from .data import Dataset, Split, leave_one_out, load_dataset
 from .decoding import PrefixTrie
-from .device import use_bf16
+from .device import machine_name, use_bf16
 from .evaluate import evaluate
 from .io import read_json, write_json, write_text
 from .model import TigerModel
@@ -117,7 +116,8 @@ def read_run_config(run_dir: str | Path) -> RunConfig:
 
 
 def make_tokenizer(ids: SemanticIDs, cfg: RunConfig) -> Tokenizer:
-    return Tokenizer(ids.codes, ids.codebook_size, cfg.model.user_buckets, cfg.data.max_history, cfg.model.use_user_token)
+    return Tokenizer(ids.codes, ids.codebook_size, cfg.model.user_buckets, cfg.data.max_history, cfg.model.use_user_token,
+                     history=cfg.model.history)
 
 
 def make_model(tokenizer: Tokenizer, cfg: RunConfig) -> TigerModel:
@@ -133,6 +133,13 @@ def held_out_examples(split: Split, max_history: int) -> tuple[Examples, Example
     return valid, test
 
 
+def training_examples(train_sequences: list[np.ndarray], cfg: RunConfig) -> Examples:
+    """Every prefix as one example (the paper), or windows whose every position is a target (causal histories)."""
+    if cfg.model.history != "codes":
+        return Examples.windows(train_sequences, cfg.data.max_history)
+    return Examples.training(train_sequences, cfg.data.max_history)
+
+
 def prepare(dataset: Dataset, ids: SemanticIDs, cfg: RunConfig) -> tuple[TrainData, Examples, TigerModel]:
     """Tokenizer, examples for train / valid / test, trie and a fresh model."""
     if ids.item_ids != dataset.item_ids:
@@ -144,7 +151,7 @@ def prepare(dataset: Dataset, ids: SemanticIDs, cfg: RunConfig) -> tuple[TrainDa
     data = TrainData(
         tokenizer=tokenizer,
         trie=PrefixTrie(ids.codes, ids.codebook_size),
-        train=Examples.training(split.train, cfg.data.max_history),
+        train=training_examples(split.train, cfg),
         valid=valid,
         user_tokens=user_tokens,
     )
@@ -207,7 +214,7 @@ def run(source: str | Dataset, cfg: RunConfig, run_dir: str | Path) -> dict:
         "dataset": dataset.name, **evals, "training": summary, "timings": timings,
         "semantic_ids": {k: v for k, v in read_json(ids_dir / IDS_METRICS).items() if k not in ("history", "settings")},
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "machine": f"{platform.machine()} {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "machine": machine_name(),
         "config": cfg.to_dict(),
     }
     write_json(run_dir / "metrics.json", metrics)

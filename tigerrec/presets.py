@@ -19,6 +19,24 @@ PRESETS: dict[str, dict] = {
     },
 }
 
+# Training recipes, applied under a preset's own values. "paper" is the paper's (the config
+# defaults); "tuned", the default, was chosen on Beauty validation (benchmarks/recipe_search.py,
+# BENCHMARKS.md): one token per history item with every position of a sequence a target,
+# the paper's Adafactor at a constant lr after a short warmup, decayed linearly to 0 over the
+# last 20% of a budget in epochs.
+RECIPES: dict[str, dict] = {
+    "paper": {},
+    "tuned": {
+        "model": {"history": "items"},
+        "train": {"schedule": "constant", "warmup_steps": 200, "cooldown_fraction": 0.2, "batch_size": 64, "epochs": 40.0,
+                  "eval_every": 1000},
+    },
+}
+DEFAULT_RECIPE = "tuned"
+# Small data: the tuned recipe keeps a step budget on the tiny preset instead of an epoch count.
+TINY_TUNED = {"train": {"epochs": 0.0, "batch_size": 32, "steps": 500, "warmup_steps": 20, "eval_every": 250, "lr": 0.02}}
+
+
 # TIGER, Rajput et al. 2023, Table 1 (TIGER_SPEC.md): dataset -> method -> R@5, N@5, R@10, N@10.
 PAPER_TABLE1: dict[str, dict[str, tuple[float, float, float, float]]] = {
     "beauty": {"SASRec": (.0387, .0249, .0605, .0318), "TIGER": (.0454, .0321, .0648, .0384)},
@@ -37,7 +55,23 @@ def paper_table1(dataset_name: str) -> dict[str, tuple[float, float, float, floa
 AMAZON_CATEGORIES = {"beauty": "Beauty", "sports": "Sports_and_Outdoors", "toys": "Toys_and_Games"}
 
 
-def preset_config(name: str) -> RunConfig:
+def recipe_config(recipe: str = DEFAULT_RECIPE, preset: str | None = None) -> RunConfig:
+    """The config of a training recipe, under a preset's values when one is named."""
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; choose one of {sorted(RECIPES)}")
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    layers = [RECIPES[recipe], PRESETS.get(preset, {})]
+    if preset == "tiny" and recipe == "tuned":
+        layers.append(TINY_TUNED)
+    values: dict = {}
+    for layer in layers:
+        for section, settings in layer.items():
+            values.setdefault(section, {}).update(settings)
+    return RunConfig.from_dict(values)
+
+
+def preset_config(name: str, recipe: str = DEFAULT_RECIPE) -> RunConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-    return RunConfig.from_dict(PRESETS[name])
+    return recipe_config(recipe, name)

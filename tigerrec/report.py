@@ -169,8 +169,10 @@ def training_plots(run_dir: Path, metrics: dict | None) -> str:
     best = (metrics or {}).get("training", {}).get("best_step")
     loss = line_chart([("loss", [r["step"] for r in train_log], [r["loss"] for r in train_log])],
                       "Training loss", "step", "cross-entropy per code")
+    train_cfg = (metrics or {}).get("config", {}).get("train", {})
+    schedule = f" ({train_cfg['optimizer']}, {train_cfg['schedule']} schedule)" if "schedule" in train_cfg else ""
     lr = line_chart([("lr", [r["step"] for r in train_log], [r["lr"] for r in train_log])],
-                    "Learning rate", "step", "learning rate", y_min=0)
+                    "Learning rate" + schedule, "step", "learning rate", y_min=0)
     steps = [r["step"] for r in valid_log]
     valid = line_chart([(name, steps, [r.get(key, float("nan")) for r in valid_log])
                         for name, key in (("NDCG@10", "ndcg@10"), ("Recall@10", "recall@10"))],

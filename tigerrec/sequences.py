@@ -3,7 +3,8 @@
 Vocabulary: PAD, BOS, then ``id_length x codebook_size`` codeword tokens (token
 = "code c at position p"), then ``user_buckets`` user tokens. The encoder input
 is [user token, the 4 tokens of each of the last ``max_history`` items]; the
-target is the next item's 4 codes.
+target is the next item's 4 codes. With ``history="items"`` the input keeps one
+row of 4 tokens per item, (B, [1 +] H, 4), the user token padded with PAD.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ def user_bucket(user_id: str, buckets: int) -> int:
 
 
 class Tokenizer:
-    def __init__(self, item_codes: np.ndarray, codebook_size: int, user_buckets: int, max_history: int, use_user_token: bool = True):
+    def __init__(self, item_codes: np.ndarray, codebook_size: int, user_buckets: int, max_history: int,
+                 use_user_token: bool = True, history: str = "codes"):
+        self.history = history  # ModelConfig.history
         self.item_codes = torch.as_tensor(item_codes, dtype=torch.long)  # (items, id_length)
         self.id_length = self.item_codes.shape[1]
         self.codebook_size = codebook_size
@@ -47,13 +50,18 @@ class Tokenizer:
 
     def encoder_input(self, histories: torch.Tensor, user_tokens: torch.Tensor) -> torch.Tensor:
         """histories: (B, H) item indices, -1 = padding (right side). Returns (B, [1+] H*id_length) tokens,
-        cut to the longest history in the batch so no batch pays for padding it does not need."""
+        or (B, [1+] H, id_length) with ``history="items"``, cut to the longest history in the batch so no
+        batch pays for padding it does not need."""
         longest = int((histories >= 0).sum(1).max()) if len(histories) else 0
         histories = histories[:, : max(longest, 1)]
         tokens = self._item_tokens_padded[torch.where(histories >= 0, histories, self.num_items)]
-        tokens = tokens.flatten(1)
-        if self.use_user_token:
-            tokens = torch.cat([user_tokens[:, None], tokens], dim=1)
+        if self.history != "items":
+            tokens = tokens.flatten(1)
+            return torch.cat([user_tokens[:, None], tokens], dim=1) if self.use_user_token else tokens
+        if self.use_user_token:  # one more row: [user token, PAD, PAD, PAD]
+            user = torch.full((len(tokens), 1, self.id_length), PAD, dtype=torch.long)
+            user[:, 0, 0] = user_tokens
+            tokens = torch.cat([user, tokens], dim=1)
         return tokens
 
     def decoder_input(self, target_codes: torch.Tensor) -> torch.Tensor:
@@ -99,8 +107,38 @@ class Examples:
                 users.append(user)
         return cls.from_histories(histories, targets, users, max_history)
 
+    @classmethod
+    def windows(cls, train_sequences: list[np.ndarray], max_history: int) -> "Examples":
+        """The ``training_windows`` of every user, window w as history w[:-1] and target w[-1]; with
+        every history position a target (``model.history=items``) each target occurs once."""
+        histories, targets, users = [], [], []
+        for user, seq in enumerate(train_sequences):
+            for window in training_windows([seq], max_history):
+                histories.append(window[:-1])
+                targets.append(window[-1])
+                users.append(user)
+        return cls.from_histories(histories, targets, users, max_history)
+
+    def next_items(self) -> np.ndarray:
+        """(M, max_history) the item after each history position (-1 past the end): for windows."""
+        following = np.full_like(self.histories, -1)
+        following[:, :-1] = self.histories[:, 1:]
+        following[np.arange(len(self)), self.lengths - 1] = self.targets
+        return following
+
     def subset(self, index: np.ndarray) -> "Examples":
         return Examples(self.histories[index], self.lengths[index], self.targets[index], self.users[index])
+
+
+def training_windows(train_sequences: list[np.ndarray], max_len: int) -> list[np.ndarray]:
+    """Cut each training part into windows of up to max_len + 1 items, newest first, so that every
+    item after a user's first is a target exactly once when every position of a window predicts
+    the next item (one pass covers all of a user's training targets)."""
+    windows = []
+    for seq in train_sequences:
+        for end in range(len(seq), 1, -max_len):
+            windows.append(seq[max(0, end - max_len - 1) : end])
+    return windows
 
 
 def length_bucketed_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, chunk_batches: int = 64) -> list[np.ndarray]:

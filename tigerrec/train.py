@@ -13,7 +13,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -49,11 +49,19 @@ class TrainData:
     user_tokens: np.ndarray  # (num_users,) encoder token of each user
 
     def batch(self, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Encoder tokens, teacher-forced decoder tokens and target codes of training examples ``index``."""
+        """Encoder tokens, teacher-forced decoder tokens and target codes of training examples ``index``.
+
+        With a causal history every history position has a target (the next item): one decoder
+        row per position, padded rows with target codes -100 (ignored by the loss)."""
         examples = self.train.subset(index)
         tokens = self.tokenizer.encoder_input(torch.from_numpy(examples.histories), torch.from_numpy(self.user_tokens[examples.users]))
-        targets = self.tokenizer.item_codes[torch.from_numpy(examples.targets)]
-        return tokens, self.tokenizer.decoder_input(targets), targets
+        if self.tokenizer.history == "codes":
+            targets = self.tokenizer.item_codes[torch.from_numpy(examples.targets)]
+            return tokens, self.tokenizer.decoder_input(targets), targets
+        following = torch.from_numpy(examples.next_items()[:, : examples.lengths.max()]).flatten()
+        targets = self.tokenizer.item_codes[following.clamp(min=0)]
+        decoder_tokens = self.tokenizer.decoder_input(targets)
+        return tokens, decoder_tokens, targets.masked_fill((following < 0)[:, None], -100)
 
 
 # ------------------------------------------------------------------ distributed
@@ -105,18 +113,34 @@ def truncate_csv(path: Path, last_step: int) -> None:
 
 # ------------------------------------------------------------------ training
 
-def lr_factor(step: int, cfg: TrainConfig, elapsed_minutes: float = 0.0) -> float:
-    """T5X's rsqrt schedule (constant for ``warmup_steps``, then 1/sqrt(step)), times an optional cooldown.
+SCHEDULES = ("rsqrt", "constant", "linear", "cosine")
 
-    The cooldown decays linearly to 0 over the last ``cooldown_fraction`` of the
-    budget, measured in steps or, under ``max_minutes``, in wall-clock time,
-    whichever is further along; a run stopped by the clock still ends annealed.
+
+def lr_factor(step: int, cfg: TrainConfig, elapsed_minutes: float = 0.0) -> float:
+    """The learning rate at ``step`` as a share of ``cfg.lr``.
+
+    "rsqrt" is T5X's schedule (constant for ``warmup_steps``, then 1/sqrt(step)); the
+    others warm up linearly over ``warmup_steps`` and then stay constant or decay
+    (linearly, or along a half cosine) to 0 at the end of the budget. The budget is
+    measured in steps or, under ``max_minutes``, in wall-clock time, whichever is
+    further along, so a run stopped by the clock still ends annealed. An optional
+    cooldown decays any schedule linearly to 0 over the last ``cooldown_fraction``.
     """
-    factor = min(1.0, math.sqrt(cfg.warmup_steps / max(step, 1)))
+    if cfg.schedule not in SCHEDULES:
+        raise ValueError(f"train.schedule must be one of {SCHEDULES}, got {cfg.schedule!r}")
+    progress = step / cfg.steps
+    if cfg.max_minutes:
+        progress = max(progress, elapsed_minutes / cfg.max_minutes)
+    progress = min(1.0, progress)
+    if cfg.schedule == "rsqrt":
+        factor = min(1.0, math.sqrt(cfg.warmup_steps / max(step, 1)))
+    else:
+        factor = min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+        if cfg.schedule == "linear":
+            factor *= 1.0 - progress
+        elif cfg.schedule == "cosine":
+            factor *= 0.5 * (1.0 + math.cos(math.pi * progress))
     if cfg.cooldown_fraction > 0:
-        progress = step / cfg.steps
-        if cfg.max_minutes:
-            progress = max(progress, elapsed_minutes / cfg.max_minutes)
         factor *= min(1.0, max(0.0, (1.0 - progress) / cfg.cooldown_fraction))
     return factor
 
@@ -125,7 +149,11 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig):
     if cfg.optimizer == "adafactor":
         return torch.optim.Adafactor(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # Weight decay on matrices only (embeddings and weights), not on norm gains.
+        params = list(model.parameters())
+        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=cfg.lr)
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}; use adafactor or adamw")
 
 
@@ -158,14 +186,14 @@ def train(model: TigerModel, data: TrainData, cfg: TrainConfig, eval_cfg: EvalCo
 
     torch.manual_seed(cfg.seed)
     optimizer = make_optimizer(model, cfg)
-    state = {"step": 0, "best": -1.0, "best_step": 0, "evals_since_best": 0, "seconds": 0.0}
+    state = {"step": 0, "samples": 0, "best": -1.0, "best_step": 0, "evals_since_best": 0, "seconds": 0.0}
     checkpoint_path = run_dir / CHECKPOINT
     if checkpoint_path.exists():
         checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=True)
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         torch.set_rng_state(checkpoint["rng"])
-        state = checkpoint["state"]
+        state = {"samples": 0, **checkpoint["state"]}
         log.info("resuming from %s at step %d", checkpoint_path, state["step"])
         if rank == 0:
             truncate_csv(run_dir / TRAIN_LOG, state["step"])
@@ -179,8 +207,11 @@ def train(model: TigerModel, data: TrainData, cfg: TrainConfig, eval_cfg: EvalCo
     batches_per_epoch = len(length_bucketed_batches(data.train.lengths, local_batch, cfg.seed, 0)) // world
     if batches_per_epoch == 0:
         raise ValueError(f"{len(data.train)} training examples are fewer than one batch per process")
+    if cfg.epochs:  # the budget in steps, for the schedule and the stop
+        cfg = replace(cfg, steps=math.ceil(cfg.epochs * batches_per_epoch))
     start_step, step = state["step"], state["step"]
     started = time.perf_counter() - state["seconds"]
+    next_eval_minutes = (math.floor(state["seconds"] / 60 / cfg.eval_every_minutes) + 1) * cfg.eval_every_minutes if cfg.eval_every_minutes else 0.0
     window_loss, window_samples, window_start = 0.0, 0, time.perf_counter()
     progress = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", disable=rank != 0, mininterval=2)
     stop = step >= cfg.steps
@@ -193,25 +224,30 @@ def train(model: TigerModel, data: TrainData, cfg: TrainConfig, eval_cfg: EvalCo
             tokens, decoder_tokens, targets = data.batch(index)
             with autocast(device, bf16):
                 logits = net(tokens.to(device), decoder_tokens.to(device))
-            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.to(device).flatten())
+            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.to(device).flatten(), ignore_index=-100)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.optimizer == "adamw":
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             # Under DDP every process takes process 0's clock, so all use the same lr and stop together.
-            minutes = _from_rank0((time.perf_counter() - started) / 60, world, device) if cfg.max_minutes else 0.0
+            timed = cfg.max_minutes or cfg.eval_every_minutes
+            minutes = _from_rank0((time.perf_counter() - started) / 60, world, device) if timed else 0.0
             lr = cfg.lr * lr_factor(step + 1, cfg, minutes)
             set_lr(optimizer, lr)
             optimizer.step()
             step += 1
             window_loss += loss.item()
-            window_samples += len(index) * world
+            # A sample is one training target (an item to predict): one per example, or one
+            # per history position with a causal history.
+            samples = int((targets[:, 0] >= 0).sum()) * world
+            window_samples += samples
+            state["samples"] += samples
             progress.update(1)
 
             if step % cfg.log_every == 0 or step == cfg.steps:
                 elapsed = time.perf_counter() - window_start
                 row = {
-                    "step": step, "samples": step * cfg.batch_size, "epoch": round(step / batches_per_epoch, 3),
+                    "step": step, "samples": state["samples"], "epoch": round(step / batches_per_epoch, 3),
                     "loss": round(window_loss / max(1, step % cfg.log_every or cfg.log_every), 5),
                     "lr": lr, "samples_per_s": round(window_samples / elapsed, 1),
                 }
@@ -222,11 +258,18 @@ def train(model: TigerModel, data: TrainData, cfg: TrainConfig, eval_cfg: EvalCo
 
             out_of_time = cfg.max_minutes and minutes >= cfg.max_minutes
             last = step >= cfg.steps or out_of_time
-            if step % cfg.eval_every == 0 or last:
+            if cfg.eval_every:
+                due = step % cfg.eval_every == 0
+            else:  # by the clock, or only at the end
+                due = bool(cfg.eval_every_minutes) and minutes >= next_eval_minutes
+            if due or last:
+                if cfg.eval_every_minutes:
+                    next_eval_minutes = (math.floor(minutes / cfg.eval_every_minutes) + 1) * cfg.eval_every_minutes
                 if rank == 0:
                     metrics = evaluate(model, data.tokenizer, data.trie, valid, data.user_tokens[valid.users],
                                        eval_cfg.beam_size, eval_cfg.top_k, eval_cfg.batch_size, bf16, desc="valid")
-                    append_csv(run_dir / VALID_LOG, {"step": step, "samples": step * cfg.batch_size, **metrics})
+                    minutes_so_far = round((time.perf_counter() - started) / 60, 2)
+                    append_csv(run_dir / VALID_LOG, {"step": step, "samples": state["samples"], "minutes": minutes_so_far, **metrics})
                     log.info("step %d valid %s", step, metrics)
                     if metrics[SELECTION_METRIC] > state["best"]:
                         state.update(best=metrics[SELECTION_METRIC], best_step=step, evals_since_best=0)
@@ -246,7 +289,7 @@ def train(model: TigerModel, data: TrainData, cfg: TrainConfig, eval_cfg: EvalCo
                 break
     progress.close()
     summary = {
-        "steps": step, "steps_this_run": step - start_step, "best_step": state["best_step"],
+        "steps": step, "steps_this_run": step - start_step, "samples": state["samples"], "best_step": state["best_step"],
         "best_valid_" + SELECTION_METRIC: state["best"], "train_seconds": round(time.perf_counter() - started, 1),
         "bf16": bf16, "world_size": world, "parameters": model.num_parameters(),
     }

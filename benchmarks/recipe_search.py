@@ -1,0 +1,139 @@
+"""Recipe search on Beauty validation: short training runs, one at a time, each a validation curve.
+
+Every recipe is a list of ``section.key=value`` overrides on top of the dataset's
+preset with the paper's recipe. Each run trains for ``--minutes`` of wall-clock time (validation included)
+on Semantic IDs built once (``--ids-dir``), validates a fixed random subset of users
+every ``--eval-minutes`` and never touches the test split. Results are merged into
+``--results`` (one entry per recipe: overrides, full config, samples, minutes,
+validation curve, CPU), so a search can be extended run by run.
+
+    python benchmarks/recipe_search.py --data-dir ../shared/data/beauty --ids-dir runs/beauty-ids \
+        --out runs/search --minutes 12 items-adamw-2e-3 items-adamw-5e-3
+
+``--list`` prints the recipes, ``--table`` the results as Markdown (summary and curves).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+from tigerrec.data import load_dataset
+from tigerrec.device import machine_name
+from tigerrec.io import read_json, write_json
+from tigerrec.pipeline import IDS_DIR, prepare
+from tigerrec.presets import preset_config
+from tigerrec.semantic_ids import SemanticIDs
+from tigerrec.train import VALID_LOG, read_csv, train
+
+# The optimiser settings the search varies; "paper" is the paper's recipe as shipped before.
+ADAMW = ["train.optimizer=adamw", "train.weight_decay=0.01", "train.warmup_steps=200", "train.schedule=cosine"]
+ITEMS = ["model.history=items", "train.batch_size=64"]
+RECIPES: dict[str, list[str]] = {
+    "paper": ["train.cooldown_fraction=0.2"],
+    "codes-adamw-2e-3": [*ADAMW, "train.lr=2e-3"],
+    "items-adafactor": [*ITEMS, "train.cooldown_fraction=0.2", "train.warmup_steps=2000"],
+    "items-adamw-1e-3": [*ITEMS, *ADAMW, "train.lr=1e-3"],
+    "items-adamw-2e-3": [*ITEMS, *ADAMW, "train.lr=2e-3"],
+    "items-adamw-5e-3": [*ITEMS, *ADAMW, "train.lr=5e-3"],
+    "items-adamw-2e-3-linear": [*ITEMS, *ADAMW, "train.lr=2e-3", "train.schedule=linear"],
+    "items-adamw-2e-3-drop0.2": [*ITEMS, *ADAMW, "train.lr=2e-3", "model.dropout=0.2"],
+    "items-adamw-2e-3-drop0.15": [*ITEMS, *ADAMW, "train.lr=2e-3", "model.dropout=0.15"],
+    "items-adamw-2e-3-wd0.1": [*ITEMS, *ADAMW, "train.lr=2e-3", "train.weight_decay=0.1"],
+    "items-adamw-2e-3-nouser": [*ITEMS, *ADAMW, "train.lr=2e-3", "model.use_user_token=false"],
+    "items-adamw-4e-3-batch256": [*ITEMS, *ADAMW, "train.lr=4e-3", "train.batch_size=256"],
+    "items-adamw-1e-3-batch16": [*ITEMS, *ADAMW, "train.lr=1e-3", "train.batch_size=16"],
+    "items-adamw-5e-3-emb0.1": [*ITEMS, *ADAMW, "train.lr=5e-3", "model.embed_init_std=0.1"],
+    "items-adamw-1e-2-emb0.1": [*ITEMS, *ADAMW, "train.lr=1e-2", "model.embed_init_std=0.1"],
+    "codes-adamw-5e-3-emb0.1": [*ADAMW, "train.lr=5e-3", "model.embed_init_std=0.1"],
+    "items-adafactor-cosine": [*ITEMS, "train.schedule=cosine", "train.warmup_steps=200"],
+    "items-adafactor-2e-2-cosine": [*ITEMS, "train.schedule=cosine", "train.warmup_steps=200", "train.lr=2e-2"],
+    "items-adafactor-cosine-batch128": [*ITEMS, "train.schedule=cosine", "train.warmup_steps=200", "train.batch_size=128"],
+    "items-adafactor-cosine-batch32": [*ITEMS, "train.schedule=cosine", "train.warmup_steps=200", "train.batch_size=32"],
+    "causal-codes-adafactor-cosine": ["model.history=causal-codes", "train.batch_size=64", "train.schedule=cosine",
+                                      "train.warmup_steps=200"],
+}
+
+
+def run_recipe(name: str, dataset, args) -> dict:
+    cfg = preset_config(args.preset, "paper").override([
+        *RECIPES[name], f"train.max_minutes={args.minutes}", "train.eval_every=0",
+        f"train.eval_every_minutes={args.eval_minutes}", f"train.valid_users={args.valid_users}",
+        "train.log_every=50", "train.checkpoint_every=1000000",
+    ])
+    run_dir = Path(args.out) / name
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # a search run always starts fresh
+    shutil.copytree(args.ids_dir, run_dir / IDS_DIR)
+    ids = SemanticIDs.load(run_dir / IDS_DIR, cfg.ids.codebook_size)
+    data, _, model = prepare(dataset, ids, cfg)
+    start = time.perf_counter()
+    summary = train(model, data, cfg.train, cfg.eval, run_dir)
+    curve = read_csv(run_dir / VALID_LOG)
+    return {
+        "recipe": name, "overrides": RECIPES[name], "machine": machine_name(), "date": time.strftime("%Y-%m-%d"),
+        "minutes": round((time.perf_counter() - start) / 60, 2), "samples": summary["samples"],
+        "steps": summary["steps"], "parameters": summary["parameters"],
+        "best_valid_ndcg@10": summary["best_valid_ndcg@10"], "curve": curve, "config": cfg.to_dict(),
+    }
+
+
+def markdown(results: dict) -> str:
+    """A summary row per run, then every run's validation N@10 against minutes and samples."""
+    lines = ["| recipe | machine | minutes | samples | steps | best valid R@10 | best valid N@10 |", "|---|---|---|---|---|---|---|"]
+    for run in sorted(results["runs"], key=lambda r: -r["best_valid_ndcg@10"]):
+        best = max(run["curve"], key=lambda row: row["ndcg@10"])
+        lines.append(f"| {run['recipe']} | {run['machine']} | {run['minutes']} | {run['samples']:,} | {run['steps']:,} | "
+                     f"{best['recall@10']:.4f} | {best['ndcg@10']:.4f} |")
+    lines += ["", "Validation N@10 at each evaluation (minutes: samples: N@10):", ""]
+    for run in results["runs"]:
+        points = ", ".join(f"{row['minutes']:.1f}: {row['samples'] / 1e6:.2f}M: {row['ndcg@10']:.4f}" for row in run["curve"])
+        lines.append(f"- {run['recipe']}: {points}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("recipes", nargs="*", help="recipe names (default: all)")
+    parser.add_argument("--data-dir", default="../shared/data/beauty")
+    parser.add_argument("--preset", default="beauty")
+    parser.add_argument("--ids-dir", help="a Semantic IDs directory (tigerrec ids ... --out DIR) shared by all runs")
+    parser.add_argument("--out", default="runs/search")
+    parser.add_argument("--minutes", type=float, default=12.0, help="wall-clock budget per run, validation included")
+    parser.add_argument("--eval-minutes", type=float, default=2.0)
+    parser.add_argument("--valid-users", type=int, default=4000)
+    parser.add_argument("--results", default="benchmarks/results/recipe_search.json")
+    parser.add_argument("--list", action="store_true", help="print the recipes and exit")
+    parser.add_argument("--table", action="store_true", help="print --results as Markdown and exit")
+    args = parser.parse_args()
+    if args.table:
+        print(markdown(read_json(args.results)))
+        return
+    if args.list:
+        for name, overrides in RECIPES.items():
+            print(f"{name:32s} {' '.join(overrides)}")
+        return
+    unknown = [name for name in args.recipes if name not in RECIPES]
+    if unknown:
+        parser.error(f"unknown recipes {unknown}; --list shows them")
+    if not args.ids_dir:
+        parser.error("--ids-dir is required")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    dataset = load_dataset(args.data_dir, 3)
+    results_path = Path(args.results)
+    for name in args.recipes or list(RECIPES):
+        entry = run_recipe(name, dataset, args)
+        results = read_json(results_path) if results_path.exists() else {"runs": []}
+        results["runs"] = [r for r in results["runs"] if r["recipe"] != name] + [entry]
+        write_json(results_path, results)
+        best = max(entry["curve"], key=lambda row: row["ndcg@10"])
+        print(f"{name}: best valid N@10 {best['ndcg@10']:.4f} R@10 {best['recall@10']:.4f} at {best['minutes']} min, "
+              f"{entry['samples']:,} samples in {entry['minutes']} min")
+
+
+if __name__ == "__main__":
+    main()
