@@ -40,3 +40,25 @@ def test_bad_file_errors(tmp_path):
     (tmp_path / "c.yaml").write_text("trian:\n  steps: 1\n")
     with pytest.raises(ValueError, match="unknown config key"):
         RunConfig.load(tmp_path / "c.yaml")
+
+
+def test_public_api_is_importable_from_the_package():
+    import tigerrec
+    from tigerrec import Recommender, RunConfig, load_dataset, run  # noqa: F401
+
+    assert tigerrec.__version__ and set(tigerrec.__all__) >= {"Recommender", "RunConfig", "load_dataset", "run"}
+    with pytest.raises(AttributeError):
+        tigerrec.not_a_name
+
+
+def test_atomic_writes_respect_the_umask(tmp_path):
+    import os
+
+    from tigerrec.io import write_text
+
+    old = os.umask(0o022)
+    try:
+        write_text(tmp_path / "a.json", "{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
