@@ -113,8 +113,8 @@ def test_warmup_then_decay_to_zero_over_the_budget():
         lr_factor(1, TrainConfig(schedule="step"))
 
 
-def test_tuned_recipe_item_history_model_learns_the_tiny_dataset_to_recall_one(tmp_path):
-    cfg = tiny_config("tuned", train={"eval_every": 500, "checkpoint_every": 500})
+def test_fast_recipe_item_history_model_learns_the_tiny_dataset_to_recall_one(tmp_path):
+    cfg = tiny_config("fast", train={"eval_every": 500, "checkpoint_every": 500})
     assert cfg.model.history == "items" and cfg.train.optimizer == "adafactor" and cfg.train.schedule == "constant"
     metrics = run("tiny", cfg, tmp_path)
     assert metrics["test"]["recall@10"] >= 0.95 and metrics["valid"]["recall@10"] >= 0.95

@@ -38,8 +38,9 @@ def load_config(args, preset: str | None = None) -> RunConfig:
 
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--recipe", choices=["tuned", "paper"],
-                        help="training recipe under the preset and config file: tuned (default) or the paper's exact one")
+    parser.add_argument("--recipe", choices=["tuned", "fast", "paper"],
+                        help="training recipe under the preset and config file: tuned (default; the paper's with a "
+                             "final lr cooldown), fast (item tokens, best up to about an hour) or paper (exact)")
     parser.add_argument("--config", help="YAML or TOML config file (sections: data, text, ids, model, train, eval, sasrec, experiment)")
     parser.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one setting (repeatable)")
     parser.add_argument("--encoder", help="sentence encoder: name, local folder, or 'auto' (offline all-mpnet-base-v2)")
