@@ -185,7 +185,7 @@ def test_baselines_command(tmp_path, tiny_tiger):
     args = ["--set", "sasrec.steps=40", "--set", "sasrec.eval_every=20", "--run-dir", str(tiny_tiger)]
     assert main(["experiment", "baselines", "tiny", "--out", str(tmp_path), *args]) == 0
     methods = _read(tmp_path, "baselines")["methods"]
-    assert set(methods) == {"MostPop", "MostPop (history excluded)", "Semantic_KNN", "SASRec", "TIGER"}
+    assert set(methods) == {"MostPop", "MostPop (history excluded)", "Markov (last item)", "Semantic_KNN", "SASRec", "TIGER"}
     assert all(0 <= m["test"]["recall@10"] <= 1 for m in methods.values())
 
 
