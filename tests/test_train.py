@@ -22,16 +22,20 @@ def tiny_ids(tmp_path_factory):
     return dataset, build_semantic_ids(dataset, cfg, tmp_path_factory.mktemp("ids")), cfg
 
 
-def test_tiny_dataset_is_overfit_to_recall_one(tmp_path):
-    cfg = tiny_config(train={"steps": 600, "eval_every": 600, "checkpoint_every": 600})
-    metrics = run("tiny", cfg, tmp_path)
-    # Every training example is memorised; held-out targets follow the same chains,
-    # except the few transitions that occur only in a test position.
-    dataset = make_tiny()
-    data, _, model = prepare(dataset, SemanticIDs.load(tmp_path / "ids", cfg.ids.codebook_size), cfg)
-    model.load_state_dict(load_file(str(tmp_path / "model.safetensors")))
+def run_and_check_memorised(cfg, run_dir):
+    """Run the pipeline on the tiny data; every training example (or window) must be recalled."""
+    metrics = run("tiny", cfg, run_dir)
+    data, _, model = prepare(make_tiny(), SemanticIDs.load(run_dir / "ids", cfg.ids.codebook_size), cfg)
+    model.load_state_dict(load_file(str(run_dir / "model.safetensors")))
     on_train = evaluate(model, data.tokenizer, data.trie, data.train, data.user_tokens[data.train.users], beam_size=10)
     assert on_train["recall@10"] == 1.0
+    return metrics, data
+
+
+def test_tiny_dataset_is_overfit_to_recall_one(tmp_path):
+    cfg = tiny_config(train={"steps": 600, "eval_every": 600, "checkpoint_every": 600})
+    metrics, _ = run_and_check_memorised(cfg, tmp_path)
+    # Held-out targets follow the same chains, except the few transitions that occur only in a test position.
     assert metrics["test"]["recall@10"] >= 0.95 and metrics["valid"]["recall@10"] >= 0.95
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert set(saved["test"]) >= {"recall@5", "recall@10", "ndcg@5", "ndcg@10"}
@@ -116,13 +120,7 @@ def test_warmup_then_decay_to_zero_over_the_budget():
 def test_fast_recipe_item_history_model_learns_the_tiny_dataset_to_recall_one(tmp_path):
     cfg = tiny_config("fast", train={"eval_every": 500, "checkpoint_every": 500})
     assert cfg.model.history == "items" and cfg.train.optimizer == "adafactor" and cfg.train.schedule == "constant"
-    metrics = run("tiny", cfg, tmp_path)
-    # Every training window is memorised; held-out targets mostly follow the same chains.
-    dataset = make_tiny()
-    data, _, model = prepare(dataset, SemanticIDs.load(tmp_path / "ids", cfg.ids.codebook_size), cfg)
-    model.load_state_dict(load_file(str(tmp_path / "model.safetensors")))
-    on_train = evaluate(model, data.tokenizer, data.trie, data.train, data.user_tokens[data.train.users], beam_size=10)
-    assert on_train["recall@10"] == 1.0
+    metrics, data = run_and_check_memorised(cfg, tmp_path)
     assert metrics["test"]["recall@10"] >= 0.9 and metrics["valid"]["recall@10"] >= 0.9
     # Samples count targets: every item after a user's first training item is one per epoch.
     per_epoch = int(data.train.lengths.sum())
