@@ -16,7 +16,6 @@ validation curve, CPU), so a search can be extended run by run.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shutil
 import time

@@ -242,7 +242,7 @@ class TigerModel(nn.Module):
         return torch.einsum("bpd,pkd->bpk", x * self.cfg.d_model**-0.5, self.head[past:total].to(x.dtype))
 
     def forward(self, tokens: torch.Tensor, decoder_tokens: torch.Tensor) -> torch.Tensor:
-        """Training logits. With ``history="items"``, ``decoder_tokens`` holds one row per history
+        """Training logits. With a causal history, ``decoder_tokens`` holds one row per history
         position of each sequence (B * positions rows), each predicting the item after its position."""
         memory_kv, memory_mask = self.encode(tokens)
         if self.causal:

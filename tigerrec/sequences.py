@@ -110,7 +110,7 @@ class Examples:
     @classmethod
     def windows(cls, train_sequences: list[np.ndarray], max_history: int) -> "Examples":
         """The ``training_windows`` of every user, window w as history w[:-1] and target w[-1]; with
-        every history position a target (``model.history=items``) each target occurs once."""
+        every history position a target (a causal ``model.history``) each target occurs once."""
         histories, targets, users = [], [], []
         for user, seq in enumerate(train_sequences):
             for window in training_windows([seq], max_history):

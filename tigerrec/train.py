@@ -211,7 +211,7 @@ def train(model: TigerModel, data: TrainData, cfg: TrainConfig, eval_cfg: EvalCo
         cfg = replace(cfg, steps=math.ceil(cfg.epochs * batches_per_epoch))
     start_step, step = state["step"], state["step"]
     started = time.perf_counter() - state["seconds"]
-    next_eval_minutes = (math.floor(state["seconds"] / 60 / cfg.eval_every_minutes) + 1) * cfg.eval_every_minutes if cfg.eval_every_minutes else 0.0
+    next_eval_minutes = _next_multiple(state["seconds"] / 60, cfg.eval_every_minutes)
     window_loss, window_samples, window_start = 0.0, 0, time.perf_counter()
     progress = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", disable=rank != 0, mininterval=2)
     stop = step >= cfg.steps
@@ -264,7 +264,7 @@ def train(model: TigerModel, data: TrainData, cfg: TrainConfig, eval_cfg: EvalCo
                 due = bool(cfg.eval_every_minutes) and minutes >= next_eval_minutes
             if due or last:
                 if cfg.eval_every_minutes:
-                    next_eval_minutes = (math.floor(minutes / cfg.eval_every_minutes) + 1) * cfg.eval_every_minutes
+                    next_eval_minutes = _next_multiple(minutes, cfg.eval_every_minutes)
                 if rank == 0:
                     metrics = evaluate(model, data.tokenizer, data.trie, valid, data.user_tokens[valid.users],
                                        eval_cfg.beam_size, eval_cfg.top_k, eval_cfg.batch_size, bf16, desc="valid")
@@ -294,6 +294,11 @@ def train(model: TigerModel, data: TrainData, cfg: TrainConfig, eval_cfg: EvalCo
         "bf16": bf16, "world_size": world, "parameters": model.num_parameters(),
     }
     return summary
+
+
+def _next_multiple(value: float, every: float) -> float:
+    """The first multiple of ``every`` above ``value`` (0 when ``every`` is 0)."""
+    return (math.floor(value / every) + 1) * every if every else 0.0
 
 
 def _from_rank0(value: float, world: int, device: str) -> float:
