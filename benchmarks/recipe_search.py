@@ -64,6 +64,10 @@ RECIPES: dict[str, list[str]] = {
     "fast-nouser": [*FAST, "model.use_user_token=false"],
     "fast-batch32": [*FAST, "train.batch_size=32"],
     "fast-causal-codes": [*FAST, "model.history=causal-codes"],
+    "fast-drop0-causal-codes": [*FAST, "model.history=causal-codes", "model.dropout=0.0"],
+    # Item tokens: each history item also gets an embedding of its own.
+    "fast-itemtok": [*FAST, "model.item_tokens=true"],
+    "fast-drop0-itemtok": [*FAST, "model.dropout=0.0", "model.item_tokens=true"],
 }
 
 

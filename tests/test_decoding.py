@@ -5,7 +5,7 @@ import torch
 from tigerrec.config import ModelConfig
 from tigerrec.decoding import PrefixTrie, generate
 from tigerrec.evaluate import ranking_metrics
-from tigerrec.model import TigerModel
+from tigerrec.model import PAD, TigerModel
 from tigerrec.sequences import Examples, Tokenizer, length_bucketed_batches, user_bucket
 
 
@@ -87,6 +87,46 @@ def test_tokenizer_layout():
     assert tok.decoder_input(torch.tensor([[4, 5, 6, 1]])).tolist() == [[1, offset + 4, offset + 8 + 5, offset + 16 + 6]]
 
 
+def test_item_tokens_add_each_history_item_its_own_token():
+    codes = np.array([[1, 2, 3, 0], [1, 2, 4, 0], [5, 6, 7, 0]])
+    plain = Tokenizer(codes, 8, user_buckets=10, max_history=4, history="items")
+    # Item 2 came after training: it has codes but no token of its own.
+    tok = Tokenizer(codes, 8, user_buckets=10, max_history=4, history="items", item_tokens=2)
+    assert tok.vocab_size == plain.vocab_size + 2 and tok.item_offset == plain.vocab_size
+    histories = torch.tensor([[0, 2, -1], [1, -1, -1]])
+    users = torch.tensor([tok.user_token("a"), tok.user_token("b")])
+    tokens = tok.encoder_input(histories, users)
+    assert tokens.shape == (2, 3, 5)  # [user row, 2 items] x [4 codes, own token]
+    assert torch.equal(tokens[..., :4], plain.encoder_input(histories, users))
+    assert tokens[0, :, 4].tolist() == [PAD, tok.item_offset + 0, PAD]
+    assert tokens[1, :, 4].tolist() == [PAD, tok.item_offset + 1, PAD]
+    with pytest.raises(ValueError, match="model.item_tokens needs model.history=items"):
+        Tokenizer(codes, 8, user_buckets=10, max_history=4, history="codes", item_tokens=3)
+
+
+@pytest.mark.parametrize("history", ["codes", "items"])
+def test_anonymous_share_trains_the_reserved_unknown_user_token(history):
+    from tigerrec.train import TrainData
+
+    codes = np.array([[1, 2, 3, 0], [1, 2, 4, 0], [5, 6, 7, 0]])
+    plain = Tokenizer(codes, 8, user_buckets=10, max_history=4, history=history)
+    tok = Tokenizer(codes, 8, user_buckets=10, max_history=4, history=history, anonymous_token=True)
+    assert plain.user_token(None) == PAD  # no reserved token: masked out like padding
+    assert tok.user_token(None) == tok.anonymous_user == plain.vocab_size and tok.vocab_size == plain.vocab_size + 1
+    assert tok.user_token("alice") == plain.user_token("alice")
+    ex = Examples.training([np.array([0, 1, 2, 0, 1])] * 50, max_history=4)
+    users = np.full(50, tok.user_token("alice"))
+    first_token = (lambda t: t[:, 0]) if history == "codes" else (lambda t: t[:, 0, 0])
+    for share, anonymous in [(0.0, 0), (1.0, len(ex))]:
+        data = TrainData(tok, PrefixTrie(codes, 8), ex, ex, users, anonymous_share=share)
+        tokens = first_token(data.batch(np.arange(len(ex)))[0])
+        assert int((tokens == tok.anonymous_user).sum()) == anonymous
+    torch.manual_seed(0)
+    tokens = first_token(TrainData(tok, PrefixTrie(codes, 8), ex, ex, users, anonymous_share=0.25).batch(np.arange(len(ex)))[0])
+    assert 0.1 < float((tokens == tok.anonymous_user).float().mean()) < 0.4
+    assert set(tokens.tolist()) == {tok.anonymous_user, tok.user_token("alice")}
+
+
 def test_training_examples_are_every_prefix():
     ex = Examples.training([np.array([5, 6, 7, 8])], max_history=2)
     assert ex.targets.tolist() == [6, 7, 8]
@@ -126,24 +166,24 @@ def test_training_windows_give_every_target_once():
         assert (following[row, : n - 1] == ex.histories[row, 1:n]).all()
 
 
-@pytest.mark.parametrize("history", ["items", "causal-codes"])
+@pytest.mark.parametrize("history,item_tokens", [("items", False), ("items", True), ("causal-codes", False)])
 @pytest.mark.parametrize("user_token", [True, False])
-def test_causal_history_positions_never_see_later_items(user_token, history):
+def test_causal_history_positions_never_see_later_items(user_token, history, item_tokens):
     """Row i of a causal-history batch must not depend on items after position i."""
     from tigerrec.train import TrainData
 
     size = 8
     codes = np.stack([np.arange(20) % size, (np.arange(20) // size) % size, np.zeros(20, int), np.arange(20) % 3], 1)
     cfg = ModelConfig(d_model=32, num_heads=2, head_dim=16, d_ff=64, encoder_layers=2, decoder_layers=2,
-                      user_buckets=5, dropout=0.0, history=history, use_user_token=user_token)
-    tokenizer = Tokenizer(codes, size, 5, 6, use_user_token=user_token, history=history)
+                      user_buckets=5, dropout=0.0, history=history, use_user_token=user_token, item_tokens=item_tokens)
+    tokenizer = Tokenizer(codes, size, 5, 6, use_user_token=user_token, history=history, item_tokens=len(codes) * item_tokens)
     torch.manual_seed(0)
     model = TigerModel(cfg, tokenizer.vocab_size, 4, size).eval()
     seqs = [np.array([1, 2, 3, 4, 5, 6, 7]), np.array([1, 2, 3, 9, 10, 11, 12])]
     ex = Examples.windows(seqs, max_history=6)
     data = TrainData(tokenizer, PrefixTrie(codes, size), ex, ex, np.array([tokenizer.user_offset] * 2))
     tokens, decoder_tokens, targets = data.batch(np.array([0, 1]))
-    shape = (2, 6 + user_token, 4) if history == "items" else (2, 6 * 4 + user_token)
+    shape = (2, 6 + user_token, 4 + item_tokens) if history == "items" else (2, 6 * 4 + user_token)
     assert tokens.shape == shape and decoder_tokens.shape == (12, 4) and targets.shape == (12, 4)
     with torch.no_grad():
         logits = model(tokens, decoder_tokens).view(2, 6, 4, size)

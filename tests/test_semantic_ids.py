@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from tigerrec.errors import TigerrecError
 from tigerrec.semantic_ids import CollisionError, SemanticIDs, add_collision_code
 
 
@@ -47,3 +48,16 @@ def test_load_rejects_malformed_files(tmp_path):
         SemanticIDs.load(tmp_path)
     with pytest.raises(FileNotFoundError, match="tigerrec ids"):
         SemanticIDs.load(tmp_path / "nothing")
+
+
+@pytest.mark.parametrize("rows, message", [
+    ("a,1,2\nb,-1,0\n", "row 2 (item 'b'): code c1=-1 is outside 0..15 (ids.codebook_size=16)"),
+    ("a,1,2\nb,3,16\n", "row 2 (item 'b'): code c2=16 is outside 0..15 (ids.codebook_size=16)"),
+    ("a,1,2\nb,3\n", "row 2 (item 'b'): 2 columns, expected 3"),
+    ("a,1,x\n", "row 1 (item 'a'): non-integer code c2='x'"),
+])
+def test_load_checks_every_code_against_the_codebook(tmp_path, rows, message):
+    (tmp_path / "semantic_ids.csv").write_text("item_id,c1,c2\n" + rows)
+    with pytest.raises(TigerrecError) as info:
+        SemanticIDs.load(tmp_path, codebook_size=16)
+    assert str(info.value) == f"{tmp_path / 'semantic_ids.csv'}, {message}"

@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -61,6 +62,30 @@ def test_resume_gives_the_same_model_as_an_uninterrupted_run(tiny_ids, tmp_path)
         assert torch.equal(whole[name], resumed[name]), name
     steps = [row["step"] for row in read_csv(tmp_path / "split" / "train_log.csv")]
     assert steps == [10, 20, 30, 40, 50, 60]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_resume_on_cuda_restores_the_gpu_random_state(tiny_ids, tmp_path):
+    """On a GPU dropout draws from the device's generator: a resumed run must continue its stream.
+
+    Kernels may differ in summation order between runs, so the resumed model is compared with the
+    uninterrupted one relative to a resume whose GPU random state was replaced."""
+    dataset, ids, _ = tiny_ids
+    cfg = tiny_config(train={"eval_every": 1000, "checkpoint_every": 10, "log_every": 10, "steps": 60, "bf16": "off"})
+    half = tiny_config(train={**vars(cfg.train), "steps": 30})
+    assert cfg.model.dropout > 0
+    whole = _train(dataset, ids, cfg, tmp_path / "whole")
+    _train(dataset, ids, half, tmp_path / "split")
+    shutil.copytree(tmp_path / "split", tmp_path / "scrambled")
+    checkpoint = torch.load(tmp_path / "split" / CHECKPOINT, weights_only=True)
+    assert "cuda_rng" in checkpoint
+    torch.cuda.manual_seed(12345)
+    checkpoint["cuda_rng"] = torch.cuda.get_rng_state()
+    torch.save(checkpoint, tmp_path / "scrambled" / CHECKPOINT)
+    resumed = _train(dataset, ids, cfg, tmp_path / "split")
+    scrambled = _train(dataset, ids, cfg, tmp_path / "scrambled")
+    distance = lambda a, b: max((a[name].float() - b[name].float()).abs().max().item() for name in a)
+    assert distance(resumed, whole) <= distance(scrambled, whole) / 100, (distance(resumed, whole), distance(scrambled, whole))
 
 
 def test_ddp_with_two_cpu_processes(tmp_path):

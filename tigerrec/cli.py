@@ -1,4 +1,9 @@
-"""The ``tigerrec`` command line."""
+"""The ``tigerrec`` command line.
+
+Every expected failure (bad arguments or input, an invalid setting, a corrupt or
+mismatched artefact, an unavailable device) ends the command with one line on
+stderr, ``tigerrec: error: ...``, and exit code 2; a traceback means a bug.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +15,7 @@ from pathlib import Path
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .config import RunConfig
-
-log = logging.getLogger("tigerrec")
+from .errors import TigerrecError
 
 
 def load_config(args, preset: str | None = None) -> RunConfig:
@@ -25,16 +29,19 @@ def load_config(args, preset: str | None = None) -> RunConfig:
         merged = cfg.to_dict()
         for section, values in read_config_file(args.config).items():
             if not isinstance(values, dict) or section not in merged:
-                raise ValueError(f"{args.config}: unknown section {section!r}; sections are {sorted(merged)}")
+                raise TigerrecError(f"{args.config}: unknown section {section!r}; sections are {sorted(merged)}")
             merged[section].update(values)
-        cfg = RunConfig.from_dict(merged)
+        try:
+            cfg = RunConfig.from_dict(merged)
+        except TigerrecError as e:
+            raise TigerrecError(f"{args.config}: {e}") from None
     overrides = list(args.set or [])
     for flag, key in (("encoder", "text.encoder"), ("scheme", "ids.scheme"), ("epochs", "ids.epochs"),
                       ("steps", "train.steps"), ("max_minutes", "train.max_minutes")):
         value = getattr(args, flag, None)
         if value is not None:
             overrides.append(f"{key}={value}")
-    return cfg.override(overrides)
+    return cfg.override(overrides).validate()  # before any data is read
 
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:
@@ -54,7 +61,7 @@ def cmd_ids(args) -> None:
 
     cfg = load_config(args)
     dataset = load_dataset(args.data_dir, cfg.data.min_interactions)
-    ids = build_semantic_ids(dataset, cfg, args.out)
+    ids = build_semantic_ids(dataset, cfg, args.out, args.overwrite)
     metrics = ids.metrics()
     print(f"{len(ids.item_ids)} items -> {Path(args.out) / 'semantic_ids.csv'}")
     print(f"utilisation per level: {metrics['utilization']}, unique 3-code prefixes: "
@@ -76,7 +83,7 @@ def resolve_source(target: str, data_dir: str | None) -> tuple[str | None, str]:
         return target, str(download_amazon(AMAZON_CATEGORIES[target], cache_dir() / "datasets"))
     if Path(target).is_dir():
         return None, target
-    raise ValueError(f"{target!r} is neither a preset ({', '.join(PRESETS)}) nor a dataset directory")
+    raise TigerrecError(f"{target!r} is neither a preset ({', '.join(PRESETS)}) nor a dataset directory")
 
 
 def cmd_run(args) -> None:
@@ -84,7 +91,7 @@ def cmd_run(args) -> None:
 
     preset, source = resolve_source(args.target, args.data_dir)
     cfg = load_config(args, preset)
-    metrics = run(source, cfg, args.out)
+    metrics = run(source, cfg, args.out, args.overwrite)
     if metrics:
         test = metrics["test"]
         print(f"test  R@5 {test['recall@5']:.4f}  N@5 {test['ndcg@5']:.4f}  R@10 {test['recall@10']:.4f}  N@10 {test['ndcg@10']:.4f}")
@@ -96,7 +103,7 @@ def cmd_experiment(args) -> None:
 
     preset, source = resolve_source(args.target, args.data_dir)
     cfg = load_config(args, preset)
-    result = run_experiment(args.name, source, cfg, args.out, args.run_dir)
+    result = run_experiment(args.name, source, cfg, args.out, args.run_dir, args.overwrite)
     print(result["table"])
     print(f"written to {Path(args.out) / (args.name + '.json')} and {Path(args.out) / (args.name + '.md')}")
 
@@ -130,7 +137,7 @@ def cmd_serve(args) -> None:
 
         from .serve import create_app
     except ImportError as e:
-        raise SystemExit(f"tigerrec serve needs FastAPI and uvicorn ({e}); install them with: pip install 'tigerrec[serve]'") from None
+        raise TigerrecError(f"tigerrec serve needs FastAPI and uvicorn ({e}); install them with: pip install 'tigerrec[serve]'") from None
     uvicorn.run(create_app(args.run_dir), host=args.host, port=args.port, log_level="info", access_log=not args.no_access_log)
 
 
@@ -141,21 +148,34 @@ def cmd_report(args) -> None:
     print(f"report written to {path}")
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """Usage errors as one line, like every other error of the command (argparse prints the usage too)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+OVERWRITE_HELP = ("rebuild the stages of OUT built from other data or settings, and delete everything made from them "
+                  "(the trained model too); without it such a directory is an error")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tigerrec", description="Generative retrieval recommenders with Semantic IDs (TIGER).")
+    parser = ArgumentParser(prog="tigerrec", description="Generative retrieval recommenders with Semantic IDs (TIGER).")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
 
     ids = commands.add_parser("ids", help="item metadata -> Semantic IDs (semantic_ids.csv, quantiser, metrics)")
     ids.add_argument("data_dir", help="dataset directory (P5, raw Amazon 2014 or custom tables) or 'tiny'")
     ids.add_argument("--out", required=True, help="output directory")
+    ids.add_argument("--overwrite", action="store_true", help="replace IDs in OUT built from other items or settings")
     add_config_options(ids)
     ids.set_defaults(func=cmd_ids)
 
     run = commands.add_parser("run", help="the whole pipeline: embeddings -> Semantic IDs -> training -> evaluation")
     run.add_argument("target", help="preset (beauty, sports, toys, tiny) or a dataset directory")
     run.add_argument("--data-dir", help="local dataset directory for a preset (otherwise it is downloaded)")
-    run.add_argument("--out", required=True, help="run directory (reused stages are skipped; training resumes)")
+    run.add_argument("--out", required=True, help="run directory (stages built from the same inputs are skipped; training resumes)")
+    run.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     run.add_argument("--steps", type=int, help="training steps")
     run.add_argument("--max-minutes", type=float, help="stop training after this many minutes")
     add_config_options(run)
@@ -170,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "baselines: add its TIGER metrics to the table")
     exp.add_argument("--steps", type=int, help="training steps of every TIGER model it trains")
     exp.add_argument("--max-minutes", type=float, help="training budget of every TIGER model it trains")
+    exp.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP.replace("OUT", "the runs under OUT"))
     add_config_options(exp)
     exp.set_defaults(func=cmd_experiment)
 
@@ -200,14 +221,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # usage errors (2, printed by ArgumentParser.error) and --help (0)
+        return e.code
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         with logging_redirect_tqdm():
             args.func(args)
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        log.error("%s", e.args[0] if e.args else e)
+    # TigerrecError and the other ValueErrors of bad input (UnknownItemError is a KeyError); OSError for
+    # paths that cannot be read or written.
+    except (ValueError, KeyError, OSError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e  # str(KeyError) quotes its message
+        print(f"tigerrec: error: {' '.join(str(message).split())}", file=sys.stderr)
         return 2
     return 0
 

@@ -2,19 +2,25 @@
 
 Defaults are the paper's values (Rajput et al. 2023, see TIGER_SPEC.md) unless a
 comment says otherwise. A config loads from YAML or TOML and takes dotted
-command-line overrides such as ``train.steps=20000``.
+command-line overrides such as ``train.steps=20000``. ``RunConfig.validate`` checks
+every value before any work starts; ``RESUMABLE_KEYS`` lists the settings a run
+directory may be resumed with other values of.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import string
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, Callable, get_type_hints
 
 import yaml
+
+from .errors import TigerrecError, brief
 
 
 @dataclass
@@ -81,6 +87,14 @@ class ModelConfig:
     # fewer encoder passes per target). "causal-codes": the paper's tokens under a causal
     # encoder, every position a target. The decoder is the paper's in every case.
     history: str = "codes"
+    # Not in the paper: with history=items, each history item also gets an embedding of its
+    # own (pooled with its code embeddings), so item-to-item transitions can be memorised as
+    # in SASRec. The output is still the Semantic ID; items added after training have none.
+    item_tokens: bool = False
+    # Not in the paper: the share of training examples whose user token is replaced by a
+    # reserved "unknown user" token, the one requests without a user id then get. With 0
+    # there is no such token and those requests have no user token at all (masked out).
+    anonymous_share: float = 0.0
     # Initial std of the token embeddings: T5's 1.0 suits Adafactor, whose steps scale with
     # each parameter's size; AdamW's absolute steps move such embeddings slowly.
     embed_init_std: float = 1.0
@@ -191,41 +205,231 @@ class RunConfig:
         values = self.to_dict()
         for assignment in assignments:
             if "=" not in assignment:
-                raise ValueError(f"override {assignment!r} must look like section.key=value")
+                raise TigerrecError(f"override {assignment!r} must look like section.key=value")
             key, raw = assignment.split("=", 1)
             parts = key.strip().split(".")
             if len(parts) != 2 or parts[0] not in values:
-                raise ValueError(f"unknown config key {key!r}; sections are {sorted(values)}")
+                raise TigerrecError(f"unknown config key {key!r}; sections are {sorted(values)}")
             section, name = parts
             if name not in values[section]:
-                raise ValueError(f"unknown config key {key!r}; {section} has {sorted(values[section])}")
-            values[section][name] = yaml.safe_load(raw)
+                raise TigerrecError(f"unknown config key {key!r}; {section} has {sorted(values[section])}")
+            try:
+                values[section][name] = yaml.safe_load(raw)
+            except yaml.YAMLError as e:
+                raise TigerrecError(f"override {assignment!r}: the value is not valid YAML ({brief(e)})") from None
         return RunConfig.from_dict(values)
+
+    def validate(self) -> "RunConfig":
+        """Check every value (TigerrecError naming the key, the value and what is allowed); returns self."""
+        values = self.to_dict()
+        for key, (allowed, requirement) in _rules().items():
+            section, name = key.split(".")
+            value = values[section][name]
+            try:
+                ok = allowed(value)
+            except TypeError:  # a value of the wrong type, set in Python (files and --set are type-checked)
+                ok = False
+            if not ok:
+                raise TigerrecError(f"config {key} must be {requirement}, got {show_value(value)}")
+        # Rules between keys.
+        if self.train.epochs == 0 and self.train.steps < 1:
+            raise TigerrecError(f"config train.steps must be >= 1 (or train.epochs > 0), got {self.train.steps}")
+        if self.train.schedule == "rsqrt" and self.train.warmup_steps < 1:  # lr * sqrt(warmup_steps / step)
+            raise TigerrecError(f"config train.warmup_steps must be >= 1 with train.schedule=rsqrt, got {self.train.warmup_steps}")
+        if self.eval.top_k > self.eval.beam_size:  # the top_k results are the best of beam_size beams
+            raise TigerrecError(f"config eval.top_k must be <= eval.beam_size ({self.eval.beam_size}), got {self.eval.top_k}")
+        if self.model.item_tokens and self.model.history != "items":
+            raise TigerrecError(f"config model.item_tokens=true needs model.history=items, got model.history={self.model.history}")
+        # T5's buckets: half per direction, half of those exact, the rest log-spaced up to max_distance.
+        if self.model.relative_max_distance <= self.model.relative_buckets // 2:
+            raise TigerrecError(f"config model.relative_max_distance must be > model.relative_buckets // 2 "
+                                f"({self.model.relative_buckets // 2}), got {self.model.relative_max_distance}")
+        if self.ids.scheme == "lsh" and self.ids.codebook_size & (self.ids.codebook_size - 1):  # one code = log2(size) sign bits
+            raise TigerrecError(f"config ids.codebook_size must be a power of two with ids.scheme=lsh, got {self.ids.codebook_size}")
+        if self.sasrec.hidden % self.sasrec.heads:
+            raise TigerrecError(f"config sasrec.hidden must be a multiple of sasrec.heads ({self.sasrec.heads}), got {self.sasrec.hidden}")
+        return self
+
+    def fingerprint(self, *sections: str) -> dict[str, Any]:
+        """The settings of ``sections`` that decide what a stage builds (``fingerprint``)."""
+        return fingerprint(json.loads(self.to_json()), sections)
+
+
+# Settings a run directory may be resumed with other values of: they decide how long and how
+# often (budgets, validation, logging and checkpoint cadence) or how fast (the text encoder's batch,
+# bf16), not what a stage builds, so the config recorded by a resumed run still describes its
+# model. Changing any other setting of the sections a stage is built from (text and ids for the
+# Semantic IDs; data, model and train for the model) makes ``tigerrec run`` refuse the run
+# directory unless --overwrite. valid_users is here although the best checkpoint is chosen on that
+# subset: extending a run with a larger validation set is a common, deliberate choice. The eval
+# section belongs to no stage: it sets how validation and test decode.
+RESUMABLE_KEYS: dict[str, frozenset[str]] = {
+    "text": frozenset({"batch_size"}),
+    "ids": frozenset({"eval_every"}),
+    "train": frozenset({"steps", "epochs", "max_minutes", "patience", "eval_every", "eval_every_minutes", "valid_users",
+                        "checkpoint_every", "log_every", "bf16"}),
+}
+
+
+def fingerprint(values: dict[str, Any], sections) -> dict[str, Any]:
+    """``{"section.key": value}`` for the settings of ``sections`` in the config dict ``values`` (as
+    JSON holds it), less ``RESUMABLE_KEYS``. Also reads the config.json of older run directories,
+    whose sections may lack newer keys."""
+    flat = {}
+    for section in sections:
+        settings = values.get(section)
+        for name, value in (settings.items() if isinstance(settings, dict) else ()):
+            if name not in RESUMABLE_KEYS.get(section, ()):
+                flat[f"{section}.{name}"] = value
+    return flat
+
+
+ID_SCHEMES = ("rqvae", "rqkmeans", "lsh", "random")
+BF16_SETTINGS = ("auto", "on", "off")
+
+Rule = tuple[Callable[[Any], bool], str]  # (is the value allowed?, what is allowed, for the message)
+
+
+def _at_least(low: float) -> Rule:
+    return (lambda v: math.isfinite(v) and v >= low), f">= {low}"
+
+
+def _above(low: float) -> Rule:
+    return (lambda v: math.isfinite(v) and v > low), f"> {low}"
+
+
+def _within(low: float, high: float, high_open: bool = False) -> Rule:
+    if high_open:
+        return (lambda v: low <= v < high), f"in [{low}, {high})"
+    return (lambda v: low <= v <= high), f"in [{low}, {high}]"
+
+
+def _one_of(choices) -> Rule:
+    return (lambda v: v in choices), "one of " + ", ".join(map(str, choices))
+
+
+def _each(rule: Rule) -> Rule:
+    allowed, requirement = rule
+    return (lambda v: all(allowed(x) for x in v)), f"a list of values {requirement}"
+
+
+def _template(template: str) -> bool:
+    """Plain ``{name}`` fields only: item_sentence fills each by name and drops the parts whose field is missing."""
+    try:
+        fields = list(string.Formatter().parse(template))
+    except ValueError:  # an unmatched brace
+        return False
+    return bool(template.strip()) and all(name is None or (name.isidentifier() and not spec and not conversion)
+                                          for _, name, spec, conversion in fields)
+
+
+SEED: Rule = (lambda v: 0 <= v < 2**63), "in [0, 2**63)"
+COUNT, POSITIVE = _at_least(1), _above(0)
+
+
+def _rules() -> dict[str, Rule]:
+    """What each key allows (keys between which a rule holds are checked in ``RunConfig.validate``)."""
+    from .model import HISTORIES  # imported here: model and train import this module
+    from .train import SCHEDULES
+
+    return {
+        "data.max_history": COUNT,
+        "data.min_interactions": _at_least(3),  # leave-one-out needs a training, a validation and a test item
+        "text.encoder": ((lambda v: bool(v.strip())), "a model name or folder"),
+        "text.template": (_template, "text with plain {field} names such as {title}"),
+        "text.batch_size": COUNT,
+        "ids.scheme": _one_of(ID_SCHEMES),
+        "ids.levels": COUNT,
+        "ids.codebook_size": _at_least(2),
+        "ids.code_dim": COUNT,
+        "ids.hidden_dims": _each(COUNT),
+        "ids.beta": _at_least(0),
+        "ids.lr": POSITIVE,
+        "ids.batch_size": COUNT,
+        "ids.epochs": COUNT,
+        "ids.bf16": _one_of(BF16_SETTINGS),
+        "ids.eval_every": _at_least(0),
+        "ids.seed": SEED,
+        **{f"model.{name}": COUNT for name in ("d_model", "num_heads", "head_dim", "d_ff", "encoder_layers",
+                                                "decoder_layers", "user_buckets", "relative_max_distance")},
+        "model.dropout": _within(0, 1, high_open=True),
+        "model.anonymous_share": _within(0, 1),
+        "model.history": _one_of(HISTORIES),
+        "model.embed_init_std": POSITIVE,
+        "model.relative_buckets": _at_least(4),
+        "train.steps": _at_least(0),
+        "train.epochs": _at_least(0),
+        "train.batch_size": COUNT,
+        "train.lr": POSITIVE,
+        "train.schedule": _one_of(SCHEDULES),
+        "train.warmup_steps": _at_least(0),
+        "train.cooldown_fraction": _within(0, 1),
+        "train.optimizer": _one_of(("adafactor", "adamw")),
+        "train.weight_decay": _at_least(0),
+        "train.eval_every": _at_least(0),
+        "train.eval_every_minutes": _at_least(0),
+        "train.patience": _at_least(0),
+        "train.valid_users": _at_least(0),
+        "train.checkpoint_every": COUNT,
+        "train.log_every": COUNT,
+        "train.bf16": _one_of(BF16_SETTINGS),
+        "train.seed": SEED,
+        "train.max_minutes": _at_least(0),
+        "eval.beam_size": COUNT,
+        "eval.top_k": (_at_least(10)[0], ">= 10 (the metrics are Recall and NDCG at 5 and 10)"),
+        "eval.batch_size": COUNT,
+        **{f"sasrec.{name}": COUNT for name in ("hidden", "blocks", "heads", "max_len", "batch_size", "steps", "eval_every")},
+        "sasrec.dropout": _within(0, 1, high_open=True),
+        "sasrec.lr": POSITIVE,
+        "sasrec.max_minutes": _at_least(0),
+        "sasrec.bf16": _one_of(BF16_SETTINGS),
+        "sasrec.seed": SEED,
+        "experiment.unseen_share": ((lambda v: 0 < v <= 1), "in (0, 1]"),
+        "experiment.epsilons": _each(_within(0, 1)),
+        "experiment.temperatures": _each(POSITIVE),
+        "experiment.category_level": _at_least(0),
+        "experiment.schemes": _each(_one_of(ID_SCHEMES)),
+        "experiment.seed": SEED,
+    }
+
+
+def show_value(value) -> str:
+    """A value as it would be written in ``--set`` (true, 0.01, rqvae, [512, 256])."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value if isinstance(value, str) and value.strip() else json.dumps(value)
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
-    text = path.read_text()
-    if path.suffix == ".toml":
-        return tomllib.loads(text)
-    if path.suffix in (".yaml", ".yml"):
-        return yaml.safe_load(text) or {}
-    if path.suffix == ".json":
-        return json.loads(text)
-    raise ValueError(f"config file {path} must end in .yaml, .yml, .toml or .json")
+    if path.suffix not in (".toml", ".yaml", ".yml", ".json"):
+        raise TigerrecError(f"config file {path} must end in .yaml, .yml, .toml or .json")
+    try:
+        text = path.read_text()
+        if path.suffix == ".toml":
+            values = tomllib.loads(text)
+        elif path.suffix == ".json":
+            values = json.loads(text)
+        else:
+            values = yaml.safe_load(text) or {}
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError, json.JSONDecodeError, yaml.YAMLError) as e:
+        raise TigerrecError(f"config file {path} cannot be parsed ({brief(e)})") from None
+    if not isinstance(values, dict):
+        raise TigerrecError(f"config file {path} must hold sections (a mapping), got {type(values).__name__}")
+    return values
 
 
 def _build(cls, values: dict[str, Any], where: str):
     """Build dataclass ``cls`` from a nested dict, checking names and types."""
     if not isinstance(values, dict):
-        raise ValueError(f"config section {where or '<root>'} must be a mapping, got {values!r}")
+        raise TigerrecError(f"config section {where or '<root>'} must be a mapping, got {values!r}")
     hints = get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(values) - names
     if unknown:
-        raise ValueError(f"unknown config key(s) {sorted(unknown)} in {where or '<root>'}; known: {sorted(names)}")
+        raise TigerrecError(f"unknown config key(s) {sorted(unknown)} in {where or '<root>'}; known: {sorted(names)}")
     kwargs = {}
     for name, value in values.items():
         hint = hints[name]
@@ -241,7 +445,7 @@ def _coerce(hint, value, label):
     if hint is bool:
         if isinstance(value, bool):
             return value
-        raise ValueError(f"config {label} must be true or false, got {value!r}")
+        raise TigerrecError(f"config {label} must be true or false, got {value!r}")
     if hint in (int, float, str):
         if hint is float and isinstance(value, int) and not isinstance(value, bool):
             return float(value)
@@ -252,9 +456,9 @@ def _coerce(hint, value, label):
                 pass
         if isinstance(value, hint) and not isinstance(value, bool):
             return value
-        raise ValueError(f"config {label} must be {hint.__name__}, got {value!r}")
+        raise TigerrecError(f"config {label} must be {hint.__name__}, got {value!r}")
     if getattr(hint, "__origin__", None) is list:
         if not isinstance(value, (list, tuple)):
-            raise ValueError(f"config {label} must be a list, got {value!r}")
+            raise TigerrecError(f"config {label} must be a list, got {value!r}")
         return [_coerce(hint.__args__[0], v, label) for v in value]
     return value

@@ -9,9 +9,31 @@ import subprocess
 
 import torch
 
+from .errors import TigerrecError
+
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_device(device: str) -> str:
+    """``device`` when this machine has it (cpu, cuda, cuda:N, mps); TigerrecError saying why not otherwise."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise TigerrecError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this PyTorch build has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise TigerrecError(f"device {device!r} is not available: {why}; use --device cpu")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise TigerrecError(f"device {device!r} is not available: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    elif parsed.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise TigerrecError(f"device {device!r} is not available on this machine; use --device cpu")
+    elif parsed.type != "cpu":
+        raise TigerrecError(f"device {device!r} is not supported; use cpu, cuda or cuda:N")
+    return device
 
 
 @functools.cache

@@ -40,13 +40,14 @@ from .config import RunConfig
 from .data import Dataset, leave_one_out, load_dataset
 from .decoding import PrefixTrie
 from .device import use_bf16
+from .errors import TigerrecError
 from .evaluate import METRICS, ranking_metrics, recommend_examples
 from .io import read_json, write_json, write_text
 from .pipeline import (IDS_DIR, QUANTIZER_FILE, embed_items, load_best_model, make_model, make_tokenizer, prepare,
                        read_run_config, run)
 from .presets import paper_table1
 from .quantize import load_quantizer
-from .semantic_ids import SemanticIDs
+from .semantic_ids import IDS_FILE, SemanticIDs
 from .sequences import Examples
 from .train import training_device
 
@@ -165,7 +166,7 @@ def epsilon_rank(seen: np.ndarray, unseen: np.ndarray, k: int, epsilon: float) -
     return ranked
 
 
-def coldstart(source, cfg: RunConfig, out_dir: Path) -> tuple[dict, str]:
+def coldstart(source, cfg: RunConfig, out_dir: Path, overwrite: bool = False) -> tuple[dict, str]:
     exp = cfg.experiment
     dataset = load_dataset(source, cfg.data.min_interactions)
     split = leave_one_out(dataset)
@@ -174,7 +175,7 @@ def coldstart(source, cfg: RunConfig, out_dir: Path) -> tuple[dict, str]:
     # Quantiser and sequence model never see the unseen items. The seen dataset gets its own
     # leave-one-out split: a user whose test target was unseen loses that item, so their
     # training part ends one item earlier (nothing of the cold-start test leaks into training).
-    seen_metrics = run(without_items(dataset, unseen), cfg, run_dir)
+    seen_metrics = run(without_items(dataset, unseen), cfg, run_dir, overwrite)
     ids, to_row, embeddings = cold_start_ids(dataset, unseen, cfg, run_dir)
     num_seen = dataset.num_items - len(unseen)
 
@@ -184,7 +185,7 @@ def coldstart(source, cfg: RunConfig, out_dir: Path) -> tuple[dict, str]:
         raise ValueError("no test user has an unseen target; raise experiment.unseen_share")
     histories = [to_row[split.test_history[u]] for u in cold]
     examples = Examples.from_histories(histories, to_row[split.test_target[cold]], cold, cfg.data.max_history)
-    tokenizer = make_tokenizer(ids, cfg)
+    tokenizer = make_tokenizer(ids, cfg, trained_items=num_seen)
     user_tokens = np.array([tokenizer.user_token(dataset.user_ids[u]) for u in cold], dtype=np.int64)
     device, bf16 = _device_and_bf16(cfg)
     model = load_best_model(make_model(tokenizer, cfg).to(device), run_dir)
@@ -248,11 +249,12 @@ def category_entropy(categories: np.ndarray) -> np.ndarray:
     return -(p * np.log(np.where(p > 0, p, 1))).sum(1)
 
 
-def diversity(source, cfg: RunConfig, out_dir: Path, run_dir: str | Path | None = None) -> tuple[dict, str]:
+def diversity(source, cfg: RunConfig, out_dir: Path, run_dir: str | Path | None = None,
+              overwrite: bool = False) -> tuple[dict, str]:
     exp = cfg.experiment
     if run_dir is None:
         run_dir = out_dir / "diversity"
-        run(source, cfg, run_dir)
+        run(source, cfg, run_dir, overwrite)
     else:
         cfg = replace(read_run_config(run_dir), experiment=exp, eval=cfg.eval)  # the trained model's own sizes
     run_dir = Path(run_dir)
@@ -287,7 +289,7 @@ def diversity(source, cfg: RunConfig, out_dir: Path, run_dir: str | Path | None 
 
 # ------------------------------------------------------------------ ablation
 
-def ablation(source, cfg: RunConfig, out_dir: Path) -> tuple[dict, str]:
+def ablation(source, cfg: RunConfig, out_dir: Path, overwrite: bool = False) -> tuple[dict, str]:
     exp = cfg.experiment
     variants = {scheme: [f"ids.scheme={scheme}"] for scheme in exp.schemes}
     if exp.user_token_ablation and "rqvae" in exp.schemes:
@@ -295,10 +297,14 @@ def ablation(source, cfg: RunConfig, out_dir: Path) -> tuple[dict, str]:
     results = {}
     for name, overrides in variants.items():
         run_dir = out_dir / "ablation" / name
-        if name == "rqvae-no-user-token" and not (run_dir / IDS_DIR).exists():
-            # The same IDs as the rqvae row, so the rows differ only in the user token.
-            shutil.copytree(out_dir / "ablation" / "rqvae" / IDS_DIR, run_dir / IDS_DIR)
-        metrics = run(source, cfg.override(overrides), run_dir)
+        if name == "rqvae-no-user-token":
+            # The same IDs as the rqvae row, so the rows differ only in the user token. A copy
+            # from earlier rqvae IDs is replaced only with overwrite (run then retrains on it).
+            rqvae_ids, copied = out_dir / "ablation" / "rqvae" / IDS_DIR, run_dir / IDS_DIR
+            if not copied.exists() or (overwrite and _file_changed(rqvae_ids / IDS_FILE, copied / IDS_FILE)):
+                shutil.rmtree(copied, ignore_errors=True)
+                shutil.copytree(rqvae_ids, copied)
+        metrics = run(source, cfg.override(overrides), run_dir, overwrite)
         results[name] = {**{m: metrics["test"][m] for m in METRICS}, "valid_ndcg@10": metrics["valid"]["ndcg@10"],
                          "steps": metrics["training"]["steps"], "train_seconds": metrics["training"]["train_seconds"],
                          "unique_prefix_share": metrics["semantic_ids"].get("unique_prefix_share")}
@@ -308,6 +314,10 @@ def ablation(source, cfg: RunConfig, out_dir: Path) -> tuple[dict, str]:
     intro = (f"Test metrics, the same model and budget (train.steps={cfg.train.steps}, train.max_minutes={cfg.train.max_minutes}) "
              "for each ID scheme. Paper figures are for Beauty.\n\n")
     return {"variants": results}, intro + markdown_table(header, rows)
+
+
+def _file_changed(source: Path, copy: Path) -> bool:
+    return not copy.is_file() or source.read_bytes() != copy.read_bytes()
 
 
 # ------------------------------------------------------------------ baselines
@@ -347,16 +357,22 @@ def baselines(source, cfg: RunConfig, out_dir: Path, run_dir: str | Path | None 
 EXPERIMENTS = {"coldstart": coldstart, "diversity": diversity, "ablation": ablation, "baselines": baselines}
 
 
-def run_experiment(name: str, source, cfg: RunConfig, out_dir: str | Path, run_dir: str | Path | None = None) -> dict:
-    """Run one experiment; writes ``out_dir/<name>.json`` and ``out_dir/<name>.md`` and returns the result."""
+def run_experiment(name: str, source, cfg: RunConfig, out_dir: str | Path, run_dir: str | Path | None = None,
+                   overwrite: bool = False) -> dict:
+    """Run one experiment; writes ``out_dir/<name>.json`` and ``out_dir/<name>.md`` and returns the result.
+
+    ``overwrite`` is ``pipeline.run``'s, for the runs the experiment trains under ``out_dir``."""
     if name not in EXPERIMENTS:
-        raise ValueError(f"unknown experiment {name!r}; choose one of {sorted(EXPERIMENTS)}")
+        raise TigerrecError(f"unknown experiment {name!r}; choose one of {sorted(EXPERIMENTS)}")
     if run_dir is not None and name not in ("diversity", "baselines"):
-        raise ValueError("--run-dir applies to diversity (the model to sample) and baselines (a TIGER row)")
+        raise TigerrecError("--run-dir applies to diversity (the model to sample) and baselines (a TIGER row)")
+    cfg.validate()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     extra = {"run_dir": run_dir} if run_dir is not None else {}
+    if name in ("coldstart", "diversity", "ablation"):  # the experiments that train runs of their own
+        extra["overwrite"] = overwrite
     result, table = EXPERIMENTS[name](source, cfg, out_dir, **extra)
     result = {"experiment": name, "source": str(source), **result, "seconds": round(time.perf_counter() - start, 1),
               "config": cfg.to_dict(), "table": table}

@@ -1,13 +1,17 @@
-"""Atomic file writes: a kill mid-write never leaves a corrupt artefact."""
+"""Atomic file writes (a kill mid-write never leaves a corrupt artefact), JSON reads whose errors
+name the file, file hashes."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+from .errors import TigerrecError
 
 
 @contextmanager
@@ -43,4 +47,17 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text())
+    """The JSON in ``path``; TigerrecError naming the file when it is not valid JSON (FileNotFoundError when missing)."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise TigerrecError(f"{path} is not valid JSON ({e})") from None
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

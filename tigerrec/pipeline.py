@@ -6,43 +6,62 @@ Run directory layout:
     config.json            the resolved configuration
     items.jsonl            item ids, titles, categories (so a run serves without the dataset)
     ids/                   semantic_ids.csv, quantizer.safetensors, ids_metrics.json
+    fingerprint.json       what the model is trained from (dataset, Semantic IDs, settings)
     model.safetensors      best model by validation NDCG@10
     checkpoint.pt          last training state (resume)
     train_log.csv, valid_log.csv
     metrics.json           test + validation metrics, timings, config
+
+A run directory never holds a stage built from other inputs than the ones it is
+reused with (``check_run_dir``): each stage records a fingerprint of its inputs
+(the Semantic IDs in ids/ids_metrics.json, the model in fingerprint.json), and a
+run whose inputs differ stops before it writes anything, or with ``overwrite``
+deletes the stale stage and everything after it and builds them again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import resource
+import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from .config import RunConfig
+from .config import RunConfig, fingerprint, show_value
 from .data import Dataset, Split, leave_one_out, load_dataset
 from .decoding import PrefixTrie
 from .device import machine_name, use_bf16
+from .errors import TigerrecError, brief
 from .evaluate import evaluate
-from .io import read_json, write_json, write_text
+from .io import file_sha256, read_json, write_json, write_text
 from .model import TigerModel
 from .quantize import make_quantizer
-from .semantic_ids import SemanticIDs
+from .semantic_ids import IDS_FILE, SemanticIDs
 from .sequences import Examples, Tokenizer
 from .text import TextEncoder, item_sentence, read_titles, with_titles
-from .train import BEST_MODEL, TrainData, distributed_context, train
+from .train import BEST_MODEL, CHECKPOINT, TRAIN_LOG, VALID_LOG, TrainData, distributed_context, train
 
 log = logging.getLogger(__name__)
 
+CONFIG_FILE = "config.json"
 IDS_DIR = "ids"
 IDS_METRICS = "ids_metrics.json"
 QUANTIZER_FILE = "quantizer.safetensors"
 ITEMS_FILE = "items.jsonl"
+FINGERPRINT_FILE = "fingerprint.json"
+METRICS_FILE = "metrics.json"
+REPORT_FILE = "report.html"
+# Everything trained from the Semantic IDs: one model, kept or deleted together.
+MODEL_FILES = (CHECKPOINT, BEST_MODEL, TRAIN_LOG, VALID_LOG, METRICS_FILE, REPORT_FILE, FINGERPRINT_FILE)
+MODEL_SECTIONS = ("data", "model", "train")  # the config sections the model is trained from
 
 
 def embed_items(dataset: Dataset, cfg: RunConfig) -> tuple[np.ndarray, str, float]:
@@ -59,17 +78,25 @@ def embed_items(dataset: Dataset, cfg: RunConfig) -> tuple[np.ndarray, str, floa
     return encoder.encode(texts), encoder.label, time.perf_counter() - start
 
 
-def build_semantic_ids(dataset: Dataset, cfg: RunConfig, out_dir: str | Path) -> SemanticIDs:
+def build_semantic_ids(dataset: Dataset, cfg: RunConfig, out_dir: str | Path, overwrite: bool = False) -> SemanticIDs:
     """Embeddings -> quantiser -> unique Semantic IDs, written to ``out_dir``.
 
-    Reused when ``out_dir`` already holds IDs made with the same text and ID settings.
+    Reused when ``out_dir`` already holds IDs built from the same inputs (``ids_inputs``). IDs
+    built from other inputs are an error naming the differences, or with ``overwrite`` are replaced.
     """
     out_dir = Path(out_dir)
-    settings = {"text": vars(cfg.text), "ids": cfg.ids.__dict__, "items": dataset.num_items}
+    inputs = ids_inputs(dataset, cfg)
     metrics_path = out_dir / IDS_METRICS
-    if metrics_path.exists() and read_json(metrics_path).get("settings") == json.loads(json.dumps(settings)):
-        log.info("reusing Semantic IDs in %s", out_dir)
-        return SemanticIDs.load(out_dir, cfg.ids.codebook_size)
+    recorded = read_ids_fingerprint(out_dir)
+    if recorded is not None:
+        differences = _differences(recorded, inputs)
+        if not differences:
+            log.info("reusing Semantic IDs in %s", out_dir)
+            return SemanticIDs.load(out_dir, cfg.ids.codebook_size)
+        if not overwrite:
+            replaced = [path for path in (out_dir / IDS_FILE, out_dir / QUANTIZER_FILE, metrics_path) if path.exists()]
+            raise TigerrecError(_refusal(out_dir, differences, [], replaced))
+        metrics_path.unlink()  # until the new IDs are complete the directory holds none
 
     embeddings, encoder_label, embed_seconds = embed_items(dataset, cfg)
     start = time.perf_counter()
@@ -84,7 +111,7 @@ def build_semantic_ids(dataset: Dataset, cfg: RunConfig, out_dir: str | Path) ->
         "scheme": cfg.ids.scheme, "encoder": encoder_label, "embedding_dim": int(embeddings.shape[1]),
         "reconstruction": quantizer.history[-1].get("reconstruction") if quantizer.history else None,
         "embed_seconds": round(embed_seconds, 1), "quantizer_seconds": round(fit_seconds, 1),
-        "history": quantizer.history, "settings": settings,
+        "history": quantizer.history, "fingerprint": inputs,
     }
     write_json(metrics_path, metrics)
     log.info("Semantic IDs: utilisation %s, unique prefixes %.1f%%, largest collision group %d",
@@ -92,32 +119,159 @@ def build_semantic_ids(dataset: Dataset, cfg: RunConfig, out_dir: str | Path) ->
     return ids
 
 
+def items_text(dataset: Dataset) -> str:
+    """The items as ``items.jsonl`` holds them: one JSON object per line, item_id and metadata."""
+    return "".join(json.dumps({"item_id": item, **meta}) + "\n" for item, meta in zip(dataset.item_ids, dataset.item_meta))
+
+
 def write_items(dataset: Dataset, path: Path) -> None:
-    lines = [json.dumps({"item_id": item, **meta}) for item, meta in zip(dataset.item_ids, dataset.item_meta)]
-    write_text(path, "\n".join(lines) + "\n")
+    write_text(path, items_text(dataset))
 
 
 def read_items(path: str | Path) -> dict[str, dict]:
     """``items.jsonl`` back as {item id: metadata}, in catalogue order."""
+    path = Path(path)
+    try:
+        lines = path.read_text().split("\n")
+    except UnicodeDecodeError as e:
+        raise TigerrecError(f"{path} is not text ({e})") from None
     items = {}
-    with open(path) as f:
-        for line in f:
-            if line.strip():
+    for number, line in enumerate(lines, 1):
+        if line.strip():
+            try:
                 record = json.loads(line)
                 items[str(record.pop("item_id"))] = record
+            except (ValueError, KeyError, AttributeError, TypeError):
+                raise TigerrecError(f"{path}, line {number}: expected a JSON object with an item_id, got {line[:80]!r}") from None
     return items
 
 
 def read_run_config(run_dir: str | Path) -> RunConfig:
     """The configuration a run directory was made with (``config.json`` minus the source)."""
-    values = read_json(Path(run_dir) / "config.json")
-    values.pop("source", None)
-    return RunConfig.from_dict(values)
+    path = Path(run_dir) / CONFIG_FILE
+    values = read_json(path)
+    try:
+        if not isinstance(values, dict):
+            raise TigerrecError(f"expected a JSON object, got {type(values).__name__}")
+        values.pop("source", None)
+        return RunConfig.from_dict(values).validate()
+    except TigerrecError as e:
+        raise TigerrecError(f"{path}: {e}") from None
 
 
-def make_tokenizer(ids: SemanticIDs, cfg: RunConfig) -> Tokenizer:
+# ------------------------------------------------------------------ what each stage is built from
+
+def dataset_fingerprint(dataset: Dataset) -> dict[str, Any]:
+    """The dataset's identity: its items (ids and metadata, as items.jsonl holds them) and its interactions."""
+    interactions = "".join(json.dumps([user, seq.tolist()]) + "\n" for user, seq in zip(dataset.user_ids, dataset.sequences))
+    return {"dataset.items": dataset.num_items, "dataset.items_sha256": _sha256(items_text(dataset)),
+            "dataset.interactions_sha256": _sha256(interactions)}
+
+
+def ids_inputs(dataset: Dataset, cfg: RunConfig) -> dict[str, Any]:
+    """What Semantic IDs are built from: the items and the text and ID settings."""
+    data = dataset_fingerprint(dataset)
+    return {"dataset.items": data["dataset.items"], "dataset.items_sha256": data["dataset.items_sha256"],
+            **cfg.fingerprint("text", "ids")}
+
+
+def model_inputs(dataset: Dataset, cfg: RunConfig, ids_dir: Path) -> dict[str, Any]:
+    """What the sequence model is trained from: the dataset, the Semantic IDs in ``ids_dir`` (whichever
+    settings made them) and the data, model and train settings."""
+    return {**dataset_fingerprint(dataset), "semantic_ids.sha256": file_sha256(ids_dir / IDS_FILE)[:16],
+            **cfg.fingerprint(*MODEL_SECTIONS)}
+
+
+def read_ids_fingerprint(ids_dir: Path) -> dict[str, Any] | None:
+    """What the Semantic IDs in ``ids_dir`` were built from; None when it holds no finished IDs."""
+    metrics = _read_record(ids_dir / IDS_METRICS)
+    if metrics is None:
+        return None
+    if "fingerprint" in metrics:
+        return metrics["fingerprint"]
+    # Made before fingerprints: the text and ID sections and the item count, under "settings".
+    settings = metrics.get("settings") if isinstance(metrics.get("settings"), dict) else {}
+    recorded = fingerprint(settings, ("text", "ids"))
+    if "items" in settings:
+        recorded["dataset.items"] = settings["items"]
+    return recorded
+
+
+def check_run_dir(run_dir: str | Path, dataset: Dataset, cfg: RunConfig, overwrite: bool = False) -> list[Path]:
+    """The paths of ``run_dir`` that a run with ``dataset`` and ``cfg`` must delete before it writes.
+
+    The Semantic IDs are stale when ids/ids_metrics.json records other items or text and ID
+    settings; a trained model (checkpoint.pt, model.safetensors) when fingerprint.json records
+    another dataset, other Semantic IDs or other data, model and train settings (less
+    ``RESUMABLE_KEYS``, which a run may be resumed with), or when there are no IDs or no record.
+    A stale stage goes with everything after it. Without ``overwrite`` stale paths are an error
+    that names the differences, raised before anything in the directory changes.
+
+    Directories from before fingerprints: their config.json stands in for fingerprint.json, and
+    keys a record lacks (the dataset hashes) are unknown, so not compared.
+    """
+    run_dir = Path(run_dir)
+    ids_dir = run_dir / IDS_DIR
+    differences = _differences(read_ids_fingerprint(ids_dir), ids_inputs(dataset, cfg))
+    stale = [ids_dir] if differences else []
+    problems = []
+    if (run_dir / CHECKPOINT).exists() or (run_dir / BEST_MODEL).exists():
+        recorded = _read_record(run_dir / FINGERPRINT_FILE)
+        if recorded is None:  # older run directories: the settings in config.json
+            config = _read_record(run_dir / CONFIG_FILE)
+            recorded = None if config is None else fingerprint(config, MODEL_SECTIONS)
+        if not ((ids_dir / IDS_METRICS).is_file() and (ids_dir / IDS_FILE).is_file()):
+            problems.append(f"holds a trained model but no finished Semantic IDs ({IDS_DIR}/{IDS_METRICS})")
+        elif recorded is None:
+            problems.append(f"holds a trained model but no record of its settings ({FINGERPRINT_FILE} or {CONFIG_FILE})")
+        else:
+            differences += _differences(recorded, model_inputs(dataset, cfg, ids_dir))
+    if differences or problems:
+        stale += [run_dir / name for name in MODEL_FILES]
+    stale = [path for path in stale if path.exists()]
+    if stale and not overwrite:
+        raise TigerrecError(_refusal(run_dir, list(dict.fromkeys(differences)), problems, stale))
+    return stale
+
+
+def _read_record(path: Path) -> dict | None:
+    """The JSON object in ``path``; None when there is no such file."""
+    if not path.is_file():
+        return None
+    record = read_json(path)
+    if not isinstance(record, dict):
+        raise TigerrecError(f"{path} is not a JSON object")
+    return record
+
+
+def _differences(recorded: dict | None, current: dict) -> list[str]:
+    """``key=recorded (now current)`` for each key whose value changed; keys the record lacks are not compared."""
+    if recorded is None:
+        return []
+    return [f"{key}={show_value(recorded[key])} (now {show_value(value)})" for key, value in current.items()
+            if key in recorded and recorded[key] != value]
+
+
+def _refusal(directory: Path, differences: list[str], problems: list[str], stale: list[Path]) -> str:
+    reasons = list(problems)
+    if differences:
+        shown = ", ".join(differences[:8]) + (f" and {len(differences) - 8} more" if len(differences) > 8 else "")
+        reasons.insert(0, f"was built with {shown}")
+    deleted = ", ".join(path.name + "/" * path.is_dir() for path in stale)
+    return (f"{directory} {' and '.join(reasons)}; pass --overwrite (Python: overwrite=True) to rebuild it, "
+            f"which deletes {deleted}")
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def make_tokenizer(ids: SemanticIDs, cfg: RunConfig, trained_items: int | None = None) -> Tokenizer:
+    """The tokenizer for ``ids``; with ``model.item_tokens`` the first ``trained_items`` items (default:
+    all) have a token of their own, so IDs added after training leave the vocabulary as it was."""
+    item_tokens = (len(ids.item_ids) if trained_items is None else trained_items) if cfg.model.item_tokens else 0
     return Tokenizer(ids.codes, ids.codebook_size, cfg.model.user_buckets, cfg.data.max_history, cfg.model.use_user_token,
-                     history=cfg.model.history)
+                     history=cfg.model.history, item_tokens=item_tokens, anonymous_token=cfg.model.anonymous_share > 0)
 
 
 def make_model(tokenizer: Tokenizer, cfg: RunConfig) -> TigerModel:
@@ -143,7 +297,8 @@ def training_examples(train_sequences: list[np.ndarray], cfg: RunConfig) -> Exam
 def prepare(dataset: Dataset, ids: SemanticIDs, cfg: RunConfig) -> tuple[TrainData, Examples, TigerModel]:
     """Tokenizer, examples for train / valid / test, trie and a fresh model."""
     if ids.item_ids != dataset.item_ids:
-        raise ValueError("Semantic IDs were built for a different item list; delete the ids/ directory")
+        raise TigerrecError(f"the Semantic IDs list other items than the dataset ({len(ids.item_ids)} vs {dataset.num_items} "
+                            "items); they were built for another dataset")
     split = leave_one_out(dataset)
     tokenizer = make_tokenizer(ids, cfg)
     user_tokens = np.array([tokenizer.user_token(u) for u in dataset.user_ids], dtype=np.int64)
@@ -154,6 +309,7 @@ def prepare(dataset: Dataset, ids: SemanticIDs, cfg: RunConfig) -> tuple[TrainDa
         train=training_examples(split.train, cfg),
         valid=valid,
         user_tokens=user_tokens,
+        anonymous_share=cfg.model.anonymous_share,
     )
     torch.manual_seed(cfg.train.seed)  # same seed, same initial weights
     model = make_model(tokenizer, cfg)
@@ -162,35 +318,52 @@ def prepare(dataset: Dataset, ids: SemanticIDs, cfg: RunConfig) -> tuple[TrainDa
 
 def load_best_model(model: TigerModel, run_dir: str | Path) -> TigerModel:
     """Load the checkpoint selected by validation into ``model``, on the device the model is on."""
-    model.load_state_dict(load_file(str(Path(run_dir) / BEST_MODEL), device=str(next(model.parameters()).device)))
+    path = Path(run_dir) / BEST_MODEL
+    try:
+        model.load_state_dict(load_file(str(path), device=str(next(model.parameters()).device)))
+    except SafetensorError as e:
+        raise TigerrecError(f"{path} is corrupt ({brief(e)})") from None
+    except RuntimeError as e:  # names, shapes: a model of other settings than config.json's
+        raise TigerrecError(f"{path} does not fit the model that {CONFIG_FILE} describes ({brief(e)})") from None
     return model.eval()
 
 
-def run(source: str | Dataset, cfg: RunConfig, run_dir: str | Path) -> dict:
+def run(source: str | Dataset, cfg: RunConfig, run_dir: str | Path, overwrite: bool = False) -> dict:
     """Run every stage; returns (and writes) ``metrics.json``.
 
     ``source`` is anything ``load_dataset`` reads, or a ``Dataset`` already in
     memory (the cold-start experiment trains on one without its unseen items).
+    A run directory is reused: stages built from the same inputs are skipped and
+    training resumes from its checkpoint. A stage built from other inputs stops the
+    run before anything is written (``check_run_dir``), unless ``overwrite``: then it
+    is deleted with everything after it and built again.
     """
+    cfg.validate()
     run_dir = Path(run_dir)
     rank, _ = distributed_context()
-    run_dir.mkdir(parents=True, exist_ok=True)
     timings = {}
     start = time.perf_counter()
     dataset = source if isinstance(source, Dataset) else load_dataset(source, cfg.data.min_interactions)
     source = dataset.name if isinstance(source, Dataset) else source
     timings["load_seconds"] = round(time.perf_counter() - start, 1)
     log.info("dataset %s: %s", dataset.name, dataset.stats())
+    stale = check_run_dir(run_dir, dataset, cfg, overwrite)
+    _barrier()  # every process has checked the directory before process 0 changes it
     if rank == 0:
-        write_json(run_dir / "config.json", {"source": str(source), **cfg.to_dict()})
+        if stale:
+            log.warning("deleting from %s what was built from other inputs: %s", run_dir, ", ".join(p.name for p in stale))
+        for path in stale:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        write_json(run_dir / CONFIG_FILE, {"source": str(source), **cfg.to_dict()})
         write_items(dataset, run_dir / ITEMS_FILE)
 
     start = time.perf_counter()
     ids_dir = run_dir / IDS_DIR
     if rank == 0:
         build_semantic_ids(dataset, cfg, ids_dir)
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
+        # Before training: a checkpoint is never without the record of what it was trained from.
+        write_json(run_dir / FINGERPRINT_FILE, model_inputs(dataset, cfg, ids_dir))
+    _barrier()
     ids = SemanticIDs.load(ids_dir, cfg.ids.codebook_size)
     timings["ids_seconds"] = round(time.perf_counter() - start, 1)
 
@@ -212,10 +385,15 @@ def run(source: str | Dataset, cfg: RunConfig, run_dir: str | Path) -> dict:
     timings["eval_seconds"] = round(evals["valid"]["seconds"] + evals["test"]["seconds"], 1)
     metrics = {
         "dataset": dataset.name, **evals, "training": summary, "timings": timings,
-        "semantic_ids": {k: v for k, v in read_json(ids_dir / IDS_METRICS).items() if k not in ("history", "settings")},
+        "semantic_ids": {k: v for k, v in read_json(ids_dir / IDS_METRICS).items() if k not in ("history", "fingerprint")},
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "machine": machine_name(),
         "config": cfg.to_dict(),
     }
-    write_json(run_dir / "metrics.json", metrics)
+    write_json(run_dir / METRICS_FILE, metrics)
     return metrics
+
+
+def _barrier() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()

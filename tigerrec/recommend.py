@@ -23,13 +23,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
 from .config import RunConfig
 from .decoding import PrefixTrie, generate
-from .device import autocast, default_device, use_bf16
-from .model import PAD, TigerModel
-from .pipeline import IDS_DIR, ITEMS_FILE, make_model, make_tokenizer, read_items, read_run_config
+from .device import autocast, check_device, default_device, use_bf16
+from .errors import TigerrecError
+from .model import TigerModel
+from .pipeline import IDS_DIR, ITEMS_FILE, load_best_model, make_model, make_tokenizer, read_items, read_run_config
 from .semantic_ids import IDS_FILE, SemanticIDs
 from .sequences import Examples, Tokenizer
 from .train import BEST_MODEL
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 MAX_K = 100  # largest k served by default; beams grow with k, and so does decoding time
 
 
-class RequestError(ValueError):
+class RequestError(TigerrecError):
     """A recommendation request is malformed (empty history, k out of range, wrong type, ...)."""
 
 
@@ -100,7 +100,7 @@ class Recommender:
         for name in ("config.json", f"{IDS_DIR}/{IDS_FILE}", ITEMS_FILE, BEST_MODEL):
             if not (run_dir / name).is_file():
                 raise FileNotFoundError(f"{run_dir / name} is missing; is {run_dir} a finished `tigerrec run` directory?")
-        device = device or default_device()
+        device = check_device(device or default_device())
         cfg = read_run_config(run_dir)
         ids = SemanticIDs.load(run_dir / IDS_DIR, cfg.ids.codebook_size)
         items = read_items(run_dir / ITEMS_FILE)
@@ -108,9 +108,7 @@ class Recommender:
         if missing:
             log.warning("%d items have no metadata in %s (e.g. %s)", len(missing), ITEMS_FILE, missing[:3])
         tokenizer = make_tokenizer(ids, cfg)
-        model = make_model(tokenizer, cfg)
-        model.load_state_dict(load_file(str(run_dir / BEST_MODEL)))
-        model.to(device)
+        model = load_best_model(make_model(tokenizer, cfg).to(device), run_dir)
         log.info("loaded %s: %d items, %.2fM parameters, on %s", run_dir, len(ids.item_ids), model.num_parameters() / 1e6, device)
         return cls(model, tokenizer, ids, items, cfg, max_k, run_dir)
 
@@ -235,6 +233,8 @@ class Recommender:
             raise RequestError(f"exclude_seen must be true or false, got {exclude_seen!r}")
         if seed is not None and (not isinstance(seed, Integral) or isinstance(seed, bool)):
             raise RequestError(f"seed must be an integer or None, got {seed!r}")
+        if seed is not None and not 0 <= seed < 2**63:  # what a torch.Generator takes
+            raise RequestError(f"seed must be in [0, 2**63), got {seed}")
         return int(k), temperature
 
     def _item_indices(self, history, where: str) -> np.ndarray:
@@ -256,8 +256,8 @@ class Recommender:
         return np.array(indices, dtype=np.int64)
 
     def _user_token(self, user) -> int:
-        if user is None:
-            return PAD  # padding is masked out by the encoder: no user token
+        if user is None:  # the reserved anonymous token, or none (PAD is masked out)
+            return self.tokenizer.user_token(None)
         if isinstance(user, bool) or not isinstance(user, (str, Integral)):
             raise RequestError(f"user ids must be strings, got {user!r}")
         try:

@@ -19,14 +19,13 @@ from pathlib import Path
 
 from .evaluate import METRICS
 from .io import read_json, write_text
-from .pipeline import IDS_DIR, IDS_METRICS, ITEMS_FILE, read_items
+from .pipeline import IDS_DIR, IDS_METRICS, ITEMS_FILE, REPORT_FILE, read_items
 from .presets import paper_table1
 from .semantic_ids import IDS_FILE, SemanticIDs
 from .train import TRAIN_LOG, VALID_LOG, read_csv
 
 log = logging.getLogger(__name__)
 
-REPORT_FILE = "report.html"
 COLORS = ("#2563eb", "#dc2626", "#059669", "#d97706")
 STOPWORDS = set("and for the with of in to by a an on oz ml fl pack set new no pcs count inch size".split())
 

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import TigerrecError
 from .io import atomic_path
 
 IDS_FILE = "semantic_ids.csv"
 
 
-class CollisionError(ValueError):
+class CollisionError(TigerrecError):
     pass
 
 
@@ -105,15 +106,33 @@ class SemanticIDs:
         path = Path(directory) / IDS_FILE if Path(directory).is_dir() else Path(directory)
         if not path.is_file():
             raise FileNotFoundError(f"no Semantic IDs at {path}; run `tigerrec ids` first")
-        with open(path, newline="") as f:
-            rows = list(csv.reader(f))
-        if not rows or rows[0][0] != "item_id":
-            raise ValueError(f"{path}: expected a header 'item_id,c1,...'")
         try:
-            codes = np.array([[int(c) for c in row[1:]] for row in rows[1:]], dtype=np.int64)
-        except ValueError as e:
-            raise ValueError(f"{path}: non-integer code ({e})") from None
+            with open(path, newline="") as f:
+                rows = list(csv.reader(f))
+        except (UnicodeDecodeError, csv.Error) as e:
+            raise TigerrecError(f"{path} is not a Semantic IDs table ({e})") from None
+        if not rows or not rows[0] or rows[0][0] != "item_id" or len(rows[0]) < 2:
+            raise TigerrecError(f"{path}: expected a header 'item_id,c1,...'")
+        if len(rows) < 2:
+            raise TigerrecError(f"{path} holds no items")
+        width = len(rows[0])
+        codes = np.zeros((len(rows) - 1, width - 1), dtype=np.int64)
+        # Rows count from 1 after the header. Codes index embedding tables and the trie, so one
+        # out of range would fail far from here (or silently alias another code).
+        for r, row in enumerate(rows[1:], 1):
+            where = f"{path}, row {r} (item {row[0] if row else ''!r})"
+            if len(row) != width:
+                raise TigerrecError(f"{where}: {len(row)} columns, expected {width}")
+            for c, value in enumerate(row[1:]):
+                try:
+                    code = int(value)
+                except ValueError:
+                    raise TigerrecError(f"{where}: non-integer code c{c + 1}={value!r}") from None
+                if not 0 <= code < codebook_size:
+                    raise TigerrecError(f"{where}: code c{c + 1}={code} is outside 0..{codebook_size - 1} "
+                                        f"(ids.codebook_size={codebook_size})")
+                codes[r - 1, c] = code
         ids = cls([row[0] for row in rows[1:]], codes, codebook_size)
         if len(np.unique(codes, axis=0)) != len(codes):
-            raise ValueError(f"{path}: Semantic IDs are not unique")
+            raise TigerrecError(f"{path}: Semantic IDs are not unique")
         return ids

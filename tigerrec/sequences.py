@@ -1,10 +1,13 @@
 """From item sequences to token batches.
 
 Vocabulary: PAD, BOS, then ``id_length x codebook_size`` codeword tokens (token
-= "code c at position p"), then ``user_buckets`` user tokens. The encoder input
+= "code c at position p"), then ``user_buckets`` user tokens (and one for anonymous
+requests, if reserved). The encoder input
 is [user token, the 4 tokens of each of the last ``max_history`` items]; the
 target is the next item's 4 codes. With ``history="items"`` the input keeps one
-row of 4 tokens per item, (B, [1 +] H, 4), the user token padded with PAD.
+row of 4 tokens per item, (B, [1 +] H, 4), the user token padded with PAD; with
+``item_tokens`` each row gains a fifth token of the item's own (after the user tokens
+in the vocabulary), so the model can tell apart, and memorise, individual items.
 """
 
 from __future__ import annotations
@@ -26,8 +29,15 @@ def user_bucket(user_id: str, buckets: int) -> int:
 
 class Tokenizer:
     def __init__(self, item_codes: np.ndarray, codebook_size: int, user_buckets: int, max_history: int,
-                 use_user_token: bool = True, history: str = "codes"):
+                 use_user_token: bool = True, history: str = "codes", item_tokens: int = 0,
+                 anonymous_token: bool = False):
+        """``item_tokens``: the first that many items get a token of their own (ModelConfig.item_tokens);
+        items added after training come later and have none. ``anonymous_token``: reserve a user token
+        for requests without a user id (ModelConfig.anonymous_share); without it they get PAD (masked)."""
+        if item_tokens and history != "items":
+            raise ValueError(f"model.item_tokens needs model.history=items, got {history!r}")
         self.history = history  # ModelConfig.history
+        self.num_item_tokens = item_tokens
         self.item_codes = torch.as_tensor(item_codes, dtype=torch.long)  # (items, id_length)
         self.id_length = self.item_codes.shape[1]
         self.codebook_size = codebook_size
@@ -39,18 +49,22 @@ class Tokenizer:
         # Row ``num_items`` is all PAD: history slots beyond a user's length point there.
         self._item_tokens_padded = torch.cat([self.item_tokens, torch.full((1, self.id_length), PAD)])
         self.user_offset = NUM_SPECIAL + codebook_size * self.id_length
-        self.vocab_size = self.user_offset + user_buckets
+        self.anonymous_user = self.user_offset + user_buckets if anonymous_token else PAD
+        self.item_offset = self.user_offset + user_buckets + anonymous_token
+        self.vocab_size = self.item_offset + item_tokens
 
     @property
     def num_items(self) -> int:
         return len(self.item_codes)
 
-    def user_token(self, user_id: str) -> int:
+    def user_token(self, user_id: str | None) -> int:
+        if user_id is None:
+            return self.anonymous_user
         return self.user_offset + user_bucket(user_id, self.user_buckets)
 
     def encoder_input(self, histories: torch.Tensor, user_tokens: torch.Tensor) -> torch.Tensor:
         """histories: (B, H) item indices, -1 = padding (right side). Returns (B, [1+] H*id_length) tokens,
-        or (B, [1+] H, id_length) with ``history="items"``, cut to the longest history in the batch so no
+        or (B, [1+] H, id_length [+ 1]) with ``history="items"``, cut to the longest history in the batch so no
         batch pays for padding it does not need."""
         longest = int((histories >= 0).sum(1).max()) if len(histories) else 0
         histories = histories[:, : max(longest, 1)]
@@ -58,8 +72,11 @@ class Tokenizer:
         if self.history != "items":
             tokens = tokens.flatten(1)
             return torch.cat([user_tokens[:, None], tokens], dim=1) if self.use_user_token else tokens
-        if self.use_user_token:  # one more row: [user token, PAD, PAD, PAD]
-            user = torch.full((len(tokens), 1, self.id_length), PAD, dtype=torch.long)
+        if self.num_item_tokens:
+            own = torch.where((histories >= 0) & (histories < self.num_item_tokens), self.item_offset + histories, PAD)
+            tokens = torch.cat([tokens, own[..., None]], dim=2)
+        if self.use_user_token:  # one more row: [user token, PAD, PAD, ...]
+            user = torch.full((len(tokens), 1, tokens.shape[2]), PAD, dtype=torch.long)
             user[:, 0, 0] = user_tokens
             tokens = torch.cat([user, tokens], dim=1)
         return tokens

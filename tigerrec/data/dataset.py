@@ -7,13 +7,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import TigerrecError
+
 log = logging.getLogger(__name__)
 
 # Item metadata fields the text template can use; readers fill what they have.
 META_FIELDS = ("title", "price", "brand", "categories", "description")
 
 
-class DataError(ValueError):
+class DataError(TigerrecError):
     """Input data is missing or malformed; the message names the file and the problem."""
 
 

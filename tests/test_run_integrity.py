@@ -1,0 +1,247 @@
+"""Run directories that cannot lie, settings checked before any work, one-line errors from the CLI."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import tiny_config
+from tigerrec.cli import main
+from tigerrec.config import RunConfig
+from tigerrec.data import make_tiny
+from tigerrec.errors import TigerrecError
+from tigerrec.pipeline import run
+from tigerrec.train import CHECKPOINT, read_csv
+
+BUDGET = {"steps": 20, "eval_every": 20, "checkpoint_every": 20, "log_every": 10}
+# The same settings on the command line: tiny_config is the tiny preset under the paper recipe with RQ-KMeans IDs.
+CLI_SETTINGS = ["--recipe", "paper", "--scheme", "rqkmeans", "--steps", "20", "--set", "train.eval_every=20",
+                "--set", "train.checkpoint_every=20", "--set", "train.log_every=10"]
+MODEL_FILES = "checkpoint.pt, model.safetensors, train_log.csv, valid_log.csv, metrics.json, fingerprint.json"
+
+
+def small_config(**train) -> RunConfig:
+    return tiny_config(train={**BUDGET, **train})
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished tiny run of 20 steps; tests that touch it work on a copy (``run_dir``)."""
+    run_dir = tmp_path_factory.mktemp("finished")
+    run("tiny", small_config(), run_dir)
+    return run_dir
+
+
+@pytest.fixture
+def run_dir(finished, tmp_path):
+    return Path(shutil.copytree(finished, tmp_path / "run"))
+
+
+def snapshot(directory: Path) -> dict:
+    """Every path under ``directory``, with the bytes and modification time of each file."""
+    return {str(path.relative_to(directory)): (path.read_bytes(), path.stat().st_mtime_ns) if path.is_file() else "dir"
+            for path in sorted(directory.rglob("*"))}
+
+
+def error_line(capsys) -> str:
+    """The one line the CLI printed on stderr (and no traceback)."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+# ------------------------------------------------------------------ run directories
+
+def test_changed_id_settings_are_refused_then_rebuilt_with_overwrite(run_dir):
+    before = snapshot(run_dir)
+    changed = small_config().override(["ids.seed=1"])
+    with pytest.raises(TigerrecError) as refused:
+        run("tiny", changed, run_dir)
+    assert str(refused.value) == (f"{run_dir} was built with ids.seed=0 (now 1); pass --overwrite (Python: overwrite=True) "
+                                  f"to rebuild it, which deletes ids/, {MODEL_FILES}")
+    assert snapshot(run_dir) == before  # refused before anything was written
+
+    # A best score no model can reach: it must not survive the rebuild.
+    checkpoint = torch.load(run_dir / CHECKPOINT, weights_only=True)
+    checkpoint["state"]["best"] = 2.0
+    torch.save(checkpoint, run_dir / CHECKPOINT)
+    metrics = run("tiny", changed, run_dir, overwrite=True)
+    # Trained again from step 0 on the new IDs: no old checkpoint, best score or log rows.
+    assert metrics["training"]["steps_this_run"] == 20 and metrics["training"]["steps"] == 20
+    assert [row["step"] for row in read_csv(run_dir / "train_log.csv")] == [10, 20]
+    valid_log = read_csv(run_dir / "valid_log.csv")
+    assert [row["step"] for row in valid_log] == [20]
+    state = torch.load(run_dir / CHECKPOINT, weights_only=True)["state"]
+    assert state["best"] == metrics["training"]["best_valid_ndcg@10"] == valid_log[0]["ndcg@10"] < 2.0
+    assert json.loads((run_dir / "ids" / "ids_metrics.json").read_text())["fingerprint"]["ids.seed"] == 1
+    assert json.loads((run_dir / "config.json").read_text())["ids"]["seed"] == 1
+
+
+@pytest.mark.parametrize("dataset, difference, deleted", [
+    (make_tiny(seed=1), "dataset.interactions_sha256=", MODEL_FILES),  # the same 120 items, other users
+    (make_tiny(num_items=100), "dataset.items=120 (now 100)", f"ids/, {MODEL_FILES}"),
+], ids=["same-items", "other-items"])
+def test_another_dataset_is_refused_and_the_directory_left_unchanged(run_dir, dataset, difference, deleted):
+    before = snapshot(run_dir)
+    with pytest.raises(TigerrecError) as refused:
+        run(dataset, small_config(), run_dir)
+    message = str(refused.value)
+    assert message.startswith(f"{run_dir} was built with ") and difference in message
+    assert message.endswith(f"which deletes {deleted}")
+    assert snapshot(run_dir) == before  # config.json and items.jsonl too
+
+
+def test_budgets_may_change_on_resume_but_the_recipe_may_not(run_dir):
+    before = snapshot(run_dir)
+    with pytest.raises(TigerrecError) as refused:
+        run("tiny", small_config(lr=0.02).override(["model.dropout=0.2"]), run_dir)
+    assert (f"{run_dir} was built with model.dropout=0.1 (now 0.2), train.lr=0.01 (now 0.02); "
+            f"pass --overwrite (Python: overwrite=True) to rebuild it, which deletes {MODEL_FILES}") == str(refused.value)
+    assert snapshot(run_dir) == before
+    # Budget, cadence and precision (RESUMABLE_KEYS) and eval settings: the run goes on where it stopped.
+    longer = small_config(steps=30, eval_every=30, log_every=5, checkpoint_every=30, valid_users=100, max_minutes=30.0,
+                          bf16="off").override(["text.batch_size=16", "eval.beam_size=12"])
+    metrics = run("tiny", longer, run_dir)
+    assert metrics["training"]["steps"] == 30 and metrics["training"]["steps_this_run"] == 10
+
+
+def test_run_directories_from_before_fingerprints_are_checked_against_their_config(run_dir):
+    # As written before fingerprints: no fingerprint.json, the IDs' settings nested in ids_metrics.json.
+    cfg = small_config()
+    (run_dir / "fingerprint.json").unlink()
+    ids_metrics_path = run_dir / "ids" / "ids_metrics.json"
+    ids_metrics = json.loads(ids_metrics_path.read_text())
+    del ids_metrics["fingerprint"]
+    ids_metrics["settings"] = {"text": cfg.to_dict()["text"], "ids": cfg.to_dict()["ids"], "items": 120}
+    ids_metrics_path.write_text(json.dumps(ids_metrics))
+    before = snapshot(run_dir)
+    with pytest.raises(TigerrecError, match=r"was built with model\.dropout=0\.1 \(now 0\.2\); pass --overwrite"):
+        run("tiny", cfg.override(["model.dropout=0.2"]), run_dir)  # from config.json
+    with pytest.raises(TigerrecError, match=r"was built with ids\.seed=0 \(now 1\); pass --overwrite"):
+        run("tiny", cfg.override(["ids.seed=1"]), run_dir)  # from the old ids_metrics.json
+    with pytest.raises(TigerrecError, match=r"was built with dataset\.items=120 \(now 100\)"):
+        run(make_tiny(num_items=100), cfg, run_dir)
+    assert snapshot(run_dir) == before
+    metrics = run("tiny", small_config(steps=30), run_dir)  # the same settings: resumed, and now recorded
+    assert metrics["training"]["steps_this_run"] == 10 and (run_dir / "fingerprint.json").is_file()
+
+
+def test_a_model_without_any_record_is_refused(run_dir):
+    (run_dir / "fingerprint.json").unlink()
+    (run_dir / "config.json").unlink()
+    with pytest.raises(TigerrecError, match="holds a trained model but no record of its settings"):
+        run("tiny", small_config(), run_dir)
+
+
+# ------------------------------------------------------------------ corrupt artefacts
+
+@pytest.mark.parametrize("name, command, message", [
+    ("model.safetensors", "recommend", "model.safetensors is corrupt (Error while deserializing header"),
+    ("config.json", "recommend", "config.json is not valid JSON (Expecting value: line 1 column 1 (char 0))"),
+    ("items.jsonl", "recommend", "items.jsonl, line 1: expected a JSON object with an item_id, got 'not what it should be'"),
+    ("ids/semantic_ids.csv", "recommend", "semantic_ids.csv: expected a header 'item_id,c1,...'"),
+    ("checkpoint.pt", "run", "checkpoint.pt is corrupt or not a tigerrec checkpoint"),
+    ("fingerprint.json", "run", "fingerprint.json is not valid JSON"),
+    ("ids/ids_metrics.json", "run", "ids_metrics.json is not valid JSON"),
+])
+def test_corrupt_artefacts_are_one_line_naming_the_file(run_dir, capsys, name, command, message):
+    (run_dir / name).write_text("not what it should be\n")
+    if command == "recommend":
+        args = ["recommend", str(run_dir), "--history", "item1", "--device", "cpu"]
+    else:
+        args = ["run", "tiny", "--out", str(run_dir), *CLI_SETTINGS]
+    assert main(args) == 2
+    line = error_line(capsys)
+    assert line.startswith(f"tigerrec: error: {run_dir}") and message in line
+
+
+def test_a_model_of_other_settings_than_config_json_is_named(run_dir, capsys):
+    config = json.loads((run_dir / "config.json").read_text())
+    config["model"]["d_model"] = 64
+    (run_dir / "config.json").write_text(json.dumps(config))
+    assert main(["recommend", str(run_dir), "--history", "item1", "--device", "cpu"]) == 2
+    assert f"{run_dir / 'model.safetensors'} does not fit the model that config.json describes (" in error_line(capsys)
+
+
+# ------------------------------------------------------------------ settings
+
+@pytest.mark.parametrize("override, message", [
+    ("train.batch_size=0", "config train.batch_size must be >= 1, got 0"),
+    ("train.steps=0", "config train.steps must be >= 1 (or train.epochs > 0), got 0"),
+    ("train.lr=0", "config train.lr must be > 0, got 0.0"),
+    ("train.lr=.nan", "config train.lr must be > 0, got nan"),
+    ("train.log_every=0", "config train.log_every must be >= 1, got 0"),
+    ("train.warmup_steps=0", "config train.warmup_steps must be >= 1 with train.schedule=rsqrt, got 0"),
+    ("train.seed=9223372036854775808", "config train.seed must be in [0, 2**63), got 9223372036854775808"),
+    ("model.dropout=1", "config model.dropout must be in [0, 1), got 1.0"),
+    ("model.history=tokens", "config model.history must be one of codes, items, causal-codes, got tokens"),
+    ("model.item_tokens=true", "config model.item_tokens=true needs model.history=items, got model.history=codes"),
+    ("eval.top_k=30", "config eval.top_k must be <= eval.beam_size (20), got 30"),
+    ("eval.top_k=5", "config eval.top_k must be >= 10 (the metrics are Recall and NDCG at 5 and 10), got 5"),
+    ("ids.codebook_size=1", "config ids.codebook_size must be >= 2, got 1"),
+    ("ids.hidden_dims=[128, 0]", "config ids.hidden_dims must be a list of values >= 1, got [128, 0]"),
+    ("ids.scheme=pq", "config ids.scheme must be one of rqvae, rqkmeans, lsh, random, got pq"),
+    ("text.template=''", 'config text.template must be text with plain {field} names such as {title}, got ""'),
+    ("sasrec.heads=3", "config sasrec.hidden must be a multiple of sasrec.heads (3), got 64"),
+    ("experiment.epsilons=[0.1, 2]", "config experiment.epsilons must be a list of values in [0, 1], got [0.1, 2.0]"),
+    ("train.steps=[", "override 'train.steps=[': the value is not valid YAML"),
+])
+def test_bad_settings_name_the_key_the_value_and_what_is_allowed(override, message):
+    with pytest.raises(TigerrecError) as info:
+        RunConfig().override([override]).validate()
+    assert message in str(info.value)
+
+
+def test_every_preset_and_recipe_is_valid():
+    from tigerrec.presets import PRESETS, RECIPES, recipe_config
+
+    for recipe in RECIPES:
+        for preset in PRESETS:
+            recipe_config(recipe, preset).validate()
+
+
+# ------------------------------------------------------------------ the command line
+
+def test_cli_errors_are_one_line_and_exit_code_2(run_dir, tmp_path, capsys):
+    new = tmp_path / "new"
+    cases = [
+        (["run", "tiny", "--out", str(new), "--set", "train.batch_size=0"], "config train.batch_size must be >= 1, got 0"),
+        (["run", "tiny", "--out", str(new), "--steps", "many"], "argument --steps: invalid int value: 'many'"),
+        (["run", "nowhere", "--out", str(new)], "'nowhere' is neither a preset"),
+        (["run", "tiny", "--out", str(run_dir), *CLI_SETTINGS, "--set", "ids.seed=1"],
+         f"{run_dir} was built with ids.seed=0 (now 1); pass --overwrite"),
+        (["recommend", str(run_dir), "--history", "item1", "--temperature", "1", "--seed", str(2**63), "--device", "cpu"],
+         "seed must be in [0, 2**63), got 9223372036854775808"),
+        (["recommend", str(run_dir), "--history", "item1", "--device", "tpu0"], "unknown device 'tpu0'; use cpu, cuda or cuda:N"),
+        (["recommend", str(run_dir), "--history", "item1,nope", "--device", "cpu"], "unknown item id 'nope'"),
+        (["recommend", str(tmp_path / "missing"), "--history", "item1"], "config.json is missing"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["recommend", str(run_dir), "--history", "item1", "--device", "cuda"], "device 'cuda' is not available"))
+    before = snapshot(run_dir)
+    for args, message in cases:
+        assert main(args) == 2, args
+        line = error_line(capsys)
+        assert line.startswith(("tigerrec: error: ", "tigerrec run: error: ")) and message in line, (args, line)
+    assert not new.exists() and snapshot(run_dir) == before
+
+
+def test_ids_command_refuses_other_settings_unless_overwrite(tmp_path, capsys):
+    out = tmp_path / "ids"
+    args = ["ids", "tiny", "--out", str(out), "--recipe", "paper", "--scheme", "rqkmeans",
+            "--set", "text.encoder=all-MiniLM-L6-v2", "--set", "ids.codebook_size=16", "--set", "ids.hidden_dims=[128, 64]",
+            "--set", "ids.code_dim=16"]
+    assert main(args) == 0
+    capsys.readouterr()
+    before = snapshot(out)
+    assert main([*args, "--set", "ids.seed=1"]) == 2
+    assert error_line(capsys) == (f"tigerrec: error: {out} was built with ids.seed=0 (now 1); pass --overwrite "
+                                  "(Python: overwrite=True) to rebuild it, which deletes semantic_ids.csv, "
+                                  "quantizer.safetensors, ids_metrics.json")
+    assert snapshot(out) == before
+    assert main([*args, "--set", "ids.seed=1", "--overwrite"]) == 0
+    assert json.loads((out / "ids_metrics.json").read_text())["fingerprint"]["ids.seed"] == 1
