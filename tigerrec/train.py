@@ -70,6 +70,13 @@ class TrainData:
         return tokens, decoder_tokens, targets.masked_fill((following < 0)[:, None], -100)
 
 
+def validation_examples(valid: Examples, cfg: TrainConfig) -> Examples:
+    """The examples validated during training: all, or ``cfg.valid_users`` of them fixed by the seed."""
+    if cfg.valid_users and cfg.valid_users < len(valid):
+        return valid.subset(np.random.default_rng(cfg.seed).choice(len(valid), cfg.valid_users, replace=False))
+    return valid
+
+
 # ------------------------------------------------------------------ distributed
 
 def distributed_context() -> tuple[int, int]:
@@ -203,9 +210,7 @@ def train(model: TigerModel, data: TrainData, cfg: TrainConfig, eval_cfg: EvalCo
         truncate_csv(run_dir / VALID_LOG, state["step"])
 
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    valid = data.valid
-    if cfg.valid_users and cfg.valid_users < len(valid):
-        valid = valid.subset(np.random.default_rng(cfg.seed).choice(len(valid), cfg.valid_users, replace=False))
+    valid = validation_examples(data.valid, cfg)
 
     batches_per_epoch = len(length_bucketed_batches(data.train.lengths, local_batch, cfg.seed, 0)) // world
     if batches_per_epoch == 0:
