@@ -62,3 +62,24 @@ def test_atomic_writes_respect_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_public_api_imports_from_a_built_wheel(tmp_path):
+    """The wheel, not the source tree, holds the package and its public names."""
+    import os
+    import subprocess
+    import sys
+    import zipfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(tmp_path),
+                    str(root)], check=True, capture_output=True)
+    wheel = next(tmp_path.glob("tigerrec-*.whl"))
+    assert "tigerrec/__init__.py" in zipfile.ZipFile(wheel).namelist()
+    # A pure-Python wheel is importable as a zip: put it first on the path, outside the source tree.
+    check = ("import tigerrec; from tigerrec import Recommender, RunConfig, load_dataset, run; "
+             "print(tigerrec.__file__, tigerrec.__version__)")
+    out = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(wheel)},
+                         check=True, capture_output=True, text=True).stdout.split()
+    assert out[0].startswith(str(wheel)) and out[1]
