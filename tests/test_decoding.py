@@ -196,3 +196,7 @@ def test_causal_history_positions_never_see_later_items(user_token, history, ite
         memory_kv, mask = model.encode(tokenizer.encoder_input(torch.tensor([[1, 2, 3]]), torch.tensor([tokenizer.user_offset])))
         first = model.decode(decoder_tokens[2:3, :1], memory_kv, mask)
     assert torch.allclose(first[0, 0], logits[0, 2, 0], atol=1e-5)
+    # An anonymous request without a reserved token: the user token is PAD (masked), the scores finite.
+    with torch.no_grad():
+        memory_kv, mask = model.encode(tokenizer.encoder_input(torch.tensor([[1, 2, 3]]), torch.tensor([PAD])))
+        assert torch.isfinite(model.decode(decoder_tokens[2:3], memory_kv, mask)).all()

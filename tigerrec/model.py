@@ -190,9 +190,11 @@ class TigerModel(nn.Module):
 
     @staticmethod
     def padding_mask(tokens: torch.Tensor) -> torch.Tensor:
-        """Additive mask (B, 1, 1, T): -inf on padding keys."""
+        """Additive mask (B, 1, 1, T): a large negative number on padding keys. Not -inf: under a causal
+        mask a leading padding position (an anonymous request's absent user token) sees no other key,
+        and a query with every key at -inf would turn its row, and through it every row, into NaN."""
         mask = torch.zeros(tokens.shape, dtype=torch.float32, device=tokens.device)
-        return mask.masked_fill(tokens == PAD, float("-inf"))[:, None, None, :]
+        return mask.masked_fill(tokens == PAD, -1e9)[:, None, None, :]
 
     def embed_input(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Input vectors (B, T, d) and the padding mask of ``tokens``: (B, T) code tokens, or
