@@ -73,6 +73,9 @@ RECIPES: dict[str, list[str]] = {
     "fast-drop0-itemtok": [*FAST, "model.dropout=0.0", "model.item_tokens=true"],
     # A reserved unknown-user token for requests without a user id, trained on 5% of the examples.
     "fast-drop0-anonymous0.05": [*FAST, "model.dropout=0.0", "model.anonymous_share=0.05"],
+    "fast-drop0-nouser": [*FAST, "model.dropout=0.0", "model.use_user_token=false"],
+    "fast-drop0-nouser-batch128-lr2e-2": [*FAST, "model.dropout=0.0", "model.use_user_token=false", "train.batch_size=128",
+                                          "train.lr=2e-2"],
 }
 
 
