@@ -4,7 +4,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DATASET ?= beauty
 DATA_DIR ?= ../shared/data/$(DATASET)
-OUT ?= runs/$(DATASET)
+# Model kind: tiger (the default) or rpg (RPG, Hou et al. 2025, with its own training settings:
+# RECIPE does not apply to it).
+MODEL ?= tiger
+OUT ?= runs/$(DATASET)$(if $(filter rpg,$(MODEL)),-rpg)
 # Training recipe: tuned (the default: the paper's with a final lr cooldown), fast (item tokens,
 # a budget of 40 epochs, ~65 minutes on Beauty) or paper (the paper's exact recipe).
 RECIPE ?= tuned
@@ -38,13 +41,14 @@ endif
 RUN_SETTINGS_tuned := --set train.eval_every=2500 --set train.valid_users=4000 --set train.log_every=100
 RUN_SETTINGS_paper := $(RUN_SETTINGS_tuned)
 RUN_SETTINGS_fast := --set train.valid_users=4000 --set train.log_every=100
+RUN_SETTINGS := $(if $(filter rpg,$(MODEL)),$(RUN_SETTINGS_fast),$(RUN_SETTINGS_$(RECIPE)))
 
 run: venv $(VENV)/.mpnet
 ifeq ($(DATASET),tiny)
-	$(BIN)/tigerrec run tiny --out $(OUT)
+	$(BIN)/tigerrec run tiny --out $(OUT) --model $(MODEL)
 else
-	$(BIN)/tigerrec run $(DATASET) --data-dir $(DATA_DIR) --out $(OUT) --recipe $(RECIPE) --max-minutes $(MAX_MINUTES) $(TITLES) \
-		$(RUN_SETTINGS_$(RECIPE))
+	$(BIN)/tigerrec run $(DATASET) --data-dir $(DATA_DIR) --out $(OUT) --model $(MODEL) --recipe $(RECIPE) \
+		--max-minutes $(MAX_MINUTES) $(TITLES) $(RUN_SETTINGS)
 endif
 
 # The paper's further experiments on one dataset, in the order they depend on each other:

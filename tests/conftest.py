@@ -16,6 +16,22 @@ def _isolated_cache(tmp_path_factory):
     yield
 
 
+def run_and_check_memorised(cfg, run_dir):
+    """Run the pipeline on the tiny data; every training example (or window) must be recalled."""
+    from safetensors.torch import load_file
+
+    from tigerrec.data import make_tiny
+    from tigerrec.evaluate import evaluate
+    from tigerrec.pipeline import load_ids, prepare, run
+
+    metrics = run("tiny", cfg, run_dir)
+    data, _, model = prepare(make_tiny(), load_ids(run_dir / "ids", cfg), cfg)
+    model.load_state_dict(load_file(str(run_dir / "model.safetensors")))
+    on_train = evaluate(model, data.tokenizer, data.trie, data.train, data.user_tokens[data.train.users], beam_size=10)
+    assert on_train["recall@10"] == 1.0
+    return metrics, data
+
+
 def tiny_config(recipe: str = "paper", **sections) -> RunConfig:
     """The tiny preset with faster settings for tests; ``sections`` override per section."""
     cfg = preset_config("tiny", recipe).to_dict()

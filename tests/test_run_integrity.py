@@ -184,7 +184,7 @@ def test_a_model_of_other_settings_than_config_json_is_named(run_dir, capsys):
     ("eval.top_k=5", "config eval.top_k must be >= 10 (the metrics are Recall and NDCG at 5 and 10), got 5"),
     ("ids.codebook_size=1", "config ids.codebook_size must be >= 2, got 1"),
     ("ids.hidden_dims=[128, 0]", "config ids.hidden_dims must be a list of values >= 1, got [128, 0]"),
-    ("ids.scheme=pq", "config ids.scheme must be one of rqvae, rqkmeans, lsh, random, got pq"),
+    ("ids.scheme=pq", "config ids.scheme must be one of rqvae, rqkmeans, lsh, random, opq, got pq"),
     ("text.template=''", 'config text.template must be text with plain {field} names such as {title}, got ""'),
     ("sasrec.heads=3", "config sasrec.hidden must be a multiple of sasrec.heads (3), got 64"),
     ("experiment.epsilons=[0.1, 2]", "config experiment.epsilons must be a list of values in [0, 1], got [0.1, 2.0]"),
@@ -196,12 +196,13 @@ def test_bad_settings_name_the_key_the_value_and_what_is_allowed(override, messa
     assert message in str(info.value)
 
 
-def test_every_preset_and_recipe_is_valid():
-    from tigerrec.presets import PRESETS, RECIPES, recipe_config
+def test_every_preset_recipe_and_model_kind_is_valid():
+    from tigerrec.presets import MODELS, PRESETS, RECIPES, recipe_config
 
     for recipe in RECIPES:
         for preset in PRESETS:
-            recipe_config(recipe, preset).validate()
+            for model in MODELS:
+                assert recipe_config(recipe, preset, model).validate().model.kind == model
 
 
 # ------------------------------------------------------------------ the command line

@@ -8,11 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import tiny_config
+from conftest import run_and_check_memorised, tiny_config
 from tigerrec.data import make_tiny
-from tigerrec.evaluate import evaluate
-from tigerrec.pipeline import build_semantic_ids, prepare, run
-from tigerrec.semantic_ids import SemanticIDs
+from tigerrec.pipeline import build_semantic_ids, prepare
 from tigerrec.train import CHECKPOINT, read_csv, train
 
 
@@ -21,16 +19,6 @@ def tiny_ids(tmp_path_factory):
     cfg = tiny_config()
     dataset = make_tiny()
     return dataset, build_semantic_ids(dataset, cfg, tmp_path_factory.mktemp("ids")), cfg
-
-
-def run_and_check_memorised(cfg, run_dir):
-    """Run the pipeline on the tiny data; every training example (or window) must be recalled."""
-    metrics = run("tiny", cfg, run_dir)
-    data, _, model = prepare(make_tiny(), SemanticIDs.load(run_dir / "ids", cfg.ids.codebook_size), cfg)
-    model.load_state_dict(load_file(str(run_dir / "model.safetensors")))
-    on_train = evaluate(model, data.tokenizer, data.trie, data.train, data.user_tokens[data.train.users], beam_size=10)
-    assert on_train["recall@10"] == 1.0
-    return metrics, data
 
 
 def test_tiny_dataset_is_overfit_to_recall_one(tmp_path):

@@ -1,4 +1,4 @@
-"""tigerrec: generative retrieval recommenders with Semantic IDs (TIGER, Rajput et al. 2023).
+"""tigerrec: generative retrieval recommenders with Semantic IDs (TIGER, Rajput et al. 2023; RPG, Hou et al. 2025).
 
 The public API, importable from ``tigerrec`` (loaded on first use, so ``import tigerrec``
 stays cheap):
@@ -24,7 +24,7 @@ _PUBLIC = {
     "RunConfig": "config", "DataConfig": "config", "TextConfig": "config", "IDsConfig": "config",
     "ModelConfig": "config", "TrainConfig": "config", "EvalConfig": "config",
     "Dataset": "data", "DataError": "data", "load_dataset": "data", "leave_one_out": "data",
-    "SemanticIDs": "semantic_ids", "TigerModel": "model",
+    "SemanticIDs": "semantic_ids", "TigerModel": "model", "RPGModel": "rpg",
     "run": "pipeline", "build_semantic_ids": "pipeline",
     "preset_config": "presets", "recipe_config": "presets",
     "ranking_metrics": "evaluate",

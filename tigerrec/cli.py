@@ -19,10 +19,10 @@ from .errors import TigerrecError
 
 
 def load_config(args, preset: str | None = None) -> RunConfig:
-    """Recipe < preset (if any) < config file < --set overrides < dedicated flags."""
+    """Recipe < model kind < preset (if any) < config file < --set overrides < dedicated flags."""
     from .presets import DEFAULT_RECIPE, recipe_config
 
-    cfg = recipe_config(getattr(args, "recipe", None) or DEFAULT_RECIPE, preset)
+    cfg = recipe_config(getattr(args, "recipe", None) or DEFAULT_RECIPE, preset, getattr(args, "model", None) or "tiger")
     if args.config:
         from .config import read_config_file
 
@@ -45,13 +45,18 @@ def load_config(args, preset: str | None = None) -> RunConfig:
 
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", choices=["tiger", "rpg"],
+                        help="model kind: tiger (default) or rpg (RPG, Hou et al. 2025: 32 unordered OPQ codes per item "
+                             "predicted in parallel, every item scored exactly; sets its IDs, model and training defaults)")
     parser.add_argument("--recipe", choices=["tuned", "fast", "paper"],
-                        help="training recipe under the preset and config file: tuned (default; the paper's with a "
-                             "final lr cooldown), fast (item tokens, best up to about an hour) or paper (exact)")
+                        help="TIGER's training recipe under the preset and config file: tuned (default; the paper's with a "
+                             "final lr cooldown), fast (item tokens, best up to about an hour) or paper (exact); "
+                             "--model rpg brings its own training settings")
     parser.add_argument("--config", help="YAML or TOML config file (sections: data, text, ids, model, train, eval, sasrec, experiment)")
     parser.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one setting (repeatable)")
     parser.add_argument("--encoder", help="sentence encoder: name, local folder, or 'auto' (offline all-mpnet-base-v2)")
-    parser.add_argument("--scheme", choices=["rqvae", "rqkmeans", "lsh", "random"], help="Semantic ID scheme")
+    parser.add_argument("--scheme", choices=["rqvae", "rqkmeans", "lsh", "random", "opq"],
+                        help="Semantic ID scheme (opq: RPG's, with --model rpg)")
     parser.add_argument("--epochs", type=int, help="quantiser training epochs")
 
 
@@ -63,8 +68,10 @@ def cmd_ids(args) -> None:
     dataset = load_dataset(args.data_dir, cfg.data.min_interactions)
     ids = build_semantic_ids(dataset, cfg, args.out, args.overwrite)
     metrics = ids.metrics()
+    levels = ids.quantized.shape[1]
+    unique = f"unique {levels}-code prefixes" if ids.collision_code else f"items with an ID ({levels} codes) of their own"
     print(f"{len(ids.item_ids)} items -> {Path(args.out) / 'semantic_ids.csv'}")
-    print(f"utilisation per level: {metrics['utilization']}, unique 3-code prefixes: "
+    print(f"utilisation per level: {metrics['utilization']}, {unique}: "
           f"{metrics['unique_prefix_share']:.1%}, largest collision group: {metrics['max_collision_group']}")
 
 
@@ -119,7 +126,8 @@ def cmd_recommend(args) -> None:
     if args.json:
         print(json.dumps(results, indent=2))
         return
-    rows = [(str(rank), r["item_id"], f"{r['score']:.4f}", "(" + ", ".join(map(str, r["semantic_id"])) + ")",
+    # RPG's IDs have 32 codes: the table shows their start (--json has them all).
+    rows = [(str(rank), r["item_id"], f"{r['score']:.4f}", _shorten("(" + ", ".join(map(str, r["semantic_id"])) + ")", 40),
              _shorten(r["title"] or "", 70)) for rank, r in enumerate(results, 1)]
     header = ("rank", "item id", "score", "semantic id", "title")
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
@@ -160,7 +168,7 @@ OVERWRITE_HELP = ("rebuild the stages of OUT built from other data or settings, 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(prog="tigerrec", description="Generative retrieval recommenders with Semantic IDs (TIGER).")
+    parser = ArgumentParser(prog="tigerrec", description="Generative retrieval recommenders with Semantic IDs (TIGER, RPG).")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
 

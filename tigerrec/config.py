@@ -43,8 +43,10 @@ class TextConfig:
 
 @dataclass
 class IDsConfig:
-    scheme: str = "rqvae"  # rqvae | rqkmeans | lsh | random
-    levels: int = 3
+    # rqvae | rqkmeans | lsh | random: ordered codes plus a collision code (TIGER). opq: ``levels``
+    # unordered codes and no collision code (RPG, model.kind=rpg; items may share an ID).
+    scheme: str = "rqvae"
+    levels: int = 3  # codes per item from the quantiser (opq: the number of subspaces, RPG's ID length)
     codebook_size: int = 256
     code_dim: int = 32
     hidden_dims: list[int] = field(default_factory=lambda: [512, 256, 128])
@@ -66,17 +68,25 @@ class IDsConfig:
     # as the encoder drifts away from the k-means-initialised codebook.
     dead_code_reset: bool = True
     eval_every: int = 0  # epochs between metric rows in history; 0 = epochs // 20
+    # opq only: first project the embeddings onto this many principal components, whitened
+    # (the RPG paper: 128); 0 = the embeddings as they are.
+    pca_dim: int = 0
     seed: int = 0
 
 
 @dataclass
 class ModelConfig:
+    # "tiger": the encoder-decoder below, generating an ID code by code (Rajput et al. 2023).
+    # "rpg": a causal Transformer predicting all codes of a long unordered ID at once, every item
+    # scored exactly (Hou et al. 2025, tigerrec/rpg.py); needs ids.scheme=opq and history=items
+    # (``--model rpg`` sets both and RPG's other defaults, presets.MODELS).
+    kind: str = "tiger"
     d_model: int = 128
     num_heads: int = 6
     head_dim: int = 64
     d_ff: int = 1024
-    encoder_layers: int = 4
-    decoder_layers: int = 4
+    encoder_layers: int = 4  # rpg: its Transformer's layers
+    decoder_layers: int = 4  # tiger only
     dropout: float = 0.1
     user_buckets: int = 2000
     use_user_token: bool = True
@@ -100,6 +110,9 @@ class ModelConfig:
     embed_init_std: float = 1.0
     relative_buckets: int = 32  # T5 relative position bias
     relative_max_distance: int = 128
+    # rpg only: logits are the cosine similarity of a head's output and each code's embedding,
+    # divided by this temperature (the RPG paper's training scripts, on all three datasets).
+    logit_temperature: float = 0.03
 
 
 @dataclass
@@ -244,11 +257,31 @@ class RunConfig:
         if self.model.relative_max_distance <= self.model.relative_buckets // 2:
             raise TigerrecError(f"config model.relative_max_distance must be > model.relative_buckets // 2 "
                                 f"({self.model.relative_buckets // 2}), got {self.model.relative_max_distance}")
-        if self.ids.scheme == "lsh" and self.ids.codebook_size & (self.ids.codebook_size - 1):  # one code = log2(size) sign bits
-            raise TigerrecError(f"config ids.codebook_size must be a power of two with ids.scheme=lsh, got {self.ids.codebook_size}")
+        # lsh: one code = log2(size) sign bits; opq: faiss quantises each subspace to log2(size) bits.
+        if self.ids.scheme in ("lsh", "opq") and self.ids.codebook_size & (self.ids.codebook_size - 1):
+            raise TigerrecError(f"config ids.codebook_size must be a power of two with ids.scheme={self.ids.scheme}, "
+                                f"got {self.ids.codebook_size}")
+        if self.ids.pca_dim and self.ids.scheme != "opq":
+            raise TigerrecError(f"config ids.pca_dim={self.ids.pca_dim} applies to ids.scheme=opq only, "
+                                f"got ids.scheme={self.ids.scheme}; set ids.pca_dim=0")
+        self._check_model_kind()
         if self.sasrec.hidden % self.sasrec.heads:
             raise TigerrecError(f"config sasrec.hidden must be a multiple of sasrec.heads ({self.sasrec.heads}), got {self.sasrec.hidden}")
         return self
+
+    def _check_model_kind(self) -> None:
+        """RPG reads pooled item tokens and scores long unordered IDs; TIGER's beam search needs IDs made unique
+        by a collision code."""
+        model, ids = self.model, self.ids
+        hint = "; pass --model rpg (Python: presets.recipe_config(model=\"rpg\")) for RPG's settings"
+        if model.kind == "rpg" and ids.scheme != "opq":
+            raise TigerrecError(f"config model.kind=rpg needs ids.scheme=opq (long unordered IDs), got ids.scheme={ids.scheme}{hint}")
+        if model.kind == "rpg" and model.history != "items":
+            raise TigerrecError(f"config model.kind=rpg needs model.history=items (one pooled token per history item), "
+                                f"got model.history={model.history}{hint}")
+        if model.kind == "tiger" and ids.scheme == "opq":
+            raise TigerrecError(f"config ids.scheme=opq (unordered IDs without a collision code) is for model.kind=rpg, "
+                                f"got model.kind=tiger{hint}")
 
     def fingerprint(self, *sections: str) -> dict[str, Any]:
         """The settings of ``sections`` that decide what a stage builds (``fingerprint``)."""
@@ -284,7 +317,9 @@ def fingerprint(values: dict[str, Any], sections) -> dict[str, Any]:
     return flat
 
 
-ID_SCHEMES = ("rqvae", "rqkmeans", "lsh", "random")
+TIGER_SCHEMES = ("rqvae", "rqkmeans", "lsh", "random")  # ordered codes, made unique by a collision code
+ID_SCHEMES = (*TIGER_SCHEMES, "opq")
+MODEL_KINDS = ("tiger", "rpg")
 BF16_SETTINGS = ("auto", "on", "off")
 
 Rule = tuple[Callable[[Any], bool], str]  # (is the value allowed?, what is allowed, for the message)
@@ -349,7 +384,9 @@ def _rules() -> dict[str, Rule]:
         "ids.epochs": COUNT,
         "ids.bf16": _one_of(BF16_SETTINGS),
         "ids.eval_every": _at_least(0),
+        "ids.pca_dim": _at_least(0),
         "ids.seed": SEED,
+        "model.kind": _one_of(MODEL_KINDS),
         **{f"model.{name}": COUNT for name in ("d_model", "num_heads", "head_dim", "d_ff", "encoder_layers",
                                                 "decoder_layers", "user_buckets", "relative_max_distance")},
         "model.dropout": _within(0, 1, high_open=True),
@@ -357,6 +394,7 @@ def _rules() -> dict[str, Rule]:
         "model.history": _one_of(HISTORIES),
         "model.embed_init_std": POSITIVE,
         "model.relative_buckets": _at_least(4),
+        "model.logit_temperature": POSITIVE,
         "train.steps": _at_least(0),
         "train.epochs": _at_least(0),
         "train.batch_size": COUNT,
@@ -388,7 +426,7 @@ def _rules() -> dict[str, Rule]:
         "experiment.epsilons": _each(_within(0, 1)),
         "experiment.temperatures": _each(POSITIVE),
         "experiment.category_level": _at_least(0),
-        "experiment.schemes": _each(_one_of(ID_SCHEMES)),
+        "experiment.schemes": _each(_one_of(TIGER_SCHEMES)),  # the ablation trains TIGER
         "experiment.seed": SEED,
     }
 

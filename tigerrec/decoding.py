@@ -4,6 +4,9 @@ The trie is a dense table ``next[node, code]``: for an ID prefix (a node) and a
 code it gives the node of the longer prefix, or, at the last position, the item
 index; -1 marks a code that leads to no item. Constrained decoding masks those
 codes, so every generated ID is a real item.
+
+``rank`` is the one entry point for recommendations from either model kind: TIGER
+generates IDs here, RPG scores every item exactly (``rpg.RPGModel.rank``).
 """
 
 from __future__ import annotations
@@ -60,6 +63,29 @@ class Generated:
     items: torch.Tensor  # (B, k) item indices, -1 = the ID matches no item (unconstrained only)
     codes: torch.Tensor  # (B, k, id_length)
     scores: torch.Tensor  # (B, k) sequence log-probabilities
+
+
+@torch.no_grad()
+def rank(
+    model,
+    tokens: torch.Tensor,
+    k: int,
+    trie: PrefixTrie | None = None,
+    beam_size: int | None = None,
+    constrained: bool = True,
+    temperature: float | None = None,
+    generator: torch.Generator | None = None,
+) -> Generated:
+    """The ``k`` best items after each row of encoder ``tokens``, best first, from a model of either kind.
+
+    TIGER (``model.kind == "tiger"``) generates IDs by beam search with ``beam_size`` beams (default
+    ``k``), constrained to the catalogue by ``trie`` unless ``constrained`` is False. RPG scores every
+    item of its catalogue exactly, so ``trie``, ``beam_size`` and ``constrained`` do not apply. With
+    ``temperature`` both sample instead of taking the most likely, and results come in the order drawn.
+    """
+    if model.kind == "rpg":
+        return model.rank(tokens, k, temperature, generator)
+    return generate(model, tokens, trie, beam_size or k, k, constrained, temperature, generator)
 
 
 @torch.no_grad()

@@ -9,9 +9,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .decoding import PrefixTrie, generate
+from .decoding import PrefixTrie, rank
 from .device import autocast
-from .model import TigerModel
+from .model import SequenceModel
 from .sequences import Examples, Tokenizer
 
 log = logging.getLogger(__name__)
@@ -38,9 +38,9 @@ def ranking_metrics(ranked: np.ndarray, targets: np.ndarray, ks=(5, 10)) -> dict
 
 @torch.no_grad()
 def recommend_examples(
-    model: TigerModel,
+    model: SequenceModel,
     tokenizer: Tokenizer,
-    trie: PrefixTrie,
+    trie: PrefixTrie | None,
     examples: Examples,
     user_tokens: np.ndarray,
     beam_size: int,
@@ -54,11 +54,13 @@ def recommend_examples(
 ):
     """Top-k item indices (N, top_k) and their ID codes for every example, in batches of similar length.
 
-    ``temperature`` samples the beams instead of searching (see ``decoding.generate``).
+    By either model kind (``decoding.rank``): TIGER's beam search over ``trie`` with ``beam_size``
+    beams, or RPG's exact scores of every item (no trie: None). ``temperature`` samples instead.
     """
     model.eval()
     device = next(model.parameters()).device
-    trie.to(device)  # the trie's table must sit where the decoder's nodes are
+    if trie is not None:
+        trie.to(device)  # the trie's table must sit where the decoder's nodes are
     order = np.argsort(examples.lengths, kind="stable")
     items = np.full((len(examples), top_k), -1, dtype=np.int64)
     codes = np.zeros((len(examples), top_k, tokenizer.id_length), dtype=np.int64)
@@ -66,7 +68,7 @@ def recommend_examples(
         index = order[begin : begin + batch_size]
         tokens = tokenizer.encoder_input(torch.from_numpy(examples.histories[index]), torch.from_numpy(user_tokens[index]))
         with autocast(str(device), bf16):
-            out = generate(model, tokens.to(device), trie, beam_size, top_k, constrained, temperature, generator)
+            out = rank(model, tokens.to(device), top_k, trie, beam_size, constrained, temperature, generator)
         items[index] = out.items.cpu().numpy()
         codes[index] = out.codes.cpu().numpy()
     return items, codes

@@ -43,8 +43,8 @@ from .device import use_bf16
 from .errors import TigerrecError
 from .evaluate import METRICS, ranking_metrics, recommend_examples
 from .io import read_json, write_json, write_text
-from .pipeline import (IDS_DIR, QUANTIZER_FILE, embed_items, load_best_model, make_model, make_tokenizer, prepare,
-                       read_run_config, run)
+from .pipeline import (IDS_DIR, QUANTIZER_FILE, embed_items, load_best_model, load_ids, make_model, make_tokenizer,
+                       prepare, read_run_config, run)
 from .presets import paper_table1
 from .quantize import load_quantizer
 from .semantic_ids import IDS_FILE, SemanticIDs
@@ -106,7 +106,7 @@ def cold_start_ids(dataset: Dataset, unseen: np.ndarray, cfg: RunConfig, run_dir
     Returns the IDs (rows: seen items, then unseen), the ID row of every dataset item, and the
     item embeddings in ID-row order.
     """
-    seen_ids = SemanticIDs.load(run_dir / IDS_DIR, cfg.ids.codebook_size)
+    seen_ids = load_ids(run_dir / IDS_DIR, cfg)
     quantizer = load_quantizer(run_dir / IDS_DIR / QUANTIZER_FILE)
     embeddings, _, _ = embed_items(dataset, cfg)
     ids = seen_ids.add_items([dataset.item_ids[i] for i in unseen], quantizer.encode(embeddings[unseen]))
@@ -259,7 +259,7 @@ def diversity(source, cfg: RunConfig, out_dir: Path, run_dir: str | Path | None 
         cfg = replace(read_run_config(run_dir), experiment=exp, eval=cfg.eval)  # the trained model's own sizes
     run_dir = Path(run_dir)
     dataset = load_dataset(source, cfg.data.min_interactions)
-    data, test, model = prepare(dataset, SemanticIDs.load(run_dir / IDS_DIR, cfg.ids.codebook_size), cfg)
+    data, test, model = prepare(dataset, load_ids(run_dir / IDS_DIR, cfg), cfg)
     device, bf16 = _device_and_bf16(cfg)
     load_best_model(model.to(device), run_dir)
     levels = {f"level {exp.category_level}" if exp.category_level else "leaf": exp.category_level, "leaf": 0}
@@ -346,7 +346,8 @@ def baselines(source, cfg: RunConfig, out_dir: Path, run_dir: str | Path | None 
         log.info("%s test %s", name, results[name]["test"])
     if run_dir is not None:
         tiger = read_json(Path(run_dir) / "metrics.json")
-        results["TIGER"] = {"valid": tiger["valid"], "test": tiger["test"], "run_dir": str(run_dir)}
+        kind = tiger.get("config", {}).get("model", {}).get("kind", "tiger")  # the row is named after the run's model
+        results[kind.upper()] = {"valid": tiger["valid"], "test": tiger["test"], "run_dir": str(run_dir)}
     paper = paper_table1(dataset.name)
     rows = [[name, *(r["test"][m] for m in METRICS)] for name, r in results.items()]
     rows += [[f"{name} (paper)", *values] for name, values in paper.items()]
@@ -367,6 +368,9 @@ def run_experiment(name: str, source, cfg: RunConfig, out_dir: str | Path, run_d
     if run_dir is not None and name not in ("diversity", "baselines"):
         raise TigerrecError("--run-dir applies to diversity (the model to sample) and baselines (a TIGER row)")
     cfg.validate()
+    if name in ("coldstart", "ablation") and cfg.model.kind != "tiger":
+        raise TigerrecError(f"experiment {name} is TIGER's (collision codes, ID prefixes, TIGER ID schemes); "
+                            f"got model.kind={cfg.model.kind}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

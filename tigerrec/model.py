@@ -10,6 +10,9 @@ ReLU feed-forward, relative position bias shared across the layers of a stack,
 shared input embeddings. The output layer of decoder step p only scores the
 codes of position p (a token means "code c at position p"), so every step is a
 softmax over the codebook instead of the whole vocabulary.
+
+``SequenceModel`` holds what both model kinds share; RPG's model (``tigerrec/rpg.py``)
+reuses the embedding pooling, the encoder layers and the relative position bias.
 """
 
 from __future__ import annotations
@@ -155,28 +158,12 @@ class DecoderLayer(nn.Module):
         return x + self.drop(self.ff(self.norm3(x))), (k, v)
 
 
-class TigerModel(nn.Module):
-    def __init__(self, cfg: ModelConfig, vocab_size: int, id_length: int, codebook_size: int):
-        super().__init__()
-        if cfg.history not in HISTORIES:
-            raise ValueError(f"model.history must be one of {HISTORIES}, got {cfg.history!r}")
-        self.cfg, self.id_length, self.codebook_size = cfg, id_length, codebook_size
-        # Causal histories train every position of a sequence at once; "items" pools each item into one token.
-        self.causal = cfg.history != "codes"
-        self.tokens_per_item = 1 if cfg.history == "items" else id_length
-        self.embed = nn.Embedding(vocab_size, cfg.d_model, padding_idx=PAD)
-        self.drop = Dropout(cfg.dropout)
-        self.encoder_bias = RelativeBias(cfg, bidirectional=not self.causal)
-        self.encoder_layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.encoder_layers))
-        self.encoder_norm = nn.RMSNorm(cfg.d_model)
-        self.decoder_bias = RelativeBias(cfg, bidirectional=False)
-        self.decoder_layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
-        self.decoder_norm = nn.RMSNorm(cfg.d_model)
-        # One output matrix per ID position: (position, code, d_model).
-        self.head = nn.Parameter(torch.empty(id_length, codebook_size, cfg.d_model))
-        self.apply(self._init)
-        nn.init.normal_(self.embed.weight, std=cfg.embed_init_std)
-        nn.init.normal_(self.head, std=cfg.d_model**-0.5)
+class SequenceModel(nn.Module):
+    """What the model kinds share: the token embedding ``embed`` (history items pooled from their code
+    tokens), the initialisation, the parameter count. ``kind`` is ``model.kind`` (tiger, rpg)."""
+
+    kind = ""
+    embed: nn.Embedding
 
     @staticmethod
     def _init(module):
@@ -204,6 +191,32 @@ class TigerModel(nn.Module):
         present = (tokens != PAD).unsqueeze(-1)
         vectors = (self.embed(tokens) * present).sum(2) / present.sum(2).clamp(min=1)
         return vectors, self.padding_mask(tokens[..., 0])
+
+
+class TigerModel(SequenceModel):
+    kind = "tiger"
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int, id_length: int, codebook_size: int):
+        super().__init__()
+        if cfg.history not in HISTORIES:
+            raise ValueError(f"model.history must be one of {HISTORIES}, got {cfg.history!r}")
+        self.cfg, self.id_length, self.codebook_size = cfg, id_length, codebook_size
+        # Causal histories train every position of a sequence at once; "items" pools each item into one token.
+        self.causal = cfg.history != "codes"
+        self.tokens_per_item = 1 if cfg.history == "items" else id_length
+        self.embed = nn.Embedding(vocab_size, cfg.d_model, padding_idx=PAD)
+        self.drop = Dropout(cfg.dropout)
+        self.encoder_bias = RelativeBias(cfg, bidirectional=not self.causal)
+        self.encoder_layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.encoder_layers))
+        self.encoder_norm = nn.RMSNorm(cfg.d_model)
+        self.decoder_bias = RelativeBias(cfg, bidirectional=False)
+        self.decoder_layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
+        self.decoder_norm = nn.RMSNorm(cfg.d_model)
+        # One output matrix per ID position: (position, code, d_model).
+        self.head = nn.Parameter(torch.empty(id_length, codebook_size, cfg.d_model))
+        self.apply(self._init)
+        nn.init.normal_(self.embed.weight, std=cfg.embed_init_std)
+        nn.init.normal_(self.head, std=cfg.d_model**-0.5)
 
     def encode(self, tokens: torch.Tensor):
         """Encode input tokens; returns per-layer cross-attention keys/values and their mask."""

@@ -42,9 +42,10 @@ from .device import machine_name, use_bf16
 from .errors import TigerrecError, brief
 from .evaluate import evaluate
 from .io import file_sha256, read_json, write_json, write_text
-from .model import TigerModel
+from .model import SequenceModel, TigerModel
 from .quantize import make_quantizer
-from .semantic_ids import IDS_FILE, SemanticIDs
+from .rpg import RPGModel
+from .semantic_ids import IDS_FILE, SemanticIDs, has_collision_code
 from .sequences import Examples, Tokenizer
 from .text import TextEncoder, item_sentence, read_titles, with_titles
 from .train import BEST_MODEL, CHECKPOINT, TRAIN_LOG, VALID_LOG, TrainData, distributed_context, train
@@ -92,7 +93,7 @@ def build_semantic_ids(dataset: Dataset, cfg: RunConfig, out_dir: str | Path, ov
         differences = _differences(recorded, inputs)
         if not differences:
             log.info("reusing Semantic IDs in %s", out_dir)
-            return SemanticIDs.load(out_dir, cfg.ids.codebook_size)
+            return load_ids(out_dir, cfg)
         if not overwrite:
             replaced = [path for path in (out_dir / IDS_FILE, out_dir / QUANTIZER_FILE, metrics_path) if path.exists()]
             raise TigerrecError(_refusal(out_dir, differences, [], replaced))
@@ -102,7 +103,8 @@ def build_semantic_ids(dataset: Dataset, cfg: RunConfig, out_dir: str | Path, ov
     start = time.perf_counter()
     quantizer = make_quantizer(cfg.ids.scheme, embeddings.shape[1], cfg.ids).fit(embeddings)
     fit_seconds = time.perf_counter() - start
-    ids = SemanticIDs.from_codes(dataset.item_ids, quantizer.encode(embeddings), cfg.ids.codebook_size)
+    ids = SemanticIDs.from_codes(dataset.item_ids, quantizer.encode(embeddings), cfg.ids.codebook_size,
+                                 has_collision_code(cfg.ids.scheme))
     out_dir.mkdir(parents=True, exist_ok=True)
     quantizer.save(out_dir / QUANTIZER_FILE)
     ids.save(out_dir)
@@ -114,9 +116,15 @@ def build_semantic_ids(dataset: Dataset, cfg: RunConfig, out_dir: str | Path, ov
         "history": quantizer.history, "fingerprint": inputs,
     }
     write_json(metrics_path, metrics)
-    log.info("Semantic IDs: utilisation %s, unique prefixes %.1f%%, largest collision group %d",
-             metrics["utilization"], 100 * metrics["unique_prefix_share"], metrics["max_collision_group"])
+    log.info("Semantic IDs: utilisation %s, %s %.1f%%, largest collision group %d", metrics["utilization"],
+             "unique prefixes" if ids.collision_code else "items with an ID of their own",
+             100 * metrics["unique_prefix_share"], metrics["max_collision_group"])
     return ids
+
+
+def load_ids(ids_dir: str | Path, cfg: RunConfig) -> SemanticIDs:
+    """The Semantic IDs in ``ids_dir`` made with ``cfg.ids`` (with a collision code, or RPG's without one)."""
+    return SemanticIDs.load(ids_dir, cfg.ids.codebook_size, has_collision_code(cfg.ids.scheme))
 
 
 def items_text(dataset: Dataset) -> str:
@@ -274,8 +282,11 @@ def make_tokenizer(ids: SemanticIDs, cfg: RunConfig, trained_items: int | None =
                      history=cfg.model.history, item_tokens=item_tokens, anonymous_token=cfg.model.anonymous_share > 0)
 
 
-def make_model(tokenizer: Tokenizer, cfg: RunConfig) -> TigerModel:
-    """A freshly initialised sequence model sized for ``tokenizer``'s vocabulary and IDs."""
+def make_model(tokenizer: Tokenizer, cfg: RunConfig) -> SequenceModel:
+    """A freshly initialised sequence model of kind ``model.kind`` sized for ``tokenizer``'s vocabulary and
+    IDs (RPG also keeps the IDs of every item, the catalogue it scores)."""
+    if cfg.model.kind == "rpg":
+        return RPGModel(cfg.model, tokenizer.vocab_size, tokenizer.item_codes, tokenizer.codebook_size)
     return TigerModel(cfg.model, tokenizer.vocab_size, tokenizer.id_length, tokenizer.codebook_size)
 
 
@@ -294,8 +305,8 @@ def training_examples(train_sequences: list[np.ndarray], cfg: RunConfig) -> Exam
     return Examples.training(train_sequences, cfg.data.max_history)
 
 
-def prepare(dataset: Dataset, ids: SemanticIDs, cfg: RunConfig) -> tuple[TrainData, Examples, TigerModel]:
-    """Tokenizer, examples for train / valid / test, trie and a fresh model."""
+def prepare(dataset: Dataset, ids: SemanticIDs, cfg: RunConfig) -> tuple[TrainData, Examples, SequenceModel]:
+    """Tokenizer, examples for train / valid / test, trie (TIGER only) and a fresh model."""
     if ids.item_ids != dataset.item_ids:
         raise TigerrecError(f"the Semantic IDs list other items than the dataset ({len(ids.item_ids)} vs {dataset.num_items} "
                             "items); they were built for another dataset")
@@ -305,7 +316,7 @@ def prepare(dataset: Dataset, ids: SemanticIDs, cfg: RunConfig) -> tuple[TrainDa
     valid, test = held_out_examples(split, cfg.data.max_history)
     data = TrainData(
         tokenizer=tokenizer,
-        trie=PrefixTrie(ids.codes, ids.codebook_size),
+        trie=PrefixTrie(ids.codes, ids.codebook_size) if cfg.model.kind == "tiger" else None,
         train=training_examples(split.train, cfg),
         valid=valid,
         user_tokens=user_tokens,
@@ -316,7 +327,7 @@ def prepare(dataset: Dataset, ids: SemanticIDs, cfg: RunConfig) -> tuple[TrainDa
     return data, test, model
 
 
-def load_best_model(model: TigerModel, run_dir: str | Path) -> TigerModel:
+def load_best_model(model: SequenceModel, run_dir: str | Path) -> SequenceModel:
     """Load the checkpoint selected by validation into ``model``, on the device the model is on."""
     path = Path(run_dir) / BEST_MODEL
     try:
@@ -364,7 +375,7 @@ def run(source: str | Dataset, cfg: RunConfig, run_dir: str | Path, overwrite: b
         # Before training: a checkpoint is never without the record of what it was trained from.
         write_json(run_dir / FINGERPRINT_FILE, model_inputs(dataset, cfg, ids_dir))
     _barrier()
-    ids = SemanticIDs.load(ids_dir, cfg.ids.codebook_size)
+    ids = load_ids(ids_dir, cfg)
     timings["ids_seconds"] = round(time.perf_counter() - start, 1)
 
     data, test, model = prepare(dataset, ids, cfg)

@@ -40,6 +40,41 @@ DEFAULT_RECIPE = "tuned"
 # Small data: the fast recipe keeps a step budget on the tiny preset instead of an epoch count.
 TINY_FAST = {"train": {"epochs": 0.0, "batch_size": 32, "steps": 500, "warmup_steps": 20, "eval_every": 250, "lr": 0.02}}
 
+# Model kinds (`--model`), applied over the recipe and under a preset's own values; MODEL_PRESETS
+# then adds a kind's values for one preset. "tiger" is the config defaults.
+# "rpg" (Hou et al., KDD 2025; tigerrec/rpg.py), an untuned starting point. As in the paper: 32 OPQ codes
+# of 256 values per item after a whitened 128-d PCA of the text embeddings, 2 causal layers of 4 heads,
+# feed-forward 1024, no user token, cosine logits at temperature 0.03 (ModelConfig.logit_temperature).
+# Not as in the paper:
+# - d_model 256 (paper 448): the 32 head projections cost m * d^2 per position, and 448 trains 2.3x
+#   fewer samples per second (450 against 1,020 on one CPU thread; the item-token TIGER model: 770);
+# - dropout 0.1 on the input and the residual branches (paper: 0.5 on the input and attention weights);
+# - max_history 20, the data section TIGER uses too (paper: 50);
+# - the `fast` recipe's training: Adafactor lr .01, constant after a 200-step warmup, 20% cooldown,
+#   64 sequences a batch, 40 epochs (paper: AdamW, lr .01 on Beauty and .003 on Toys and Sports,
+#   batch 256, cosine decay after 10k warmup steps, up to 160 epochs). Adafactor beat AdamW on this
+#   CPU's budgets for the item-token TIGER model (BENCHMARKS.md, "Recipe search").
+MODELS: dict[str, dict] = {
+    "tiger": {},
+    "rpg": {
+        "ids": {"scheme": "opq", "levels": 32, "codebook_size": 256, "pca_dim": 128},
+        "model": {"kind": "rpg", "history": "items", "use_user_token": False, "d_model": 256, "num_heads": 4,
+                  "head_dim": 64, "d_ff": 1024, "encoder_layers": 2, "dropout": 0.1},
+        "train": {"optimizer": "adafactor", "lr": 0.01, "schedule": "constant", "warmup_steps": 200, "cooldown_fraction": 0.2,
+                  "batch_size": 64, "epochs": 40.0, "eval_every": 1000},
+    },
+}
+MODEL_PRESETS: dict[tuple[str, str], dict] = {
+    # The RPG paper's scripts use 16 codes on Toys and Sports (32 on Beauty).
+    ("rpg", "toys"): {"ids": {"levels": 16}},
+    ("rpg", "sports"): {"ids": {"levels": 16}},
+    # 120 items: 8 codes of 16 values (the preset's codebook), a 64-d PCA (OPQ needs more items than
+    # dimensions), a step budget.
+    ("rpg", "tiny"): {"ids": {"levels": 8, "pca_dim": 64}, "model": {"d_model": 128},
+                      "train": {"epochs": 0.0, "batch_size": 32, "steps": 500, "warmup_steps": 20, "eval_every": 250,
+                                "lr": 0.02}},
+}
+
 
 # TIGER, Rajput et al. 2023, Table 1 (TIGER_SPEC.md): dataset -> method -> R@5, N@5, R@10, N@10.
 PAPER_TABLE1: dict[str, dict[str, tuple[float, float, float, float]]] = {
@@ -59,15 +94,19 @@ def paper_table1(dataset_name: str) -> dict[str, tuple[float, float, float, floa
 AMAZON_CATEGORIES = {"beauty": "Beauty", "sports": "Sports_and_Outdoors", "toys": "Toys_and_Games"}
 
 
-def recipe_config(recipe: str = DEFAULT_RECIPE, preset: str | None = None) -> RunConfig:
-    """The config of a training recipe, under a preset's values when one is named."""
+def recipe_config(recipe: str = DEFAULT_RECIPE, preset: str | None = None, model: str = "tiger") -> RunConfig:
+    """The config of a training recipe, under a model kind's settings (``MODELS``) and a preset's values
+    when one is named. A model kind's own training settings replace the recipe's."""
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; choose one of {sorted(RECIPES)}")
     if preset is not None and preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    layers = [RECIPES[recipe], PRESETS.get(preset, {})]
-    if preset == "tiny" and recipe == "fast":
+    if model not in MODELS:
+        raise ValueError(f"unknown model kind {model!r}; choose one of {sorted(MODELS)}")
+    layers = [RECIPES[recipe], MODELS[model], PRESETS.get(preset, {})]
+    if preset == "tiny" and recipe == "fast" and model == "tiger":
         layers.append(TINY_FAST)
+    layers.append(MODEL_PRESETS.get((model, preset), {}))
     values: dict = {}
     for layer in layers:
         for section, settings in layer.items():
@@ -75,7 +114,7 @@ def recipe_config(recipe: str = DEFAULT_RECIPE, preset: str | None = None) -> Ru
     return RunConfig.from_dict(values)
 
 
-def preset_config(name: str, recipe: str = DEFAULT_RECIPE) -> RunConfig:
+def preset_config(name: str, recipe: str = DEFAULT_RECIPE, model: str = "tiger") -> RunConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-    return recipe_config(recipe, name)
+    return recipe_config(recipe, name, model)

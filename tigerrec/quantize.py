@@ -4,6 +4,8 @@
 - ``RQKMeans``: residual k-means on the raw embeddings (no gradient training).
 - ``LSH``: random hyperplanes, one group of log2(K) bits per level.
 - ``RandomCodes``: random codes, the paper's weakest ablation.
+- ``OPQ``: optimised product quantisation (faiss), RPG's long unordered IDs: one code per
+  subspace of a learned rotation, none refining another.
 
 All share one interface: ``fit(embeddings)`` then ``encode(embeddings) -> (N, levels)``
 int64 codes, and save/load through safetensors.
@@ -123,7 +125,7 @@ def load_quantizer(path) -> Quantizer:
 
 
 def make_quantizer(scheme: str, input_dim: int, config: IDsConfig) -> Quantizer:
-    schemes = {cls.scheme: cls for cls in (RQVAE, RQKMeans, LSH, RandomCodes)}
+    schemes = {cls.scheme: cls for cls in (RQVAE, RQKMeans, LSH, RandomCodes, OPQ)}
     if scheme not in schemes:
         raise ValueError(f"unknown ID scheme {scheme!r}; choose one of {sorted(schemes)}")
     return schemes[scheme](input_dim, config)
@@ -330,3 +332,89 @@ class RandomCodes(Quantizer):
             rng = np.random.default_rng([self.config.seed, digest])
             codes[i] = rng.integers(self.config.codebook_size, size=self.config.levels)
         return codes
+
+
+class OPQ(Quantizer):
+    """Optimised product quantisation, fitted by faiss (``OPQMatrix`` + ``ProductQuantizer``), as in RPG.
+
+    A learned orthogonal rotation of the embedding, cut into ``levels`` equal subspaces, each
+    quantised to the nearest of ``codebook_size`` centroids: ``levels`` codes per item that are
+    all alike (unordered), for RPG to predict in parallel. With ``pca_dim`` the embeddings are
+    first projected onto their top principal components and whitened (the RPG paper: 128). The
+    whole linear map (PCA, rotation) and the centroids are saved as tensors, so encoding needs no
+    faiss after fitting.
+    """
+
+    scheme = "opq"
+
+    def __init__(self, input_dim: int, config: IDsConfig):
+        super().__init__(input_dim, config)
+        reduced = config.pca_dim or input_dim
+        # The rotated space is padded to a multiple of levels (faiss fills the extra dimensions with zeros).
+        self.sub_dim = -(-reduced // config.levels)
+        rotated = self.sub_dim * config.levels
+        self.register_buffer("projection", torch.zeros(rotated, input_dim))  # PCA (if any), then the rotation
+        self.register_buffer("offset", torch.zeros(rotated))
+        self.register_buffer("centroids", torch.zeros(config.levels, config.codebook_size, self.sub_dim))
+
+    def fit(self, embeddings: np.ndarray) -> "OPQ":
+        try:
+            import faiss
+        except ImportError as e:
+            raise ImportError(f"ids.scheme=opq needs faiss ({e}); install it with: pip install faiss-cpu") from None
+        cfg = self.config
+        x = np.ascontiguousarray(self._check_input(embeddings).cpu().numpy(), dtype=np.float32)
+        n, levels, size = len(x), cfg.levels, cfg.codebook_size
+        if n < size:
+            raise ValueError(f"OPQ needs at least ids.codebook_size={size} items to fit the centroids of a subspace, got {n}")
+        projection, offset = np.eye(self.input_dim, dtype=np.float32), np.zeros(self.input_dim, dtype=np.float32)
+        if cfg.pca_dim:
+            if not cfg.pca_dim < min(n, self.input_dim + 1):
+                raise ValueError(f"ids.pca_dim={cfg.pca_dim} must be at most the embedding size ({self.input_dim}) "
+                                 f"and below the number of items ({n})")
+            pca = faiss.PCAMatrix(self.input_dim, cfg.pca_dim, -0.5)  # eigen_power -1/2: whitened
+            pca.train(x)
+            projection = faiss.vector_to_array(pca.A).reshape(cfg.pca_dim, self.input_dim)
+            offset = faiss.vector_to_array(pca.b)
+            x = pca.apply(x)
+        rotated = self.sub_dim * levels
+        if n < rotated:  # faiss's OPQ training corrupts memory with fewer points than dimensions
+            raise ValueError(f"OPQ needs at least as many items as dimensions to rotate ({rotated}), got {n} items; "
+                             f"set ids.pca_dim below {n}")
+        opq = faiss.OPQMatrix(x.shape[1], levels, rotated)
+        # The quantiser OPQ alternates with (faiss's default has 8 bits). opq.pq does not own it: the
+        # Python name keeps it alive while opq trains.
+        opq_pq = self._product_quantizer(faiss, rotated)
+        opq.pq = opq_pq
+        opq.train(x)
+        rotation = faiss.vector_to_array(opq.A).reshape(rotated, x.shape[1])
+        # As faiss's "OPQ{m},PQ{m}" index does: a product quantiser trained afresh on the rotated data.
+        pq = self._product_quantizer(faiss, rotated)
+        pq.train(opq.apply(x))
+        self.projection.copy_(torch.from_numpy(rotation @ projection))
+        self.offset.copy_(torch.from_numpy(rotation @ offset))
+        self.centroids.copy_(torch.from_numpy(faiss.vector_to_array(pq.centroids).reshape(levels, size, self.sub_dim)))
+        codes, reconstruction = self._quantize(self._check_input(embeddings))
+        self.history.append({"reconstruction": round(reconstruction, 5), **code_metrics(codes, size)})
+        return self
+
+    def _product_quantizer(self, faiss, dim: int):
+        pq = faiss.ProductQuantizer(dim, self.config.levels, int(math.log2(self.config.codebook_size)))
+        pq.cp.seed = self.config.seed
+        pq.cp.min_points_per_centroid = 1  # small catalogues: no warning per subspace and iteration
+        return pq
+
+    @torch.no_grad()
+    def _quantize(self, x: torch.Tensor) -> tuple[np.ndarray, float]:
+        """Codes (N, levels) of raw embeddings and the mean squared error of their reconstruction in the
+        rotated (and whitened) space."""
+        y = (x @ self.projection.T + self.offset).view(len(x), self.config.levels, self.sub_dim)
+        distances = (y.pow(2).sum(-1, keepdim=True) - 2 * torch.einsum("nld,lkd->nlk", y, self.centroids)
+                     + self.centroids.pow(2).sum(-1))
+        codes = distances.argmin(-1)
+        error = (y - self.centroids[torch.arange(self.config.levels), codes]).pow(2).sum((1, 2)).mean()
+        return codes.cpu().numpy(), float(error)
+
+    @torch.no_grad()
+    def encode(self, embeddings: np.ndarray) -> np.ndarray:
+        return self._quantize(self._check_input(embeddings))[0]

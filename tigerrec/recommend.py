@@ -7,6 +7,8 @@
 The model generates Semantic IDs by beam search constrained to the catalogue
 (every result is a real item); ``score`` is the model's log-probability of the
 item's ID given the history, so 0 is certain and more negative is less likely.
+An RPG run (``model.kind=rpg``) scores every item exactly instead; its ``score`` is
+the sum of the log-probabilities of the item's codes, predicted independently.
 """
 
 from __future__ import annotations
@@ -25,11 +27,11 @@ import numpy as np
 import torch
 
 from .config import RunConfig
-from .decoding import PrefixTrie, generate
+from .decoding import PrefixTrie, rank
 from .device import autocast, check_device, default_device, use_bf16
 from .errors import TigerrecError
-from .model import TigerModel
-from .pipeline import IDS_DIR, ITEMS_FILE, load_best_model, make_model, make_tokenizer, read_items, read_run_config
+from .model import SequenceModel
+from .pipeline import IDS_DIR, ITEMS_FILE, load_best_model, load_ids, make_model, make_tokenizer, read_items, read_run_config
 from .semantic_ids import IDS_FILE, SemanticIDs
 from .sequences import Examples, Tokenizer
 from .train import BEST_MODEL
@@ -70,7 +72,8 @@ class Query:
 
 
 class Recommender:
-    """A trained TIGER model with its Semantic IDs and item metadata, ready to recommend.
+    """A trained model (TIGER or RPG, ``model.kind`` in the run's config.json) with its Semantic IDs and
+    item metadata, ready to recommend.
 
     Thread-safe: model calls are serialised by a lock (the model is shared, and one
     call already uses every CPU thread), everything else is read-only after loading.
@@ -78,38 +81,40 @@ class Recommender:
     which runs the queries that arrive together in one model call.
     """
 
-    def __init__(self, model: TigerModel, tokenizer: Tokenizer, ids: SemanticIDs, items: dict[str, dict],
+    def __init__(self, model: SequenceModel, tokenizer: Tokenizer, ids: SemanticIDs, items: dict[str, dict],
                  cfg: RunConfig, max_k: int = MAX_K, run_dir: str | Path | None = None):
         self.model = model.eval()
         self.device = str(next(model.parameters()).device)
         self.tokenizer, self.ids, self.items, self.cfg = tokenizer, ids, items, cfg
-        self.trie = PrefixTrie(ids.codes, ids.codebook_size).to(self.device)
+        # TIGER's beam search walks the IDs' prefix trie; RPG scores every item and needs none.
+        self.trie = PrefixTrie(ids.codes, ids.codebook_size).to(self.device) if model.kind == "tiger" else None
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.bf16 = use_bf16(self.device, cfg.train.bf16)
         self.max_k = min(max_k, self.num_items)
         self.max_history = cfg.data.max_history
-        # exclude_seen widens the beam by the number of seen items, up to this cap.
+        # exclude_seen widens the beam (RPG: the number of best items kept) by the number of seen items, up to this cap.
         self.max_beam = min(self.max_k + self.max_history, self.num_items)
         self._index = {item: i for i, item in enumerate(ids.item_ids)}
         self._lock = threading.Lock()
 
     @classmethod
     def load(cls, run_dir: str | Path, device: str | None = None, max_k: int = MAX_K) -> "Recommender":
-        """Load the best model of a ``tigerrec run`` directory (on CUDA when available)."""
+        """Load the best model of a ``tigerrec run`` directory (on CUDA when available), of either kind."""
         run_dir = Path(run_dir)
         for name in ("config.json", f"{IDS_DIR}/{IDS_FILE}", ITEMS_FILE, BEST_MODEL):
             if not (run_dir / name).is_file():
                 raise FileNotFoundError(f"{run_dir / name} is missing; is {run_dir} a finished `tigerrec run` directory?")
         device = check_device(device or default_device())
         cfg = read_run_config(run_dir)
-        ids = SemanticIDs.load(run_dir / IDS_DIR, cfg.ids.codebook_size)
+        ids = load_ids(run_dir / IDS_DIR, cfg)
         items = read_items(run_dir / ITEMS_FILE)
         missing = [item for item in ids.item_ids if item not in items]
         if missing:
             log.warning("%d items have no metadata in %s (e.g. %s)", len(missing), ITEMS_FILE, missing[:3])
         tokenizer = make_tokenizer(ids, cfg)
         model = load_best_model(make_model(tokenizer, cfg).to(device), run_dir)
-        log.info("loaded %s: %d items, %.2fM parameters, on %s", run_dir, len(ids.item_ids), model.num_parameters() / 1e6, device)
+        log.info("loaded %s: %s, %d items, %.2fM parameters, on %s", run_dir, model.kind, len(ids.item_ids),
+                 model.num_parameters() / 1e6, device)
         return cls(model, tokenizer, ids, items, cfg, max_k, run_dir)
 
     @property
@@ -140,7 +145,8 @@ class Recommender:
         user's hashed token as in training; without it the user token is left out.
         ``temperature`` samples the beams instead of keeping the most likely ones
         (more diverse results, in the order they were drawn; ``seed`` makes it
-        repeatable). ``k`` is 1..``self.max_k``. With ``exclude_seen`` the beam is
+        repeatable; an RPG model samples items from the softmax of its scores).
+        ``k`` is 1..``self.max_k``. With ``exclude_seen`` the beam is
         widened by the number of seen items up to ``self.max_beam``, so a very long
         history of a small catalogue can leave fewer than ``k`` results.
 
@@ -196,8 +202,8 @@ class Recommender:
                 tokens = self.tokenizer.encoder_input(torch.from_numpy(examples.histories),
                                                       torch.tensor([q.user_token for q in chunk]))
                 with self._lock, autocast(self.device, self.bf16):
-                    out = generate(self.model, tokens.to(self.device), self.trie, beam, beam,
-                                   temperature=temperature, generator=generator)
+                    out = rank(self.model, tokens.to(self.device), beam, self.trie, beam,
+                               temperature=temperature, generator=generator)
                 items, scores = out.items.cpu().numpy(), out.scores.float().cpu().numpy()
                 for row, n in enumerate(members[begin : begin + step]):
                     results[n] = self._results(items[row], scores[row], queries[n].seen, k)

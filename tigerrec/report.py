@@ -21,7 +21,7 @@ from .evaluate import METRICS
 from .io import read_json, write_text
 from .pipeline import IDS_DIR, IDS_METRICS, ITEMS_FILE, REPORT_FILE, read_items
 from .presets import paper_table1
-from .semantic_ids import IDS_FILE, SemanticIDs
+from .semantic_ids import IDS_FILE, SemanticIDs, has_collision_code
 from .train import TRAIN_LOG, VALID_LOG, read_csv
 
 log = logging.getLogger(__name__)
@@ -186,11 +186,14 @@ def id_plots(ids_metrics: dict | None) -> str:
     usage = bar_chart([f"c{i + 1}" for i in range(len(utilisation))], utilisation, "Codebook utilisation per level",
                       "level", "share of codes used", value_format=lambda v: f"{v:.0%}", y_max=1.0)
     sizes = sorted((int(size), count) for size, count in ids_metrics.get("collision_group_sizes", {}).items())
+    # Without a collision code (RPG's OPQ IDs) the group is of items sharing their whole ID, which tie in score.
+    shared = "first codes" if has_collision_code(ids_metrics.get("scheme", "")) else "whole ID"
     groups = bar_chart([str(size) for size, _ in sizes], [count for _, count in sizes],
-                       "Items sharing the same first codes", "group size (items per prefix)", "prefixes")
+                       f"Items sharing the same {shared}", "group size (items per code tuple)", "code tuples")
     facts = [("items", ids_metrics.get("items")), ("scheme", ids_metrics.get("scheme")),
              ("encoder", ids_metrics.get("encoder")),
-             ("items with a unique prefix", f"{ids_metrics.get('unique_prefix_share', 0):.1%}"),
+             (f"items with a unique {'prefix' if shared == 'first codes' else 'ID'}",
+              f"{ids_metrics.get('unique_prefix_share', 0):.1%}"),
              ("largest collision group", ids_metrics.get("max_collision_group")),
              ("reconstruction error", ids_metrics.get("reconstruction"))]
     facts_html = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in facts if v is not None)
@@ -279,13 +282,16 @@ def render_report(run_dir: str | Path) -> str:
     dataset = (metrics or {}).get("dataset") or config.get("source") or run_dir.name
 
     explorer = '<p class="missing">No Semantic IDs in this run directory.</p>'
+    ids_config = config.get("ids", {})
     if (run_dir / IDS_DIR / IDS_FILE).is_file():
-        ids = SemanticIDs.load(run_dir / IDS_DIR, config.get("ids", {}).get("codebook_size", 256))
+        ids = SemanticIDs.load(run_dir / IDS_DIR, ids_config.get("codebook_size", 256),
+                               has_collision_code(ids_config.get("scheme", "rqvae")))
         items = read_items(run_dir / ITEMS_FILE) if (run_dir / ITEMS_FILE).is_file() else {}
         explorer = prefix_explorer(ids, items)
 
     training = (metrics or {}).get("training", {})
-    summary = [("dataset", dataset), ("ID scheme", config.get("ids", {}).get("scheme")),
+    kind = config.get("model", {}).get("kind", "tiger")
+    summary = [("dataset", dataset), ("model", kind.upper()), ("ID scheme", ids_config.get("scheme")),
                ("parameters", f"{training['parameters'] / 1e6:.2f}M" if "parameters" in training else None),
                ("training steps", training.get("steps")), ("best validation step", training.get("best_step")),
                ("timings (s)", ", ".join(f"{k.removesuffix('_seconds')} {v}" for k, v in (metrics or {}).get("timings", {}).items()) or None),
@@ -301,7 +307,7 @@ def render_report(run_dir: str | Path) -> str:
 <dl class="facts">{summary_html}</dl>
 
 <h2 id="metrics">Test metrics</h2>
-<p class="note">Leave-one-out, full catalogue, constrained beam search. The paper row is TIGER's Table 1 (Rajput et al. 2023).</p>
+<p class="note">Leave-one-out, full catalogue, {"every item scored exactly (RPG)" if kind == "rpg" else "constrained beam search"}. The paper row is TIGER's Table 1 (Rajput et al. 2023).</p>
 {metrics_table(metrics)}
 
 <h2 id="training">Training</h2>
@@ -312,7 +318,8 @@ def render_report(run_dir: str | Path) -> str:
 
 <h2 id="explorer">Semantic-ID prefix explorer</h2>
 <p class="note">Items whose IDs start with the same codes, for the most populated first codes. Blue words are the
-ones that most distinguish a group's titles from the rest of the catalogue: similar items share prefixes.</p>
+ones that most distinguish a group's titles from the rest of the catalogue: similar items share prefixes.{
+" RPG's codes are unordered: c1 and c2 are the codes of the first two subspaces, each as telling as any other." if kind == "rpg" else ""}</p>
 {explorer}
 
 <h2 id="config">Configuration</h2>

@@ -2,6 +2,9 @@
 
 Items whose ``levels`` codes coincide get an extra last code 0, 1, 2, ... in item
 order (0 when unique), so every item has a unique ID such as (7, 1, 4, 0).
+
+RPG's long unordered IDs (``ids.scheme=opq``) have no collision code: the ID is the
+quantiser's codes, and items sharing all of them tie in score (``has_collision_code``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,12 @@ IDS_FILE = "semantic_ids.csv"
 
 class CollisionError(TigerrecError):
     pass
+
+
+def has_collision_code(scheme: str) -> bool:
+    """Whether the IDs of an ``ids.scheme`` end in a collision code: all but opq, whose unordered codes
+    are scored independently (a collision code would be one more code to predict, telling nothing)."""
+    return scheme != "opq"
 
 
 def add_collision_code(codes: np.ndarray, capacity: int, taken: Counter | None = None) -> np.ndarray:
@@ -47,21 +56,32 @@ def add_collision_code(codes: np.ndarray, capacity: int, taken: Counter | None =
 
 @dataclass
 class SemanticIDs:
-    """The ID table: ``item_ids[i]`` has the tuple ``codes[i]`` (levels + 1 codes)."""
+    """The ID table: ``item_ids[i]`` has the tuple ``codes[i]`` (levels + 1 codes, or the levels alone
+    without a collision code)."""
 
     item_ids: list[str]
-    codes: np.ndarray  # (N, levels + 1) int64
+    codes: np.ndarray  # (N, levels + 1) int64, or (N, levels)
     codebook_size: int
+    collision_code: bool = True  # False: IDs are the quantiser codes as they are, and may repeat
 
     @classmethod
-    def from_codes(cls, item_ids: list[str], codes: np.ndarray, codebook_size: int) -> "SemanticIDs":
+    def from_codes(cls, item_ids: list[str], codes: np.ndarray, codebook_size: int,
+                   collision_code: bool = True) -> "SemanticIDs":
         if len(item_ids) != len(codes):
             raise ValueError(f"{len(item_ids)} items but {len(codes)} code rows")
-        return cls(list(item_ids), add_collision_code(np.asarray(codes, dtype=np.int64), codebook_size), codebook_size)
+        codes = np.asarray(codes, dtype=np.int64)
+        if collision_code:
+            codes = add_collision_code(codes, codebook_size)
+        return cls(list(item_ids), codes, codebook_size, collision_code)
 
     @property
     def length(self) -> int:
         return self.codes.shape[1]
+
+    @property
+    def quantized(self) -> np.ndarray:
+        """The quantiser's codes of every item: the IDs less the collision code."""
+        return self.codes[:, :-1] if self.collision_code else self.codes
 
     def add_items(self, item_ids: list[str], codes: np.ndarray) -> "SemanticIDs":
         """IDs for new (e.g. cold-start) items: same quantiser codes, next free collision codes."""
@@ -69,17 +89,21 @@ class SemanticIDs:
         clash = [i for i in item_ids if i in known]
         if clash:
             raise ValueError(f"items already have Semantic IDs: {clash[:5]}")
-        taken = Counter(map(tuple, self.codes[:, :-1].tolist()))
-        new = add_collision_code(np.asarray(codes, dtype=np.int64), self.codebook_size, taken)
-        return SemanticIDs(self.item_ids + list(item_ids), np.concatenate([self.codes, new]), self.codebook_size)
+        new = np.asarray(codes, dtype=np.int64)
+        if self.collision_code:
+            new = add_collision_code(new, self.codebook_size, Counter(map(tuple, self.quantized.tolist())))
+        return SemanticIDs(self.item_ids + list(item_ids), np.concatenate([self.codes, new]), self.codebook_size,
+                           self.collision_code)
 
     def collision_groups(self) -> Counter:
-        """Histogram: group size -> number of prefixes with that many items."""
-        sizes = Counter(map(tuple, self.codes[:, :-1].tolist()))
+        """Histogram: group size -> number of prefixes (quantiser code tuples) with that many items."""
+        sizes = Counter(map(tuple, self.quantized.tolist()))
         return Counter(sizes.values())
 
     def metrics(self) -> dict:
-        prefixes = self.codes[:, :-1]
+        """Codebook use per level and how many items share their quantiser codes (the prefix before the
+        collision code; without one, the whole ID)."""
+        prefixes = self.quantized
         sizes = Counter(map(tuple, prefixes.tolist()))
         per_item = np.array([sizes[p] for p in map(tuple, prefixes.tolist())])
         return {
@@ -102,7 +126,8 @@ class SemanticIDs:
         return path
 
     @classmethod
-    def load(cls, directory: str | Path, codebook_size: int = 256) -> "SemanticIDs":
+    def load(cls, directory: str | Path, codebook_size: int = 256, collision_code: bool = True) -> "SemanticIDs":
+        """The table ``save`` wrote; IDs with a ``collision_code`` must be unique."""
         path = Path(directory) / IDS_FILE if Path(directory).is_dir() else Path(directory)
         if not path.is_file():
             raise FileNotFoundError(f"no Semantic IDs at {path}; run `tigerrec ids` first")
@@ -132,7 +157,7 @@ class SemanticIDs:
                     raise TigerrecError(f"{where}: code c{c + 1}={code} is outside 0..{codebook_size - 1} "
                                         f"(ids.codebook_size={codebook_size})")
                 codes[r - 1, c] = code
-        ids = cls([row[0] for row in rows[1:]], codes, codebook_size)
-        if len(np.unique(codes, axis=0)) != len(codes):
+        ids = cls([row[0] for row in rows[1:]], codes, codebook_size, collision_code)
+        if collision_code and len(np.unique(codes, axis=0)) != len(codes):
             raise TigerrecError(f"{path}: Semantic IDs are not unique")
         return ids

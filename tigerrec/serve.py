@@ -66,6 +66,7 @@ class Item(BaseModel):
 
 class Health(BaseModel):
     status: str
+    model: str = Field(description="model kind: tiger (beam search over Semantic IDs) or rpg (every item scored)")
     items: int
     max_k: int
     max_history: int
@@ -98,7 +99,7 @@ def create_app(source: Union[str, Path, Recommender], max_history_items: int = M
         exclude_seen: bool = Field(True, description="leave the history's items out of the results")
         seed: Optional[int] = Field(None, ge=0, le=2**63 - 1, description="random seed for temperature sampling")
 
-    app = FastAPI(title="tigerrec", summary="Next-item recommendations by generative retrieval with Semantic IDs (TIGER)",
+    app = FastAPI(title="tigerrec", summary="Next-item recommendations by generative retrieval with Semantic IDs (TIGER, RPG)",
                   default_response_class=ASCIIJSONResponse, lifespan=_closing(batcher))
     app.state.recommender, app.state.batcher = recommender, batcher
 
@@ -131,7 +132,7 @@ def create_app(source: Union[str, Path, Recommender], max_history_items: int = M
 
     @app.get("/health", response_model=Health)
     def health():
-        return Health(status="ok", items=recommender.num_items, max_k=max_k, max_history=recommender.max_history,
+        return Health(status="ok", model=recommender.model.kind, items=recommender.num_items, max_k=max_k, max_history=recommender.max_history,
                       max_history_items=max_history_items, device=recommender.device,
                       run_dir=str(recommender.run_dir) if recommender.run_dir else None)
 

@@ -30,7 +30,7 @@ from .device import autocast, use_bf16
 from .errors import TigerrecError, brief
 from .evaluate import evaluate
 from .io import atomic_path, write_text
-from .model import TigerModel
+from .model import SequenceModel
 from .sequences import Examples, Tokenizer, length_bucketed_batches
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ SELECTION_METRIC = "ndcg@10"
 @dataclass
 class TrainData:
     tokenizer: Tokenizer
-    trie: PrefixTrie
+    trie: PrefixTrie | None  # TIGER's decoding constraint; None for RPG, which scores every item
     train: Examples
     valid: Examples
     user_tokens: np.ndarray  # (num_users,) encoder token of each user
@@ -175,13 +175,13 @@ def set_lr(optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def save_model(model: TigerModel, path: Path) -> None:
+def save_model(model: SequenceModel, path: Path) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
         save_file(state, str(tmp))
 
 
-def train(model: TigerModel, data: TrainData, cfg: TrainConfig, eval_cfg: EvalConfig, run_dir: str | Path) -> dict:
+def train(model: SequenceModel, data: TrainData, cfg: TrainConfig, eval_cfg: EvalConfig, run_dir: str | Path) -> dict:
     """Train for ``cfg.steps`` steps (resuming from ``run_dir/checkpoint.pt`` if present; that it was
     trained from the same inputs is the caller's to check, see ``pipeline.check_run_dir``).
 
