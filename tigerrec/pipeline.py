@@ -169,18 +169,20 @@ def read_run_config(run_dir: str | Path) -> RunConfig:
 
 # ------------------------------------------------------------------ what each stage is built from
 
+def items_fingerprint(dataset: Dataset) -> dict[str, Any]:
+    """The dataset's items: ids and metadata, as items.jsonl holds them."""
+    return {"dataset.items": dataset.num_items, "dataset.items_sha256": _sha256(items_text(dataset))}
+
+
 def dataset_fingerprint(dataset: Dataset) -> dict[str, Any]:
-    """The dataset's identity: its items (ids and metadata, as items.jsonl holds them) and its interactions."""
+    """The dataset's identity: its items and its interactions."""
     interactions = "".join(json.dumps([user, seq.tolist()]) + "\n" for user, seq in zip(dataset.user_ids, dataset.sequences))
-    return {"dataset.items": dataset.num_items, "dataset.items_sha256": _sha256(items_text(dataset)),
-            "dataset.interactions_sha256": _sha256(interactions)}
+    return {**items_fingerprint(dataset), "dataset.interactions_sha256": _sha256(interactions)}
 
 
 def ids_inputs(dataset: Dataset, cfg: RunConfig) -> dict[str, Any]:
-    """What Semantic IDs are built from: the items and the text and ID settings."""
-    data = dataset_fingerprint(dataset)
-    return {"dataset.items": data["dataset.items"], "dataset.items_sha256": data["dataset.items_sha256"],
-            **cfg.fingerprint("text", "ids")}
+    """What Semantic IDs are built from: the items and the text and ID settings (not the interactions)."""
+    return {**items_fingerprint(dataset), **cfg.fingerprint("text", "ids")}
 
 
 def model_inputs(dataset: Dataset, cfg: RunConfig, ids_dir: Path) -> dict[str, Any]:
