@@ -27,9 +27,8 @@ from tigerrec.data import load_dataset
 from tigerrec.device import machine_name, use_bf16
 from tigerrec.evaluate import evaluate
 from tigerrec.io import read_json, write_json
-from tigerrec.pipeline import IDS_DIR, load_best_model, prepare
+from tigerrec.pipeline import IDS_DIR, load_best_model, load_ids, prepare
 from tigerrec.presets import preset_config
-from tigerrec.semantic_ids import SemanticIDs
 from tigerrec.train import VALID_LOG, read_csv, train, validation_examples
 
 # The settings the search varies, on top of the paper's recipe; "paper" here is the shipped
@@ -77,10 +76,26 @@ RECIPES: dict[str, list[str]] = {
     "fast-drop0-nouser-batch128-lr2e-2": [*FAST, "model.dropout=0.0", "model.use_user_token=false", "train.batch_size=128",
                                           "train.lr=2e-2"],
 }
+# RPG: variations of presets.MODELS["rpg"] (the "rpg" model kind); --ids-dir must then hold OPQ IDs (ids.scheme=opq).
+ADAMW_RPG = ["train.optimizer=adamw", "train.weight_decay=0.01", "train.schedule=cosine", "train.warmup_steps=200"]
+RPG_RECIPES: dict[str, list[str]] = {
+    "rpg": [],
+    "rpg-drop0.3": ["model.dropout=0.3"],
+    "rpg-drop0.5": ["model.dropout=0.5"],
+    "rpg-input0.5": ["model.input_dropout=0.5"],
+    # The RPG paper's dropout: 0.5 on the input and the attention weights, none on the residual branches.
+    "rpg-paper-dropout": ["model.input_dropout=0.5", "model.attention_dropout=0.5", "model.dropout=0.0"],
+    "rpg-adamw-3e-3": [*ADAMW_RPG, "train.lr=3e-3"],
+    "rpg-d448": ["model.d_model=448", "model.head_dim=112"],
+    "rpg-temp0.05": ["model.logit_temperature=0.05"],
+    "rpg-batch256-lr2e-2": ["train.batch_size=256", "train.lr=2e-2"],
+}
+MODEL_OF = {name: "tiger" for name in RECIPES} | {name: "rpg" for name in RPG_RECIPES}
+RECIPES |= RPG_RECIPES
 
 
 def run_recipe(name: str, dataset, args) -> dict:
-    cfg = preset_config(args.preset, "paper").override([
+    cfg = preset_config(args.preset, "paper", MODEL_OF[name]).override([
         *RECIPES[name], f"train.max_minutes={args.minutes}", "train.eval_every=0",
         f"train.eval_every_minutes={args.eval_minutes}", f"train.valid_users={args.valid_users}",
         "train.log_every=50", "train.checkpoint_every=1000000",
@@ -89,7 +104,7 @@ def run_recipe(name: str, dataset, args) -> dict:
     if run_dir.exists():
         shutil.rmtree(run_dir)  # a search run always starts fresh
     shutil.copytree(args.ids_dir, run_dir / IDS_DIR)
-    ids = SemanticIDs.load(run_dir / IDS_DIR, cfg.ids.codebook_size)
+    ids = load_ids(run_dir / IDS_DIR, cfg)
     data, _, model = prepare(dataset, ids, cfg)
     start = time.perf_counter()
     summary = train(model, data, cfg.train, cfg.eval, run_dir)
@@ -103,7 +118,7 @@ def run_recipe(name: str, dataset, args) -> dict:
     anonymous_metrics = evaluate(model, data.tokenizer, data.trie, valid, anonymous[valid.users], cfg.eval.beam_size,
                                  cfg.eval.top_k, cfg.eval.batch_size, bf16, desc="anonymous")
     return {
-        "recipe": name, "overrides": RECIPES[name], "machine": machine_name(), "date": time.strftime("%Y-%m-%d"),
+        "recipe": name, "model": MODEL_OF[name], "overrides": RECIPES[name], "machine": machine_name(), "date": time.strftime("%Y-%m-%d"),
         "minutes": round((time.perf_counter() - start) / 60, 2), "samples": summary["samples"],
         "steps": summary["steps"], "parameters": summary["parameters"],
         "best_valid_ndcg@10": summary["best_valid_ndcg@10"], "anonymous_valid": anonymous_metrics,

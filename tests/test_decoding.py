@@ -200,3 +200,28 @@ def test_causal_history_positions_never_see_later_items(user_token, history, ite
     with torch.no_grad():
         memory_kv, mask = model.encode(tokenizer.encoder_input(torch.tensor([[1, 2, 3]]), torch.tensor([PAD])))
         assert torch.isfinite(model.decode(decoder_tokens[2:3], memory_kv, mask)).all()
+
+
+def test_filtered_beam_search_keeps_to_the_allowed_items_and_fills_k_when_it_can():
+    codes, tokenizer, model, tokens = small_setup()
+    trie = PrefixTrie(codes, 8)
+    rng = np.random.default_rng(1)
+    allowed = torch.from_numpy(rng.random((16, len(codes))) < 0.3)
+    allowed[0] = False
+    allowed[0, [5, 17, 40]] = True  # fewer allowed items than k
+    out = generate(model, tokens, trie, beam_size=12, top_k=10, allowed=allowed)
+    for row in range(16):
+        items = out.items[row][out.items[row] >= 0].tolist()
+        assert all(allowed[row, item] for item in items)
+        assert len(items) == len(set(items)) == min(10, int(allowed[row].sum()))
+    assert sorted(out.items[0, :3].tolist()) == [5, 17, 40] and (out.items[0, 3:] == -1).all()
+    # With a beam as wide as the catalogue, beam search is exhaustive: filtering inside decoding
+    # gives what filtering the full ranking afterwards gives.
+    full = generate(model, tokens, trie, beam_size=len(codes), top_k=len(codes))
+    inside = generate(model, tokens, trie, beam_size=len(codes), top_k=5, allowed=allowed)
+    for row in range(1, 16):
+        keep = allowed[row, full.items[row]]
+        assert inside.items[row].tolist() == full.items[row][keep][:5].tolist()
+        assert torch.allclose(inside.scores[row], full.scores[row][keep][:5], atol=1e-5)
+    unfiltered = generate(model, tokens, trie, beam_size=12, top_k=10, allowed=torch.ones(16, len(codes), dtype=torch.bool))
+    assert torch.equal(unfiltered.items, generate(model, tokens, trie, beam_size=12, top_k=10).items)

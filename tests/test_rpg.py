@@ -118,6 +118,14 @@ def test_item_score_is_the_sum_of_its_code_log_probabilities(use_user_token):
     assert torch.equal(sampled.items, rank(model, tokens, 10, temperature=2.0, generator=generator()).items)
     assert torch.equal(sampled.scores, scores.gather(1, sampled.items))
     assert all(len(set(row)) == 10 for row in sampled.items.tolist())
+    allowed = torch.zeros(3, 30, dtype=torch.bool)
+    allowed[:, ::3] = True  # 10 items
+    allowed[1] = False
+    allowed[1, [2, 4]] = True
+    filtered = rank(model, tokens, 5, allowed=allowed)
+    best = scores.masked_fill(~allowed, float("-inf")).topk(5, dim=1)
+    assert torch.equal(filtered.items[[0, 2]], best.indices[[0, 2]])
+    assert sorted(filtered.items[1, :2].tolist()) == [2, 4] and (filtered.items[1, 2:] == -1).all()
 
 
 def test_training_rows_predict_the_next_item_from_the_items_up_to_their_position():

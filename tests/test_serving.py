@@ -1,3 +1,4 @@
+import json
 import math
 import threading
 
@@ -109,6 +110,26 @@ def test_micro_batcher_gives_each_query_its_own_results(recommender):
     assert [[r["item_id"] for r in g] for g in got] == [[r["item_id"] for r in e] for e in expected]
 
 
+def test_filters_are_enforced_inside_decoding_and_still_fill_k(recommender, history):
+    plain = [r["item_id"] for r in recommender.recommend(history, k=10)]
+    excluded = plain[:5]
+    results = recommender.recommend(history, k=10, exclude=excluded)
+    ids = [r["item_id"] for r in results]
+    assert len(ids) == 10 and not set(ids) & (set(excluded) | set(history))
+    assert [r["score"] for r in results] == sorted((r["score"] for r in results), reverse=True)
+    lipsticks = recommender.categories["Lipstick"]
+    in_category = recommender.recommend(history, k=10, category="Lipstick")
+    assert len(in_category) == 10 and all(recommender._index[r["item_id"]] in lipsticks for r in in_category)
+    assert all(any("Lipstick" in path for path in r["categories"]) for r in in_category)
+    only = recommender.item_ids[90:93]
+    assert sorted(r["item_id"] for r in recommender.recommend(history, k=10, only=only)) == sorted(only)
+    both = recommender.recommend(history, k=10, only=only, exclude=only[:1], exclude_seen=False)
+    assert sorted(r["item_id"] for r in both) == sorted(only[1:])
+    batch = recommender.recommend_batch([history, history[:2]], k=4, category="Perfume", temperature=0.8, seed=1)
+    assert all(any("Perfume" in path for path in r["categories"]) for rows in batch for r in rows)
+    assert all(len(rows) == 4 for rows in batch)
+
+
 @pytest.mark.parametrize("history, kwargs, error, message", [
     (["item1", "nope", "zzz"], {}, UnknownItemError, "unknown item ids 'nope', 'zzz'"),
     ([], {}, RequestError, "history is empty"),
@@ -123,6 +144,11 @@ def test_micro_batcher_gives_each_query_its_own_results(recommender):
     (["item1"], {"temperature": "hot"}, RequestError, "temperature must be a number"),
     (["item1"], {"user_id": 1.5}, RequestError, "user ids must be strings"),
     (["item1"], {"exclude_seen": "yes"}, RequestError, "exclude_seen must be true or false"),
+    (["item1"], {"exclude": ["item2", "nope"]}, UnknownItemError, "unknown item id 'nope'"),
+    (["item1"], {"only": []}, RequestError, "only is empty"),
+    (["item1"], {"only": "item2"}, RequestError, "only must be a list of item ids"),
+    (["item1"], {"category": "Socks"}, RequestError, "unknown category 'Socks'"),
+    (["item1"], {"category": 3}, RequestError, "category must be a string"),
 ])
 def test_bad_requests_raise_errors_naming_the_problem(recommender, history, kwargs, error, message):
     with pytest.raises(error) as info:
@@ -144,6 +170,11 @@ def test_cli_recommend_prints_a_table(tiny_run, history, capsys):
     assert lines[0].split() == ["rank", "item", "id", "score", "semantic", "id", "title"]
     assert len(lines) == 4 and lines[1].split()[0] == "1"
     assert main(["recommend", str(tiny_run), "--history", "item1,nope"]) == 2
+    assert main(["recommend", str(tiny_run), "--history", ",".join(history), "--only", "item7,item8", "--json",
+                 "--device", "cpu"]) == 0
+    assert sorted(r["item_id"] for r in json.loads(capsys.readouterr().out)) == ["item7", "item8"]
+    assert main(["recommend", str(tiny_run), "--history", "item1", "--category", "Socks"]) == 2
+    assert "unknown category 'Socks'" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------ HTTP API
@@ -167,6 +198,13 @@ def test_http_recommend(client, history, recommender):
     assert set(results[0]) >= {"item_id", "score", "semantic_id", "title", "categories"}
     sampled = client.post("/recommend", json={"history": history, "temperature": 0.7, "seed": 1, "exclude_seen": False})
     assert sampled.status_code == 200 and len(sampled.json()["recommendations"]) == 10
+    filtered = client.post("/recommend", json={"history": history, "k": 3, "category": "Shampoo", "exclude": ["item0"]})
+    assert filtered.status_code == 200
+    assert [r["item_id"] for r in filtered.json()["recommendations"]] == [
+        r["item_id"] for r in recommender.recommend(history, k=3, category="Shampoo", exclude=["item0"])]
+    assert all(r["item_id"] != "item0" and ["Beauty", "Shampoo"] in r["categories"] for r in filtered.json()["recommendations"])
+    only = client.post("/recommend", json={"history": history, "only": ["item7", "item8"]}).json()["recommendations"]
+    assert sorted(r["item_id"] for r in only) == ["item7", "item8"]
 
 
 @pytest.mark.parametrize("body, message", [
@@ -184,6 +222,9 @@ def test_http_recommend(client, history, recommender):
     ({"history": ["item1"], "exclude_seen": "no"}, "exclude_seen: Input should be a valid boolean"),
     ({"history": ["item1"], "user_id": 7}, "user_id: Input should be a valid string"),
     ({"history": ["item1"], "histroy": []}, "histroy: Extra inputs are not permitted"),
+    ({"history": ["item1"], "category": "Socks"}, "unknown category 'Socks'"),
+    ({"history": ["item1"], "only": []}, "only: List should have at least 1 item"),
+    ({"history": ["item1"], "exclude": ["nope"]}, "unknown item id 'nope'"),
     ([1, 2], "body: Input should be a valid dictionary"),
 ])
 def test_http_bad_input_is_a_4xx_naming_the_problem(client, body, message):

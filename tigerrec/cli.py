@@ -120,9 +120,12 @@ def cmd_recommend(args) -> None:
 
     from .recommend import Recommender
 
-    history = [item.strip() for item in args.history.split(",") if item.strip()]
+    def item_list(text: str | None) -> list[str] | None:
+        return None if text is None else [item.strip() for item in text.split(",") if item.strip()]
+
     recommender = Recommender.load(args.run_dir, args.device)
-    results = recommender.recommend(history, args.user, args.k, args.temperature, not args.include_seen, args.seed)
+    results = recommender.recommend(item_list(args.history), args.user, args.k, args.temperature, not args.include_seen,
+                                    args.seed, item_list(args.exclude), item_list(args.only), args.category)
     if args.json:
         print(json.dumps(results, indent=2))
         return
@@ -210,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--temperature", type=float, help="sample the beams at this temperature (diverse results)")
     rec.add_argument("--seed", type=int, help="random seed for --temperature")
     rec.add_argument("--include-seen", action="store_true", help="allow items of the history in the results")
+    rec.add_argument("--exclude", help="comma-separated item ids to leave out of the results")
+    rec.add_argument("--only", help="comma-separated item ids: recommend only among these")
+    rec.add_argument("--category", help="recommend only items with this category name, e.g. 'Nail Polish'")
     rec.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     rec.add_argument("--json", action="store_true", help="print JSON instead of a table")
     rec.set_defaults(func=cmd_recommend)

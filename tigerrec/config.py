@@ -87,7 +87,10 @@ class ModelConfig:
     d_ff: int = 1024
     encoder_layers: int = 4  # rpg: its Transformer's layers
     decoder_layers: int = 4  # tiger only
-    dropout: float = 0.1
+    dropout: float = 0.1  # on the residual branches (and, for tiger, the inputs and outputs of each stack)
+    # rpg only: dropout on the input item vectors (the RPG paper: 0.5, with 0 on the residual branches).
+    input_dropout: float = 0.1
+    attention_dropout: float = 0.0  # on the attention weights (the RPG paper: 0.5; T5: 0.1)
     user_buckets: int = 2000
     use_user_token: bool = True
     # How the encoder sees the history. "codes" (the paper): every item as its 4 code
@@ -390,6 +393,8 @@ def _rules() -> dict[str, Rule]:
         **{f"model.{name}": COUNT for name in ("d_model", "num_heads", "head_dim", "d_ff", "encoder_layers",
                                                 "decoder_layers", "user_buckets", "relative_max_distance")},
         "model.dropout": _within(0, 1, high_open=True),
+        "model.input_dropout": _within(0, 1, high_open=True),
+        "model.attention_dropout": _within(0, 1, high_open=True),
         "model.anonymous_share": _within(0, 1),
         "model.history": _one_of(HISTORIES),
         "model.embed_init_std": POSITIVE,

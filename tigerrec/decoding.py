@@ -3,7 +3,10 @@
 The trie is a dense table ``next[node, code]``: for an ID prefix (a node) and a
 code it gives the node of the longer prefix, or, at the last position, the item
 index; -1 marks a code that leads to no item. Constrained decoding masks those
-codes, so every generated ID is a real item.
+codes, so every generated ID is a real item. A request's filter (``allowed``: a
+bool per row and item) narrows the trie for that row: a prefix stays open only
+while an allowed item lies under it, so the beams never waste a slot on an item
+the request rules out, and the top k holds k allowed items whenever k exist.
 
 ``rank`` is the one entry point for recommendations from either model kind: TIGER
 generates IDs here, RPG scores every item exactly (``rpg.RPGModel.rank``).
@@ -26,7 +29,7 @@ class PrefixTrie:
         self.id_length, self.codebook_size = length, codebook_size
         # Node ids: 0 = root, then one per distinct prefix of length 1..length-1.
         parent = np.zeros(n, dtype=np.int64)
-        num_nodes, steps = 1, []
+        num_nodes, steps, prefixes = 1, [], []
         for depth in range(length):
             if depth < length - 1:
                 _, child = np.unique(codes[:, : depth + 1], axis=0, return_inverse=True)
@@ -35,6 +38,7 @@ class PrefixTrie:
             else:
                 child = np.arange(n)  # the last code leads to the item itself
             steps.append((parent, codes[:, depth], child))
+            prefixes.append(parent)
             parent = child
         table = np.full((num_nodes, codebook_size), -1, dtype=np.int64)
         for parent, code, child in steps:
@@ -42,10 +46,20 @@ class PrefixTrie:
         if len(np.unique(codes, axis=0)) != n:
             raise ValueError("item Semantic IDs are not unique; the trie needs one item per ID")
         self.table = torch.from_numpy(table)
+        self.num_nodes = num_nodes
+        self.item_prefixes = torch.from_numpy(np.stack(prefixes, axis=1))  # (n, length): each item's prefix nodes, root first
 
     def to(self, device) -> "PrefixTrie":
-        self.table = self.table.to(device)
+        self.table, self.item_prefixes = self.table.to(device), self.item_prefixes.to(device)
         return self
+
+    def open_prefixes(self, allowed: torch.Tensor) -> torch.Tensor:
+        """(B, num_nodes) bool: the prefixes with at least one item that ``allowed`` (B, n) keeps."""
+        rows, n = allowed.shape
+        open_ = torch.zeros(rows, self.num_nodes, dtype=torch.long, device=allowed.device)
+        index = self.item_prefixes.T.reshape(1, -1).expand(rows, -1)  # depth-major: all items' nodes at depth 0, 1, ...
+        open_.scatter_add_(1, index, allowed.long().repeat(1, self.id_length))
+        return open_ > 0
 
     def step(self, nodes: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """Follow ``codes`` from ``nodes``; -1 (dead) stays -1."""
@@ -53,9 +67,16 @@ class PrefixTrie:
         nxt = self.table[nodes.clamp(min=0), codes]
         return torch.where(alive, nxt, torch.full_like(nxt, -1))
 
-    def allowed(self, nodes: torch.Tensor) -> torch.Tensor:
-        """(..., codebook_size) bool: codes that continue a valid prefix."""
-        return (self.table[nodes.clamp(min=0)] >= 0) & (nodes >= 0)[..., None]
+    def allowed(self, nodes: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, beams, codebook_size) bool: the codes that continue the prefixes ``nodes`` (B, beams) to an item.
+
+        With ``keep`` (B, num_nodes) from ``open_prefixes``, or (B, n) at the last position (children are
+        items there), only to the prefixes and items it keeps for that row."""
+        children = self.table[nodes.clamp(min=0)]
+        ok = (children >= 0) & (nodes >= 0)[..., None]
+        if keep is not None:
+            ok &= keep.gather(1, children.clamp(min=0).flatten(1)).view(children.shape)
+        return ok
 
 
 @dataclass
@@ -75,6 +96,7 @@ def rank(
     constrained: bool = True,
     temperature: float | None = None,
     generator: torch.Generator | None = None,
+    allowed: torch.Tensor | None = None,
 ) -> Generated:
     """The ``k`` best items after each row of encoder ``tokens``, best first, from a model of either kind.
 
@@ -82,10 +104,14 @@ def rank(
     ``k``), constrained to the catalogue by ``trie`` unless ``constrained`` is False. RPG scores every
     item of its catalogue exactly, so ``trie``, ``beam_size`` and ``constrained`` do not apply. With
     ``temperature`` both sample instead of taking the most likely, and results come in the order drawn.
+    ``allowed`` (B, num_items) bool restricts each row's results to the items it keeps (a request's
+    filters); rows with fewer than ``k`` such items end in items -1 with score -inf.
     """
     if model.kind == "rpg":
-        return model.rank(tokens, k, temperature, generator)
-    return generate(model, tokens, trie, beam_size or k, k, constrained, temperature, generator)
+        return model.rank(tokens, k, temperature, generator, allowed)
+    if allowed is not None and not constrained:
+        raise ValueError("allowed needs constrained decoding")
+    return generate(model, tokens, trie, beam_size or k, k, constrained, temperature, generator, allowed)
 
 
 @torch.no_grad()
@@ -98,8 +124,9 @@ def generate(
     constrained: bool = True,
     temperature: float | None = None,
     generator: torch.Generator | None = None,
+    allowed: torch.Tensor | None = None,
 ) -> Generated:
-    """Top-k Semantic IDs for each input row.
+    """Top-k Semantic IDs for each input row (of the items ``allowed`` keeps for it, when given).
 
     With ``temperature`` set, each beam keeps its continuation by sampling from
     the tempered distribution instead of taking the most likely ones (diverse
@@ -120,12 +147,14 @@ def generate(
     offsets = NUM_SPECIAL + size * torch.arange(length, device=device)
     cache: list = []  # decoder self-attention keys/values, one row per (input, beam)
     last = torch.full((batch, 1), BOS, dtype=torch.long, device=device)
+    open_prefixes = trie.open_prefixes(allowed) if allowed is not None else None
     for position in range(length):
         logits = model.decode(last, memory_kv, memory_mask, cache)[:, -1].float()
         logits = logits.view(batch, beams, size)
         log_probs = logits.log_softmax(-1)
         if constrained:
-            log_probs = log_probs.masked_fill(~trie.allowed(nodes), float("-inf"))
+            valid = trie.allowed(nodes, open_prefixes if position < length - 1 else allowed)
+            log_probs = log_probs.masked_fill(~valid, float("-inf"))
         total = (scores[..., None] + log_probs).flatten(1)  # (batch, beams * size)
         keep = min(beam_size, total.shape[1])
         if temperature is None:
@@ -136,7 +165,7 @@ def generate(
             # Normalising over allowed codes only makes temperature -> 0 the greedy path.
             tempered = logits / max(temperature, 1e-6)
             if constrained:
-                tempered = tempered.masked_fill(~trie.allowed(nodes), float("-inf"))
+                tempered = tempered.masked_fill(~valid, float("-inf"))
             # A beam with no allowed code (fewer items than beams) would give NaN: keep it at -inf.
             tempered = tempered.log_softmax(-1).nan_to_num(nan=float("-inf"), neginf=float("-inf"))
             keys = (sample_keys[..., None] + tempered).flatten(1)

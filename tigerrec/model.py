@@ -92,6 +92,7 @@ class Attention(nn.Module):
         self.q = nn.Linear(cfg.d_model, inner, bias=False)
         self.kv = nn.Linear(cfg.d_model, 2 * inner, bias=False)
         self.out = nn.Linear(inner, cfg.d_model, bias=False)
+        self.drop = Dropout(cfg.attention_dropout)
 
     def split_heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.view(x.shape[0], x.shape[1], self.heads, self.head_dim).transpose(1, 2)
@@ -113,7 +114,7 @@ class Attention(nn.Module):
         # Plain matmul attention: for these short sequences it beats the fused CPU kernels,
         # whose backward pass with an additive bias is slow.
         scores = (q @ k.transpose(-1, -2)) * self.head_dim**-0.5 + mask
-        y = scores.softmax(-1).to(v.dtype) @ v
+        y = self.drop(scores.softmax(-1)).to(v.dtype) @ v
         if groups > 1:
             y = y.view(k.shape[0], heads, groups, length, dim).transpose(1, 2).reshape(rows, heads, length, dim)
         return self.out(y.transpose(1, 2).reshape(rows, length, -1))
@@ -121,8 +122,7 @@ class Attention(nn.Module):
 
 class FeedForward(nn.Sequential):
     def __init__(self, cfg: ModelConfig):
-        # Dropout sits on the residual branches only: masks for the 1024-wide hidden layer
-        # (and for attention probabilities) cost more than the matmuls on a CPU.
+        # No dropout on the 1024-wide hidden layer: its masks cost more than the matmuls on a CPU.
         super().__init__(nn.Linear(cfg.d_model, cfg.d_ff, bias=False), nn.ReLU(), nn.Linear(cfg.d_ff, cfg.d_model, bias=False))
 
 

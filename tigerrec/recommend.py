@@ -9,6 +9,10 @@ The model generates Semantic IDs by beam search constrained to the catalogue
 item's ID given the history, so 0 is certain and more negative is less likely.
 An RPG run (``model.kind=rpg``) scores every item exactly instead; its ``score`` is
 the sum of the log-probabilities of the item's codes, predicted independently.
+
+Filters (``exclude_seen``, ``exclude``, ``only``, ``category``) are enforced inside
+decoding, not applied to its output: the top k holds k items that pass them whenever
+k such items exist.
 """
 
 from __future__ import annotations
@@ -60,15 +64,16 @@ class UnknownItemError(KeyError):
 
 @dataclass(frozen=True, eq=False)
 class Query:
-    """A checked request: catalogue indices of the history and the decoding settings."""
+    """A checked request: catalogue indices of the history, its filters and the decoding settings."""
 
     indices: np.ndarray  # history, oldest first
     user_token: int
     k: int
     temperature: float | None
-    seen: frozenset  # item indices to leave out of the results
+    excluded: frozenset  # item indices to leave out of the results (seen items, ``exclude``)
     seed: int | None
     beam: int
+    only: frozenset | None = None  # item indices the results must come from (``only`` and ``category``)
 
 
 class Recommender:
@@ -92,9 +97,8 @@ class Recommender:
         self.bf16 = use_bf16(self.device, cfg.train.bf16)
         self.max_k = min(max_k, self.num_items)
         self.max_history = cfg.data.max_history
-        # exclude_seen widens the beam (RPG: the number of best items kept) by the number of seen items, up to this cap.
-        self.max_beam = min(self.max_k + self.max_history, self.num_items)
         self._index = {item: i for i, item in enumerate(ids.item_ids)}
+        self.categories = _category_index(ids.item_ids, items)  # category name -> item indices
         self._lock = threading.Lock()
 
     @classmethod
@@ -136,7 +140,8 @@ class Recommender:
         return {"item_id": item_id, "semantic_id": self.ids.codes[index].tolist(), **self.items.get(item_id, {})}
 
     def recommend(self, history: list[str], user_id: str | None = None, k: int = 10, temperature: float | None = None,
-                  exclude_seen: bool = True, seed: int | None = None) -> list[dict]:
+                  exclude_seen: bool = True, seed: int | None = None, exclude: list[str] | None = None,
+                  only: list[str] | None = None, category: str | None = None) -> list[dict]:
         """The ``k`` most likely next items after ``history`` (item ids, oldest first).
 
         Only the most recent ``max_history`` items (the training setting, see
@@ -146,45 +151,50 @@ class Recommender:
         ``temperature`` samples the beams instead of keeping the most likely ones
         (more diverse results, in the order they were drawn; ``seed`` makes it
         repeatable; an RPG model samples items from the softmax of its scores).
-        ``k`` is 1..``self.max_k``. With ``exclude_seen`` the beam is
-        widened by the number of seen items up to ``self.max_beam``, so a very long
-        history of a small catalogue can leave fewer than ``k`` results.
+        ``k`` is 1..``self.max_k``.
+
+        Filters: ``exclude`` (item ids to leave out: in the basket, out of stock), ``only`` (an
+        allow-list of item ids) and ``category`` (items with this category name anywhere in their
+        categories, ``self.categories``). Fewer than ``k`` results come back only when fewer than
+        ``k`` items pass the filters.
 
         Returns dicts with item_id, score (log-probability), semantic_id, title, categories.
         """
-        return self.run([self.query(history, user_id, k, temperature, exclude_seen, seed)])[0]
+        return self.run([self.query(history, user_id, k, temperature, exclude_seen, seed, exclude, only, category)])[0]
 
     def recommend_batch(self, histories: list[list[str]], user_ids: list[str | None] | None = None, k: int = 10,
-                        temperature: float | None = None, exclude_seen: bool = True, seed: int | None = None) -> list[list[dict]]:
-        """``recommend`` for many histories at once (one model call per ``eval.batch_size`` rows)."""
+                        temperature: float | None = None, exclude_seen: bool = True, seed: int | None = None,
+                        exclude: list[str] | None = None, only: list[str] | None = None,
+                        category: str | None = None) -> list[list[dict]]:
+        """``recommend`` for many histories at once (one model call per ``eval.batch_size`` rows); the
+        filters apply to every history."""
         if not isinstance(histories, (list, tuple)) or not histories:
             raise RequestError("histories must be a non-empty list of item id lists")
         if user_ids is None:
             user_ids = [None] * len(histories)
         if not isinstance(user_ids, (list, tuple)) or len(user_ids) != len(histories):
             raise RequestError(f"user_ids must be None or a list of {len(histories)} user ids")
-        queries = [self.query(h, u, k, temperature, exclude_seen, seed, where=f"history {n}")
+        queries = [self.query(h, u, k, temperature, exclude_seen, seed, exclude, only, category, where=f"history {n}")
                    for n, (h, u) in enumerate(zip(histories, user_ids))]
         return self.run(queries)
 
     def query(self, history: list[str], user_id: str | None = None, k: int = 10, temperature: float | None = None,
-              exclude_seen: bool = True, seed: int | None = None, where: str = "history") -> Query:
+              exclude_seen: bool = True, seed: int | None = None, exclude: list[str] | None = None,
+              only: list[str] | None = None, category: str | None = None, where: str = "history") -> Query:
         """Check a request and look its items up; raises RequestError or UnknownItemError naming the problem."""
         k, temperature = self._check_options(k, temperature, exclude_seen, seed)
         indices = self._item_indices(history, where)
-        seen = frozenset(indices.tolist()) if exclude_seen else frozenset()
-        # The beam needs room for the seen items. It depends on the query alone (never on batch-mates),
-        # and takes few values so that concurrent queries share model calls: the evaluation beam, one
-        # wide enough for a full max_history of seen items, or beyond that a multiple of 32.
-        needed = k + len(seen)
-        if needed <= self.cfg.eval.beam_size:
-            beam = self.cfg.eval.beam_size
-        elif needed <= k + self.max_history:
-            beam = k + self.max_history
-        else:
-            beam = -(-needed // 32) * 32
-        beam = max(k, min(beam, self.max_beam))
-        return Query(indices, self._user_token(user_id), k, temperature, seen, seed, beam)
+        excluded = set(indices.tolist()) if exclude_seen else set()
+        if exclude is not None:
+            excluded.update(self._item_indices(exclude, "exclude", allow_empty=True).tolist())
+        allowed = None if only is None else set(self._item_indices(only, "only").tolist())
+        if category is not None:
+            in_category = self._category_items(category)
+            allowed = in_category if allowed is None else allowed & in_category
+        # Filters are enforced inside decoding, so the evaluation beam (or k, if larger) always suffices.
+        beam = min(max(k, self.cfg.eval.beam_size), self.num_items)
+        return Query(indices, self._user_token(user_id), k, temperature, frozenset(excluded), seed, beam,
+                     None if allowed is None else frozenset(allowed))
 
     def run(self, queries: list[Query]) -> list[list[dict]]:
         """Results of checked queries; those with the same settings share model calls."""
@@ -201,20 +211,40 @@ class Recommender:
                                                    np.zeros(len(chunk)), self.max_history)  # keeps the most recent items
                 tokens = self.tokenizer.encoder_input(torch.from_numpy(examples.histories),
                                                       torch.tensor([q.user_token for q in chunk]))
+                allowed = self._allowed(chunk).to(self.device)
                 with self._lock, autocast(self.device, self.bf16):
                     out = rank(self.model, tokens.to(self.device), beam, self.trie, beam,
-                               temperature=temperature, generator=generator)
+                               temperature=temperature, generator=generator, allowed=allowed)
                 items, scores = out.items.cpu().numpy(), out.scores.float().cpu().numpy()
                 for row, n in enumerate(members[begin : begin + step]):
-                    results[n] = self._results(items[row], scores[row], queries[n].seen, k)
+                    results[n] = self._results(items[row], scores[row], k)
         return results
 
     # ------------------------------------------------------------------ helpers
 
-    def _results(self, items: np.ndarray, scores: np.ndarray, seen: frozenset, k: int) -> list[dict]:
+    def _allowed(self, queries: list[Query]) -> torch.Tensor:
+        """(B, num_items) bool: the items each query's filters let through."""
+        allowed = torch.ones(len(queries), self.num_items, dtype=torch.bool)
+        for row, q in enumerate(queries):
+            if q.only is not None:
+                allowed[row] = False
+                allowed[row, list(q.only)] = True
+            if q.excluded:
+                allowed[row, list(q.excluded)] = False
+        return allowed
+
+    def _category_items(self, category) -> set[int]:
+        if not isinstance(category, str):
+            raise RequestError(f"category must be a string, got {category!r}")
+        if category not in self.categories:
+            raise RequestError(f"unknown category {category!r}; the catalogue has {len(self.categories)} "
+                               f"(e.g. {', '.join(repr(c) for c in list(self.categories)[:5])})")
+        return self.categories[category]
+
+    def _results(self, items: np.ndarray, scores: np.ndarray, k: int) -> list[dict]:
         out = []
         for index, score in zip(items.tolist(), scores.tolist()):
-            if index < 0 or index in seen:  # -1: a beam with no valid continuation (tiny catalogues)
+            if index < 0:  # fewer items pass the filters than the beam holds
                 continue
             item_id = self.ids.item_ids[index]
             meta = self.items.get(item_id, {})
@@ -243,11 +273,11 @@ class Recommender:
             raise RequestError(f"seed must be in [0, 2**63), got {seed}")
         return int(k), temperature
 
-    def _item_indices(self, history, where: str) -> np.ndarray:
-        """Catalogue indices of a history; item ids may be strings or integers (numeric ids)."""
+    def _item_indices(self, history, where: str, allow_empty: bool = False) -> np.ndarray:
+        """Catalogue indices of a list of item ids (strings, or integers for numeric ids)."""
         if not isinstance(history, (list, tuple)):
             raise RequestError(f"{where} must be a list of item ids, got {type(history).__name__}")
-        if not history:
+        if not history and not allow_empty:
             raise RequestError(f"{where} is empty; give at least one item id")
         indices, unknown = [], []
         for item in history:
@@ -273,6 +303,23 @@ class Recommender:
 
     def __repr__(self) -> str:
         return f"Recommender({self.run_dir}, items={self.num_items}, device={self.device})"
+
+
+def _category_index(item_ids: list[str], items: dict[str, dict]) -> dict[str, set[int]]:
+    """Category name -> indices of the items with that name anywhere in their ``categories``
+    (a name, a list of names, or Amazon's list of category paths)."""
+    def names(value):
+        if isinstance(value, str):
+            yield value
+        elif isinstance(value, (list, tuple)):
+            for part in value:
+                yield from names(part)
+
+    index: dict[str, set[int]] = defaultdict(set)
+    for i, item_id in enumerate(item_ids):
+        for name in names(items.get(item_id, {}).get("categories")):
+            index[name].add(i)
+    return dict(index)
 
 
 class MicroBatcher:

@@ -39,7 +39,7 @@ class RPGModel(SequenceModel):
         self.cfg, self.codebook_size = cfg, codebook_size
         self.id_length = item_codes.shape[1]
         self.embed = nn.Embedding(vocab_size, cfg.d_model, padding_idx=PAD)
-        self.drop = Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.input_dropout)
         self.bias = RelativeBias(cfg, bidirectional=False)
         self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.encoder_layers))
         self.norm = nn.RMSNorm(cfg.d_model)
@@ -103,13 +103,16 @@ class RPGModel(SequenceModel):
 
     @torch.no_grad()
     def rank(self, tokens: torch.Tensor, k: int, temperature: float | None = None,
-             generator: torch.Generator | None = None) -> Generated:
+             generator: torch.Generator | None = None, allowed: torch.Tensor | None = None) -> Generated:
         """The ``k`` best items of the catalogue for each history, by exact scores (``item_scores``).
 
         With ``temperature``, ``k`` items are sampled without replacement from the softmax of the
         scores / temperature over the catalogue (Gumbel top-k), in the order drawn; scores stay the
-        model's. Beyond the catalogue's size, items are -1 and scores -inf."""
+        model's. ``allowed`` (B, N) bool keeps each row's results to those items. Beyond the items
+        a row may have, items are -1 and scores -inf."""
         scores = self.item_scores(tokens)
+        if allowed is not None:
+            scores = scores.masked_fill(~allowed, float("-inf"))
         keep = min(k, self.num_items)
         if temperature is None:
             top, items = scores.topk(keep, dim=1)
@@ -117,6 +120,7 @@ class RPGModel(SequenceModel):
             uniform = torch.rand(scores.shape, device=scores.device, generator=generator).clamp(1e-10, 1.0)
             items = (scores / max(temperature, 1e-6) - torch.log(-torch.log(uniform))).topk(keep, dim=1)[1]
             top = scores.gather(1, items)
+        items = torch.where(torch.isfinite(top), items, -1)  # past the end of a filtered row
         if keep < k:
             items = F.pad(items, (0, k - keep), value=-1)
             top = F.pad(top, (0, k - keep), value=float("-inf"))

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 MAX_HISTORY_ITEMS = 1000  # longer histories are refused (the model reads only the last max_history anyway)
 MAX_ID_LENGTH = 256  # characters of an item or user id
+MAX_FILTER_ITEMS = 100_000  # item ids in one request's exclude or only list
 
 ItemId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH)]
 
@@ -98,6 +99,12 @@ def create_app(source: Union[str, Path, Recommender], max_history_items: int = M
                                              description="sample the beams at this temperature (diverse results)")
         exclude_seen: bool = Field(True, description="leave the history's items out of the results")
         seed: Optional[int] = Field(None, ge=0, le=2**63 - 1, description="random seed for temperature sampling")
+        exclude: list[ItemId] = Field([], max_length=MAX_FILTER_ITEMS,
+                                      description="item ids to leave out of the results (in the basket, out of stock)")
+        only: Optional[list[ItemId]] = Field(None, min_length=1, max_length=MAX_FILTER_ITEMS,
+                                             description="recommend only among these item ids")
+        category: Optional[Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH)]] = Field(
+            None, description="recommend only items with this category name anywhere in their categories")
 
     app = FastAPI(title="tigerrec", summary="Next-item recommendations by generative retrieval with Semantic IDs (TIGER, RPG)",
                   default_response_class=ASCIIJSONResponse, lifespan=_closing(batcher))
@@ -140,7 +147,7 @@ def create_app(source: Union[str, Path, Recommender], max_history_items: int = M
     async def recommend(request: RecommendRequest):
         # Checking is cheap dictionary work; errors surface here, before any model time is spent.
         query = recommender.query(request.history, request.user_id, request.k, request.temperature,
-                                  request.exclude_seen, request.seed)
+                                  request.exclude_seen, request.seed, request.exclude, request.only, request.category)
         results = await asyncio.wrap_future(batcher.submit(query))
         return {"recommendations": results}
 
