@@ -89,6 +89,9 @@ RPG_RECIPES: dict[str, list[str]] = {
     "rpg-d448": ["model.d_model=448", "model.head_dim=112"],
     "rpg-temp0.05": ["model.logit_temperature=0.05"],
     "rpg-batch256-lr2e-2": ["train.batch_size=256", "train.lr=2e-2"],
+    # The ablation over the ID length m (each needs --ids-dir with IDs of that many codes).
+    "rpg-m16": ["ids.levels=16"],
+    "rpg-m64": ["ids.levels=64"],
 }
 MODEL_OF = {name: "tiger" for name in RECIPES} | {name: "rpg" for name in RPG_RECIPES}
 RECIPES |= RPG_RECIPES
@@ -105,6 +108,9 @@ def run_recipe(name: str, dataset, args) -> dict:
         shutil.rmtree(run_dir)  # a search run always starts fresh
     shutil.copytree(args.ids_dir, run_dir / IDS_DIR)
     ids = load_ids(run_dir / IDS_DIR, cfg)
+    if ids.quantized.shape[1] != cfg.ids.levels:
+        raise SystemExit(f"{name}: --ids-dir {args.ids_dir} holds IDs of {ids.quantized.shape[1]} codes, the recipe "
+                         f"{cfg.ids.levels}; build them with `tigerrec ids ... --set ids.levels={cfg.ids.levels}`")
     data, _, model = prepare(dataset, ids, cfg)
     start = time.perf_counter()
     summary = train(model, data, cfg.train, cfg.eval, run_dir)

@@ -6,6 +6,7 @@ throughput, latency percentiles and the error count as JSON (also to --out).
 
     python benchmarks/serve_load.py runs/beauty --requests 10000 --concurrency 50 \\
         --out benchmarks/results/serve_load_beauty.json
+    python benchmarks/serve_load.py runs/beauty runs/beauty-rpg --requests 3000   # two models, one after the other
 """
 
 from __future__ import annotations
@@ -88,23 +89,9 @@ async def run_load(url: str, bodies: list[dict], concurrency: int, timeout: floa
         return latencies, statuses, time.perf_counter() - start
 
 
-def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("run_dir", type=Path, help="run directory written by `tigerrec run`")
-    parser.add_argument("--url", help="use a running server instead of starting one, e.g. http://127.0.0.1:8000")
-    parser.add_argument("--requests", type=int, default=10_000)
-    parser.add_argument("--concurrency", type=int, default=50)
-    parser.add_argument("--warmup", type=int, default=20, help="untimed requests first")
-    parser.add_argument("--max-history", type=int, default=20, help="histories have 1..this many items")
-    parser.add_argument("-k", type=int, default=10)
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, help="also write the JSON result here")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one log line per request otherwise
-
-    item_ids = list(read_items(args.run_dir / ITEMS_FILE))
+def measure(run_dir: Path, args) -> dict:
+    """Start a server for ``run_dir`` (or use --url), load it, and summarise."""
+    item_ids = list(read_items(run_dir / ITEMS_FILE))
     bodies = random_bodies(item_ids, args.warmup + args.requests, min(args.max_history, len(item_ids)), args.k, args.seed)
     proc = None
     with tempfile.TemporaryDirectory() as tmp:
@@ -113,7 +100,7 @@ def main(argv=None) -> dict:
             if url is None:
                 host = "127.0.0.1"
                 port = free_port(host)
-                proc = start_server(args.run_dir, host, port, timeout=300, log_path=Path(tmp) / "server.log")
+                proc = start_server(run_dir, host, port, timeout=300, log_path=Path(tmp) / "server.log")
                 url = f"http://{host}:{port}"
             health = httpx.get(f"{url}/health", timeout=10).json()
             log.info("server %s: %s", url, health)
@@ -126,8 +113,8 @@ def main(argv=None) -> dict:
                 proc.wait(timeout=30)
 
     ok = latencies[np.isfinite(latencies)] * 1000
-    result = {
-        "run_dir": str(args.run_dir), "items": health.get("items"), "device": health.get("device"),
+    return {
+        "run_dir": str(run_dir), "model": health.get("model"), "items": health.get("items"), "device": health.get("device"),
         "requests": args.requests, "concurrency": args.concurrency, "k": args.k, "max_history": args.max_history,
         "seconds": round(seconds, 2), "throughput_rps": round(args.requests / seconds, 1),
         "latency_ms": {name: round(float(np.percentile(ok, q)), 2) for name, q in
@@ -136,6 +123,31 @@ def main(argv=None) -> dict:
         "status_counts": dict(statuses),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (client and server share them)",
     }
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("run_dirs", type=Path, nargs="+",
+                        help="run directories written by `tigerrec run`; several are measured one after another, "
+                             "with throughput ratios against the first")
+    parser.add_argument("--url", help="use a running server instead of starting one, e.g. http://127.0.0.1:8000")
+    parser.add_argument("--requests", type=int, default=10_000)
+    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--warmup", type=int, default=20, help="untimed requests first")
+    parser.add_argument("--max-history", type=int, default=20, help="histories have 1..this many items")
+    parser.add_argument("-k", type=int, default=10)
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, help="also write the JSON result here")
+    args = parser.parse_args(argv)
+    if args.url and len(args.run_dirs) > 1:
+        parser.error("--url serves one run; give one run directory with it")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one log line per request otherwise
+
+    runs = [measure(run_dir, args) for run_dir in args.run_dirs]
+    result = runs[0] if len(runs) == 1 else {
+        "runs": runs, "throughput_ratio_vs_first": [round(r["throughput_rps"] / runs[0]["throughput_rps"], 2) for r in runs]}
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from tigerrec.config import ModelConfig
-from tigerrec.decoding import PrefixTrie, generate
+from tigerrec.decoding import PrefixTrie, generate, merge_capped
 from tigerrec.evaluate import ranking_metrics
 from tigerrec.model import PAD, TigerModel
 from tigerrec.sequences import Examples, Tokenizer, length_bucketed_batches, user_bucket
@@ -225,3 +225,14 @@ def test_filtered_beam_search_keeps_to_the_allowed_items_and_fills_k_when_it_can
         assert torch.allclose(inside.scores[row], full.scores[row][keep][:5], atol=1e-5)
     unfiltered = generate(model, tokens, trie, beam_size=12, top_k=10, allowed=torch.ones(16, len(codes), dtype=torch.bool))
     assert torch.equal(unfiltered.items, generate(model, tokens, trie, beam_size=12, top_k=10).items)
+
+
+def test_merge_capped_takes_the_best_by_score_with_at_most_cap_from_the_second_list():
+    items, scores = np.array([[1, 2, 3], [4, -1, -1]]), np.array([[-1.0, -2.0, -5.0], [-3.0, -np.inf, -np.inf]])
+    extra, extra_scores = np.array([[10, 11, 12], [13, 14, -1]]), np.array([[-0.5, -1.5, -1.7], [-0.1, -0.2, -np.inf]])
+    merged, merged_scores = merge_capped(items, scores, extra, extra_scores, cap=2, k=4)
+    assert merged.tolist() == [[10, 1, 11, 2], [13, 14, 4, -1]]
+    assert merged_scores[0].tolist() == [-0.5, -1.0, -1.5, -2.0] and merged_scores[1, 3] == -np.inf
+    assert merge_capped(items, scores, extra, extra_scores, cap=0, k=3)[0].tolist() == [[1, 2, 3], [4, -1, -1]]
+    per_row = merge_capped(items, scores, extra, extra_scores, cap=np.array([1, 0]), k=5)[0]
+    assert per_row.tolist() == [[10, 1, 2, 3, -1], [4, -1, -1, -1, -1]]

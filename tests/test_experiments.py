@@ -169,9 +169,13 @@ def test_coldstart_command(tmp_path):
     assert main(["experiment", "coldstart", "tiny", "--out", str(tmp_path), *SMOKE]) == 0
     result = _read(tmp_path, "coldstart")
     assert result["cold_test_users"] > 0 and result["unseen_items"] > 0
-    assert set(result["recall"]) == {"Semantic_KNN", "TIGER eps=0", "TIGER eps=0.1", "TIGER eps=0.2", "TIGER eps=0.4", "TIGER eps=1"}
-    assert all(v == 0 for v in result["recall"]["TIGER eps=0"].values())  # only seen items, every target unseen
-    assert result["mean_unseen_in_top10"]["TIGER eps=0.1"] <= 1
+    epsilons = ["0", "0.1", "0.2", "0.4", "1"]
+    assert set(result["recall"]) == {"Semantic_KNN", *(f"TIGER {rule} eps={e}" for rule in ("prefix", "scored") for e in epsilons)}
+    for rule in ("prefix", "scored"):
+        assert all(v == 0 for v in result["recall"][f"TIGER {rule} eps=0"].values())  # only seen items, every target unseen
+        assert result["mean_unseen_in_top10"][f"TIGER {rule} eps=0.1"] <= 1
+        assert result["mean_unseen_in_top10"][f"TIGER {rule} eps=0.4"] <= 4
+    assert result["mean_unseen_in_top10"]["TIGER scored eps=1"] >= result["mean_unseen_in_top10"]["TIGER scored eps=0.2"]
 
 
 def test_diversity_command(tmp_path, tiny_tiger):

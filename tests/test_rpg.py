@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -9,9 +10,9 @@ import torch
 
 from conftest import run_and_check_memorised
 from tigerrec.cli import build_parser, load_config, main
-from tigerrec.config import IDsConfig, ModelConfig, RunConfig
+from tigerrec.config import EvalConfig, IDsConfig, ModelConfig, RunConfig
 from tigerrec.data import make_tiny
-from tigerrec.decoding import rank
+from tigerrec.decoding import configure_decoding, rank
 from tigerrec.errors import TigerrecError
 from tigerrec.experiments import run_experiment
 from tigerrec.presets import preset_config
@@ -128,6 +129,42 @@ def test_item_score_is_the_sum_of_its_code_log_probabilities(use_user_token):
     assert sorted(filtered.items[1, :2].tolist()) == [2, 4] and (filtered.items[1, 2:] == -1).all()
 
 
+def test_graph_decoding_links_items_with_alike_ids_and_finds_exactly_scored_items():
+    model, tokenizer = tiny_model()
+    model.use_graph_decoding(neighbors=6, steps=2)
+    graph = model.graph
+    assert graph.shape == (30, 6)
+    # Brute force: the similarity of two items is the sum over positions of their codes' cosines.
+    m, size = model.id_length, model.codebook_size
+    codes_embedded = torch.nn.functional.normalize(model.embed.weight[2 : 2 + m * size].view(m, size, -1), dim=-1)
+    item_vectors = codes_embedded[torch.arange(m), tokenizer.item_codes].flatten(1)  # (30, m * d)
+    similarity = item_vectors @ item_vectors.T
+    similarity.fill_diagonal_(float("-inf"))
+    for item in range(30):
+        assert item not in graph[item].tolist() and len(set(graph[item].tolist())) == 6
+        sixth_best = similarity[item].topk(6).values[-1]
+        assert (similarity[item, graph[item]] >= sixth_best - 1e-4).all()
+    assert 3 in graph[7].tolist() and 7 in graph[3].tolist()  # the same ID: the most alike
+
+    histories = torch.tensor([[1, 2, 3, -1], [4, -1, -1, -1], [5, 6, 7, 8]])
+    tokens = tokenizer.encoder_input(histories, torch.full((3,), tokenizer.user_token("u1")))
+    with torch.no_grad():
+        exact = model.item_scores(tokens)
+    out = rank(model, tokens, 5, beam_size=8)
+    assert (out.items >= 0).all() and all(len(set(row)) == 5 for row in out.items.tolist())
+    assert torch.allclose(out.scores, exact.gather(1, out.items), atol=1e-5)  # found approximately, scored exactly
+    assert (out.scores[:, :-1] >= out.scores[:, 1:]).all()
+    assert torch.equal(out.items, rank(model, tokens, 5, beam_size=8).items)  # the same start each call
+    allowed = torch.zeros(3, 30, dtype=torch.bool)
+    allowed[:, :15] = True
+    assert (rank(model, tokens, 5, beam_size=8, allowed=allowed).items < 15).all()
+    # On a complete graph one step reaches every item: the exact top k.
+    model.use_graph_decoding(neighbors=29, steps=1)
+    assert torch.allclose(rank(model, tokens, 5, beam_size=5).scores, exact.topk(5, dim=1).values, atol=1e-5)
+    model.use_graph_decoding(neighbors=0, steps=1)
+    assert model.graph is None and torch.equal(rank(model, tokens, 5).scores, exact.topk(5, dim=1).values)
+
+
 def test_training_rows_predict_the_next_item_from_the_items_up_to_their_position():
     model, tokenizer = tiny_model()
     histories = torch.tensor([[1, 2, 3, 4], [5, 6, -1, -1]])
@@ -166,10 +203,14 @@ def test_rpg_settings_are_one_flag_and_checked():
         RunConfig().override(["model.kind=gpt"]).validate()
     with pytest.raises(TigerrecError, match="ids.codebook_size must be a power of two with ids.scheme=opq"):
         beauty.override(["ids.codebook_size=200"]).validate()
+    with pytest.raises(TigerrecError, match="eval.decoding=graph is for model.kind=rpg"):
+        RunConfig().override(["eval.decoding=graph"]).validate()
+    with pytest.raises(TigerrecError, match="eval.decoding"):
+        preset_config("tiny", model="rpg").override(["eval.decoding=beam"]).validate()
     with pytest.raises(TigerrecError, match="ids.pca_dim=128 applies to ids.scheme=opq only"):
         RunConfig().override(["ids.pca_dim=128"]).validate()
-    with pytest.raises(TigerrecError, match="experiment coldstart is TIGER's"):
-        run_experiment("coldstart", "tiny", preset_config("tiny", model="rpg"), "unused")
+    with pytest.raises(TigerrecError, match="experiment ablation is TIGER's"):
+        run_experiment("ablation", "tiny", preset_config("tiny", model="rpg"), "unused")
 
 
 # ------------------------------------------------------------------ a run, end to end
@@ -189,6 +230,31 @@ def test_rpg_learns_the_tiny_dataset(rpg_run):
     assert metrics["semantic_ids"]["scheme"] == "opq" and len(metrics["semantic_ids"]["utilization"]) == 8
     header = (run_dir / "ids" / "semantic_ids.csv").read_text().splitlines()[0]
     assert header == "item_id," + ",".join(f"c{i}" for i in range(1, 9))  # 8 codes, no collision code
+
+
+def test_coldstart_experiment_scores_unseen_items_with_rpg(tmp_path):
+    args = ["--model", "rpg", "--steps", "100", "--set", "train.eval_every=100", "--out", str(tmp_path)]
+    assert main(["experiment", "coldstart", "tiny", *args]) == 0
+    result = json.loads((tmp_path / "coldstart.json").read_text())
+    assert result["model"] == "rpg" and "generated_ids_with_unseen_siblings" not in result  # no prefix rule
+    assert set(result["recall"]) == {"Semantic_KNN", *(f"RPG scored eps={e}" for e in ("0", "0.1", "0.2", "0.4", "1"))}
+    assert all(v == 0 for v in result["recall"]["RPG scored eps=0"].values())
+    assert result["mean_unseen_in_top10"]["RPG scored eps=0.2"] <= 2
+
+
+def test_rpg_scores_added_items_from_their_codes_and_decodes_by_graph(rpg_run, tmp_path):
+    run_dir = shutil.copytree(rpg_run[0], tmp_path / "run")
+    recommender = Recommender.load(run_dir, device="cpu")
+    twin = recommender.item("item4")
+    recommender.add_items({"twin": {key: value for key, value in twin.items() if key not in ("item_id", "semantic_id")}})
+    assert recommender.item("twin")["semantic_id"] == twin["semantic_id"]  # RPG's IDs: no collision code
+    both = recommender.recommend(["item1", "item2"], k=2, only=["twin", "item4"])
+    assert {r["item_id"] for r in both} == {"twin", "item4"} and both[0]["score"] == pytest.approx(both[1]["score"])
+    exact = [r["item_id"] for r in recommender.recommend(["item1", "item2"], k=10)]
+    configure_decoding(recommender.model, EvalConfig(decoding="graph", graph_neighbors=30, graph_steps=3))
+    assert recommender.model.graph.shape == (recommender.num_items, 30)
+    graph = [r["item_id"] for r in recommender.recommend(["item1", "item2"], k=10)]
+    assert len(set(graph) & set(exact)) >= 8  # 121 items: the walk finds nearly all of the exact top 10
 
 
 def test_recommender_cli_http_and_report_take_an_rpg_run(rpg_run, capsys):

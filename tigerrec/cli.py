@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .config import RunConfig
 from .errors import TigerrecError
+
+log = logging.getLogger("tigerrec")
 
 
 def load_config(args, preset: str | None = None) -> RunConfig:
@@ -125,7 +129,8 @@ def cmd_recommend(args) -> None:
 
     recommender = Recommender.load(args.run_dir, args.device)
     results = recommender.recommend(item_list(args.history), args.user, args.k, args.temperature, not args.include_seen,
-                                    args.seed, item_list(args.exclude), item_list(args.only), args.category)
+                                    args.seed, item_list(args.exclude), item_list(args.only), args.category,
+                                    args.max_new_share)
     if args.json:
         print(json.dumps(results, indent=2))
         return
@@ -149,7 +154,28 @@ def cmd_serve(args) -> None:
         from .serve import create_app
     except ImportError as e:
         raise TigerrecError(f"tigerrec serve needs FastAPI and uvicorn ({e}); install them with: pip install 'tigerrec[serve]'") from None
-    uvicorn.run(create_app(args.run_dir), host=args.host, port=args.port, log_level="info", access_log=not args.no_access_log)
+    app = create_app(args.run_dir, admin=args.admin)
+
+    def reload_on_hangup(signum, frame) -> None:  # off the signal handler: loading takes seconds
+        threading.Thread(target=_reload_logged, args=(app,), name="tigerrec-reload", daemon=True).start()
+
+    signal.signal(signal.SIGHUP, reload_on_hangup)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=not args.no_access_log)
+
+
+def _reload_logged(app) -> None:
+    try:
+        app.state.reload()
+    except Exception:
+        log.exception("reload failed; still serving the previous run")
+
+
+def cmd_add_items(args) -> None:
+    from .catalogue import add_items
+
+    summary = add_items(args.run_dir, args.items)
+    print(f"added {summary['added']} items to {args.run_dir} ({summary['items']} in all, "
+          f"{summary['items'] - summary['trained_items']} since training) in {summary['seconds']:.1f} s")
 
 
 def cmd_report(args) -> None:
@@ -216,15 +242,23 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--exclude", help="comma-separated item ids to leave out of the results")
     rec.add_argument("--only", help="comma-separated item ids: recommend only among these")
     rec.add_argument("--category", help="recommend only items with this category name, e.g. 'Nail Polish'")
+    rec.add_argument("--max-new-share", type=float, help="cap on the share of the results for items added after training")
     rec.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     rec.add_argument("--json", action="store_true", help="print JSON instead of a table")
     rec.set_defaults(func=cmd_recommend)
+
+    add = commands.add_parser("add-items", help="give new items Semantic IDs in a trained run, without retraining")
+    add.add_argument("run_dir", help="run directory written by `tigerrec run`")
+    add.add_argument("items", help="items table (.csv or .parquet): an item_id column and text columns (title, brand, ...)")
+    add.set_defaults(func=cmd_add_items)
 
     serve = commands.add_parser("serve", help="HTTP API (FastAPI) for recommendations; docs at /docs")
     serve.add_argument("run_dir", help="run directory written by `tigerrec run`")
     serve.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     serve.add_argument("--no-access-log", action="store_true", help="do not log every request")
+    serve.add_argument("--admin", action="store_true",
+                       help="serve POST /admin/reload (to loopback clients only); SIGHUP reloads in any case")
     serve.set_defaults(func=cmd_serve)
 
     report = commands.add_parser("report", help="self-contained HTML report of a run (curves, IDs, metrics)")

@@ -150,9 +150,15 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    beam_size: int = 20
+    beam_size: int = 20  # TIGER's beams; RPG's graph decoding keeps as many items per step
     top_k: int = 10
     batch_size: int = 512
+    # rpg only: "exact" scores every item of the catalogue; "graph" is the RPG paper's graph-constrained
+    # decoding, which scores only the neighbours of its beam in a graph of items with similar IDs
+    # (for catalogues too large to score exactly; benchmarks/rpg_decoding.py measures its recall).
+    decoding: str = "exact"
+    graph_neighbors: int = 50  # edges per item
+    graph_steps: int = 3  # propagation steps from a random beam
 
 
 @dataclass
@@ -282,6 +288,8 @@ class RunConfig:
         if model.kind == "rpg" and model.history != "items":
             raise TigerrecError(f"config model.kind=rpg needs model.history=items (one pooled token per history item), "
                                 f"got model.history={model.history}{hint}")
+        if model.kind == "tiger" and self.eval.decoding != "exact":
+            raise TigerrecError(f"config eval.decoding={self.eval.decoding} is for model.kind=rpg; TIGER decodes by beam search")
         if model.kind == "tiger" and ids.scheme == "opq":
             raise TigerrecError(f"config ids.scheme=opq (unordered IDs without a collision code) is for model.kind=rpg, "
                                 f"got model.kind=tiger{hint}")
@@ -323,6 +331,7 @@ def fingerprint(values: dict[str, Any], sections) -> dict[str, Any]:
 TIGER_SCHEMES = ("rqvae", "rqkmeans", "lsh", "random")  # ordered codes, made unique by a collision code
 ID_SCHEMES = (*TIGER_SCHEMES, "opq")
 MODEL_KINDS = ("tiger", "rpg")
+RPG_DECODINGS = ("exact", "graph")
 BF16_SETTINGS = ("auto", "on", "off")
 
 Rule = tuple[Callable[[Any], bool], str]  # (is the value allowed?, what is allowed, for the message)
@@ -419,6 +428,9 @@ def _rules() -> dict[str, Rule]:
         "train.seed": SEED,
         "train.max_minutes": _at_least(0),
         "eval.beam_size": COUNT,
+        "eval.decoding": _one_of(RPG_DECODINGS),
+        "eval.graph_neighbors": COUNT,
+        "eval.graph_steps": COUNT,
         "eval.top_k": (_at_least(10)[0], ">= 10 (the metrics are Recall and NDCG at 5 and 10)"),
         "eval.batch_size": COUNT,
         **{f"sasrec.{name}": COUNT for name in ("hidden", "blocks", "heads", "max_len", "batch_size", "steps", "eval_every")},

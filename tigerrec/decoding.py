@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .config import EvalConfig
 from .model import BOS, NUM_SPECIAL, TigerModel
 
 
@@ -102,16 +103,42 @@ def rank(
 
     TIGER (``model.kind == "tiger"``) generates IDs by beam search with ``beam_size`` beams (default
     ``k``), constrained to the catalogue by ``trie`` unless ``constrained`` is False. RPG scores every
-    item of its catalogue exactly, so ``trie``, ``beam_size`` and ``constrained`` do not apply. With
+    item of its catalogue exactly, or with graph decoding keeps ``beam_size`` items per step; ``trie``
+    and ``constrained`` do not apply to it. With
     ``temperature`` both sample instead of taking the most likely, and results come in the order drawn.
     ``allowed`` (B, num_items) bool restricts each row's results to the items it keeps (a request's
     filters); rows with fewer than ``k`` such items end in items -1 with score -inf.
     """
     if model.kind == "rpg":
-        return model.rank(tokens, k, temperature, generator, allowed)
+        return model.rank(tokens, k, temperature, generator, allowed, beam_size)
     if allowed is not None and not constrained:
         raise ValueError("allowed needs constrained decoding")
     return generate(model, tokens, trie, beam_size or k, k, constrained, temperature, generator, allowed)
+
+
+def merge_capped(items: np.ndarray, scores: np.ndarray, extra_items: np.ndarray, extra_scores: np.ndarray,
+                 cap: int | np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The best ``k`` of two ranked lists per row (N, *) by score, with at most ``cap`` (an int, or one
+    per row) taken from the second, the best of it first. Items -1 are no items; rows short of ``k``
+    end in -1 with score -inf. Used to admit new items into a ranking under a cap (cold start)."""
+    cap = np.broadcast_to(np.asarray(cap), (len(items),))
+    extra_scores = np.where(np.arange(extra_items.shape[1]) < cap[:, None], extra_scores, -np.inf)
+    pool_items = np.concatenate([items, extra_items], axis=1)
+    pool_scores = np.where(pool_items >= 0, np.concatenate([scores, extra_scores], axis=1), -np.inf)
+    order = np.argsort(-pool_scores, axis=1, kind="stable")[:, :k]
+    best_items, best_scores = np.take_along_axis(pool_items, order, 1), np.take_along_axis(pool_scores, order, 1)
+    best_items = np.where(np.isfinite(best_scores), best_items, -1)
+    if best_items.shape[1] < k:
+        pad = ((0, 0), (0, k - best_items.shape[1]))
+        best_items, best_scores = np.pad(best_items, pad, constant_values=-1), np.pad(best_scores, pad, constant_values=-np.inf)
+    return best_items, best_scores
+
+
+def configure_decoding(model, cfg: EvalConfig) -> None:
+    """Set up a loaded model for ``cfg.decoding``: RPG's graph decoding builds its item graph from the
+    model's weights (call it again after loading others)."""
+    if model.kind == "rpg":
+        model.use_graph_decoding(cfg.graph_neighbors if cfg.decoding == "graph" else 0, cfg.graph_steps)
 
 
 @torch.no_grad()

@@ -51,11 +51,14 @@ def recommend_examples(
     desc: str = "decode",
     temperature: float | None = None,
     generator: torch.Generator | None = None,
-):
-    """Top-k item indices (N, top_k) and their ID codes for every example, in batches of similar length.
+    allowed: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top-k item indices (N, top_k), their ID codes (N, top_k, L) and scores (N, top_k) for every
+    example, in batches of similar length.
 
     By either model kind (``decoding.rank``): TIGER's beam search over ``trie`` with ``beam_size``
     beams, or RPG's exact scores of every item (no trie: None). ``temperature`` samples instead.
+    ``allowed`` (num_items,) bool keeps every example's results to those items.
     """
     model.eval()
     device = next(model.parameters()).device
@@ -64,19 +67,23 @@ def recommend_examples(
     order = np.argsort(examples.lengths, kind="stable")
     items = np.full((len(examples), top_k), -1, dtype=np.int64)
     codes = np.zeros((len(examples), top_k, tokenizer.id_length), dtype=np.int64)
+    scores = np.full((len(examples), top_k), -np.inf, dtype=np.float32)
+    allowed = None if allowed is None else torch.as_tensor(allowed, dtype=torch.bool, device=device)
     for begin in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False, mininterval=2):
         index = order[begin : begin + batch_size]
         tokens = tokenizer.encoder_input(torch.from_numpy(examples.histories[index]), torch.from_numpy(user_tokens[index]))
         with autocast(str(device), bf16):
-            out = rank(model, tokens.to(device), top_k, trie, beam_size, constrained, temperature, generator)
+            out = rank(model, tokens.to(device), top_k, trie, beam_size, constrained, temperature, generator,
+                       None if allowed is None else allowed.expand(len(index), -1))
         items[index] = out.items.cpu().numpy()
         codes[index] = out.codes.cpu().numpy()
-    return items, codes
+        scores[index] = out.scores.float().cpu().numpy()
+    return items, codes, scores
 
 
 def evaluate(model, tokenizer, trie, examples, user_tokens, beam_size=20, top_k=10, batch_size=512, bf16=False, constrained=True, desc="eval") -> dict:
     start = time.perf_counter()
-    ranked, _ = recommend_examples(model, tokenizer, trie, examples, user_tokens, beam_size, top_k, batch_size, constrained, bf16, desc)
+    ranked, _, _ = recommend_examples(model, tokenizer, trie, examples, user_tokens, beam_size, top_k, batch_size, constrained, bf16, desc)
     metrics = ranking_metrics(ranked, examples.targets)
     if not constrained:
         metrics["invalid_share"] = float((ranked < 0).mean())

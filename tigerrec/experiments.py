@@ -11,9 +11,11 @@ resumed when the command is run again.
 
 - coldstart: 5% of the test items are "unseen": removed from every sequence, so
   neither the quantiser nor the sequence model sees them; afterwards they get
-  Semantic IDs from the trained quantiser. Retrieval adds the unseen items that
-  share the first codes of each generated ID, at most ceil(epsilon * K) of them
-  in a top K (``epsilon_rank``). Compared with Semantic_KNN.
+  Semantic IDs from the trained quantiser. At most ceil(epsilon * K) unseen items
+  enter a top K, chosen two ways: the paper's rule, the unseen items that share the
+  first codes of each generated ID (``epsilon_rank``, TIGER only), and the model's
+  own scores of the unseen IDs (``SCORED_RULE``, both model kinds). Compared with
+  Semantic_KNN.
 - diversity: temperature sampling of the decoder; Entropy@K of the categories of
   the top-K items (natural log, ``category_entropy``) against the Recall@10 it costs.
 - ablation: the same sequence model and budget on random / LSH / RQ-KMeans /
@@ -38,7 +40,7 @@ from safetensors.torch import save_file
 from .baselines import markov, most_popular, sasrec_recommend, semantic_knn, train_sasrec
 from .config import RunConfig
 from .data import Dataset, leave_one_out, load_dataset
-from .decoding import PrefixTrie
+from .decoding import PrefixTrie, merge_capped
 from .device import use_bf16
 from .errors import TigerrecError
 from .evaluate import METRICS, ranking_metrics, recommend_examples
@@ -166,6 +168,13 @@ def epsilon_rank(seen: np.ndarray, unseen: np.ndarray, k: int, epsilon: float) -
     return ranked
 
 
+SCORED_RULE = (
+    "Scored: the model ranks the seen items and, separately, the unseen ones (beam search restricted to the "
+    "unseen items' IDs, or RPG's exact scores), and the two lists merge by score with at most ceil(epsilon * K) "
+    "unseen items (``decoding.merge_capped``)."
+)
+
+
 def coldstart(source, cfg: RunConfig, out_dir: Path, overwrite: bool = False) -> tuple[dict, str]:
     exp = cfg.experiment
     dataset = load_dataset(source, cfg.data.min_interactions)
@@ -189,38 +198,51 @@ def coldstart(source, cfg: RunConfig, out_dir: Path, overwrite: bool = False) ->
     user_tokens = np.array([tokenizer.user_token(dataset.user_ids[u]) for u in cold], dtype=np.int64)
     device, bf16 = _device_and_bf16(cfg)
     model = load_best_model(make_model(tokenizer, cfg).to(device), run_dir)
-    # The model may generate any prefix of a real item, unseen ones included (it knows every code
-    # token); a generated unseen ID then brings its unseen siblings, itself among them.
-    trie = PrefixTrie(ids.codes, ids.codebook_size)
+    kind = model.kind.upper()
+    trie = PrefixTrie(ids.codes, ids.codebook_size) if model.kind == "tiger" else None
     beam = cfg.eval.beam_size
-    generated, codes = recommend_examples(model, tokenizer, trie, examples, user_tokens, beam, beam,
-                                          cfg.eval.batch_size, True, bf16, "cold start")
-    siblings = unseen_siblings(codes, ids, num_seen)
-    generated = np.where(generated < num_seen, generated, -1)  # the seen item with exactly that ID, if any
+
+    def decode(allowed=None):
+        return recommend_examples(model, tokenizer, trie, examples, user_tokens, beam, beam, cfg.eval.batch_size, True,
+                                  bf16, "cold start", allowed=allowed)
 
     ks = range(1, 11)
     knn = ranking_metrics(semantic_knn(embeddings, histories, 10, cfg.data.max_history), examples.targets, ks)
     recall = {"Semantic_KNN": {k: knn[f"recall@{k}"] for k in ks}}
-    unseen_in_top10 = {}
-    for epsilon in exp.epsilons:
-        name = f"TIGER eps={epsilon:g}"
+    unseen_in_top10, result = {}, {}
+
+    def add_rows(name: str, top_k) -> None:
         # The cap depends on K, so each K gets its own list (not a prefix of the top 10).
-        recall[name] = {k: ranking_metrics(epsilon_rank(generated, siblings, k, epsilon), examples.targets, (k,))[f"recall@{k}"]
-                        for k in ks}
-        unseen_in_top10[name] = float((epsilon_rank(generated, siblings, 10, epsilon) >= num_seen).sum(1).mean())
+        recall[name] = {k: ranking_metrics(top_k(k), examples.targets, (k,))[f"recall@{k}"] for k in ks}
+        unseen_in_top10[name] = float((top_k(10) >= num_seen).sum(1).mean())
+
+    if model.kind == "tiger":
+        # The paper's rule. The model may generate any prefix of a real item, unseen ones included (it
+        # knows every code token); a generated unseen ID then brings its unseen siblings, itself among them.
+        generated, codes, _ = decode()
+        siblings = unseen_siblings(codes, ids, num_seen)
+        generated = np.where(generated < num_seen, generated, -1)  # the seen item with exactly that ID, if any
+        result["generated_ids_with_unseen_siblings"] = float((siblings >= 0).any(2).mean())
+        for epsilon in exp.epsilons:
+            add_rows(f"TIGER prefix eps={epsilon:g}", lambda k, e=epsilon: epsilon_rank(generated, siblings, k, e))
+    seen = np.arange(len(ids.item_ids)) < num_seen
+    seen_best, _, seen_scores = decode(seen)
+    unseen_best, _, unseen_scores = decode(~seen)
+    for epsilon in exp.epsilons:
+        add_rows(f"{kind} scored eps={epsilon:g}", lambda k, e=epsilon: merge_capped(
+            seen_best, seen_scores, unseen_best, unseen_scores, math.ceil(e * k - 1e-9), k)[0])
     result = {
-        "unseen_items": len(unseen), "seen_items": num_seen, "cold_test_users": len(cold),
-        "generated_ids_with_unseen_siblings": float((siblings >= 0).any(2).mean()),
+        "model": model.kind, "unseen_items": len(unseen), "seen_items": num_seen, "cold_test_users": len(cold), **result,
         "recall": recall, "mean_unseen_in_top10": unseen_in_top10,
         "seen_test_metrics": seen_metrics["test"], "training": seen_metrics["training"],
-        "fill_rule": EPSILON_RULE,
+        "fill_rule": (EPSILON_RULE + " " if model.kind == "tiger" else "") + SCORED_RULE,
     }
     header = ["K", *recall]
     rows = [[k, *(recall[name][k] for name in recall)] for k in ks]
     rows.append(["unseen in top 10", None, *unseen_in_top10.values()])
     intro = (f"Recall@K on the {len(cold)} test users whose target is one of {len(unseen)} unseen items "
              f"({exp.unseen_share:.0%} of the distinct test targets). Paper: TIGER beats Semantic_KNN at every K for eps >= 0.1.\n\n"
-             f"{EPSILON_RULE} Semantic_KNN ranks all items, seen and unseen, by cosine similarity to the mean embedding "
+             f"{result['fill_rule']} Semantic_KNN ranks all items, seen and unseen, by cosine similarity to the mean embedding "
              "of the user's last items, history excluded.\n\n")
     return result, intro + markdown_table(header, rows)
 
@@ -267,7 +289,7 @@ def diversity(source, cfg: RunConfig, out_dir: Path, run_dir: str | Path | None 
     rows = []
     for temperature in [None, *exp.temperatures]:
         generator = torch.Generator(device=device).manual_seed(exp.seed)
-        ranked, _ = recommend_examples(model, data.tokenizer, data.trie, test, data.user_tokens[test.users], cfg.eval.beam_size,
+        ranked, _, _ = recommend_examples(model, data.tokenizer, data.trie, test, data.user_tokens[test.users], cfg.eval.beam_size,
                                        cfg.eval.top_k, cfg.eval.batch_size, True, bf16, "diversity", temperature, generator)
         row = {"decoding": "beam search" if temperature is None else f"sampling T={temperature:g}", "temperature": temperature,
                **ranking_metrics(ranked, test.targets)}
@@ -368,8 +390,8 @@ def run_experiment(name: str, source, cfg: RunConfig, out_dir: str | Path, run_d
     if run_dir is not None and name not in ("diversity", "baselines"):
         raise TigerrecError("--run-dir applies to diversity (the model to sample) and baselines (a TIGER row)")
     cfg.validate()
-    if name in ("coldstart", "ablation") and cfg.model.kind != "tiger":
-        raise TigerrecError(f"experiment {name} is TIGER's (collision codes, ID prefixes, TIGER ID schemes); "
+    if name == "ablation" and cfg.model.kind != "tiger":
+        raise TigerrecError(f"experiment ablation is TIGER's (it compares TIGER's ID schemes and its user token); "
                             f"got model.kind={cfg.model.kind}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -37,7 +37,7 @@ from safetensors.torch import load_file
 
 from .config import RunConfig, fingerprint, show_value
 from .data import Dataset, Split, leave_one_out, load_dataset
-from .decoding import PrefixTrie
+from .decoding import PrefixTrie, configure_decoding
 from .device import machine_name, use_bf16
 from .errors import TigerrecError, brief
 from .evaluate import evaluate
@@ -387,8 +387,9 @@ def run(source: str | Dataset, cfg: RunConfig, run_dir: str | Path, overwrite: b
     if rank != 0:
         return {}
 
-    # Test metrics once, on the checkpoint selected by validation.
+    # Test metrics once, on the checkpoint selected by validation, decoded as eval.decoding says.
     load_best_model(model, run_dir)
+    configure_decoding(model, cfg.eval)
     bf16 = use_bf16(str(next(model.parameters()).device), cfg.train.bf16)
     evals = {}
     for name, examples in (("valid", data.valid), ("test", test)):

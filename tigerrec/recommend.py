@@ -30,14 +30,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import catalogue
 from .config import RunConfig
-from .decoding import PrefixTrie, rank
+from .decoding import PrefixTrie, configure_decoding, merge_capped, rank
 from .device import autocast, check_device, default_device, use_bf16
 from .errors import TigerrecError
 from .model import SequenceModel
 from .pipeline import IDS_DIR, ITEMS_FILE, load_best_model, load_ids, make_model, make_tokenizer, read_items, read_run_config
 from .semantic_ids import IDS_FILE, SemanticIDs
-from .sequences import Examples, Tokenizer
+from .sequences import Examples
 from .train import BEST_MODEL
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ class Query:
     seed: int | None
     beam: int
     only: frozenset | None = None  # item indices the results must come from (``only`` and ``category``)
+    new_cap: int | None = None  # at most this many items added after training (``max_new_share``)
 
 
 class Recommender:
@@ -81,25 +83,40 @@ class Recommender:
     item metadata, ready to recommend.
 
     Thread-safe: model calls are serialised by a lock (the model is shared, and one
-    call already uses every CPU thread), everything else is read-only after loading.
-    Servers with many concurrent callers should go through a ``MicroBatcher``,
-    which runs the queries that arrive together in one model call.
+    call already uses every CPU thread), everything else is read-only after loading
+    (``add_items`` swaps the catalogue under the lock). Servers with many concurrent
+    callers should go through a ``MicroBatcher``, which runs the queries that arrive
+    together in one model call.
+
+    Items added after training (``add_items``, ``tigerrec add-items``) are "new": a
+    request's ``max_new_share`` caps their share of the top k.
     """
 
-    def __init__(self, model: SequenceModel, tokenizer: Tokenizer, ids: SemanticIDs, items: dict[str, dict],
-                 cfg: RunConfig, max_k: int = MAX_K, run_dir: str | Path | None = None):
+    def __init__(self, model: SequenceModel, ids: SemanticIDs, items: dict[str, dict], cfg: RunConfig,
+                 max_k: int = MAX_K, run_dir: str | Path | None = None, trained_items: int | None = None):
         self.model = model.eval()
         self.device = str(next(model.parameters()).device)
-        self.tokenizer, self.ids, self.items, self.cfg = tokenizer, ids, items, cfg
-        # TIGER's beam search walks the IDs' prefix trie; RPG scores every item and needs none.
-        self.trie = PrefixTrie(ids.codes, ids.codebook_size).to(self.device) if model.kind == "tiger" else None
+        self.cfg = cfg
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.bf16 = use_bf16(self.device, cfg.train.bf16)
-        self.max_k = min(max_k, self.num_items)
+        self.requested_max_k = max_k
         self.max_history = cfg.data.max_history
+        self._lock = threading.Lock()
+        self._set_catalogue(ids, items, trained_items)
+
+    def _set_catalogue(self, ids: SemanticIDs, items: dict[str, dict], trained_items: int | None) -> None:
+        """Everything that depends on the catalogue (the model's weights do not)."""
+        self.ids, self.items = ids, items
+        self.trained_items = len(ids.item_ids) if trained_items is None else trained_items
+        self.tokenizer = make_tokenizer(ids, self.cfg, self.trained_items)
+        # TIGER's beam search walks the IDs' prefix trie; RPG scores every item and needs none.
+        self.trie = PrefixTrie(ids.codes, ids.codebook_size).to(self.device) if self.model.kind == "tiger" else None
+        if self.model.kind == "rpg" and len(self.model.item_codes) != len(ids.item_ids):
+            self.model.item_codes = self.tokenizer.item_codes.to(self.device)
+            configure_decoding(self.model, self.cfg.eval)  # a graph over the grown catalogue
+        self.max_k = min(self.requested_max_k, self.num_items)
         self._index = {item: i for i, item in enumerate(ids.item_ids)}
         self.categories = _category_index(ids.item_ids, items)  # category name -> item indices
-        self._lock = threading.Lock()
 
     @classmethod
     def load(cls, run_dir: str | Path, device: str | None = None, max_k: int = MAX_K) -> "Recommender":
@@ -115,11 +132,23 @@ class Recommender:
         missing = [item for item in ids.item_ids if item not in items]
         if missing:
             log.warning("%d items have no metadata in %s (e.g. %s)", len(missing), ITEMS_FILE, missing[:3])
-        tokenizer = make_tokenizer(ids, cfg)
-        model = load_best_model(make_model(tokenizer, cfg).to(device), run_dir)
-        log.info("loaded %s: %s, %d items, %.2fM parameters, on %s", run_dir, model.kind, len(ids.item_ids),
-                 model.num_parameters() / 1e6, device)
-        return cls(model, tokenizer, ids, items, cfg, max_k, run_dir)
+        trained = catalogue.trained_items(run_dir)
+        model = load_best_model(make_model(make_tokenizer(ids, cfg, trained), cfg).to(device), run_dir)
+        configure_decoding(model, cfg.eval)
+        log.info("loaded %s: %s, %d items (%d new since training), %.2fM parameters, on %s", run_dir, model.kind,
+                 len(ids.item_ids), len(ids.item_ids) - (trained or len(ids.item_ids)), model.num_parameters() / 1e6, device)
+        return cls(model, ids, items, cfg, max_k, run_dir, trained)
+
+    def add_items(self, items: str | Path | dict[str, dict]) -> dict:
+        """Add new items to the run directory (``catalogue.add_items``: an items table's path or {item id:
+        metadata}) and recommend them from now on; returns the summary. The trained model is unchanged."""
+        if self.run_dir is None:
+            raise TigerrecError("add_items needs a Recommender loaded from a run directory")
+        summary = catalogue.add_items(self.run_dir, items)
+        ids, metadata = load_ids(self.run_dir / IDS_DIR, self.cfg), read_items(self.run_dir / ITEMS_FILE)
+        with self._lock:
+            self._set_catalogue(ids, metadata, summary["trained_items"])
+        return summary
 
     @property
     def num_items(self) -> int:
@@ -141,7 +170,8 @@ class Recommender:
 
     def recommend(self, history: list[str], user_id: str | None = None, k: int = 10, temperature: float | None = None,
                   exclude_seen: bool = True, seed: int | None = None, exclude: list[str] | None = None,
-                  only: list[str] | None = None, category: str | None = None) -> list[dict]:
+                  only: list[str] | None = None, category: str | None = None,
+                  max_new_share: float | None = None) -> list[dict]:
         """The ``k`` most likely next items after ``history`` (item ids, oldest first).
 
         Only the most recent ``max_history`` items (the training setting, see
@@ -156,16 +186,19 @@ class Recommender:
         Filters: ``exclude`` (item ids to leave out: in the basket, out of stock), ``only`` (an
         allow-list of item ids) and ``category`` (items with this category name anywhere in their
         categories, ``self.categories``). Fewer than ``k`` results come back only when fewer than
-        ``k`` items pass the filters.
+        ``k`` items pass the filters. ``max_new_share`` (0..1) caps the items added after training
+        at ``ceil(max_new_share * k)`` of the results (the cold-start rule of the TIGER paper); the
+        rest are the best trained-with items, all ordered by score.
 
         Returns dicts with item_id, score (log-probability), semantic_id, title, categories.
         """
-        return self.run([self.query(history, user_id, k, temperature, exclude_seen, seed, exclude, only, category)])[0]
+        return self.run([self.query(history, user_id, k, temperature, exclude_seen, seed, exclude, only, category,
+                                    max_new_share)])[0]
 
     def recommend_batch(self, histories: list[list[str]], user_ids: list[str | None] | None = None, k: int = 10,
                         temperature: float | None = None, exclude_seen: bool = True, seed: int | None = None,
                         exclude: list[str] | None = None, only: list[str] | None = None,
-                        category: str | None = None) -> list[list[dict]]:
+                        category: str | None = None, max_new_share: float | None = None) -> list[list[dict]]:
         """``recommend`` for many histories at once (one model call per ``eval.batch_size`` rows); the
         filters apply to every history."""
         if not isinstance(histories, (list, tuple)) or not histories:
@@ -174,13 +207,15 @@ class Recommender:
             user_ids = [None] * len(histories)
         if not isinstance(user_ids, (list, tuple)) or len(user_ids) != len(histories):
             raise RequestError(f"user_ids must be None or a list of {len(histories)} user ids")
-        queries = [self.query(h, u, k, temperature, exclude_seen, seed, exclude, only, category, where=f"history {n}")
+        queries = [self.query(h, u, k, temperature, exclude_seen, seed, exclude, only, category, max_new_share,
+                              where=f"history {n}")
                    for n, (h, u) in enumerate(zip(histories, user_ids))]
         return self.run(queries)
 
     def query(self, history: list[str], user_id: str | None = None, k: int = 10, temperature: float | None = None,
               exclude_seen: bool = True, seed: int | None = None, exclude: list[str] | None = None,
-              only: list[str] | None = None, category: str | None = None, where: str = "history") -> Query:
+              only: list[str] | None = None, category: str | None = None, max_new_share: float | None = None,
+              where: str = "history") -> Query:
         """Check a request and look its items up; raises RequestError or UnknownItemError naming the problem."""
         k, temperature = self._check_options(k, temperature, exclude_seen, seed)
         indices = self._item_indices(history, where)
@@ -193,8 +228,14 @@ class Recommender:
             allowed = in_category if allowed is None else allowed & in_category
         # Filters are enforced inside decoding, so the evaluation beam (or k, if larger) always suffices.
         beam = min(max(k, self.cfg.eval.beam_size), self.num_items)
+        new_cap = None
+        if max_new_share is not None:
+            if isinstance(max_new_share, bool) or not isinstance(max_new_share, Real) or not 0 <= max_new_share <= 1:
+                raise RequestError(f"max_new_share must be a number in [0, 1], got {max_new_share!r}")
+            cap = math.ceil(max_new_share * k - 1e-9)
+            new_cap = cap if cap < k and self.trained_items < self.num_items else None  # None: nothing to cap
         return Query(indices, self._user_token(user_id), k, temperature, frozenset(excluded), seed, beam,
-                     None if allowed is None else frozenset(allowed))
+                     None if allowed is None else frozenset(allowed), new_cap)
 
     def run(self, queries: list[Query]) -> list[list[dict]]:
         """Results of checked queries; those with the same settings share model calls."""
@@ -207,20 +248,38 @@ class Recommender:
             generator = torch.Generator(self.device).manual_seed(seed) if seed is not None else None
             for begin in range(0, len(members), step):
                 chunk = [queries[n] for n in members[begin : begin + step]]
-                examples = Examples.from_histories([q.indices for q in chunk], np.full(len(chunk), -1),
-                                                   np.zeros(len(chunk)), self.max_history)  # keeps the most recent items
-                tokens = self.tokenizer.encoder_input(torch.from_numpy(examples.histories),
-                                                      torch.tensor([q.user_token for q in chunk]))
-                allowed = self._allowed(chunk).to(self.device)
-                with self._lock, autocast(self.device, self.bf16):
-                    out = rank(self.model, tokens.to(self.device), beam, self.trie, beam,
-                               temperature=temperature, generator=generator, allowed=allowed)
-                items, scores = out.items.cpu().numpy(), out.scores.float().cpu().numpy()
+                with self._lock:  # one catalogue for the whole chunk, even while add_items swaps it
+                    items, scores = self._rank(chunk, beam, temperature, generator)
                 for row, n in enumerate(members[begin : begin + step]):
                     results[n] = self._results(items[row], scores[row], k)
         return results
 
     # ------------------------------------------------------------------ helpers
+
+    def _rank(self, chunk: list[Query], beam: int, temperature, generator) -> tuple[np.ndarray, np.ndarray]:
+        """Items and scores (B, beam) of each query, best first (-1: fewer items pass its filters).
+
+        A query with a cap on new items is decoded twice, once among the trained-with items and once
+        among the new ones, and the two lists merge by score with at most ``new_cap`` new items."""
+        examples = Examples.from_histories([q.indices for q in chunk], np.full(len(chunk), -1),
+                                           np.zeros(len(chunk)), self.max_history)  # keeps the most recent items
+        tokens = self.tokenizer.encoder_input(torch.from_numpy(examples.histories), torch.tensor([q.user_token for q in chunk]))
+        allowed = self._allowed(chunk)
+        capped = [row for row, q in enumerate(chunk) if q.new_cap is not None]
+        if capped:
+            new = torch.arange(self.num_items) >= self.trained_items
+            tokens = torch.cat([tokens, tokens[capped]])
+            allowed = torch.cat([allowed, allowed[capped] & new])
+            allowed[capped] &= ~new
+        with autocast(self.device, self.bf16):
+            out = rank(self.model, tokens.to(self.device), beam, self.trie, beam, temperature=temperature,
+                       generator=generator, allowed=allowed.to(self.device))
+        items, scores = out.items.cpu().numpy(), out.scores.float().cpu().numpy()
+        if capped:
+            extra = slice(len(chunk), None)
+            items[capped], scores[capped] = merge_capped(items[capped], scores[capped], items[extra], scores[extra],
+                                                         np.array([chunk[row].new_cap for row in capped]), items.shape[1])
+        return items[: len(chunk)], scores[: len(chunk)]
 
     def _allowed(self, queries: list[Query]) -> torch.Tensor:
         """(B, num_items) bool: the items each query's filters let through."""

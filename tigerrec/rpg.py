@@ -13,9 +13,15 @@ code position ``i`` is tied to those input embeddings, as in the paper's code), 
 Training: the mean cross-entropy over the ``m`` codes, at every position of a user's sequence
 (the windows of the causal histories), in the training loop TIGER uses. Scoring: an item's
 score is the sum of its codes' log-probabilities, computed exactly for every item of the
-catalogue; items sharing a full ID tie. Not implemented: the paper's graph-constrained decoding,
-an approximate top-k that walks a graph of items with similar IDs, which pays off only on
-catalogues too large to score exactly.
+catalogue (``eval.decoding=exact``); items sharing a full ID tie.
+
+Graph-constrained decoding (``eval.decoding=graph``, the paper's approximate top-k for catalogues
+too large to score exactly): each item is linked to the ``graph_neighbors`` items whose IDs are
+most alike, the sum over code positions of the cosine similarity of the two codes' embeddings
+(the quantity the logits are made of). Decoding starts from a beam of random items and, for
+``graph_steps`` steps, scores the beam's neighbours and keeps the best ``beam`` items seen.
+Building the graph compares every pair of items (O(N^2 m), seconds for Amazon-sized catalogues);
+for millions of items an approximate nearest-neighbour index would take its place.
 """
 
 from __future__ import annotations
@@ -48,6 +54,8 @@ class RPGModel(SequenceModel):
         self.head_weight = nn.Parameter(torch.empty(self.id_length, cfg.d_model, cfg.d_model))
         self.head_bias = nn.Parameter(torch.zeros(self.id_length, cfg.d_model))
         self.register_buffer("item_codes", torch.as_tensor(item_codes, dtype=torch.long), persistent=False)
+        self.graph: torch.Tensor | None = None  # (N, neighbours) item graph: graph decoding when set
+        self.graph_steps = 0
         self.apply(self._init)
         nn.init.normal_(self.embed.weight, std=cfg.embed_init_std)
         nn.init.normal_(self.head_weight, std=cfg.d_model**-0.5)
@@ -89,27 +97,84 @@ class RPGModel(SequenceModel):
         states = self.encode(tokens)[:, tokens.shape[1] - positions :]  # less a leading user token
         return self.code_logits(states.flatten(0, 1))
 
-    def item_scores(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Scores (B, N) of every catalogue item after each history: the sum over the item's m codes of the
-        codes' log-probabilities (log-softmax per head) at the last item of the history."""
+    def next_code_log_probs(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities (B, m, codebook_size) of every code of the next item after each history
+        (log-softmax per head, at the last item of the history)."""
         states = self.encode(tokens)
         present = tokens[..., 0] != PAD  # (B, T), right-padded
         last = (present * torch.arange(tokens.shape[1], device=tokens.device)).argmax(1)
-        log_probs = self.code_logits(states[torch.arange(len(tokens), device=tokens.device), last]).log_softmax(-1)
+        return self.code_logits(states[torch.arange(len(tokens), device=tokens.device), last]).log_softmax(-1)
+
+    def item_scores(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Scores (B, N) of every catalogue item after each history: the sum over the item's m codes of the
+        codes' log-probabilities."""
+        log_probs = self.next_code_log_probs(tokens)
         scores = torch.zeros(len(tokens), self.num_items, device=tokens.device)
         for position in range(self.id_length):  # gather each head's log-probability of every item's code
             scores += log_probs[:, position].index_select(1, self.item_codes[:, position])
         return scores
 
     @torch.no_grad()
+    def use_graph_decoding(self, neighbors: int, steps: int, block: int = 1024) -> None:
+        """Rank by graph-constrained decoding from now on, on a graph built from the current weights
+        (``neighbors`` = 0: exact scoring again)."""
+        if neighbors <= 0:
+            self.graph, self.graph_steps = None, 0
+            return
+        m, size, n = self.id_length, self.codebook_size, self.num_items
+        codes = F.normalize(self.embed.weight[NUM_SPECIAL : NUM_SPECIAL + m * size].float().view(m, size, -1), dim=-1)
+        similarity = codes @ codes.transpose(1, 2)  # (m, size, size): cosine of two codes at one position
+        keep = min(neighbors, n - 1)
+        graph = torch.empty(n, keep, dtype=torch.long, device=codes.device)
+        for begin in range(0, n, block):
+            rows = torch.arange(begin, min(begin + block, n), device=codes.device)
+            total = torch.zeros(len(rows), n, device=codes.device)
+            for position in range(m):  # sum over positions of the similarity of the two items' codes
+                total += similarity[position].index_select(0, self.item_codes[rows, position]).index_select(
+                    1, self.item_codes[:, position])
+            total[torch.arange(len(rows)), rows] = float("-inf")  # no self-loops
+            graph[rows] = total.topk(keep, dim=1).indices
+        self.graph, self.graph_steps = graph, steps
+
+    def graph_search(self, log_probs: torch.Tensor, beam: int, allowed: torch.Tensor | None,
+                     generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``beam`` best items (B, beam) and their scores that graph propagation finds: from random items,
+        ``graph_steps`` times score the beam and its neighbours and keep the best ``beam`` distinct ones."""
+        beam = min(beam, self.num_items)
+        # Random starts (a repeat only leaves the first beam a little smaller).
+        current = torch.randint(self.num_items, (len(log_probs), beam), generator=generator, device=log_probs.device)
+        for _ in range(self.graph_steps):
+            candidates = torch.cat([current, self.graph[current].flatten(1)], dim=1).sort(dim=1).values
+            scores = torch.zeros(candidates.shape, device=log_probs.device)
+            for position in range(self.id_length):  # the exact scores of the candidates
+                scores += log_probs[:, position].gather(1, self.item_codes[:, position][candidates])
+            duplicate = torch.zeros_like(candidates, dtype=torch.bool)
+            duplicate[:, 1:] = candidates[:, 1:] == candidates[:, :-1]
+            scores = scores.masked_fill(duplicate, float("-inf"))
+            if allowed is not None:
+                scores = scores.masked_fill(~allowed.gather(1, candidates), float("-inf"))
+            top, index = scores.topk(beam, dim=1)
+            current = candidates.gather(1, index)
+        return current, top
+
+    @torch.no_grad()
     def rank(self, tokens: torch.Tensor, k: int, temperature: float | None = None,
-             generator: torch.Generator | None = None, allowed: torch.Tensor | None = None) -> Generated:
-        """The ``k`` best items of the catalogue for each history, by exact scores (``item_scores``).
+             generator: torch.Generator | None = None, allowed: torch.Tensor | None = None,
+             beam_size: int | None = None) -> Generated:
+        """The ``k`` best items of the catalogue for each history, by exact scores (``item_scores``), or
+        among the ``max(k, beam_size)`` items that graph decoding finds (``use_graph_decoding``).
 
         With ``temperature``, ``k`` items are sampled without replacement from the softmax of the
         scores / temperature over the catalogue (Gumbel top-k), in the order drawn; scores stay the
         model's. ``allowed`` (B, N) bool keeps each row's results to those items. Beyond the items
         a row may have, items are -1 and scores -inf."""
+        if self.graph is not None and temperature is None:
+            if generator is None:  # the same start for the same request
+                generator = torch.Generator(tokens.device).manual_seed(0)
+            items, top = self.graph_search(self.next_code_log_probs(tokens), max(k, beam_size or k), allowed, generator)
+            items, top = items[:, :k], top[:, :k]
+            items = torch.where(torch.isfinite(top), items, -1)
+            return self._generated(items, top, k)
         scores = self.item_scores(tokens)
         if allowed is not None:
             scores = scores.masked_fill(~allowed, float("-inf"))
@@ -121,8 +186,12 @@ class RPGModel(SequenceModel):
             items = (scores / max(temperature, 1e-6) - torch.log(-torch.log(uniform))).topk(keep, dim=1)[1]
             top = scores.gather(1, items)
         items = torch.where(torch.isfinite(top), items, -1)  # past the end of a filtered row
-        if keep < k:
-            items = F.pad(items, (0, k - keep), value=-1)
-            top = F.pad(top, (0, k - keep), value=float("-inf"))
+        return self._generated(items, top, k)
+
+    def _generated(self, items: torch.Tensor, top: torch.Tensor, k: int) -> Generated:
+        """Results padded to ``k`` columns (items -1, scores -inf), with the items' codes."""
+        if items.shape[1] < k:
+            top = F.pad(top, (0, k - items.shape[1]), value=float("-inf"))
+            items = F.pad(items, (0, k - items.shape[1]), value=-1)
         codes = torch.where((items >= 0)[..., None], self.item_codes[items.clamp(min=0)], 0)
         return Generated(items, codes, top)

@@ -6,14 +6,20 @@
 Every bad request gets a 4xx whose ``message`` names the problem: 422 for a body
 that does not fit the schema (wrong type, k out of range, empty or over-long
 history, unknown item ids), 404 for an unknown item in ``GET /items/{id}``.
+
+The server picks up a changed run directory (e.g. ``tigerrec add-items``) without a restart:
+on SIGHUP (``tigerrec serve``), or on ``POST /admin/reload`` when created with ``admin=True``
+(``--admin``; loopback clients only). Requests in flight finish on the old model.
 """
 
 # No ``from __future__ import annotations`` here: FastAPI must see the real types of
 # the request models, which are built inside create_app (their limits depend on the run).
 
 import asyncio
+import ipaddress
 import json
 import logging
+import threading
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any, Optional, Union
@@ -74,17 +80,25 @@ class Health(BaseModel):
     max_history_items: int
     device: str
     run_dir: Optional[str]
+    new_items: int = Field(0, description="items added after training (tigerrec add-items)")
+
+
+class Reloaded(BaseModel):
+    status: str
+    items: int
+    new_items: int
 
 
 def create_app(source: Union[str, Path, Recommender], max_history_items: int = MAX_HISTORY_ITEMS,
-               max_batch: int = 64) -> FastAPI:
+               max_batch: int = 64, admin: bool = False) -> FastAPI:
     """The API for a run directory (loaded once, here) or an already loaded Recommender.
 
     Concurrent requests share model calls (up to ``max_batch`` per call, see MicroBatcher).
+    ``app.state.reload()`` loads the run directory again and swaps it in; ``admin`` also
+    serves it as ``POST /admin/reload`` to loopback clients.
     """
     recommender = source if isinstance(source, Recommender) else Recommender.load(source)
     max_k = recommender.max_k
-    batcher = MicroBatcher(recommender, max_batch)
 
     class RecommendRequest(BaseModel):
         # strict: "5" is not a number and 1 is not true; forbid: a misspelt field is an error, not a default.
@@ -99,6 +113,8 @@ def create_app(source: Union[str, Path, Recommender], max_history_items: int = M
                                              description="sample the beams at this temperature (diverse results)")
         exclude_seen: bool = Field(True, description="leave the history's items out of the results")
         seed: Optional[int] = Field(None, ge=0, le=2**63 - 1, description="random seed for temperature sampling")
+        max_new_share: Optional[float] = Field(None, ge=0, le=1, allow_inf_nan=False,
+                                               description="cap on the share of the top k for items added after training")
         exclude: list[ItemId] = Field([], max_length=MAX_FILTER_ITEMS,
                                       description="item ids to leave out of the results (in the basket, out of stock)")
         only: Optional[list[ItemId]] = Field(None, min_length=1, max_length=MAX_FILTER_ITEMS,
@@ -107,8 +123,25 @@ def create_app(source: Union[str, Path, Recommender], max_history_items: int = M
             None, description="recommend only items with this category name anywhere in their categories")
 
     app = FastAPI(title="tigerrec", summary="Next-item recommendations by generative retrieval with Semantic IDs (TIGER, RPG)",
-                  default_response_class=ASCIIJSONResponse, lifespan=_closing(batcher))
-    app.state.recommender, app.state.batcher = recommender, batcher
+                  default_response_class=ASCIIJSONResponse, lifespan=_closing)
+    state = app.state
+    state.recommender, state.batcher = recommender, MicroBatcher(recommender, max_batch)
+    reload_lock = threading.Lock()
+
+    def reload() -> Recommender:
+        """Load the run directory again and serve it; on an error the old one stays."""
+        with reload_lock:
+            old = state.recommender
+            if old.run_dir is None:
+                raise RequestError("this server was given a Recommender without a run directory; nothing to reload")
+            new = Recommender.load(old.run_dir, old.device, old.requested_max_k)
+            old_batcher = state.batcher
+            state.recommender, state.batcher = new, MicroBatcher(new, max_batch)
+            old_batcher.close()  # after the queries it already holds
+        log.info("reloaded %s: %d items (%d new)", new.run_dir, new.num_items, new.num_items - new.trained_items)
+        return new
+
+    state.reload = reload
 
     @app.exception_handler(RequestValidationError)
     def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -139,32 +172,51 @@ def create_app(source: Union[str, Path, Recommender], max_history_items: int = M
 
     @app.get("/health", response_model=Health)
     def health():
-        return Health(status="ok", model=recommender.model.kind, items=recommender.num_items, max_k=max_k, max_history=recommender.max_history,
-                      max_history_items=max_history_items, device=recommender.device,
-                      run_dir=str(recommender.run_dir) if recommender.run_dir else None)
+        current = state.recommender
+        return Health(status="ok", model=current.model.kind, items=current.num_items, max_k=max_k, max_history=current.max_history,
+                      max_history_items=max_history_items, device=current.device,
+                      run_dir=str(current.run_dir) if current.run_dir else None,
+                      new_items=current.num_items - current.trained_items)
 
     @app.post("/recommend", response_model=RecommendResponse)
     async def recommend(request: RecommendRequest):
+        current, batcher = state.recommender, state.batcher  # one catalogue for the whole request
         # Checking is cheap dictionary work; errors surface here, before any model time is spent.
-        query = recommender.query(request.history, request.user_id, request.k, request.temperature,
-                                  request.exclude_seen, request.seed, request.exclude, request.only, request.category)
+        query = current.query(request.history, request.user_id, request.k, request.temperature, request.exclude_seen,
+                              request.seed, request.exclude, request.only, request.category, request.max_new_share)
         results = await asyncio.wrap_future(batcher.submit(query))
         return {"recommendations": results}
 
     @app.get("/items/{item_id:path}", response_model=Item, responses={404: {"description": "unknown item id"}})
     def item(item_id: str):
-        return recommender.item(item_id)
+        return state.recommender.item(item_id)
+
+    if admin:
+        @app.post("/admin/reload", response_model=Reloaded, responses={403: {"description": "not a loopback client"}})
+        async def admin_reload(request: Request):
+            if not _is_loopback(request.client.host if request.client else ""):
+                raise StarletteHTTPException(403, "the admin endpoints answer loopback clients only")
+            try:
+                new = await asyncio.to_thread(reload)
+            except Exception as e:  # the old run keeps serving
+                log.exception("reload failed")
+                raise StarletteHTTPException(500, f"reload failed, still serving the previous run: {e}") from None
+            return Reloaded(status="reloaded", items=new.num_items, new_items=new.num_items - new.trained_items)
 
     return app
 
 
-def _closing(batcher: MicroBatcher):
-    @asynccontextmanager
-    async def lifespan(app):
-        yield
-        batcher.close()
+@asynccontextmanager
+async def _closing(app):
+    yield
+    app.state.batcher.close()
 
-    return lifespan
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # not an address (a proxy's name, a test client's)
+        return False
 
 
 def _describe(error: dict) -> str:

@@ -88,13 +88,14 @@ def read_custom(path: str | Path, min_interactions: int = 3, name: str | None = 
     meta: dict[str, dict] = {}
     items_file = _table_file(path, ITEMS)
     if items_file is not None:
-        meta = _read_items(items_file)
+        meta = read_items_table(items_file)
     else:
         log.warning("%s: no %s.csv or %s.parquet; items have no text", path, ITEMS, ITEMS)
     return from_sequences(name or path.name, sequences, meta, min_interactions)
 
 
-def _read_items(file: Path) -> dict[str, dict]:
+def read_items_table(file: Path) -> dict[str, dict]:
+    """{item id: metadata} of an items table (CSV or Parquet with an item_id column), checked as above."""
     meta: dict[str, dict] = {}
     first_row: dict[str, str] = {}
     for where, row in _rows(file, ("item_id",)):
