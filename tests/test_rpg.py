@@ -187,7 +187,8 @@ def test_training_rows_predict_the_next_item_from_the_items_up_to_their_position
 
 def test_rpg_settings_are_one_flag_and_checked():
     beauty = preset_config("beauty", model="rpg").validate()
-    assert (beauty.model.kind, beauty.ids.scheme, beauty.ids.levels, beauty.model.history) == ("rpg", "opq", 32, "items")
+    assert (beauty.model.kind, beauty.ids.scheme, beauty.ids.levels, beauty.model.history) == ("rpg", "opq", 16, "items")
+    assert (beauty.model.input_dropout, beauty.train.epochs) == (0.5, 100.0)
     assert preset_config("toys", model="rpg").ids.levels == 16 and preset_config("sports", model="rpg").ids.levels == 16
     args = build_parser().parse_args(["run", "beauty", "--out", "x", "--model", "rpg", "--set", "train.max_minutes=60"])
     cfg = load_config(args, "beauty")
