@@ -76,9 +76,11 @@ RECIPES: dict[str, list[str]] = {
     "fast-drop0-nouser-batch128-lr2e-2": [*FAST, "model.dropout=0.0", "model.use_user_token=false", "train.batch_size=128",
                                           "train.lr=2e-2"],
 }
-# RPG: variations of presets.MODELS["rpg"] (the "rpg" model kind); --ids-dir must then hold OPQ IDs (ids.scheme=opq).
+# RPG: variations of the "rpg" model kind from where its search started (32 codes, dropout 0.1 on the
+# input; presets.MODELS["rpg"] now holds what it chose); --ids-dir must hold OPQ IDs of as many codes.
+RPG_START = ["ids.levels=32", "model.input_dropout=0.1"]
 ADAMW_RPG = ["train.optimizer=adamw", "train.weight_decay=0.01", "train.schedule=cosine", "train.warmup_steps=200"]
-RPG_RECIPES: dict[str, list[str]] = {
+RPG_RECIPES: dict[str, list[str]] = {name: RPG_START + changes for name, changes in {
     "rpg": [],
     "rpg-drop0.3": ["model.dropout=0.3"],
     "rpg-drop0.5": ["model.dropout=0.5"],
@@ -92,7 +94,7 @@ RPG_RECIPES: dict[str, list[str]] = {
     # The ablation over the ID length m (each needs --ids-dir with IDs of that many codes).
     "rpg-m16": ["ids.levels=16"],
     "rpg-m64": ["ids.levels=64"],
-}
+}.items()}
 MODEL_OF = {name: "tiger" for name in RECIPES} | {name: "rpg" for name in RPG_RECIPES}
 RECIPES |= RPG_RECIPES
 
