@@ -30,7 +30,7 @@ def new_rows(n, start=0):
 
 @pytest.fixture()
 def run_copy(tiny_run, tmp_path):
-    """A private copy of the session's tiny TIGER run: these tests change it."""
+    """A private copy of the shared tiny TIGER run (the tiny_run fixture): these tests change it."""
     return shutil.copytree(tiny_run, tmp_path / "run")
 
 
