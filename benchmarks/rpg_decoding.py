@@ -20,7 +20,6 @@ import numpy as np
 import torch
 
 from tigerrec.data import load_dataset
-from tigerrec.decoding import configure_decoding
 from tigerrec.device import machine_name, use_bf16
 from tigerrec.evaluate import ranking_metrics, recommend_examples
 from tigerrec.io import write_json
@@ -61,7 +60,7 @@ def main() -> None:
     print(f"exact: {exact_speed:,.0f} users/s, N@10 {rows[0]['ndcg@10']:.4f}")
     for neighbors in args.neighbors:
         start = time.perf_counter()
-        configure_decoding(model, cfg.eval.__class__(decoding="graph", graph_neighbors=neighbors, graph_steps=1))
+        model.use_graph_decoding(neighbors, steps=1)
         build_seconds = time.perf_counter() - start
         for steps, beam in itertools.product(args.steps, args.beams):
             model.graph_steps = steps  # the graph stays; only the walk changes

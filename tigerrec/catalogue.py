@@ -19,7 +19,6 @@ process dies in between; a failed addition leaves the run as it was.
 
 from __future__ import annotations
 
-import json
 import logging
 import string
 import time
@@ -28,7 +27,7 @@ from pathlib import Path
 from .data.custom import read_items_table
 from .errors import TigerrecError
 from .io import read_json, write_bytes, write_json, write_text
-from .pipeline import IDS_DIR, IDS_METRICS, ITEMS_FILE, QUANTIZER_FILE, load_ids, read_items, read_run_config
+from .pipeline import IDS_DIR, IDS_METRICS, ITEMS_FILE, QUANTIZER_FILE, items_text, load_ids, read_items, read_run_config
 from .quantize import load_quantizer
 from .semantic_ids import IDS_FILE, CollisionError
 from .text import TextEncoder, item_sentence
@@ -112,7 +111,8 @@ def add_items(run_dir: str | Path, items: str | Path | dict[str, dict]) -> dict:
                "source": str(items) if isinstance(items, (str, Path)) else "python"}
     try:
         write_json(catalogue_path, record)
-        write_text(items_path, "".join(json.dumps({"item_id": item, **meta}) + "\n" for item, meta in {**catalogue, **new}.items()))
+        grown_items = {**catalogue, **new}
+        write_text(items_path, items_text(grown_items.keys(), grown_items.values()))
         grown.save(ids_dir)
         write_json(catalogue_path, {**record, "additions": [*record["additions"], summary]})
     except BaseException:

@@ -14,6 +14,7 @@ generates IDs here, RPG scores every item exactly (``rpg.RPGModel.rank``).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -114,6 +115,12 @@ def rank(
     if allowed is not None and not constrained:
         raise ValueError("allowed needs constrained decoding")
     return generate(model, tokens, trie, beam_size or k, k, constrained, temperature, generator, allowed)
+
+
+def new_item_cap(share: float, k: int) -> int:
+    """How many new (unseen) items a top ``k`` admits under the paper's cold-start rule: ceil(share * k),
+    so any share > 0 admits one even at k = 1 (the tolerance keeps 0.1 * 10 at 1, not 2)."""
+    return math.ceil(share * k - 1e-9)
 
 
 def merge_capped(items: np.ndarray, scores: np.ndarray, extra_items: np.ndarray, extra_scores: np.ndarray,

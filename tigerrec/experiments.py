@@ -26,7 +26,6 @@ resumed when the command is run again.
 from __future__ import annotations
 
 import logging
-import math
 import shutil
 import time
 from collections import defaultdict
@@ -40,7 +39,7 @@ from safetensors.torch import save_file
 from .baselines import markov, most_popular, sasrec_recommend, semantic_knn, train_sasrec
 from .config import RunConfig
 from .data import Dataset, leave_one_out, load_dataset
-from .decoding import PrefixTrie, merge_capped
+from .decoding import PrefixTrie, merge_capped, new_item_cap
 from .device import use_bf16
 from .errors import TigerrecError
 from .evaluate import METRICS, ranking_metrics, recommend_examples
@@ -153,7 +152,7 @@ def epsilon_rank(seen: np.ndarray, unseen: np.ndarray, k: int, epsilon: float) -
     claim than its unseen siblings, so the cap alone decides how many unseen items
     appear. The ceiling lets any epsilon > 0 admit one unseen item even at K = 1.
     """
-    cap = math.ceil(epsilon * k - 1e-9)
+    cap = new_item_cap(epsilon, k)
     ranked = np.full((len(seen), k), -1, dtype=np.int64)
     for row in range(len(seen)):
         taken, unseen_taken = [], 0
@@ -209,7 +208,7 @@ def coldstart(source, cfg: RunConfig, out_dir: Path, overwrite: bool = False) ->
     ks = range(1, 11)
     knn = ranking_metrics(semantic_knn(embeddings, histories, 10, cfg.data.max_history), examples.targets, ks)
     recall = {"Semantic_KNN": {k: knn[f"recall@{k}"] for k in ks}}
-    unseen_in_top10, result = {}, {}
+    unseen_in_top10, prefix_rule = {}, {}
 
     def add_rows(name: str, top_k) -> None:
         # The cap depends on K, so each K gets its own list (not a prefix of the top 10).
@@ -222,7 +221,7 @@ def coldstart(source, cfg: RunConfig, out_dir: Path, overwrite: bool = False) ->
         generated, codes, _ = decode()
         siblings = unseen_siblings(codes, ids, num_seen)
         generated = np.where(generated < num_seen, generated, -1)  # the seen item with exactly that ID, if any
-        result["generated_ids_with_unseen_siblings"] = float((siblings >= 0).any(2).mean())
+        prefix_rule["generated_ids_with_unseen_siblings"] = float((siblings >= 0).any(2).mean())
         for epsilon in exp.epsilons:
             add_rows(f"TIGER prefix eps={epsilon:g}", lambda k, e=epsilon: epsilon_rank(generated, siblings, k, e))
     seen = np.arange(len(ids.item_ids)) < num_seen
@@ -230,9 +229,9 @@ def coldstart(source, cfg: RunConfig, out_dir: Path, overwrite: bool = False) ->
     unseen_best, _, unseen_scores = decode(~seen)
     for epsilon in exp.epsilons:
         add_rows(f"{kind} scored eps={epsilon:g}", lambda k, e=epsilon: merge_capped(
-            seen_best, seen_scores, unseen_best, unseen_scores, math.ceil(e * k - 1e-9), k)[0])
+            seen_best, seen_scores, unseen_best, unseen_scores, new_item_cap(e, k), k)[0])
     result = {
-        "model": model.kind, "unseen_items": len(unseen), "seen_items": num_seen, "cold_test_users": len(cold), **result,
+        "model": model.kind, "unseen_items": len(unseen), "seen_items": num_seen, "cold_test_users": len(cold), **prefix_rule,
         "recall": recall, "mean_unseen_in_top10": unseen_in_top10,
         "seen_test_metrics": seen_metrics["test"], "training": seen_metrics["training"],
         "fill_rule": (EPSILON_RULE + " " if model.kind == "tiger" else "") + SCORED_RULE,

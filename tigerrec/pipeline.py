@@ -28,7 +28,7 @@ import resource
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -127,13 +127,13 @@ def load_ids(ids_dir: str | Path, cfg: RunConfig) -> SemanticIDs:
     return SemanticIDs.load(ids_dir, cfg.ids.codebook_size, has_collision_code(cfg.ids.scheme))
 
 
-def items_text(dataset: Dataset) -> str:
-    """The items as ``items.jsonl`` holds them: one JSON object per line, item_id and metadata."""
-    return "".join(json.dumps({"item_id": item, **meta}) + "\n" for item, meta in zip(dataset.item_ids, dataset.item_meta))
+def items_text(item_ids: Iterable[str], item_meta: Iterable[dict]) -> str:
+    """Items as ``items.jsonl`` holds them: one JSON object per line, item_id and metadata."""
+    return "".join(json.dumps({"item_id": item, **meta}) + "\n" for item, meta in zip(item_ids, item_meta))
 
 
 def write_items(dataset: Dataset, path: Path) -> None:
-    write_text(path, items_text(dataset))
+    write_text(path, items_text(dataset.item_ids, dataset.item_meta))
 
 
 def read_items(path: str | Path) -> dict[str, dict]:
@@ -171,7 +171,7 @@ def read_run_config(run_dir: str | Path) -> RunConfig:
 
 def items_fingerprint(dataset: Dataset) -> dict[str, Any]:
     """The dataset's items: ids and metadata, as items.jsonl holds them."""
-    return {"dataset.items": dataset.num_items, "dataset.items_sha256": _sha256(items_text(dataset))}
+    return {"dataset.items": dataset.num_items, "dataset.items_sha256": _sha256(items_text(dataset.item_ids, dataset.item_meta))}
 
 
 def dataset_fingerprint(dataset: Dataset) -> dict[str, Any]:

@@ -32,7 +32,7 @@ import torch
 
 from . import catalogue
 from .config import RunConfig
-from .decoding import PrefixTrie, configure_decoding, merge_capped, rank
+from .decoding import PrefixTrie, configure_decoding, merge_capped, new_item_cap, rank
 from .device import autocast, check_device, default_device, use_bf16
 from .errors import TigerrecError
 from .model import SequenceModel
@@ -232,7 +232,7 @@ class Recommender:
         if max_new_share is not None:
             if isinstance(max_new_share, bool) or not isinstance(max_new_share, Real) or not 0 <= max_new_share <= 1:
                 raise RequestError(f"max_new_share must be a number in [0, 1], got {max_new_share!r}")
-            cap = math.ceil(max_new_share * k - 1e-9)
+            cap = new_item_cap(max_new_share, k)
             new_cap = cap if cap < k and self.trained_items < self.num_items else None  # None: nothing to cap
         return Query(indices, self._user_token(user_id), k, temperature, frozenset(excluded), seed, beam,
                      None if allowed is None else frozenset(allowed), new_cap)
