@@ -5,7 +5,7 @@ import pytest
 
 from tigerrec.config import TextConfig
 from tigerrec.data import DataError
-from tigerrec.text import TextEncoder, item_sentence, read_titles, resolve_encoder, with_titles
+from tigerrec.text import EmbeddingCache, TextEncoder, item_sentence, read_titles, resolve_encoder, with_titles
 
 TEMPLATE = TextConfig().template
 
@@ -48,13 +48,46 @@ def test_encoder_embeds_and_caches(tmp_path, monkeypatch):
     texts = ["red lipstick", "blue shampoo", "red lipstick matte", "a hair dryer"]
     first = encoder.encode(texts)
     assert first.shape == (4, 384) and first.dtype == np.float32
-    cached = list((tmp_path / "embeddings").glob("*.npy"))
+    cached = list((tmp_path / "embeddings").glob("*.npz"))
     assert len(cached) == 1
     # Order must be preserved despite length-sorted batching: row i embeds texts[i].
     single = encoder.encode([texts[2]], use_cache=False)[0]
     assert np.dot(first[2], single) / (np.linalg.norm(first[2]) * np.linalg.norm(single)) > 0.99
     again = TextEncoder("all-MiniLM-L6-v2").encode(texts)  # from the cache, no model load
     assert np.array_equal(first, again)
+
+
+def test_cache_embeds_only_new_texts(tmp_path, monkeypatch):
+    """A subset or a grown list reuses every cached row; only unseen texts meet the encoder."""
+    monkeypatch.setenv("TIGERREC_CACHE", str(tmp_path))
+    embedded = []
+
+    def fake_embed(self, texts):
+        embedded.append(list(texts))
+        return np.stack([np.full(3, float(len(t)), dtype=np.float32) for t in texts])
+
+    monkeypatch.setattr(TextEncoder, "_embed", fake_embed)
+    encoder = TextEncoder("all-MiniLM-L6-v2")
+    full = encoder.encode(["aa", "bbb", "c"])
+    subset = encoder.encode(["c", "aa"])
+    grown = encoder.encode(["bbb", "dddd", "aa"])
+    assert embedded == [["aa", "bbb", "c"], ["dddd"]]
+    assert np.array_equal(subset, full[[2, 0]])
+    assert np.array_equal(grown, np.stack([full[1], np.full(3, 4.0), full[0]]))
+    encoder.encode(["bbb", "dddd", "aa"])  # the whole list is cached now
+    assert len(embedded) == 2
+
+
+def test_cache_reads_whole_list_files_of_earlier_releases(tmp_path, monkeypatch):
+    monkeypatch.setenv("TIGERREC_CACHE", str(tmp_path))
+    monkeypatch.setattr(TextEncoder, "_embed", lambda self, texts: pytest.fail(f"re-embedded {texts}"))
+    encoder = TextEncoder("all-MiniLM-L6-v2")
+    texts, vectors = ["red lipstick", "blue shampoo"], np.eye(2, 4, dtype=np.float32)
+    legacy = EmbeddingCache(tmp_path / "embeddings", encoder.label)._path(texts).with_suffix(".npy")
+    legacy.parent.mkdir(parents=True)
+    np.save(legacy, vectors)
+    assert np.array_equal(encoder.encode(texts), vectors)
+    assert np.array_equal(encoder.encode(["blue shampoo"]), vectors[1:])  # its texts now serve subsets too
 
 
 def test_local_folders_and_hub_names_pass_through(tmp_path):

@@ -86,6 +86,8 @@ PAPER_TABLE1: dict[str, dict[str, tuple[float, float, float, float]]] = {
     "sports": {"SASRec": (.0233, .0154, .0350, .0192), "TIGER": (.0264, .0181, .0400, .0225)},
     "toys": {"SASRec": (.0463, .0306, .0675, .0374), "TIGER": (.0521, .0371, .0712, .0432)},
 }
+# RPG, Hou et al. 2025: NDCG@10 on the same three benchmarks.
+RPG_PAPER_NDCG10: dict[str, float] = {"beauty": .0464, "sports": .0263, "toys": .0490}
 
 
 def paper_table1(dataset_name: str) -> dict[str, tuple[float, float, float, float]]:

@@ -1,8 +1,9 @@
 """Item text and its sentence embedding.
 
 Each item becomes one sentence (title, price, brand, categories) that a
-pre-trained sentence encoder embeds. Embeddings are cached on disk, keyed by the
-encoder and the exact texts, so reruns skip the encoder.
+pre-trained sentence encoder embeds. Embeddings are cached on disk per encoder and
+per text, so reruns skip the encoder and a subset or a grown catalogue embeds only
+the texts it has not seen before.
 """
 
 from __future__ import annotations
@@ -210,11 +211,29 @@ class TextEncoder:
         return Path(self.source).name if Path(self.source).is_dir() else self.source
 
     def encode(self, texts: list[str], use_cache: bool = True) -> np.ndarray:
-        key = hashlib.sha256("\n".join([self.label, *texts]).encode()).hexdigest()[:24]
-        path = cache_dir() / "embeddings" / f"{self.label}-{key}.npy"
-        if use_cache and path.is_file():
-            log.info("embeddings cached at %s", path)
-            return np.load(path)
+        """(N, D) float32 embeddings, row i for ``texts[i]``; only texts not in the cache meet the encoder."""
+        if not use_cache:
+            return self._embed(texts)
+        cache = EmbeddingCache(cache_dir() / "embeddings", self.label)
+        digests = text_digests(texts)
+        embeddings = cache.lookup(texts, digests)
+        if embeddings is not None:
+            return embeddings
+        known = cache.rows(digests)
+        missing = [i for i, digest in enumerate(map(bytes, digests)) if digest not in known]
+        log.info("embeddings: %d of %d texts cached, embedding %d", len(texts) - len(missing), len(texts), len(missing))
+        new = self._embed([texts[i] for i in missing]) if missing or not texts else None
+        dim = new.shape[1] if new is not None else len(next(iter(known.values())))
+        embeddings = np.empty((len(texts), dim), dtype=np.float32)
+        for i, digest in enumerate(map(bytes, digests)):
+            if digest in known:
+                embeddings[i] = known[digest]
+        if missing:
+            embeddings[missing] = new
+        cache.save(texts, digests, embeddings)
+        return embeddings
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
         # Long texts first: similar lengths share a batch, so padding is small.
         order = np.argsort([-len(t) for t in texts], kind="stable")
         with torch.inference_mode(), autocast(self.device):
@@ -224,8 +243,56 @@ class TextEncoder:
             )
         embeddings = np.empty_like(out, dtype=np.float32)
         embeddings[order] = out
-        if use_cache:
-            with atomic_path(path) as tmp:
-                with open(tmp, "wb") as f:
-                    np.save(f, embeddings)
         return embeddings
+
+
+def text_digests(texts: list[str]) -> np.ndarray:
+    """(N, 16) uint8: the first 16 bytes of each text's SHA-256, the cache's per-text key."""
+    digests = [hashlib.sha256(text.encode()).digest()[:16] for text in texts]
+    return np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(len(texts), 16)
+
+
+class EmbeddingCache:
+    """One encoder's embeddings on disk: a ``LABEL-KEY.npz`` file per embedded text list.
+
+    KEY hashes the whole list, so a rerun loads one file; each file also holds the
+    digest of every text, so a new list reuses every row embedded before.
+    """
+
+    def __init__(self, folder: Path, label: str):
+        self.folder, self.label = folder, label
+
+    def _path(self, texts: list[str]) -> Path:
+        key = hashlib.sha256("\n".join([self.label, *texts]).encode()).hexdigest()[:24]
+        return self.folder / f"{self.label}-{key}.npz"
+
+    def lookup(self, texts: list[str], digests: np.ndarray) -> np.ndarray | None:
+        """The embeddings of exactly this list, if cached."""
+        path = self._path(texts)
+        if path.is_file():
+            log.info("embeddings cached at %s", path)
+            return np.load(path)["embeddings"]
+        legacy = path.with_suffix(".npy")  # a whole-list file without text digests (earlier releases)
+        if legacy.is_file():
+            embeddings = np.load(legacy)
+            self.save(texts, digests, embeddings)
+            return embeddings
+        return None
+
+    def rows(self, digests: np.ndarray) -> dict[bytes, np.ndarray]:
+        """Cached embedding rows for any of ``digests``, by digest."""
+        wanted, found = set(map(bytes, digests)), {}
+        own_file = re.compile(re.escape(self.label) + r"-[0-9a-f]{24}\.npz")
+        for path in sorted(self.folder.glob(f"{self.label}-*.npz")):
+            if not own_file.fullmatch(path.name) or len(found) == len(wanted):
+                continue
+            with np.load(path) as cached:
+                for digest, row in zip(map(bytes, cached["digests"]), cached["embeddings"]):
+                    if digest in wanted:
+                        found[digest] = row
+        return found
+
+    def save(self, texts: list[str], digests: np.ndarray, embeddings: np.ndarray) -> None:
+        with atomic_path(self._path(texts)) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, embeddings=embeddings, digests=digests)
