@@ -50,7 +50,7 @@ def load_config(args, preset: str | None = None) -> RunConfig:
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", choices=["tiger", "rpg"],
-                        help="model kind: tiger (default) or rpg (RPG, Hou et al. 2025: 32 unordered OPQ codes per item "
+                        help="model kind: tiger (default) or rpg (RPG, Hou et al. 2025: 16 unordered OPQ codes per item "
                              "predicted in parallel, every item scored exactly; sets its IDs, model and training defaults)")
     parser.add_argument("--recipe", choices=["tuned", "fast", "paper"],
                         help="TIGER's training recipe under the preset and config file: tuned (default; the paper's with a "
@@ -134,7 +134,7 @@ def cmd_recommend(args) -> None:
     if args.json:
         print(json.dumps(results, indent=2))
         return
-    # RPG's IDs have 32 codes: the table shows their start (--json has them all).
+    # RPG's IDs have 16 or more codes: the table shows their start (--json has them all).
     rows = [(str(rank), r["item_id"], f"{r['score']:.4f}", _shorten("(" + ", ".join(map(str, r["semantic_id"])) + ")", 40),
              _shorten(r["title"] or "", 70)) for rank, r in enumerate(results, 1)]
     header = ("rank", "item id", "score", "semantic id", "title")
@@ -225,8 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--out", required=True, help="output directory: NAME.json, NAME.md and the runs it trains")
     exp.add_argument("--run-dir", help="diversity: sample this trained run instead of training one; "
                                        "baselines: add its TIGER metrics to the table")
-    exp.add_argument("--steps", type=int, help="training steps of every TIGER model it trains")
-    exp.add_argument("--max-minutes", type=float, help="training budget of every TIGER model it trains")
+    exp.add_argument("--steps", type=int, help="training steps of every model it trains")
+    exp.add_argument("--max-minutes", type=float, help="training budget of every model it trains")
     exp.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP.replace("OUT", "the runs under OUT"))
     add_config_options(exp)
     exp.set_defaults(func=cmd_experiment)

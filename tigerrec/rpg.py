@@ -1,6 +1,6 @@
 """RPG (Hou et al., "Generating Long Semantic IDs in Parallel for Recommendation", KDD 2025).
 
-Every item has a long ID of ``m`` unordered codes (``ids.scheme=opq``, e.g. 32 codes of 256
+Every item has a long ID of ``m`` unordered codes (``ids.scheme=opq``, e.g. 16 codes of 256
 values, no collision code). A history item is the mean of its ``m`` code embeddings (the
 tokenizer's ``history="items"`` layout, which the TIGER encoder reads too); a small causal
 Transformer (TIGER's encoder layers, with a causal relative position bias) reads the sequence;
