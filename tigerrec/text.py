@@ -212,7 +212,7 @@ class TextEncoder:
 
     def encode(self, texts: list[str], use_cache: bool = True) -> np.ndarray:
         """(N, D) float32 embeddings, row i for ``texts[i]``; only texts not in the cache meet the encoder."""
-        if not use_cache:
+        if not use_cache or not texts:
             return self._embed(texts)
         cache = EmbeddingCache(cache_dir() / "embeddings", self.label)
         digests = text_digests(texts)
@@ -220,16 +220,13 @@ class TextEncoder:
         if embeddings is not None:
             return embeddings
         known = cache.rows(digests)
-        missing = [i for i, digest in enumerate(map(bytes, digests)) if digest not in known]
+        rows = [known.get(digest) for digest in map(bytes, digests)]
+        missing = [i for i, row in enumerate(rows) if row is None]
         log.info("embeddings: %d of %d texts cached, embedding %d", len(texts) - len(missing), len(texts), len(missing))
-        new = self._embed([texts[i] for i in missing]) if missing or not texts else None
-        dim = new.shape[1] if new is not None else len(next(iter(known.values())))
-        embeddings = np.empty((len(texts), dim), dtype=np.float32)
-        for i, digest in enumerate(map(bytes, digests)):
-            if digest in known:
-                embeddings[i] = known[digest]
         if missing:
-            embeddings[missing] = new
+            for i, row in zip(missing, self._embed([texts[i] for i in missing])):
+                rows[i] = row
+        embeddings = np.stack(rows).astype(np.float32, copy=False)
         cache.save(texts, digests, embeddings)
         return embeddings
 
