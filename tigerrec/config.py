@@ -87,8 +87,9 @@ class ModelConfig:
     d_ff: int = 1024
     encoder_layers: int = 4  # rpg: its Transformer's layers
     decoder_layers: int = 4  # tiger only
-    dropout: float = 0.1  # on the residual branches (and, for tiger, the inputs and outputs of each stack)
-    # rpg only: dropout on the input item vectors (the RPG paper: 0.5, with 0 on the residual branches).
+    dropout: float = 0.1  # on the residual branches (and, for tiger, the decoder input and both stacks' outputs)
+    # Dropout on the encoder's input vectors (history tokens, user token). T5 and the TIGER paper:
+    # 0.1, as everywhere else; the RPG paper: 0.5, with 0 on the residual branches.
     input_dropout: float = 0.1
     attention_dropout: float = 0.0  # on the attention weights (the RPG paper: 0.5; T5: 0.1)
     user_buckets: int = 2000

@@ -206,6 +206,7 @@ class TigerModel(SequenceModel):
         self.tokens_per_item = 1 if cfg.history == "items" else id_length
         self.embed = nn.Embedding(vocab_size, cfg.d_model, padding_idx=PAD)
         self.drop = Dropout(cfg.dropout)
+        self.input_drop = Dropout(cfg.input_dropout)  # on the encoder's input vectors
         self.encoder_bias = RelativeBias(cfg, bidirectional=not self.causal)
         self.encoder_layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.encoder_layers))
         self.encoder_norm = nn.RMSNorm(cfg.d_model)
@@ -221,7 +222,7 @@ class TigerModel(SequenceModel):
     def encode(self, tokens: torch.Tensor):
         """Encode input tokens; returns per-layer cross-attention keys/values and their mask."""
         x, mask = self.embed_input(tokens)
-        x = self.drop(x)
+        x = self.input_drop(x)
         length = tokens.shape[1]
         self_mask = self.encoder_bias(length, length, tokens.device) + mask
         if self.causal:  # position t sees the user token and the tokens up to t
