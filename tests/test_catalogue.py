@@ -65,6 +65,14 @@ def test_add_items_keeps_every_existing_id_and_old_recommendations(run_copy, tmp
         assert [r["score"] for r in capped] == sorted((r["score"] for r in capped), reverse=True)
     record = catalogue.trained_items(run_copy)
     assert record == before.num_items
+    # Reserved slots: exactly ceil(0.2 * 10) = 2 new items, the best-scored of them, in every list.
+    best_new = [r["item_id"] for r in after.recommend(histories[0], k=2, only=[f"new{i}" for i in range(12)])]
+    for n, h in enumerate(histories):
+        reserved = after.recommend(h, k=10, max_new_share=0.2, reserve_new=True)
+        assert len(reserved) == 10 and sum(r["item_id"].startswith("new") for r in reserved) == 2
+        assert [r["score"] for r in reserved] == sorted((r["score"] for r in reserved), reverse=True)
+        if n == 0:
+            assert {r["item_id"] for r in reserved if r["item_id"].startswith("new")} == set(best_new)
 
 
 def test_recommender_add_items_serves_them_at_once(run_copy):
@@ -129,6 +137,10 @@ def test_bad_cap_is_a_request_error(tiny_run):
     for bad in (-0.1, 1.5, "half", True):
         with pytest.raises(RequestError, match="max_new_share must be a number in"):
             recommender.recommend(["item1"], max_new_share=bad)
+    with pytest.raises(RequestError, match="reserve_new needs max_new_share"):
+        recommender.recommend(["item1"], reserve_new=True)
+    with pytest.raises(RequestError, match="reserve_new must be true or false"):
+        recommender.recommend(["item1"], max_new_share=0.1, reserve_new="yes")
 
 
 def test_a_served_run_sees_added_items_after_reload(run_copy, tmp_path):
@@ -151,6 +163,8 @@ def test_a_served_run_sees_added_items_after_reload(run_copy, tmp_path):
     body = {"history": ["item1"], "k": 4, "only": ["new0", "new1", "item9"], "max_new_share": 0.25}
     results = local.post("/recommend", json=body).json()["recommendations"]
     assert sum(r["item_id"].startswith("new") for r in results) == 1 and len(results) == 2
+    reserved = local.post("/recommend", json={"history": ["item1"], "k": 4, "max_new_share": 0.5, "reserve_new": True})
+    assert sum(r["item_id"].startswith("new") for r in reserved.json()["recommendations"]) == 2, reserved.json()
     # Without --admin there is no such endpoint; a reload that fails keeps the old run serving.
     assert TestClient(create_app(str(run_copy))).post("/admin/reload").status_code in (404, 405)
     (run_copy / "model.safetensors").write_bytes(b"garbage")

@@ -236,3 +236,14 @@ def test_merge_capped_takes_the_best_by_score_with_at_most_cap_from_the_second_l
     assert merge_capped(items, scores, extra, extra_scores, cap=0, k=3)[0].tolist() == [[1, 2, 3], [4, -1, -1]]
     per_row = merge_capped(items, scores, extra, extra_scores, cap=np.array([1, 0]), k=5)[0]
     assert per_row.tolist() == [[10, 1, 2, 3, -1], [4, -1, -1, -1, -1]]
+
+
+def test_merge_capped_reserve_always_admits_the_best_cap_of_the_second_list():
+    items, scores = np.array([[1, 2, 3, 4]]), np.array([[-1.0, -2.0, -3.0, -4.0]])
+    extra, extra_scores = np.array([[10, 11, 12]]), np.array([[-8.0, -9.0, -0.5]])  # not sorted: the first cap are taken
+    assert merge_capped(items, scores, extra, extra_scores, cap=2, k=4)[0].tolist() == [[1, 2, 3, 4]]
+    merged, merged_scores = merge_capped(items, scores, extra, extra_scores, cap=2, k=4, reserve=True)
+    assert merged.tolist() == [[1, 2, 10, 11]] and merged_scores.tolist() == [[-1.0, -2.0, -8.0, -9.0]]
+    # Fewer new items than the cap: the first list fills the rest; no slot is left empty.
+    short = merge_capped(items, scores, np.array([[10, -1, -1]]), np.array([[-8.0, -np.inf, -np.inf]]), cap=3, k=4, reserve=True)
+    assert short[0].tolist() == [[1, 2, 3, 10]]

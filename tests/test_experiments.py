@@ -88,6 +88,7 @@ def test_semantic_knn_ranks_by_cosine_to_the_mean_history():
     assert semantic_knn(embeddings, [np.array([0])], 4, exclude_history=False)[0, 0] == 0
     # Profile = mean of unit vectors of items 0 and 1 = the diagonal; 2 and 3 are equally far from it.
     assert set(semantic_knn(embeddings, [np.array([0, 1])], 2)[0].tolist()) == {2, 3}
+    assert semantic_knn(embeddings, [np.array([0])], 2, among=np.array([True, True, False, True]))[0].tolist() == [3, 1]
 
 
 def test_markov_ranks_what_followed_the_last_item_then_popularity():
@@ -170,7 +171,13 @@ def test_coldstart_command(tmp_path):
     result = _read(tmp_path, "coldstart")
     assert result["cold_test_users"] > 0 and result["unseen_items"] > 0
     epsilons = ["0", "0.1", "0.2", "0.4", "1"]
-    assert set(result["recall"]) == {"Semantic_KNN", *(f"TIGER {rule} eps={e}" for rule in ("prefix", "scored") for e in epsilons)}
+    reserved = [f"{method} reserved eps={e}" for method in ("TIGER", "Semantic_KNN") for e in epsilons[1:]]
+    assert set(result["recall"]) == {"Semantic_KNN", *reserved,
+                                     *(f"TIGER {rule} eps={e}" for rule in ("prefix", "scored") for e in epsilons)}
+    # Reserved slots hold ceil(eps * 10) unseen items in a top 10, as far as there are unseen items.
+    for method in ("TIGER", "Semantic_KNN"):
+        counts = [result["mean_unseen_in_top10"][f"{method} reserved eps={e}"] for e in epsilons[1:]]
+        assert counts[0] == 1 and counts == sorted(counts) and all(c <= cap for c, cap in zip(counts, (1, 2, 4, 10)))
     for rule in ("prefix", "scored"):
         assert all(v == 0 for v in result["recall"][f"TIGER {rule} eps=0"].values())  # only seen items, every target unseen
         assert result["mean_unseen_in_top10"][f"TIGER {rule} eps=0.1"] <= 1

@@ -71,18 +71,23 @@ def markov(train_sequences: list[np.ndarray], num_items: int, histories: list[np
 
 
 def semantic_knn(embeddings: np.ndarray, histories: list[np.ndarray], k: int = 10, max_history: int = 20,
-                 exclude_history: bool = True) -> np.ndarray:
+                 exclude_history: bool = True, among: np.ndarray | None = None) -> np.ndarray:
     """Items nearest to the user's profile in the content-embedding space.
 
     Profile = mean of the unit-normalised embeddings of the user's last
     ``max_history`` items (what TIGER's encoder sees); items are ranked by cosine
-    similarity to it. Items anywhere in the history are excluded by default.
+    similarity to it. Items anywhere in the history are excluded by default;
+    ``among`` (a bool per item) restricts the ranking to the items it marks.
     """
     unit = F.normalize(torch.as_tensor(embeddings, dtype=torch.float32), dim=1)
+    left_out = None if among is None else torch.from_numpy(~np.asarray(among, dtype=bool))
 
     def rank(part):
         profiles = torch.stack([unit[torch.from_numpy(h[-max_history:])].mean(0) for h in part])
-        return _top_k(F.normalize(profiles, dim=1) @ unit.T, part, k, exclude_history)
+        scores = F.normalize(profiles, dim=1) @ unit.T
+        if left_out is not None:
+            scores[:, left_out] = float("-inf")
+        return _top_k(scores, part, k, exclude_history)
 
     return _in_chunks(histories, rank)
 

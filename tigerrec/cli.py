@@ -130,7 +130,7 @@ def cmd_recommend(args) -> None:
     recommender = Recommender.load(args.run_dir, args.device)
     results = recommender.recommend(item_list(args.history), args.user, args.k, args.temperature, not args.include_seen,
                                     args.seed, item_list(args.exclude), item_list(args.only), args.category,
-                                    args.max_new_share)
+                                    args.max_new_share, args.reserve_new)
     if args.json:
         print(json.dumps(results, indent=2))
         return
@@ -243,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--only", help="comma-separated item ids: recommend only among these")
     rec.add_argument("--category", help="recommend only items with this category name, e.g. 'Nail Polish'")
     rec.add_argument("--max-new-share", type=float, help="cap on the share of the results for items added after training")
+    rec.add_argument("--reserve-new", action="store_true",
+                     help="give the --max-new-share slots to the best new items even when older items score higher")
     rec.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     rec.add_argument("--json", action="store_true", help="print JSON instead of a table")
     rec.set_defaults(func=cmd_recommend)

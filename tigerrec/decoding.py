@@ -124,15 +124,26 @@ def new_item_cap(share: float, k: int) -> int:
 
 
 def merge_capped(items: np.ndarray, scores: np.ndarray, extra_items: np.ndarray, extra_scores: np.ndarray,
-                 cap: int | np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+                 cap: int | np.ndarray, k: int, reserve: bool | np.ndarray = False) -> tuple[np.ndarray, np.ndarray]:
     """The best ``k`` of two ranked lists per row (N, *) by score, with at most ``cap`` (an int, or one
     per row) taken from the second, the best of it first. Items -1 are no items; rows short of ``k``
-    end in -1 with score -inf. Used to admit new items into a ranking under a cap (cold start)."""
+    end in -1 with score -inf. Used to admit new items into a ranking under a cap (cold start).
+
+    ``reserve`` (a bool, or one per row): the best ``cap`` of the second list always enter (as many as it has), and the rest
+    of the ``k`` are the best of the first; the result is still ordered by score. New items score
+    below the ones a model was trained on (their code combinations were never targets), so a cap
+    alone rarely lets any in; reserved slots give them a fixed share of the list."""
     cap = np.broadcast_to(np.asarray(cap), (len(items),))
-    extra_scores = np.where(np.arange(extra_items.shape[1]) < cap[:, None], extra_scores, -np.inf)
+    reserve = np.broadcast_to(np.asarray(reserve), (len(items),))
+    taken = np.arange(extra_items.shape[1]) < cap[:, None]
+    extra_scores = np.where(taken & (extra_items >= 0), extra_scores, -np.inf)
     pool_items = np.concatenate([items, extra_items], axis=1)
     pool_scores = np.where(pool_items >= 0, np.concatenate([scores, extra_scores], axis=1), -np.inf)
-    order = np.argsort(-pool_scores, axis=1, kind="stable")[:, :k]
+    # Selection key: with reserved slots the capped new items come before every other item.
+    reserved = np.where(reserve[:, None] & np.isfinite(extra_scores), np.inf, extra_scores)
+    key = np.concatenate([pool_scores[:, : items.shape[1]], reserved], axis=1)
+    chosen = np.argsort(-key, axis=1, kind="stable")[:, :k]
+    order = np.take_along_axis(chosen, np.argsort(-np.take_along_axis(pool_scores, chosen, 1), axis=1, kind="stable"), 1)
     best_items, best_scores = np.take_along_axis(pool_items, order, 1), np.take_along_axis(pool_scores, order, 1)
     best_items = np.where(np.isfinite(best_scores), best_items, -1)
     if best_items.shape[1] < k:

@@ -170,7 +170,8 @@ def epsilon_rank(seen: np.ndarray, unseen: np.ndarray, k: int, epsilon: float) -
 SCORED_RULE = (
     "Scored: the model ranks the seen items and, separately, the unseen ones (beam search restricted to the "
     "unseen items' IDs, or RPG's exact scores), and the two lists merge by score with at most ceil(epsilon * K) "
-    "unseen items (``decoding.merge_capped``)."
+    "unseen items (``decoding.merge_capped``). Reserved: the same two lists, but the ceil(epsilon * K) best-scored "
+    "unseen items always enter the top K and the best seen items fill the rest."
 )
 
 
@@ -215,6 +216,16 @@ def coldstart(source, cfg: RunConfig, out_dir: Path, overwrite: bool = False) ->
         recall[name] = {k: ranking_metrics(top_k(k), examples.targets, (k,))[f"recall@{k}"] for k in ks}
         unseen_in_top10[name] = float((top_k(10) >= num_seen).sum(1).mean())
 
+    # Semantic_KNN under the reserved rule, the content-only reference for it: the ceil(epsilon * K)
+    # unseen items nearest to the profile, then the nearest seen ones (ranks stand in for scores).
+    seen = np.arange(len(ids.item_ids)) < num_seen
+    knn_seen, knn_unseen = (semantic_knn(embeddings, histories, 10, cfg.data.max_history, among=part) for part in (seen, ~seen))
+    by_rank = np.broadcast_to(-np.arange(10.0), knn_seen.shape)
+    reserving = [epsilon for epsilon in exp.epsilons if epsilon > 0]  # with 0 every rule gives the same list
+    for epsilon in reserving:
+        add_rows(f"Semantic_KNN reserved eps={epsilon:g}", lambda k, e=epsilon: merge_capped(
+            knn_seen, by_rank, knn_unseen, by_rank, new_item_cap(e, k), k, True)[0])
+
     if model.kind == "tiger":
         # The paper's rule. The model may generate any prefix of a real item, unseen ones included (it
         # knows every code token); a generated unseen ID then brings its unseen siblings, itself among them.
@@ -224,12 +235,12 @@ def coldstart(source, cfg: RunConfig, out_dir: Path, overwrite: bool = False) ->
         prefix_rule["generated_ids_with_unseen_siblings"] = float((siblings >= 0).any(2).mean())
         for epsilon in exp.epsilons:
             add_rows(f"TIGER prefix eps={epsilon:g}", lambda k, e=epsilon: epsilon_rank(generated, siblings, k, e))
-    seen = np.arange(len(ids.item_ids)) < num_seen
     seen_best, _, seen_scores = decode(seen)
     unseen_best, _, unseen_scores = decode(~seen)
-    for epsilon in exp.epsilons:
-        add_rows(f"{kind} scored eps={epsilon:g}", lambda k, e=epsilon: merge_capped(
-            seen_best, seen_scores, unseen_best, unseen_scores, new_item_cap(e, k), k)[0])
+    for reserve, rule in ((False, "scored"), (True, "reserved")):
+        for epsilon in reserving if reserve else exp.epsilons:
+            add_rows(f"{kind} {rule} eps={epsilon:g}", lambda k, e=epsilon, r=reserve: merge_capped(
+                seen_best, seen_scores, unseen_best, unseen_scores, new_item_cap(e, k), k, r)[0])
     result = {
         "model": model.kind, "unseen_items": len(unseen), "seen_items": num_seen, "cold_test_users": len(cold), **prefix_rule,
         "recall": recall, "mean_unseen_in_top10": unseen_in_top10,
@@ -242,7 +253,8 @@ def coldstart(source, cfg: RunConfig, out_dir: Path, overwrite: bool = False) ->
     intro = (f"Recall@K on the {len(cold)} test users whose target is one of {len(unseen)} unseen items "
              f"({exp.unseen_share:.0%} of the distinct test targets). Paper: TIGER beats Semantic_KNN at every K for eps >= 0.1.\n\n"
              f"{result['fill_rule']} Semantic_KNN ranks all items, seen and unseen, by cosine similarity to the mean embedding "
-             "of the user's last items, history excluded.\n\n")
+             "of the user's last items, history excluded; Semantic_KNN reserved applies the reserved rule to its "
+             "nearest unseen and nearest seen items.\n\n")
     return result, intro + markdown_table(header, rows)
 
 

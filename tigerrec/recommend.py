@@ -76,6 +76,7 @@ class Query:
     beam: int
     only: frozenset | None = None  # item indices the results must come from (``only`` and ``category``)
     new_cap: int | None = None  # at most this many items added after training (``max_new_share``)
+    reserve_new: bool = False  # the ``new_cap`` slots always go to the best new items
 
 
 class Recommender:
@@ -89,7 +90,7 @@ class Recommender:
     together in one model call.
 
     Items added after training (``add_items``, ``tigerrec add-items``) are "new": a
-    request's ``max_new_share`` caps their share of the top k.
+    request's ``max_new_share`` caps their share of the top k, and ``reserve_new`` fills that share.
     """
 
     def __init__(self, model: SequenceModel, ids: SemanticIDs, items: dict[str, dict], cfg: RunConfig,
@@ -171,7 +172,7 @@ class Recommender:
     def recommend(self, history: list[str], user_id: str | None = None, k: int = 10, temperature: float | None = None,
                   exclude_seen: bool = True, seed: int | None = None, exclude: list[str] | None = None,
                   only: list[str] | None = None, category: str | None = None,
-                  max_new_share: float | None = None) -> list[dict]:
+                  max_new_share: float | None = None, reserve_new: bool = False) -> list[dict]:
         """The ``k`` most likely next items after ``history`` (item ids, oldest first).
 
         Only the most recent ``max_history`` items (the training setting, see
@@ -188,17 +189,21 @@ class Recommender:
         categories, ``self.categories``). Fewer than ``k`` results come back only when fewer than
         ``k`` items pass the filters. ``max_new_share`` (0..1) caps the items added after training
         at ``ceil(max_new_share * k)`` of the results (the cold-start rule of the TIGER paper); the
-        rest are the best trained-with items, all ordered by score.
+        rest are the best trained-with items, all ordered by score. New items score below the
+        trained-with ones (the model never had their code combinations as targets), so a cap alone
+        admits few; ``reserve_new`` gives those ``ceil(max_new_share * k)`` slots to the best new
+        items whatever their scores (BENCHMARKS.md, "Cold start").
 
         Returns dicts with item_id, score (log-probability), semantic_id, title, categories.
         """
         return self.run([self.query(history, user_id, k, temperature, exclude_seen, seed, exclude, only, category,
-                                    max_new_share)])[0]
+                                    max_new_share, reserve_new)])[0]
 
     def recommend_batch(self, histories: list[list[str]], user_ids: list[str | None] | None = None, k: int = 10,
                         temperature: float | None = None, exclude_seen: bool = True, seed: int | None = None,
                         exclude: list[str] | None = None, only: list[str] | None = None,
-                        category: str | None = None, max_new_share: float | None = None) -> list[list[dict]]:
+                        category: str | None = None, max_new_share: float | None = None,
+                        reserve_new: bool = False) -> list[list[dict]]:
         """``recommend`` for many histories at once (one model call per ``eval.batch_size`` rows); the
         filters apply to every history."""
         if not isinstance(histories, (list, tuple)) or not histories:
@@ -208,14 +213,14 @@ class Recommender:
         if not isinstance(user_ids, (list, tuple)) or len(user_ids) != len(histories):
             raise RequestError(f"user_ids must be None or a list of {len(histories)} user ids")
         queries = [self.query(h, u, k, temperature, exclude_seen, seed, exclude, only, category, max_new_share,
-                              where=f"history {n}")
+                              reserve_new, where=f"history {n}")
                    for n, (h, u) in enumerate(zip(histories, user_ids))]
         return self.run(queries)
 
     def query(self, history: list[str], user_id: str | None = None, k: int = 10, temperature: float | None = None,
               exclude_seen: bool = True, seed: int | None = None, exclude: list[str] | None = None,
               only: list[str] | None = None, category: str | None = None, max_new_share: float | None = None,
-              where: str = "history") -> Query:
+              reserve_new: bool = False, where: str = "history") -> Query:
         """Check a request and look its items up; raises RequestError or UnknownItemError naming the problem."""
         k, temperature = self._check_options(k, temperature, exclude_seen, seed)
         indices = self._item_indices(history, where)
@@ -228,14 +233,19 @@ class Recommender:
             allowed = in_category if allowed is None else allowed & in_category
         # Filters are enforced inside decoding, so the evaluation beam (or k, if larger) always suffices.
         beam = min(max(k, self.cfg.eval.beam_size), self.num_items)
+        if not isinstance(reserve_new, bool):
+            raise RequestError(f"reserve_new must be true or false, got {reserve_new!r}")
+        if reserve_new and max_new_share is None:
+            raise RequestError("reserve_new needs max_new_share: the share of the top k to reserve for new items")
         new_cap = None
         if max_new_share is not None:
             if isinstance(max_new_share, bool) or not isinstance(max_new_share, Real) or not 0 <= max_new_share <= 1:
                 raise RequestError(f"max_new_share must be a number in [0, 1], got {max_new_share!r}")
             cap = new_item_cap(max_new_share, k)
-            new_cap = cap if cap < k and self.trained_items < self.num_items else None  # None: nothing to cap
+            # None: nothing to merge (no new items, or a cap that neither limits nor reserves)
+            new_cap = cap if (cap < k or reserve_new) and self.trained_items < self.num_items else None
         return Query(indices, self._user_token(user_id), k, temperature, frozenset(excluded), seed, beam,
-                     None if allowed is None else frozenset(allowed), new_cap)
+                     None if allowed is None else frozenset(allowed), new_cap, reserve_new)
 
     def run(self, queries: list[Query]) -> list[list[dict]]:
         """Results of checked queries; those with the same settings share model calls."""
@@ -260,7 +270,8 @@ class Recommender:
         """Items and scores (B, beam) of each query, best first (-1: fewer items pass its filters).
 
         A query with a cap on new items is decoded twice, once among the trained-with items and once
-        among the new ones, and the two lists merge by score with at most ``new_cap`` new items."""
+        among the new ones, and the two lists merge by score with at most ``new_cap`` new items
+        (exactly that many, as far as there are, with ``reserve_new``)."""
         examples = Examples.from_histories([q.indices for q in chunk], np.full(len(chunk), -1),
                                            np.zeros(len(chunk)), self.max_history)  # keeps the most recent items
         tokens = self.tokenizer.encoder_input(torch.from_numpy(examples.histories), torch.tensor([q.user_token for q in chunk]))
@@ -277,8 +288,12 @@ class Recommender:
         items, scores = out.items.cpu().numpy(), out.scores.float().cpu().numpy()
         if capped:
             extra = slice(len(chunk), None)
-            items[capped], scores[capped] = merge_capped(items[capped], scores[capped], items[extra], scores[extra],
-                                                         np.array([chunk[row].new_cap for row in capped]), items.shape[1])
+            k = chunk[0].k  # a chunk shares k (``run``); reserved slots must fall within it
+            merged = merge_capped(items[capped], scores[capped], items[extra], scores[extra],
+                                  np.array([chunk[row].new_cap for row in capped]), k,
+                                  np.array([chunk[row].reserve_new for row in capped]))
+            items[capped], scores[capped] = -1, -np.inf
+            items[capped, :k], scores[capped, :k] = merged
         return items[: len(chunk)], scores[: len(chunk)]
 
     def _allowed(self, queries: list[Query]) -> torch.Tensor:

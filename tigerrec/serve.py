@@ -115,6 +115,8 @@ def create_app(source: Union[str, Path, Recommender], max_history_items: int = M
         seed: Optional[int] = Field(None, ge=0, le=2**63 - 1, description="random seed for temperature sampling")
         max_new_share: Optional[float] = Field(None, ge=0, le=1, allow_inf_nan=False,
                                                description="cap on the share of the top k for items added after training")
+        reserve_new: bool = Field(False, description="give the max_new_share slots to the best new items even when "
+                                                     "items the model was trained with score higher")
         exclude: list[ItemId] = Field([], max_length=MAX_FILTER_ITEMS,
                                       description="item ids to leave out of the results (in the basket, out of stock)")
         only: Optional[list[ItemId]] = Field(None, min_length=1, max_length=MAX_FILTER_ITEMS,
@@ -183,7 +185,8 @@ def create_app(source: Union[str, Path, Recommender], max_history_items: int = M
         current, batcher = state.recommender, state.batcher  # one catalogue for the whole request
         # Checking is cheap dictionary work; errors surface here, before any model time is spent.
         query = current.query(request.history, request.user_id, request.k, request.temperature, request.exclude_seen,
-                              request.seed, request.exclude, request.only, request.category, request.max_new_share)
+                              request.seed, request.exclude, request.only, request.category, request.max_new_share,
+                              request.reserve_new)
         results = await asyncio.wrap_future(batcher.submit(query))
         return {"recommendations": results}
 
