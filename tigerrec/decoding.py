@@ -129,10 +129,10 @@ def merge_capped(items: np.ndarray, scores: np.ndarray, extra_items: np.ndarray,
     per row) taken from the second, the best of it first. Items -1 are no items; rows short of ``k``
     end in -1 with score -inf. Used to admit new items into a ranking under a cap (cold start).
 
-    ``reserve`` (a bool, or one per row): the best ``cap`` of the second list always enter (as many as it has), and the rest
-    of the ``k`` are the best of the first; the result is still ordered by score. New items score
-    below the ones a model was trained on (their code combinations were never targets), so a cap
-    alone rarely lets any in; reserved slots give them a fixed share of the list."""
+    ``reserve`` (a bool, or one per row): the best ``cap`` of the second list always enter (as many
+    as it has), and the rest of the ``k`` are the best of the first; the result is still ordered by
+    score. New items score below the ones a model was trained on (their code combinations were never
+    targets), so a cap alone rarely lets any in; reserved slots give them a fixed share of the list."""
     cap = np.broadcast_to(np.asarray(cap), (len(items),))
     reserve = np.broadcast_to(np.asarray(reserve), (len(items),))
     taken = np.arange(extra_items.shape[1]) < cap[:, None]

@@ -288,7 +288,7 @@ class Recommender:
         items, scores = out.items.cpu().numpy(), out.scores.float().cpu().numpy()
         if capped:
             extra = slice(len(chunk), None)
-            k = chunk[0].k  # a chunk shares k (``run``); reserved slots must fall within it
+            k = min(chunk[0].k, items.shape[1])  # a chunk shares k (``run``); reserved slots must fall within it
             merged = merge_capped(items[capped], scores[capped], items[extra], scores[extra],
                                   np.array([chunk[row].new_cap for row in capped]), k,
                                   np.array([chunk[row].reserve_new for row in capped]))
