@@ -216,15 +216,19 @@ def coldstart(source, cfg: RunConfig, out_dir: Path, overwrite: bool = False) ->
         recall[name] = {k: ranking_metrics(top_k(k), examples.targets, (k,))[f"recall@{k}"] for k in ks}
         unseen_in_top10[name] = float((top_k(10) >= num_seen).sum(1).mean())
 
+    def add_merged(name: str, seen_lists, unseen_lists, reserve: bool) -> None:
+        """Rows for two ranked lists (items, scores) merged under each epsilon's cap (``merge_capped``)."""
+        # With epsilon 0 reserving gives the same list as capping: no row of its own.
+        for epsilon in (e for e in exp.epsilons if e > 0 or not reserve):
+            add_rows(f"{name} eps={epsilon:g}", lambda k, e=epsilon: merge_capped(
+                *seen_lists, *unseen_lists, new_item_cap(e, k), k, reserve)[0])
+
     # Semantic_KNN under the reserved rule, the content-only reference for it: the ceil(epsilon * K)
     # unseen items nearest to the profile, then the nearest seen ones (ranks stand in for scores).
     seen = np.arange(len(ids.item_ids)) < num_seen
     knn_seen, knn_unseen = (semantic_knn(embeddings, histories, 10, cfg.data.max_history, among=part) for part in (seen, ~seen))
     by_rank = np.broadcast_to(-np.arange(10.0), knn_seen.shape)
-    reserving = [epsilon for epsilon in exp.epsilons if epsilon > 0]  # with 0 every rule gives the same list
-    for epsilon in reserving:
-        add_rows(f"Semantic_KNN reserved eps={epsilon:g}", lambda k, e=epsilon: merge_capped(
-            knn_seen, by_rank, knn_unseen, by_rank, new_item_cap(e, k), k, True)[0])
+    add_merged("Semantic_KNN reserved", (knn_seen, by_rank), (knn_unseen, by_rank), True)
 
     if model.kind == "tiger":
         # The paper's rule. The model may generate any prefix of a real item, unseen ones included (it
@@ -238,9 +242,7 @@ def coldstart(source, cfg: RunConfig, out_dir: Path, overwrite: bool = False) ->
     seen_best, _, seen_scores = decode(seen)
     unseen_best, _, unseen_scores = decode(~seen)
     for reserve, rule in ((False, "scored"), (True, "reserved")):
-        for epsilon in reserving if reserve else exp.epsilons:
-            add_rows(f"{kind} {rule} eps={epsilon:g}", lambda k, e=epsilon, r=reserve: merge_capped(
-                seen_best, seen_scores, unseen_best, unseen_scores, new_item_cap(e, k), k, r)[0])
+        add_merged(f"{kind} {rule}", (seen_best, seen_scores), (unseen_best, unseen_scores), reserve)
     result = {
         "model": model.kind, "unseen_items": len(unseen), "seen_items": num_seen, "cold_test_users": len(cold), **prefix_rule,
         "recall": recall, "mean_unseen_in_top10": unseen_in_top10,
