@@ -109,6 +109,22 @@ def test_budgets_may_change_on_resume_but_the_recipe_may_not(run_dir):
     assert metrics["training"]["steps"] == 30 and metrics["training"]["steps_this_run"] == 10
 
 
+def test_a_finished_run_asked_again_trains_and_decodes_nothing(run_dir):
+    kept = ["checkpoint.pt", "model.safetensors", "train_log.csv", "valid_log.csv", "metrics.json"]
+    before = {name: (run_dir / name).read_bytes() for name in kept}
+    metrics = run("tiny", small_config(), run_dir)
+    assert metrics == json.loads((run_dir / "metrics.json").read_text())
+    assert {name: (run_dir / name).read_bytes() for name in kept} == before  # metrics.json too: no new timings
+
+    # A time budget already spent: no further step, though other settings send it to the test again.
+    checkpoint = torch.load(run_dir / CHECKPOINT, weights_only=True)
+    checkpoint["state"]["seconds"] = 120.0
+    torch.save(checkpoint, run_dir / CHECKPOINT)
+    metrics = run("tiny", small_config(steps=40, max_minutes=1.0), run_dir)
+    assert metrics["training"]["steps_this_run"] == 0 and metrics["training"]["steps"] == 20
+    assert [row["step"] for row in read_csv(run_dir / "valid_log.csv")] == [20] and "recall@10" in metrics["test"]
+
+
 def test_run_directories_from_before_fingerprints_are_checked_against_their_config(run_dir):
     # As written before fingerprints: no fingerprint.json, the IDs' settings nested in ids_metrics.json.
     cfg = small_config()

@@ -347,7 +347,8 @@ def run(source: str | Dataset, cfg: RunConfig, run_dir: str | Path, overwrite: b
     ``source`` is anything ``load_dataset`` reads, or a ``Dataset`` already in
     memory (the cold-start experiment trains on one without its unseen items).
     A run directory is reused: stages built from the same inputs are skipped and
-    training resumes from its checkpoint. A stage built from other inputs stops the
+    training resumes from its checkpoint; a finished run asked again with the same
+    settings returns its ``metrics.json`` without decoding anything. A stage built from other inputs stops the
     run before anything is written (``check_run_dir``), unless ``overwrite``: then it
     is deleted with everything after it and built again.
     """
@@ -386,6 +387,10 @@ def run(source: str | Dataset, cfg: RunConfig, run_dir: str | Path, overwrite: b
     timings["train_seconds"] = summary["train_seconds"]
     if rank != 0:
         return {}
+    finished = read_json(run_dir / METRICS_FILE) if (run_dir / METRICS_FILE).exists() else None
+    if summary["steps_this_run"] == 0 and finished and finished.get("config") == json.loads(json.dumps(cfg.to_dict())):
+        log.info("%s was finished with these settings: its metrics are those of %s", run_dir, METRICS_FILE)
+        return finished
 
     # Test metrics once, on the checkpoint selected by validation, decoded as eval.decoding says.
     load_best_model(model, run_dir)

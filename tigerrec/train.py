@@ -224,11 +224,13 @@ def train(model: SequenceModel, data: TrainData, cfg: TrainConfig, eval_cfg: Eva
     # The bar counts the budget that stops training: minutes under max_minutes (counting to the
     # 200k steps of the paper would show an ETA of days), else steps. The step count is in the postfix.
     if cfg.max_minutes:
-        progress = tqdm(total=cfg.max_minutes, initial=state["seconds"] / 60, desc="train", disable=rank != 0,
+        progress = tqdm(total=cfg.max_minutes, initial=min(state["seconds"] / 60, cfg.max_minutes), desc="train", disable=rank != 0,
                         mininterval=2, bar_format="{l_bar}{bar}| {n:.3g}/{total:g} min [{elapsed}<{remaining}{postfix}]")
     else:
         progress = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", disable=rank != 0, mininterval=2)
-    stop = step >= cfg.steps
+    # A run resumed after its budget is spent (a finished run started again) trains no further step.
+    stop = (step >= cfg.steps or bool(cfg.max_minutes and state["seconds"] >= 60 * cfg.max_minutes)
+            or bool(cfg.patience and state["evals_since_best"] >= cfg.patience))
     while not stop:
         epoch, position = divmod(step, batches_per_epoch)
         batches = length_bucketed_batches(data.train.lengths, local_batch, cfg.seed, epoch)
