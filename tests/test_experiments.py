@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from tigerrec.baselines import markov, most_popular, sasrec_recommend, semantic_knn, train_sasrec
+from tigerrec.baselines import markov, most_popular, rank_by_profile, sasrec_recommend, semantic_knn, train_sasrec
 from tigerrec.cli import main
 from tigerrec.config import SASRecConfig
 from tigerrec.data import leave_one_out, make_tiny
 from tigerrec.evaluate import ranking_metrics
-from tigerrec.experiments import (category_entropy, cold_start_ids, epsilon_rank, item_categories, pick_unseen,
-                                  unseen_siblings, without_items)
+from tigerrec.experiments import (category_entropy, choose_pull, cold_start_ids, epsilon_rank, guided_profiles,
+                                  item_categories, pick_unseen, unseen_siblings, without_items)
 from tigerrec.pipeline import IDS_DIR, QUANTIZER_FILE, build_semantic_ids, embed_items
 from tigerrec.quantize import load_quantizer
 from tigerrec.sequences import Examples, training_windows
@@ -89,6 +89,9 @@ def test_semantic_knn_ranks_by_cosine_to_the_mean_history():
     # Profile = mean of unit vectors of items 0 and 1 = the diagonal; 2 and 3 are equally far from it.
     assert set(semantic_knn(embeddings, [np.array([0, 1])], 2)[0].tolist()) == {2, 3}
     assert semantic_knn(embeddings, [np.array([0])], 2, among=np.array([True, True, False, True]))[0].tolist() == [3, 1]
+    # More users than one chunk (1,024): every user is ranked from their own profile.
+    many = [np.array([i % 2]) for i in range(2500)]
+    assert (semantic_knn(embeddings, many, 1)[:, 0] == np.where(np.arange(2500) % 2, 3, 2)).all()
 
 
 def test_markov_ranks_what_followed_the_last_item_then_popularity():
@@ -171,11 +174,11 @@ def test_coldstart_command(tmp_path):
     result = _read(tmp_path, "coldstart")
     assert result["cold_test_users"] > 0 and result["unseen_items"] > 0
     epsilons = ["0", "0.1", "0.2", "0.4", "1"]
-    reserved = [f"{method} reserved eps={e}" for method in ("TIGER", "Semantic_KNN") for e in epsilons[1:]]
+    reserved = [f"{method} reserved eps={e}" for method in ("TIGER", "Semantic_KNN", "TIGER guided") for e in epsilons[1:]]
     assert set(result["recall"]) == {"Semantic_KNN", *reserved,
                                      *(f"TIGER {rule} eps={e}" for rule in ("prefix", "scored") for e in epsilons)}
     # Reserved slots hold ceil(eps * 10) unseen items in a top 10, as far as there are unseen items.
-    for method in ("TIGER", "Semantic_KNN"):
+    for method in ("TIGER", "Semantic_KNN", "TIGER guided"):
         counts = [result["mean_unseen_in_top10"][f"{method} reserved eps={e}"] for e in epsilons[1:]]
         assert counts[0] == 1 and counts == sorted(counts) and all(c <= cap for c, cap in zip(counts, (1, 2, 4, 10)))
     for rule in ("prefix", "scored"):
@@ -183,6 +186,26 @@ def test_coldstart_command(tmp_path):
         assert result["mean_unseen_in_top10"][f"TIGER {rule} eps=0.1"] <= 1
         assert result["mean_unseen_in_top10"][f"TIGER {rule} eps=0.4"] <= 4
     assert result["mean_unseen_in_top10"]["TIGER scored eps=1"] >= result["mean_unseen_in_top10"]["TIGER scored eps=0.2"]
+    # The guided rule's pull is one of the grid, chosen on validation users (not the test users).
+    guided = result["guided"]
+    by_pull = guided["validation_unseen_ndcg@10_by_pull"]
+    assert guided["validation_cold_users"] > 0 and set(by_pull) == {"0", "0.25", "0.5", "0.75", "1"}
+    assert by_pull[f"{guided['pull']:g}"] == max(by_pull.values())
+
+
+def test_guided_profiles_move_from_the_history_towards_the_predicted_items():
+    embeddings = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.9, 1.0], [1.0, 0.1, 0.0]])
+    histories, predicted = [np.array([0])], np.array([[1, 2, -1]])
+    log_probs = np.log(np.array([[0.25, 0.75, 1.0]]))  # the padding (-1) has no weight whatever its score
+    assert guided_profiles(embeddings, histories, predicted, log_probs, 0.0, 20) == pytest.approx(np.array([[1.0, 0, 0]]))
+    ahead = np.array([[0.0, 0.25, 0.75]]) / np.hypot(0.25, 0.75)
+    assert guided_profiles(embeddings, histories, predicted, log_probs, 1.0, 20) == pytest.approx(ahead)
+    among = np.array([False, False, False, True, True])
+    rank = lambda pull: rank_by_profile(embeddings, guided_profiles(embeddings, histories, predicted, log_probs, pull, 20),
+                                        histories, 2, among=among)[0].tolist()
+    assert rank(0.0) == [4, 3] and rank(1.0) == [3, 4]
+    pull, by_pull = choose_pull(embeddings, histories, predicted, log_probs, np.array([3]), [0.0, 0.5, 1.0], among, 20)
+    assert pull == 1.0 and by_pull["1"] == 1.0 and by_pull["0"] < 1.0
 
 
 def test_diversity_command(tmp_path, tiny_tiger):

@@ -238,11 +238,12 @@ def test_coldstart_experiment_scores_unseen_items_with_rpg(tmp_path):
     assert main(["experiment", "coldstart", "tiny", *args]) == 0
     result = json.loads((tmp_path / "coldstart.json").read_text())
     assert result["model"] == "rpg" and "generated_ids_with_unseen_siblings" not in result  # no prefix rule
-    reserved = [f"{method} reserved eps={e}" for method in ("RPG", "Semantic_KNN") for e in ("0.1", "0.2", "0.4", "1")]
+    reserved = [f"{method} reserved eps={e}" for method in ("RPG", "Semantic_KNN", "RPG guided") for e in ("0.1", "0.2", "0.4", "1")]
     assert set(result["recall"]) == {"Semantic_KNN", *reserved, *(f"RPG scored eps={e}" for e in ("0", "0.1", "0.2", "0.4", "1"))}
     assert all(v == 0 for v in result["recall"]["RPG scored eps=0"].values())
     assert result["mean_unseen_in_top10"]["RPG scored eps=0.2"] <= 2
     assert result["mean_unseen_in_top10"]["RPG reserved eps=0.1"] == 1  # RPG scores every unseen item
+    assert result["mean_unseen_in_top10"]["RPG guided reserved eps=0.4"] == 4
 
 
 def test_rpg_scores_added_items_from_their_codes_and_decodes_by_graph(rpg_run, tmp_path):

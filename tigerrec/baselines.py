@@ -24,16 +24,20 @@ log = logging.getLogger(__name__)
 
 
 def _top_k(scores: torch.Tensor, histories: list[np.ndarray], k: int, exclude_history: bool) -> np.ndarray:
-    """Indices of the k best scores per row, optionally never an item of the row's history."""
+    """Indices of the k best scores per row, optionally never an item of the row's history; -1 where
+    fewer than k items are left."""
     if exclude_history:
         rows = np.repeat(np.arange(len(histories)), [len(h) for h in histories])
         scores[torch.from_numpy(rows), torch.from_numpy(np.concatenate(histories))] = float("-inf")
-    return scores.topk(k, dim=1).indices.cpu().numpy()
+    values, indices = scores.topk(min(k, scores.shape[1]), dim=1)
+    ranked = torch.where(torch.isfinite(values), indices, -1).cpu().numpy()  # -1: no item (all left out)
+    return np.pad(ranked, ((0, 0), (0, k - ranked.shape[1])), constant_values=-1)
 
 
 def _in_chunks(histories: list[np.ndarray], rank_chunk, chunk: int = 1024) -> np.ndarray:
-    """Score users a chunk at a time: a full users x items matrix would not fit for large catalogues."""
-    return np.concatenate([rank_chunk(histories[i : i + chunk]) for i in range(0, len(histories), chunk)])
+    """Score users a chunk at a time: a full users x items matrix would not fit for large catalogues.
+    ``rank_chunk(begin, part)`` ranks the users ``begin`` to ``begin + len(part)``, whose histories are ``part``."""
+    return np.concatenate([rank_chunk(i, histories[i : i + chunk]) for i in range(0, len(histories), chunk)])
 
 
 def most_popular(train_sequences: list[np.ndarray], num_items: int, histories: list[np.ndarray], k: int = 10,
@@ -46,7 +50,7 @@ def most_popular(train_sequences: list[np.ndarray], num_items: int, histories: l
     counts = np.bincount(np.concatenate(train_sequences), minlength=num_items).astype(np.float64)
     # Tiny decreasing offsets break ties by index, so the ranking is deterministic.
     scores = torch.from_numpy(counts - np.arange(num_items) / (num_items + 1.0))
-    return _in_chunks(histories, lambda part: _top_k(scores.expand(len(part), -1).clone(), part, k, exclude_history))
+    return _in_chunks(histories, lambda _, part: _top_k(scores.expand(len(part), -1).clone(), part, k, exclude_history))
 
 
 def markov(train_sequences: list[np.ndarray], num_items: int, histories: list[np.ndarray], k: int = 10,
@@ -62,7 +66,7 @@ def markov(train_sequences: list[np.ndarray], num_items: int, histories: list[np
     # Popularity scaled below 1, minus tiny index offsets: breaks count ties, then popularity ties, by index.
     fallback = torch.from_numpy(counts / (counts.max() + 1.0) - np.arange(num_items) / (num_items + 1.0) / (counts.max() + 1.0))
 
-    def rank(part):
+    def rank(_, part):
         last = np.array([h[-1] for h in part])
         scores = torch.from_numpy(transitions[last].toarray()) + fallback
         return _top_k(scores, part, k, exclude_history)
@@ -70,26 +74,39 @@ def markov(train_sequences: list[np.ndarray], num_items: int, histories: list[np
     return _in_chunks(histories, rank)
 
 
-def semantic_knn(embeddings: np.ndarray, histories: list[np.ndarray], k: int = 10, max_history: int = 20,
-                 exclude_history: bool = True, among: np.ndarray | None = None) -> np.ndarray:
-    """Items nearest to the user's profile in the content-embedding space.
+def unit_rows(embeddings: np.ndarray) -> torch.Tensor:
+    return F.normalize(torch.as_tensor(embeddings, dtype=torch.float32), dim=1)
 
-    Profile = mean of the unit-normalised embeddings of the user's last
-    ``max_history`` items (what TIGER's encoder sees); items are ranked by cosine
-    similarity to it. Items anywhere in the history are excluded by default;
-    ``among`` (a bool per item) restricts the ranking to the items it marks.
-    """
-    unit = F.normalize(torch.as_tensor(embeddings, dtype=torch.float32), dim=1)
+
+def user_profiles(embeddings: np.ndarray, histories: list[np.ndarray], max_history: int = 20) -> np.ndarray:
+    """(N, dim) each user's profile: the unit-normalised mean of the unit embeddings of the user's last
+    ``max_history`` items (what TIGER's encoder sees)."""
+    unit = unit_rows(embeddings)
+    return F.normalize(torch.stack([unit[torch.from_numpy(h[-max_history:])].mean(0) for h in histories]), dim=1).numpy()
+
+
+def rank_by_profile(embeddings: np.ndarray, profiles: np.ndarray, histories: list[np.ndarray], k: int = 10,
+                    exclude_history: bool = True, among: np.ndarray | None = None) -> np.ndarray:
+    """The ``k`` items of highest cosine similarity to each row of ``profiles`` (N, dim). Items anywhere in
+    the row's history are excluded by default; ``among`` (a bool per item) restricts the ranking to the
+    items it marks."""
+    unit = unit_rows(embeddings)
     left_out = None if among is None else torch.from_numpy(~np.asarray(among, dtype=bool))
-
-    def rank(part):
-        profiles = torch.stack([unit[torch.from_numpy(h[-max_history:])].mean(0) for h in part])
-        scores = F.normalize(profiles, dim=1) @ unit.T
+    def rank(begin, part):
+        scores = torch.as_tensor(profiles[begin : begin + len(part)]) @ unit.T
         if left_out is not None:
             scores[:, left_out] = float("-inf")
         return _top_k(scores, part, k, exclude_history)
 
     return _in_chunks(histories, rank)
+
+
+def semantic_knn(embeddings: np.ndarray, histories: list[np.ndarray], k: int = 10, max_history: int = 20,
+                 exclude_history: bool = True, among: np.ndarray | None = None) -> np.ndarray:
+    """Items nearest to the user's profile (``user_profiles``) in the content-embedding space, by
+    cosine similarity (``rank_by_profile``)."""
+    return rank_by_profile(embeddings, user_profiles(embeddings, histories, max_history), histories, k,
+                           exclude_history, among)
 
 
 # ------------------------------------------------------------------ SASRec

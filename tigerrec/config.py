@@ -191,6 +191,9 @@ class ExperimentConfig:
 
     unseen_share: float = 0.05  # cold start: share of the distinct test targets held out as unseen
     epsilons: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.2, 0.4, 1.0])
+    # cold start, guided rule: how far the model's best guide_items seen items pull the content profile
+    guide_pulls: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
+    guide_items: int = 5
     temperatures: list[float] = field(default_factory=lambda: [1.0, 1.5, 2.0])
     category_level: int = 2  # diversity: depth in the item's first category path (1 = root); 0 = deepest
     schemes: list[str] = field(default_factory=lambda: ["random", "lsh", "rqkmeans", "rqvae"])
@@ -443,6 +446,8 @@ def _rules() -> dict[str, Rule]:
         "experiment.unseen_share": ((lambda v: 0 < v <= 1), "in (0, 1]"),
         "experiment.epsilons": _each(_within(0, 1)),
         "experiment.temperatures": _each(POSITIVE),
+        "experiment.guide_pulls": _each(_within(0, 1)),
+        "experiment.guide_items": COUNT,
         "experiment.category_level": _at_least(0),
         "experiment.schemes": _each(_one_of(TIGER_SCHEMES)),  # the ablation trains TIGER
         "experiment.seed": SEED,

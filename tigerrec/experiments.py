@@ -34,9 +34,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from .baselines import markov, most_popular, sasrec_recommend, semantic_knn, train_sasrec
+from .baselines import (markov, most_popular, rank_by_profile, sasrec_recommend, semantic_knn, train_sasrec, unit_rows,
+                        user_profiles)
 from .config import RunConfig
 from .data import Dataset, leave_one_out, load_dataset
 from .decoding import PrefixTrie, merge_capped, new_item_cap
@@ -175,6 +177,38 @@ SCORED_RULE = (
 )
 
 
+GUIDED_RULE = (
+    "Guided reserved: as reserved, but the unseen items are those nearest (cosine) to the user's Semantic_KNN profile "
+    "moved towards what the model predicts: (1 - pull) x the profile of the history + pull x the profile of the "
+    "model's experiment.guide_items best seen items (each weighted by its probability among them), history excluded. "
+    "pull is the value of experiment.guide_pulls with the best NDCG@10 of that ranking on the validation users whose "
+    "validation target is unseen (pull 0 is Semantic_KNN's ranking of the unseen items)."
+)
+
+
+def guided_profiles(embeddings: np.ndarray, histories: list[np.ndarray], predicted: np.ndarray, log_probs: np.ndarray,
+                    pull: float, max_history: int) -> np.ndarray:
+    """(N, dim) unit profiles between each user's history profile (``user_profiles``, pull 0) and the
+    probability-weighted profile of the model's ``predicted`` items (N, P; -1 = none), pull 1."""
+    history = user_profiles(embeddings, histories, max_history)
+    weights = torch.as_tensor(np.where(predicted >= 0, log_probs, -np.inf), dtype=torch.float32).softmax(1).nan_to_num(0.0)
+    ahead = (weights[..., None] * unit_rows(embeddings)[torch.as_tensor(np.maximum(predicted, 0))]).sum(1)
+    ahead = F.normalize(ahead, dim=1).numpy()
+    return (1 - pull) * history + pull * ahead  # the ranking needs no unit length
+
+
+def choose_pull(embeddings, histories, predicted, log_probs, targets, pulls, among, max_history) -> tuple[float, dict[str, float]]:
+    """The pull of ``pulls`` whose guided ranking of the ``among`` items has the best NDCG@10 on (validation)
+    ``targets``, and the NDCG@10 of each; ties go to the smaller pull."""
+    def ndcg(pull):
+        profiles = guided_profiles(embeddings, histories, predicted, log_probs, pull, max_history)
+        return ranking_metrics(rank_by_profile(embeddings, profiles, histories, 10, among=among), targets, (10,))["ndcg@10"]
+
+    by_pull = {f"{p:g}": ndcg(p) for p in sorted(pulls)}
+    best = max(by_pull, key=lambda p: (by_pull[p], -float(p)))
+    return float(best), by_pull
+
+
 def coldstart(source, cfg: RunConfig, out_dir: Path, overwrite: bool = False) -> tuple[dict, str]:
     exp = cfg.experiment
     dataset = load_dataset(source, cfg.data.min_interactions)
@@ -188,22 +222,27 @@ def coldstart(source, cfg: RunConfig, out_dir: Path, overwrite: bool = False) ->
     ids, to_row, embeddings = cold_start_ids(dataset, unseen, cfg, run_dir)
     num_seen = dataset.num_items - len(unseen)
 
-    # Test users whose target is unseen; their histories keep any unseen items (now with IDs).
-    cold = np.flatnonzero(np.isin(split.test_target, unseen))
-    if not len(cold):
-        raise ValueError("no test user has an unseen target; raise experiment.unseen_share")
-    histories = [to_row[split.test_history[u]] for u in cold]
-    examples = Examples.from_histories(histories, to_row[split.test_target[cold]], cold, cfg.data.max_history)
     tokenizer = make_tokenizer(ids, cfg, trained_items=num_seen)
-    user_tokens = np.array([tokenizer.user_token(dataset.user_ids[u]) for u in cold], dtype=np.int64)
+
+    def cold_users(targets: np.ndarray, histories_of: list[np.ndarray]) -> tuple[list[np.ndarray], Examples, np.ndarray]:
+        """Histories (ID rows), examples and user tokens of the users whose ``targets`` are unseen."""
+        users = np.flatnonzero(np.isin(targets, unseen))
+        histories = [to_row[histories_of[u]] for u in users]
+        examples = Examples.from_histories(histories, to_row[targets[users]], users, cfg.data.max_history)
+        return histories, examples, np.array([tokenizer.user_token(dataset.user_ids[u]) for u in users], dtype=np.int64)
+
+    # Test users whose target is unseen; their histories keep any unseen items (now with IDs).
+    histories, examples, _ = cold = cold_users(split.test_target, split.test_history)
+    if not len(histories):
+        raise ValueError("no test user has an unseen target; raise experiment.unseen_share")
     device, bf16 = _device_and_bf16(cfg)
     model = load_best_model(make_model(tokenizer, cfg).to(device), run_dir)
     kind = model.kind.upper()
     trie = PrefixTrie(ids.codes, ids.codebook_size) if model.kind == "tiger" else None
     beam = cfg.eval.beam_size
 
-    def decode(allowed=None):
-        return recommend_examples(model, tokenizer, trie, examples, user_tokens, beam, beam, cfg.eval.batch_size, True,
+    def decode(allowed=None, users=cold):
+        return recommend_examples(model, tokenizer, trie, users[1], users[2], beam, beam, cfg.eval.batch_size, True,
                                   bf16, "cold start", allowed=allowed)
 
     ks = range(1, 11)
@@ -243,16 +282,32 @@ def coldstart(source, cfg: RunConfig, out_dir: Path, overwrite: bool = False) ->
     unseen_best, _, unseen_scores = decode(~seen)
     for reserve, rule in ((False, "scored"), (True, "reserved")):
         add_merged(f"{kind} {rule}", (seen_best, seen_scores), (unseen_best, unseen_scores), reserve)
+
+    # Guided (GUIDED_RULE): content ranks the unseen items, from a profile the model's predictions move;
+    # how far is chosen on the validation users whose target is unseen (never on these test users).
+    valid_users = cold_users(split.valid_target, split.valid_history)
+    if not len(valid_users[0]):
+        raise ValueError("no validation user has an unseen target to tune the guided rule on; raise experiment.unseen_share")
+    top = exp.guide_items
+    valid_best, _, valid_scores = decode(seen, valid_users)
+    pull, by_pull = choose_pull(embeddings, valid_users[0], valid_best[:, :top], valid_scores[:, :top],
+                                valid_users[1].targets, exp.guide_pulls, ~seen, cfg.data.max_history)
+    profiles = guided_profiles(embeddings, histories, seen_best[:, :top], seen_scores[:, :top], pull, cfg.data.max_history)
+    guided = rank_by_profile(embeddings, profiles, histories, 10, among=~seen)
+    add_merged(f"{kind} guided reserved", (seen_best, seen_scores), (guided, by_rank), True)
+
     result = {
-        "model": model.kind, "unseen_items": len(unseen), "seen_items": num_seen, "cold_test_users": len(cold), **prefix_rule,
+        "model": model.kind, "unseen_items": len(unseen), "seen_items": num_seen, "cold_test_users": len(histories), **prefix_rule,
         "recall": recall, "mean_unseen_in_top10": unseen_in_top10,
+        "guided": {"pull": pull, "guide_items": top, "validation_cold_users": len(valid_users[0]),
+                   "validation_unseen_ndcg@10_by_pull": by_pull},
         "seen_test_metrics": seen_metrics["test"], "training": seen_metrics["training"],
-        "fill_rule": (EPSILON_RULE + " " if model.kind == "tiger" else "") + SCORED_RULE,
+        "fill_rule": (EPSILON_RULE + " " if model.kind == "tiger" else "") + SCORED_RULE + " " + GUIDED_RULE,
     }
     header = ["K", *recall]
     rows = [[k, *(recall[name][k] for name in recall)] for k in ks]
     rows.append(["unseen in top 10", None, *unseen_in_top10.values()])
-    intro = (f"Recall@K on the {len(cold)} test users whose target is one of {len(unseen)} unseen items "
+    intro = (f"Recall@K on the {len(histories)} test users whose target is one of {len(unseen)} unseen items "
              f"({exp.unseen_share:.0%} of the distinct test targets). Paper: TIGER beats Semantic_KNN at every K for eps >= 0.1.\n\n"
              f"{result['fill_rule']} Semantic_KNN ranks all items, seen and unseen, by cosine similarity to the mean embedding "
              "of the user's last items, history excluded; Semantic_KNN reserved applies the reserved rule to its "

@@ -388,7 +388,7 @@ def run(source: str | Dataset, cfg: RunConfig, run_dir: str | Path, overwrite: b
     if rank != 0:
         return {}
     finished = read_json(run_dir / METRICS_FILE) if (run_dir / METRICS_FILE).exists() else None
-    if summary["steps_this_run"] == 0 and finished and finished.get("config") == json.loads(json.dumps(cfg.to_dict())):
+    if summary["steps_this_run"] == 0 and finished and _run_settings(finished.get("config", {})) == _run_settings(cfg.to_dict()):
         log.info("%s was finished with these settings: its metrics are those of %s", run_dir, METRICS_FILE)
         return finished
 
@@ -411,6 +411,11 @@ def run(source: str | Dataset, cfg: RunConfig, run_dir: str | Path, overwrite: b
     }
     write_json(run_dir / METRICS_FILE, metrics)
     return metrics
+
+
+def _run_settings(config: dict) -> dict:
+    """The sections of a config that a run's metrics depend on (not ``experiment`` or ``sasrec``), as JSON reads them."""
+    return json.loads(json.dumps({key: value for key, value in config.items() if key not in ("experiment", "sasrec")}))
 
 
 def _barrier() -> None:
