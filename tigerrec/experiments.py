@@ -12,10 +12,11 @@ resumed when the command is run again.
 - coldstart: 5% of the test items are "unseen": removed from every sequence, so
   neither the quantiser nor the sequence model sees them; afterwards they get
   Semantic IDs from the trained quantiser. At most ceil(epsilon * K) unseen items
-  enter a top K, chosen two ways: the paper's rule, the unseen items that share the
-  first codes of each generated ID (``epsilon_rank``, TIGER only), and the model's
-  own scores of the unseen IDs (``SCORED_RULE``, both model kinds). Compared with
-  Semantic_KNN.
+  enter a top K, chosen three ways: the paper's rule, the unseen items that share the
+  first codes of each generated ID (``epsilon_rank``, TIGER only); the model's own
+  scores of the unseen IDs (``SCORED_RULE``, both model kinds); and content similarity
+  to a profile the model's predictions move (``GUIDED_RULE``, tuned on validation
+  users). Compared with Semantic_KNN, plain and under the same reserved slots.
 - diversity: temperature sampling of the decoder; Entropy@K of the categories of
   the top-K items (natural log, ``category_entropy``) against the Recall@10 it costs.
 - ablation: the same sequence model and budget on random / LSH / RQ-KMeans /
