@@ -32,6 +32,7 @@ import time
 from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -210,6 +211,14 @@ def choose_pull(embeddings, histories, predicted, log_probs, targets, pulls, amo
     return float(best), by_pull
 
 
+class ColdUsers(NamedTuple):
+    """Users whose target is an unseen item: their histories (ID rows), examples and user tokens."""
+
+    histories: list[np.ndarray]
+    examples: Examples
+    user_tokens: np.ndarray
+
+
 def coldstart(source, cfg: RunConfig, out_dir: Path, overwrite: bool = False) -> tuple[dict, str]:
     exp = cfg.experiment
     dataset = load_dataset(source, cfg.data.min_interactions)
@@ -225,12 +234,12 @@ def coldstart(source, cfg: RunConfig, out_dir: Path, overwrite: bool = False) ->
 
     tokenizer = make_tokenizer(ids, cfg, trained_items=num_seen)
 
-    def cold_users(targets: np.ndarray, histories_of: list[np.ndarray]) -> tuple[list[np.ndarray], Examples, np.ndarray]:
-        """Histories (ID rows), examples and user tokens of the users whose ``targets`` are unseen."""
+    def cold_users(targets: np.ndarray, histories_of: list[np.ndarray]) -> ColdUsers:
+        """The users whose ``targets`` are unseen."""
         users = np.flatnonzero(np.isin(targets, unseen))
         histories = [to_row[histories_of[u]] for u in users]
         examples = Examples.from_histories(histories, to_row[targets[users]], users, cfg.data.max_history)
-        return histories, examples, np.array([tokenizer.user_token(dataset.user_ids[u]) for u in users], dtype=np.int64)
+        return ColdUsers(histories, examples, np.array([tokenizer.user_token(dataset.user_ids[u]) for u in users], dtype=np.int64))
 
     # Test users whose target is unseen; their histories keep any unseen items (now with IDs).
     histories, examples, _ = cold = cold_users(split.test_target, split.test_history)
@@ -243,7 +252,7 @@ def coldstart(source, cfg: RunConfig, out_dir: Path, overwrite: bool = False) ->
     beam = cfg.eval.beam_size
 
     def decode(allowed=None, users=cold):
-        return recommend_examples(model, tokenizer, trie, users[1], users[2], beam, beam, cfg.eval.batch_size, True,
+        return recommend_examples(model, tokenizer, trie, users.examples, users.user_tokens, beam, beam, cfg.eval.batch_size, True,
                                   bf16, "cold start", allowed=allowed)
 
     ks = range(1, 11)
@@ -287,12 +296,12 @@ def coldstart(source, cfg: RunConfig, out_dir: Path, overwrite: bool = False) ->
     # Guided (GUIDED_RULE): content ranks the unseen items, from a profile the model's predictions move;
     # how far is chosen on the validation users whose target is unseen (never on these test users).
     valid_users = cold_users(split.valid_target, split.valid_history)
-    if not len(valid_users[0]):
+    if not len(valid_users.histories):
         raise ValueError("no validation user has an unseen target to tune the guided rule on; raise experiment.unseen_share")
     top = exp.guide_items
     valid_best, _, valid_scores = decode(seen, valid_users)
-    pull, by_pull = choose_pull(embeddings, valid_users[0], valid_best[:, :top], valid_scores[:, :top],
-                                valid_users[1].targets, exp.guide_pulls, ~seen, cfg.data.max_history)
+    pull, by_pull = choose_pull(embeddings, valid_users.histories, valid_best[:, :top], valid_scores[:, :top],
+                                valid_users.examples.targets, exp.guide_pulls, ~seen, cfg.data.max_history)
     profiles = guided_profiles(embeddings, histories, seen_best[:, :top], seen_scores[:, :top], pull, cfg.data.max_history)
     guided = rank_by_profile(embeddings, profiles, histories, 10, among=~seen)
     add_merged(f"{kind} guided reserved", (seen_best, seen_scores), (guided, by_rank), True)
@@ -300,7 +309,7 @@ def coldstart(source, cfg: RunConfig, out_dir: Path, overwrite: bool = False) ->
     result = {
         "model": model.kind, "unseen_items": len(unseen), "seen_items": num_seen, "cold_test_users": len(histories), **prefix_rule,
         "recall": recall, "mean_unseen_in_top10": unseen_in_top10,
-        "guided": {"pull": pull, "guide_items": top, "validation_cold_users": len(valid_users[0]),
+        "guided": {"pull": pull, "guide_items": top, "validation_cold_users": len(valid_users.histories),
                    "validation_unseen_ndcg@10_by_pull": by_pull},
         "seen_test_metrics": seen_metrics["test"], "training": seen_metrics["training"],
         "fill_rule": (EPSILON_RULE + " " if model.kind == "tiger" else "") + SCORED_RULE + " " + GUIDED_RULE,
