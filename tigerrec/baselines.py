@@ -92,6 +92,7 @@ def rank_by_profile(embeddings: np.ndarray, profiles: np.ndarray, histories: lis
     items it marks."""
     unit = unit_rows(embeddings)
     left_out = None if among is None else torch.from_numpy(~np.asarray(among, dtype=bool))
+
     def rank(begin, part):
         scores = torch.as_tensor(profiles[begin : begin + len(part)]) @ unit.T
         if left_out is not None:

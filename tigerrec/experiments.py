@@ -256,7 +256,8 @@ def coldstart(source, cfg: RunConfig, out_dir: Path, overwrite: bool = False) ->
                                   bf16, "cold start", allowed=allowed)
 
     ks = range(1, 11)
-    knn = ranking_metrics(semantic_knn(embeddings, histories, 10, cfg.data.max_history), examples.targets, ks)
+    profiles = user_profiles(embeddings, histories, cfg.data.max_history)  # Semantic_KNN's, shared by its three rankings
+    knn = ranking_metrics(rank_by_profile(embeddings, profiles, histories, 10), examples.targets, ks)
     recall = {"Semantic_KNN": {k: knn[f"recall@{k}"] for k in ks}}
     unseen_in_top10, prefix_rule = {}, {}
 
@@ -275,7 +276,7 @@ def coldstart(source, cfg: RunConfig, out_dir: Path, overwrite: bool = False) ->
     # Semantic_KNN under the reserved rule, the content-only reference for it: the ceil(epsilon * K)
     # unseen items nearest to the profile, then the nearest seen ones (ranks stand in for scores).
     seen = np.arange(len(ids.item_ids)) < num_seen
-    knn_seen, knn_unseen = (semantic_knn(embeddings, histories, 10, cfg.data.max_history, among=part) for part in (seen, ~seen))
+    knn_seen, knn_unseen = (rank_by_profile(embeddings, profiles, histories, 10, among=part) for part in (seen, ~seen))
     by_rank = np.broadcast_to(-np.arange(10.0), knn_seen.shape)
     add_merged("Semantic_KNN reserved", (knn_seen, by_rank), (knn_unseen, by_rank), True)
 
@@ -302,8 +303,8 @@ def coldstart(source, cfg: RunConfig, out_dir: Path, overwrite: bool = False) ->
     valid_best, _, valid_scores = decode(seen, valid_users)
     pull, by_pull = choose_pull(embeddings, valid_users.histories, valid_best[:, :top], valid_scores[:, :top],
                                 valid_users.examples.targets, exp.guide_pulls, ~seen, cfg.data.max_history)
-    profiles = guided_profiles(embeddings, histories, seen_best[:, :top], seen_scores[:, :top], pull, cfg.data.max_history)
-    guided = rank_by_profile(embeddings, profiles, histories, 10, among=~seen)
+    guided = rank_by_profile(embeddings, guided_profiles(embeddings, histories, seen_best[:, :top], seen_scores[:, :top], pull,
+                                                         cfg.data.max_history), histories, 10, among=~seen)
     add_merged(f"{kind} guided reserved", (seen_best, seen_scores), (guided, by_rank), True)
 
     result = {

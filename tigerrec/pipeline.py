@@ -348,9 +348,9 @@ def run(source: str | Dataset, cfg: RunConfig, run_dir: str | Path, overwrite: b
     memory (the cold-start experiment trains on one without its unseen items).
     A run directory is reused: stages built from the same inputs are skipped and
     training resumes from its checkpoint; a finished run asked again with the same
-    settings returns its ``metrics.json`` without decoding anything. A stage built from other inputs stops the
-    run before anything is written (``check_run_dir``), unless ``overwrite``: then it
-    is deleted with everything after it and built again.
+    settings returns its ``metrics.json`` without decoding anything. A stage built
+    from other inputs stops the run before anything is written (``check_run_dir``),
+    unless ``overwrite``: then it is deleted with everything after it and built again.
     """
     cfg.validate()
     run_dir = Path(run_dir)
