@@ -5,7 +5,8 @@ preset with the paper's recipe. Each run trains for ``--minutes`` of wall-clock 
 on Semantic IDs built once (``--ids-dir``), validates a fixed random subset of users
 every ``--eval-minutes`` and never touches the test split. Results are merged into
 ``--results`` (one entry per recipe: overrides, full config, samples, minutes,
-validation curve, CPU), so a search can be extended run by run.
+validation curve, CPU), so a search can be extended run by run; a recipe run again under
+another ``--minutes`` gets an entry of its own.
 
     python benchmarks/recipe_search.py --data-dir ../shared/data/beauty --ids-dir runs/beauty-ids \
         --out runs/search --minutes 12 items-adamw-2e-3 items-adamw-5e-3
@@ -38,6 +39,9 @@ ITEMS = ["model.history=items", "train.batch_size=64"]
 FAST = [*ITEMS, "train.schedule=constant", "train.warmup_steps=200", "train.cooldown_fraction=0.2"]
 RECIPES: dict[str, list[str]] = {
     "paper": ["train.cooldown_fraction=0.2"],
+    # A higher peak rate. torch's Adafactor caps its relative step at 1/sqrt(step), so lr .02 acts
+    # only while step < 10,000: .02 up to step 2,500, then 1/sqrt(step).
+    "paper-lr2e-2": ["train.cooldown_fraction=0.2", "train.lr=0.02"],
     "codes-adamw-2e-3": [*ADAMW, "train.lr=2e-3"],
     "items-adafactor": [*ITEMS, "train.cooldown_fraction=0.2", "train.warmup_steps=2000"],
     "items-adamw-1e-3": [*ITEMS, *ADAMW, "train.lr=1e-3"],
@@ -95,6 +99,7 @@ RPG_RECIPES: dict[str, list[str]] = {name: RPG_START + changes for name, changes
     "rpg-m16": ["ids.levels=16"],
     "rpg-m64": ["ids.levels=64"],
 }.items()}
+DEFAULT_MINUTES = 12.0
 MODEL_OF = {name: "tiger" for name in RECIPES} | {name: "rpg" for name in RPG_RECIPES}
 RECIPES |= RPG_RECIPES
 
@@ -105,7 +110,7 @@ def run_recipe(name: str, dataset, args) -> dict:
         f"train.eval_every_minutes={args.eval_minutes}", f"train.valid_users={args.valid_users}",
         "train.log_every=50", "train.checkpoint_every=1000000",
     ])
-    run_dir = Path(args.out) / name
+    run_dir = Path(args.out) / (name if args.minutes == DEFAULT_MINUTES else f"{name}-{args.minutes:g}min")
     if run_dir.exists():
         shutil.rmtree(run_dir)  # a search run always starts fresh
     shutil.copytree(args.ids_dir, run_dir / IDS_DIR)
@@ -127,11 +132,17 @@ def run_recipe(name: str, dataset, args) -> dict:
                                  cfg.eval.top_k, cfg.eval.batch_size, bf16, desc="anonymous")
     return {
         "recipe": name, "model": MODEL_OF[name], "overrides": RECIPES[name], "machine": machine_name(), "date": time.strftime("%Y-%m-%d"),
-        "minutes": round((time.perf_counter() - start) / 60, 2), "samples": summary["samples"],
+        "budget_minutes": args.minutes, "minutes": round((time.perf_counter() - start) / 60, 2), "samples": summary["samples"],
         "steps": summary["steps"], "parameters": summary["parameters"],
         "best_valid_ndcg@10": summary["best_valid_ndcg@10"], "anonymous_valid": anonymous_metrics,
         "curve": curve, "config": cfg.to_dict(),
     }
+
+
+def run_label(run: dict) -> str:
+    """The recipe's name, with its budget when it is not the search's default."""
+    budget = run.get("budget_minutes", DEFAULT_MINUTES)
+    return run["recipe"] if budget == DEFAULT_MINUTES else f"{run['recipe']} ({budget:g} min)"
 
 
 def markdown(results: dict) -> str:
@@ -139,12 +150,12 @@ def markdown(results: dict) -> str:
     lines = ["| recipe | machine | minutes | samples | steps | best valid R@10 | best valid N@10 |", "|---|---|---|---|---|---|---|"]
     for run in sorted(results["runs"], key=lambda r: -r["best_valid_ndcg@10"]):
         best = max(run["curve"], key=lambda row: row["ndcg@10"])
-        lines.append(f"| {run['recipe']} | {run['machine']} | {run['minutes']} | {run['samples']:,} | {run['steps']:,} | "
+        lines.append(f"| {run_label(run)} | {run['machine']} | {run['minutes']} | {run['samples']:,} | {run['steps']:,} | "
                      f"{best['recall@10']:.4f} | {best['ndcg@10']:.4f} |")
     lines += ["", "Validation N@10 at each evaluation (minutes: samples: N@10):", ""]
     for run in results["runs"]:
         points = ", ".join(f"{row['minutes']:.1f}: {row['samples'] / 1e6:.2f}M: {row['ndcg@10']:.4f}" for row in run["curve"])
-        lines.append(f"- {run['recipe']}: {points}")
+        lines.append(f"- {run_label(run)}: {points}")
     return "\n".join(lines)
 
 
@@ -155,7 +166,7 @@ def main() -> None:
     parser.add_argument("--preset", default="beauty")
     parser.add_argument("--ids-dir", help="a Semantic IDs directory (tigerrec ids ... --out DIR) shared by all runs")
     parser.add_argument("--out", default="runs/search")
-    parser.add_argument("--minutes", type=float, default=12.0, help="wall-clock budget per run, validation included")
+    parser.add_argument("--minutes", type=float, default=DEFAULT_MINUTES, help="wall-clock budget per run, validation included")
     parser.add_argument("--eval-minutes", type=float, default=2.0)
     parser.add_argument("--valid-users", type=int, default=4000)
     parser.add_argument("--results", default="benchmarks/results/recipe_search.json")
@@ -180,7 +191,9 @@ def main() -> None:
     for name in args.recipes or list(RECIPES):
         entry = run_recipe(name, dataset, args)
         results = read_json(results_path) if results_path.exists() else {"runs": []}
-        results["runs"] = [r for r in results["runs"] if r["recipe"] != name] + [entry]
+        # One entry per recipe and budget (entries without a budget are the 12-minute ones).
+        results["runs"] = [r for r in results["runs"]
+                           if (r["recipe"], r.get("budget_minutes", DEFAULT_MINUTES)) != (name, args.minutes)] + [entry]
         write_json(results_path, results)
         best = max(entry["curve"], key=lambda row: row["ndcg@10"])
         print(f"{name}: best valid N@10 {best['ndcg@10']:.4f} R@10 {best['recall@10']:.4f} at {best['minutes']} min, "
