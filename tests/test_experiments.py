@@ -5,13 +5,14 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from tigerrec.baselines import markov, most_popular, rank_by_profile, sasrec_recommend, semantic_knn, train_sasrec
+from tigerrec.baselines import (markov, most_popular, rank_by_profile, sasrec_recommend, semantic_knn, train_sasrec,
+                                user_profiles)
 from tigerrec.cli import main
 from tigerrec.config import SASRecConfig
 from tigerrec.data import leave_one_out, make_tiny
 from tigerrec.evaluate import ranking_metrics
 from tigerrec.experiments import (category_entropy, choose_pull, cold_start_ids, epsilon_rank, guided_profiles,
-                                  item_categories, pick_unseen, unseen_siblings, without_items)
+                                  item_categories, pick_unseen, predicted_profiles, unseen_siblings, without_items)
 from tigerrec.pipeline import IDS_DIR, QUANTIZER_FILE, build_semantic_ids, embed_items
 from tigerrec.quantize import load_quantizer
 from tigerrec.sequences import Examples, training_windows
@@ -197,11 +198,12 @@ def test_guided_profiles_move_from_the_history_towards_the_predicted_items():
     embeddings = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.9, 1.0], [1.0, 0.1, 0.0]])
     histories, predicted = [np.array([0])], np.array([[1, 2, -1]])
     log_probs = np.log(np.array([[0.25, 0.75, 1.0]]))  # the padding (-1) has no weight whatever its score
-    assert guided_profiles(embeddings, histories, predicted, log_probs, 0.0, 20) == pytest.approx(np.array([[1.0, 0, 0]]))
+    history, predicted_profile = user_profiles(embeddings, histories, 20), predicted_profiles(embeddings, predicted, log_probs)
+    assert guided_profiles(history, predicted_profile, 0.0) == pytest.approx(np.array([[1.0, 0, 0]]))
     ahead = np.array([[0.0, 0.25, 0.75]]) / np.hypot(0.25, 0.75)
-    assert guided_profiles(embeddings, histories, predicted, log_probs, 1.0, 20) == pytest.approx(ahead)
+    assert guided_profiles(history, predicted_profile, 1.0) == pytest.approx(ahead)
     among = np.array([False, False, False, True, True])
-    rank = lambda pull: rank_by_profile(embeddings, guided_profiles(embeddings, histories, predicted, log_probs, pull, 20),
+    rank = lambda pull: rank_by_profile(embeddings, guided_profiles(history, predicted_profile, pull),
                                         histories, 2, among=among)[0].tolist()
     assert rank(0.0) == [4, 3] and rank(1.0) == [3, 4]
     pull, by_pull = choose_pull(embeddings, histories, predicted, log_probs, np.array([3]), [0.0, 0.5, 1.0], among, 20)

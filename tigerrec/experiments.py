@@ -188,22 +188,27 @@ GUIDED_RULE = (
 )
 
 
-def guided_profiles(embeddings: np.ndarray, histories: list[np.ndarray], predicted: np.ndarray, log_probs: np.ndarray,
-                    pull: float, max_history: int) -> np.ndarray:
-    """(N, dim) unit profiles between each user's history profile (``user_profiles``, pull 0) and the
-    probability-weighted profile of the model's ``predicted`` items (N, P; -1 = none), pull 1."""
-    history = user_profiles(embeddings, histories, max_history)
+def predicted_profiles(embeddings: np.ndarray, predicted: np.ndarray, log_probs: np.ndarray) -> np.ndarray:
+    """(N, dim) unit profiles of the model's ``predicted`` items (N, P; -1 = none), each item weighted by its
+    probability among them."""
     weights = torch.as_tensor(np.where(predicted >= 0, log_probs, -np.inf), dtype=torch.float32).softmax(1).nan_to_num(0.0)
     ahead = (weights[..., None] * unit_rows(embeddings)[torch.as_tensor(np.maximum(predicted, 0))]).sum(1)
-    ahead = F.normalize(ahead, dim=1).numpy()
+    return F.normalize(ahead, dim=1).numpy()
+
+
+def guided_profiles(history: np.ndarray, ahead: np.ndarray, pull: float) -> np.ndarray:
+    """(N, dim) profiles between each user's history profile (``user_profiles``, pull 0) and the profile of
+    the model's predicted items (``predicted_profiles``, pull 1)."""
     return (1 - pull) * history + pull * ahead  # the ranking needs no unit length
 
 
 def choose_pull(embeddings, histories, predicted, log_probs, targets, pulls, among, max_history) -> tuple[float, dict[str, float]]:
     """The pull of ``pulls`` whose guided ranking of the ``among`` items has the best NDCG@10 on (validation)
     ``targets``, and the NDCG@10 of each; ties go to the smaller pull."""
+    history, ahead = user_profiles(embeddings, histories, max_history), predicted_profiles(embeddings, predicted, log_probs)
+
     def ndcg(pull):
-        profiles = guided_profiles(embeddings, histories, predicted, log_probs, pull, max_history)
+        profiles = guided_profiles(history, ahead, pull)
         return ranking_metrics(rank_by_profile(embeddings, profiles, histories, 10, among=among), targets, (10,))["ndcg@10"]
 
     by_pull = {f"{p:g}": ndcg(p) for p in sorted(pulls)}
@@ -303,8 +308,8 @@ def coldstart(source, cfg: RunConfig, out_dir: Path, overwrite: bool = False) ->
     valid_best, _, valid_scores = decode(seen, valid_users)
     pull, by_pull = choose_pull(embeddings, valid_users.histories, valid_best[:, :top], valid_scores[:, :top],
                                 valid_users.examples.targets, exp.guide_pulls, ~seen, cfg.data.max_history)
-    guided = rank_by_profile(embeddings, guided_profiles(embeddings, histories, seen_best[:, :top], seen_scores[:, :top], pull,
-                                                         cfg.data.max_history), histories, 10, among=~seen)
+    guided = guided_profiles(profiles, predicted_profiles(embeddings, seen_best[:, :top], seen_scores[:, :top]), pull)
+    guided = rank_by_profile(embeddings, guided, histories, 10, among=~seen)
     add_merged(f"{kind} guided reserved", (seen_best, seen_scores), (guided, by_rank), True)
 
     result = {
