@@ -42,6 +42,12 @@ RECIPES: dict[str, list[str]] = {
     # A higher peak rate. torch's Adafactor caps its relative step at 1/sqrt(step), so lr .02 acts
     # only while step < 10,000: .02 up to step 2,500, then 1/sqrt(step).
     "paper-lr2e-2": ["train.cooldown_fraction=0.2", "train.lr=0.02"],
+    # A longer final cooldown: the last half of the budget decays linearly to 0.
+    "paper-cool0.5": ["train.cooldown_fraction=0.5"],
+    # Half the batch at the same rate: twice the updates per sample seen.
+    "paper-batch128": ["train.cooldown_fraction=0.2", "train.batch_size=128"],
+    # Code embeddings that start from the RQ-VAE codewords (model.embed_init).
+    "paper-codebook-init": ["train.cooldown_fraction=0.2", "model.embed_init=codebooks"],
     "codes-adamw-2e-3": [*ADAMW, "train.lr=2e-3"],
     "items-adafactor": [*ITEMS, "train.cooldown_fraction=0.2", "train.warmup_steps=2000"],
     "items-adamw-1e-3": [*ITEMS, *ADAMW, "train.lr=1e-3"],
@@ -118,7 +124,7 @@ def run_recipe(name: str, dataset, args) -> dict:
     if ids.quantized.shape[1] != cfg.ids.levels:
         raise SystemExit(f"{name}: --ids-dir {args.ids_dir} holds IDs of {ids.quantized.shape[1]} codes, the recipe "
                          f"{cfg.ids.levels}; build them with `tigerrec ids ... --set ids.levels={cfg.ids.levels}`")
-    data, _, model = prepare(dataset, ids, cfg)
+    data, _, model = prepare(dataset, ids, cfg, run_dir / IDS_DIR)
     start = time.perf_counter()
     summary = train(model, data, cfg.train, cfg.eval, run_dir)
     curve = read_csv(run_dir / VALID_LOG)

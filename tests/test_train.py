@@ -10,7 +10,9 @@ from safetensors.torch import load_file
 
 from conftest import run_and_check_memorised, tiny_config
 from tigerrec.data import make_tiny
-from tigerrec.pipeline import build_semantic_ids, prepare
+from tigerrec.errors import TigerrecError
+from tigerrec.pipeline import QUANTIZER_FILE, build_semantic_ids, prepare
+from tigerrec.quantize import load_quantizer
 from tigerrec.train import CHECKPOINT, read_csv, train
 
 
@@ -31,6 +33,34 @@ def test_tiny_dataset_is_overfit_to_recall_one(tmp_path):
     assert saved["training"]["steps"] == 600 and saved["timings"]["train_seconds"] > 0
     log = read_csv(tmp_path / "train_log.csv")
     assert log[-1]["loss"] < log[0]["loss"] / 5
+
+
+def test_codebook_init_starts_code_embeddings_from_the_codewords(tmp_path):
+    """model.embed_init=codebooks: each level's code embeddings keep the codewords' geometry at embed_init_std;
+    collision codes, user and special tokens are initialised as without it."""
+    cfg = tiny_config(model={"embed_init": "codebooks"})
+    dataset, ids_dir = make_tiny(), tmp_path / "ids"
+    ids = build_semantic_ids(dataset, cfg, ids_dir)
+    data, _, model = prepare(dataset, ids, cfg, ids_dir)
+    _, _, plain = prepare(dataset, ids, tiny_config())  # same seed, random embeddings
+    codebooks = load_quantizer(ids_dir / QUANTIZER_FILE).codebooks
+    weight, tokenizer = model.embed.weight.detach(), data.tokenizer
+    for level, codewords in enumerate(codebooks):
+        rows = weight[tokenizer.code_tokens(level)]
+        assert abs(float(rows.std()) - cfg.model.embed_init_std) < 0.05
+        upper = torch.triu_indices(len(rows), len(rows), 1)
+        code_distances = torch.cdist(codewords, codewords)[upper[0], upper[1]]
+        embed_distances = torch.cdist(rows, rows)[upper[0], upper[1]]
+        assert torch.corrcoef(torch.stack([code_distances, embed_distances]))[0, 1] > 0.9, level
+        assert not torch.allclose(rows, plain.embed.weight[tokenizer.code_tokens(level)])
+    untouched = torch.cat([torch.arange(tokenizer.code_tokens(0)[0]),  # special tokens
+                           tokenizer.code_tokens(len(codebooks)),  # the collision code
+                           torch.arange(tokenizer.user_offset, tokenizer.vocab_size)])
+    assert torch.equal(weight[untouched], plain.embed.weight.detach()[untouched])
+    with pytest.raises(TigerrecError, match="pass ids_dir"):
+        prepare(dataset, ids, cfg)
+    with pytest.raises(TigerrecError, match="embed_init=codebooks needs"):
+        tiny_config(model={"embed_init": "codebooks"}, ids={"scheme": "lsh"}).validate()
 
 
 def _train(dataset, ids, cfg, run_dir):

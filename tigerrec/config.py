@@ -112,6 +112,11 @@ class ModelConfig:
     # Initial std of the token embeddings: T5's 1.0 suits Adafactor, whose steps scale with
     # each parameter's size; AdamW's absolute steps move such embeddings slowly.
     embed_init_std: float = 1.0
+    # Not in the paper: "codebooks" starts each code token's embedding from its quantiser
+    # codeword (ids.scheme rqvae or rqkmeans), carried to d_model by a fixed random projection
+    # at embed_init_std, so codes that are close in the quantiser start close; collision codes,
+    # user and special tokens stay "normal" (random at embed_init_std).
+    embed_init: str = "normal"
     relative_buckets: int = 32  # T5 relative position bias
     relative_max_distance: int = 128
     # rpg only: logits are the cosine similarity of a head's output and each code's embedding,
@@ -294,6 +299,9 @@ class RunConfig:
                                 f"got model.history={model.history}{hint}")
         if model.kind == "tiger" and self.eval.decoding != "exact":
             raise TigerrecError(f"config eval.decoding={self.eval.decoding} is for model.kind=rpg; TIGER decodes by beam search")
+        if model.embed_init == "codebooks" and (model.kind != "tiger" or ids.scheme not in ("rqvae", "rqkmeans")):
+            raise TigerrecError(f"config model.embed_init=codebooks needs model.kind=tiger and ids.scheme rqvae or rqkmeans "
+                                f"(codewords per level), got model.kind={model.kind}, ids.scheme={ids.scheme}")
         if model.kind == "tiger" and ids.scheme == "opq":
             raise TigerrecError(f"config ids.scheme=opq (unordered IDs without a collision code) is for model.kind=rpg, "
                                 f"got model.kind=tiger{hint}")
@@ -335,6 +343,7 @@ def fingerprint(values: dict[str, Any], sections) -> dict[str, Any]:
 TIGER_SCHEMES = ("rqvae", "rqkmeans", "lsh", "random")  # ordered codes, made unique by a collision code
 ID_SCHEMES = (*TIGER_SCHEMES, "opq")
 MODEL_KINDS = ("tiger", "rpg")
+EMBED_INITS = ("normal", "codebooks")  # ModelConfig.embed_init
 RPG_DECODINGS = ("exact", "graph")
 BF16_SETTINGS = ("auto", "on", "off")
 
@@ -411,6 +420,7 @@ def _rules() -> dict[str, Rule]:
         "model.anonymous_share": _within(0, 1),
         "model.history": _one_of(HISTORIES),
         "model.embed_init_std": POSITIVE,
+        "model.embed_init": _one_of(EMBED_INITS),
         "model.relative_buckets": _at_least(4),
         "model.logit_temperature": POSITIVE,
         "train.steps": _at_least(0),

@@ -365,7 +365,7 @@ def diversity(source, cfg: RunConfig, out_dir: Path, run_dir: str | Path | None 
         cfg = replace(read_run_config(run_dir), experiment=exp, eval=cfg.eval)  # the trained model's own sizes
     run_dir = Path(run_dir)
     dataset = load_dataset(source, cfg.data.min_interactions)
-    data, test, model = prepare(dataset, load_ids(run_dir / IDS_DIR, cfg), cfg)
+    data, test, model = prepare(dataset, load_ids(run_dir / IDS_DIR, cfg), cfg, run_dir / IDS_DIR)
     device, bf16 = _device_and_bf16(cfg)
     load_best_model(model.to(device), run_dir)
     levels = {f"level {exp.category_level}" if exp.category_level else "leaf": exp.category_level, "leaf": 0}

@@ -43,7 +43,7 @@ from .errors import TigerrecError, brief
 from .evaluate import evaluate
 from .io import file_sha256, read_json, write_json, write_text
 from .model import SequenceModel, TigerModel
-from .quantize import make_quantizer
+from .quantize import load_quantizer, make_quantizer
 from .rpg import RPGModel
 from .semantic_ids import IDS_FILE, SemanticIDs, has_collision_code
 from .sequences import Examples, Tokenizer
@@ -292,6 +292,19 @@ def make_model(tokenizer: Tokenizer, cfg: RunConfig) -> SequenceModel:
     return TigerModel(cfg.model, tokenizer.vocab_size, tokenizer.id_length, tokenizer.codebook_size)
 
 
+def init_code_embeddings(model: TigerModel, tokenizer: Tokenizer, codebooks: torch.Tensor, std: float) -> None:
+    """Start each level's code tokens from the quantiser's codewords (levels, codebook_size, dim): centred,
+    carried to d_model by one fixed random projection per level and scaled to ``std``, so the geometry
+    of the codewords (which codes are close) is what the model starts from (ModelConfig.embed_init)."""
+    generator = torch.Generator().manual_seed(0)
+    d_model = model.embed.weight.shape[1]
+    with torch.no_grad():
+        for level, codewords in enumerate(codebooks.float().cpu()):
+            projected = (codewords - codewords.mean(0)) @ torch.randn(codewords.shape[1], d_model, generator=generator)
+            rows = tokenizer.code_tokens(level).to(model.embed.weight.device)
+            model.embed.weight[rows] = (projected * std / projected.std()).to(model.embed.weight)
+
+
 def held_out_examples(split: Split, max_history: int) -> tuple[Examples, Examples]:
     """Validation and test examples of every user (the leave-one-out targets)."""
     users = np.arange(len(split.train))
@@ -307,8 +320,10 @@ def training_examples(train_sequences: list[np.ndarray], cfg: RunConfig) -> Exam
     return Examples.training(train_sequences, cfg.data.max_history)
 
 
-def prepare(dataset: Dataset, ids: SemanticIDs, cfg: RunConfig) -> tuple[TrainData, Examples, SequenceModel]:
-    """Tokenizer, examples for train / valid / test, trie (TIGER only) and a fresh model."""
+def prepare(dataset: Dataset, ids: SemanticIDs, cfg: RunConfig,
+            ids_dir: str | Path | None = None) -> tuple[TrainData, Examples, SequenceModel]:
+    """Tokenizer, examples for train / valid / test, trie (TIGER only) and a fresh model. ``ids_dir``
+    (where ``ids`` were read) holds the quantiser whose codewords model.embed_init=codebooks starts from."""
     if ids.item_ids != dataset.item_ids:
         raise TigerrecError(f"the Semantic IDs list other items than the dataset ({len(ids.item_ids)} vs {dataset.num_items} "
                             "items); they were built for another dataset")
@@ -326,6 +341,10 @@ def prepare(dataset: Dataset, ids: SemanticIDs, cfg: RunConfig) -> tuple[TrainDa
     )
     torch.manual_seed(cfg.train.seed)  # same seed, same initial weights
     model = make_model(tokenizer, cfg)
+    if cfg.model.embed_init == "codebooks":
+        if ids_dir is None:
+            raise TigerrecError("config model.embed_init=codebooks needs the Semantic IDs' quantiser: pass ids_dir to prepare")
+        init_code_embeddings(model, tokenizer, load_quantizer(Path(ids_dir) / QUANTIZER_FILE).codebooks, cfg.model.embed_init_std)
     return data, test, model
 
 
@@ -381,7 +400,7 @@ def run(source: str | Dataset, cfg: RunConfig, run_dir: str | Path, overwrite: b
     ids = load_ids(ids_dir, cfg)
     timings["ids_seconds"] = round(time.perf_counter() - start, 1)
 
-    data, test, model = prepare(dataset, ids, cfg)
+    data, test, model = prepare(dataset, ids, cfg, ids_dir)
     log.info("model: %.2fM parameters, %d training examples", model.num_parameters() / 1e6, len(data.train))
     summary = train(model, data, cfg.train, cfg.eval, run_dir)
     timings["train_seconds"] = summary["train_seconds"]

@@ -57,6 +57,10 @@ class Tokenizer:
     def num_items(self) -> int:
         return len(self.item_codes)
 
+    def code_tokens(self, position: int) -> torch.Tensor:
+        """The tokens of codes 0..codebook_size-1 at ID position ``position``."""
+        return NUM_SPECIAL + self.codebook_size * position + torch.arange(self.codebook_size)
+
     def user_token(self, user_id: str | None) -> int:
         if user_id is None:
             return self.anonymous_user
