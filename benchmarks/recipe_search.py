@@ -48,6 +48,9 @@ RECIPES: dict[str, list[str]] = {
     "paper-batch128": ["train.cooldown_fraction=0.2", "train.batch_size=128"],
     # Code embeddings that start from the RQ-VAE codewords (model.embed_init).
     "paper-codebook-init": ["train.cooldown_fraction=0.2", "model.embed_init=codebooks"],
+    # Second seeds of the two, to tell their gap from run-to-run noise.
+    "paper-seed1": ["train.cooldown_fraction=0.2", "train.seed=1"],
+    "paper-codebook-init-seed1": ["train.cooldown_fraction=0.2", "model.embed_init=codebooks", "train.seed=1"],
     "codes-adamw-2e-3": [*ADAMW, "train.lr=2e-3"],
     "items-adafactor": [*ITEMS, "train.cooldown_fraction=0.2", "train.warmup_steps=2000"],
     "items-adamw-1e-3": [*ITEMS, *ADAMW, "train.lr=1e-3"],
