@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .config import EvalConfig
-from .model import BOS, NUM_SPECIAL, TigerModel
+from .model import BOS, TigerModel, code_offsets
 
 
 class PrefixTrie:
@@ -189,7 +189,7 @@ def generate(
     scores = torch.zeros(batch, 1, device=device)
     sample_keys = torch.zeros(batch, 1, device=device)  # tempered log-probabilities (sampling only)
     nodes = torch.zeros(batch, 1, dtype=torch.long, device=device)
-    offsets = NUM_SPECIAL + size * torch.arange(length, device=device)
+    offsets = code_offsets(length, size, device)
     cache: list = []  # decoder self-attention keys/values, one row per (input, beam)
     last = torch.full((batch, 1), BOS, dtype=torch.long, device=device)
     open_prefixes = trie.open_prefixes(allowed) if allowed is not None else None

@@ -27,6 +27,13 @@ from .config import ModelConfig
 
 PAD, BOS = 0, 1
 NUM_SPECIAL = 2
+
+
+def code_offsets(id_length: int, codebook_size: int, device=None) -> torch.Tensor:
+    """The token of code 0 at each ID position: code c at position p is token ``offsets[p] + c``."""
+    return NUM_SPECIAL + codebook_size * torch.arange(id_length, device=device)
+
+
 HISTORIES = ("codes", "items", "causal-codes")  # see ModelConfig.history
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .model import BOS, NUM_SPECIAL, PAD
+from .model import BOS, NUM_SPECIAL, PAD, code_offsets
 
 
 def user_bucket(user_id: str, buckets: int) -> int:
@@ -44,8 +44,8 @@ class Tokenizer:
         self.user_buckets = user_buckets
         self.max_history = max_history
         self.use_user_token = use_user_token
-        offsets = NUM_SPECIAL + codebook_size * torch.arange(self.id_length)
-        self.item_tokens = self.item_codes + offsets  # (items, id_length)
+        self.code_offsets = code_offsets(self.id_length, codebook_size)
+        self.item_tokens = self.item_codes + self.code_offsets  # (items, id_length)
         # Row ``num_items`` is all PAD: history slots beyond a user's length point there.
         self._item_tokens_padded = torch.cat([self.item_tokens, torch.full((1, self.id_length), PAD)])
         self.user_offset = NUM_SPECIAL + codebook_size * self.id_length
@@ -59,7 +59,7 @@ class Tokenizer:
 
     def code_tokens(self, position: int) -> torch.Tensor:
         """The tokens of codes 0..codebook_size-1 at ID position ``position``."""
-        return NUM_SPECIAL + self.codebook_size * position + torch.arange(self.codebook_size)
+        return self.code_offsets[position] + torch.arange(self.codebook_size)
 
     def user_token(self, user_id: str | None) -> int:
         if user_id is None:
@@ -87,9 +87,8 @@ class Tokenizer:
 
     def decoder_input(self, target_codes: torch.Tensor) -> torch.Tensor:
         """Teacher forcing: [BOS, token(c1), ..., token(c_{L-1})]."""
-        offsets = NUM_SPECIAL + self.codebook_size * torch.arange(self.id_length - 1, device=target_codes.device)
         bos = torch.full((len(target_codes), 1), BOS, dtype=torch.long, device=target_codes.device)
-        return torch.cat([bos, target_codes[:, :-1] + offsets], dim=1)
+        return torch.cat([bos, target_codes[:, :-1] + self.code_offsets[:-1].to(target_codes.device)], dim=1)
 
 
 @dataclass
