@@ -8,8 +8,9 @@ DATA_DIR ?= ../shared/data/$(DATASET)
 # RECIPE does not apply to it).
 MODEL ?= tiger
 OUT ?= runs/$(DATASET)$(if $(filter rpg,$(MODEL)),-rpg)
-# Training recipe: tuned (the default: the paper's with a final lr cooldown), fast (item tokens,
-# a budget of 40 epochs, ~65 minutes on Beauty) or paper (the paper's exact recipe).
+# Training recipe: tuned (the default: the paper's with a final lr cooldown and code embeddings
+# that start from the codewords), fast (item tokens, a budget of 40 epochs, ~65 minutes on Beauty)
+# or paper (the paper's exact recipe).
 RECIPE ?= tuned
 # Training budget on a 2-core CPU: the paper's 200k steps would take days (the fast recipe's
 # epoch budget ends before it). RPG: 60 minutes.

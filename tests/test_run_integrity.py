@@ -221,6 +221,18 @@ def test_every_preset_recipe_and_model_kind_is_valid():
                 assert recipe_config(recipe, preset, model).validate().model.kind == model
 
 
+def test_scheme_flag_without_codewords_starts_code_embeddings_at_random():
+    """The default recipe starts code embeddings from the codewords; --scheme lsh/random have none."""
+    from tigerrec.cli import build_parser, load_config
+
+    def embed_init(*flags):
+        return load_config(build_parser().parse_args(["run", "beauty", "--out", "x", *flags]), "beauty").model.embed_init
+
+    assert embed_init() == embed_init("--scheme", "rqkmeans") == "codebooks"
+    assert embed_init("--scheme", "lsh") == embed_init("--scheme", "random") == "normal"
+    assert embed_init("--recipe", "paper") == "normal"
+
+
 # ------------------------------------------------------------------ the command line
 
 def test_cli_errors_are_one_line_and_exit_code_2(run_dir, tmp_path, capsys):

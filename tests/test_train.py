@@ -59,8 +59,9 @@ def test_codebook_init_starts_code_embeddings_from_the_codewords(tmp_path):
     assert torch.equal(weight[untouched], plain.embed.weight.detach()[untouched])
     with pytest.raises(TigerrecError, match="pass ids_dir"):
         prepare(dataset, ids, cfg)
-    with pytest.raises(TigerrecError, match="embed_init=codebooks needs"):
-        tiny_config(model={"embed_init": "codebooks"}, ids={"scheme": "lsh"}).validate()
+    with pytest.raises(TigerrecError, match="embed_init=codebooks needs .* got model.kind=tiger, ids.scheme=lsh; "
+                                            "set model.embed_init=normal"):
+        tiny_config("tuned", ids={"scheme": "lsh"}).validate()  # the default recipe starts from the codewords
 
 
 def _train(dataset, ids, cfg, run_dir):

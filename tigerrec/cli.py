@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from .config import RunConfig
+from .config import CODEWORD_SCHEMES, RunConfig
 from .errors import TigerrecError
 
 log = logging.getLogger("tigerrec")
@@ -45,6 +45,8 @@ def load_config(args, preset: str | None = None) -> RunConfig:
         value = getattr(args, flag, None)
         if value is not None:
             overrides.append(f"{key}={value}")
+    if getattr(args, "scheme", None) not in (None, *CODEWORD_SCHEMES):
+        overrides.append("model.embed_init=normal")  # no codewords for the code embeddings to start from
     return cfg.override(overrides).validate()  # before any data is read
 
 
@@ -54,8 +56,8 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
                              "predicted in parallel, every item scored exactly; sets its IDs, model and training defaults)")
     parser.add_argument("--recipe", choices=["tuned", "fast", "paper"],
                         help="TIGER's training recipe under the preset and config file: tuned (default; the paper's with a "
-                             "final lr cooldown), fast (item tokens, best up to about an hour) or paper (exact); "
-                             "--model rpg brings its own training settings")
+                             "final lr cooldown and code embeddings that start from the codewords), fast (item tokens, "
+                             "best up to about an hour) or paper (exact); --model rpg brings its own training settings")
     parser.add_argument("--config", help="YAML or TOML config file (sections: data, text, ids, model, train, eval, sasrec, experiment)")
     parser.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one setting (repeatable)")
     parser.add_argument("--encoder", help="sentence encoder: name, local folder, or 'auto' (offline all-mpnet-base-v2)")

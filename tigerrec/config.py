@@ -299,9 +299,10 @@ class RunConfig:
                                 f"got model.history={model.history}{hint}")
         if model.kind == "tiger" and self.eval.decoding != "exact":
             raise TigerrecError(f"config eval.decoding={self.eval.decoding} is for model.kind=rpg; TIGER decodes by beam search")
-        if model.embed_init == "codebooks" and (model.kind != "tiger" or ids.scheme not in ("rqvae", "rqkmeans")):
+        if model.embed_init == "codebooks" and (model.kind != "tiger" or ids.scheme not in CODEWORD_SCHEMES):
             raise TigerrecError(f"config model.embed_init=codebooks needs model.kind=tiger and ids.scheme rqvae or rqkmeans "
-                                f"(codewords per level), got model.kind={model.kind}, ids.scheme={ids.scheme}")
+                                f"(codewords per level), got model.kind={model.kind}, ids.scheme={ids.scheme}; set model.embed_init=normal "
+                                f"(the tuned recipe sets codebooks)")
         if model.kind == "tiger" and ids.scheme == "opq":
             raise TigerrecError(f"config ids.scheme=opq (unordered IDs without a collision code) is for model.kind=rpg, "
                                 f"got model.kind=tiger{hint}")
@@ -344,6 +345,7 @@ TIGER_SCHEMES = ("rqvae", "rqkmeans", "lsh", "random")  # ordered codes, made un
 ID_SCHEMES = (*TIGER_SCHEMES, "opq")
 MODEL_KINDS = ("tiger", "rpg")
 EMBED_INITS = ("normal", "codebooks")  # ModelConfig.embed_init
+CODEWORD_SCHEMES = ("rqvae", "rqkmeans")  # the schemes whose codewords embed_init=codebooks starts from
 RPG_DECODINGS = ("exact", "graph")
 BF16_SETTINGS = ("auto", "on", "off")
 

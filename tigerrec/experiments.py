@@ -397,9 +397,11 @@ def diversity(source, cfg: RunConfig, out_dir: Path, run_dir: str | Path | None 
 
 def ablation(source, cfg: RunConfig, out_dir: Path, overwrite: bool = False) -> tuple[dict, str]:
     exp = cfg.experiment
-    variants = {scheme: [f"ids.scheme={scheme}"] for scheme in exp.schemes}
+    # Every row starts from random code embeddings (the paper's init): random and LSH IDs have
+    # no codewords, and the rows should differ only in their IDs.
+    variants = {scheme: [f"ids.scheme={scheme}", "model.embed_init=normal"] for scheme in exp.schemes}
     if exp.user_token_ablation and "rqvae" in exp.schemes:
-        variants["rqvae-no-user-token"] = ["ids.scheme=rqvae", "model.use_user_token=false"]
+        variants["rqvae-no-user-token"] = ["ids.scheme=rqvae", "model.embed_init=normal", "model.use_user_token=false"]
     results = {}
     for name, overrides in variants.items():
         run_dir = out_dir / "ablation" / name

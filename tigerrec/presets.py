@@ -23,7 +23,8 @@ PRESETS: dict[str, dict] = {
 # BENCHMARKS.md, "Time to quality", chose them on Beauty validation):
 # - "paper": the paper's exact recipe (the config defaults).
 # - "tuned" (the default): the paper's model and schedule, decayed linearly to 0 over the last
-#   20% of the budget (steps, or --max-minutes); the best measured over a 2-hour budget.
+#   20% of the budget (steps, or --max-minutes), with code embeddings that start from the
+#   quantiser's codewords (model.embed_init); the best measured over a 2-hour budget.
 #   "tuned" and "fast" also train a reserved unknown-user token on 5% of the examples, for
 #   requests without a user id (known users lose nothing measurable; BENCHMARKS.md).
 # - "fast": one token per history item with every position of a sequence a target, the
@@ -31,7 +32,7 @@ PRESETS: dict[str, dict] = {
 #   more samples per CPU-second, the best measured up to about an hour, a lower ceiling.
 RECIPES: dict[str, dict] = {
     "paper": {},
-    "tuned": {"model": {"anonymous_share": 0.05}, "train": {"cooldown_fraction": 0.2}},
+    "tuned": {"model": {"anonymous_share": 0.05, "embed_init": "codebooks"}, "train": {"cooldown_fraction": 0.2}},
     "fast": {
         "model": {"history": "items", "anonymous_share": 0.05},
         "train": {"schedule": "constant", "warmup_steps": 200, "cooldown_fraction": 0.2, "batch_size": 64, "epochs": 40.0,
@@ -65,8 +66,9 @@ MODELS: dict[str, dict] = {
     "tiger": {},
     "rpg": {
         "ids": {"scheme": "opq", "levels": 16, "codebook_size": 256, "pca_dim": 128},
-        "model": {"kind": "rpg", "history": "items", "use_user_token": False, "anonymous_share": 0.0, "d_model": 256, "num_heads": 4,
-                  "head_dim": 64, "d_ff": 1024, "encoder_layers": 2, "dropout": 0.1, "input_dropout": 0.5},
+        "model": {"kind": "rpg", "history": "items", "use_user_token": False, "anonymous_share": 0.0, "embed_init": "normal",
+                  "d_model": 256, "num_heads": 4, "head_dim": 64, "d_ff": 1024, "encoder_layers": 2, "dropout": 0.1,
+                  "input_dropout": 0.5},
         "train": {"optimizer": "adafactor", "lr": 0.01, "schedule": "constant", "warmup_steps": 200, "cooldown_fraction": 0.2,
                   "batch_size": 64, "epochs": 100.0, "eval_every": 1000},
     },
