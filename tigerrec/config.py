@@ -300,7 +300,7 @@ class RunConfig:
         if model.kind == "tiger" and self.eval.decoding != "exact":
             raise TigerrecError(f"config eval.decoding={self.eval.decoding} is for model.kind=rpg; TIGER decodes by beam search")
         if model.embed_init == "codebooks" and (model.kind != "tiger" or ids.scheme not in CODEWORD_SCHEMES):
-            raise TigerrecError(f"config model.embed_init=codebooks needs model.kind=tiger and ids.scheme rqvae or rqkmeans "
+            raise TigerrecError(f"config model.embed_init=codebooks needs model.kind=tiger and ids.scheme {' or '.join(CODEWORD_SCHEMES)} "
                                 f"(codewords per level), got model.kind={model.kind}, ids.scheme={ids.scheme}; set model.embed_init=normal "
                                 f"(the tuned recipe sets codebooks)")
         if model.kind == "tiger" and ids.scheme == "opq":
