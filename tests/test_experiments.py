@@ -122,6 +122,19 @@ def test_sasrec_overfits_the_tiny_dataset():
     assert summary["best_valid_ndcg@10"] > 0.8 and summary["steps"] == 200
 
 
+
+def test_sasrec_stops_after_patience_and_records_its_curve():
+    dataset = make_tiny()
+    split = leave_one_out(dataset)
+    # A rate too small to move the ranking: no validation after the first is a new best.
+    cfg = SASRecConfig(hidden=32, dropout=0.0, steps=1000, eval_every=10, patience=2, lr=1e-12, bf16="off")
+    _, summary = train_sasrec(split.train, dataset.num_items, split.valid_history, split.valid_target, cfg)
+    assert summary["steps"] == 30 and summary["best_step"] == 10
+    curve = summary["history"]
+    assert [row["step"] for row in curve] == [10, 20, 30]
+    assert [row["samples"] for row in curve] == sorted({row["samples"] for row in curve}) and curve[0]["samples"] > 0
+    assert all(row["minutes"] >= 0 for row in curve)
+
 # ------------------------------------------------------------------ cold start split
 
 def test_cold_start_split_and_ids(tmp_path):

@@ -172,44 +172,53 @@ def sasrec_recommend(model: SASRec, histories: list[np.ndarray], k: int = 10, ba
 
 def train_sasrec(train_sequences: list[np.ndarray], num_items: int, valid_histories: list[np.ndarray],
                  valid_targets: np.ndarray, cfg: SASRecConfig, device: str = "cpu") -> tuple[SASRec, dict]:
-    """Train on every prefix of the training parts; keep the weights with the best validation NDCG@10."""
+    """Train on every prefix of the training parts; keep the weights with the best validation NDCG@10.
+
+    Stops at ``cfg.steps``, after ``cfg.max_minutes`` or ``cfg.patience`` validation runs without a new
+    best, whichever comes first. The summary's ``history`` is the validation curve (steps, minutes,
+    samples = training targets seen)."""
     torch.manual_seed(cfg.seed)
     model = SASRec(num_items, cfg).to(device)
     bf16 = use_bf16(device, cfg.bf16)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
     windows = training_windows(train_sequences, cfg.max_len)
     tokens = _pad(windows, cfg.max_len + 1)  # inputs are [:, :-1], targets [:, 1:]
     lengths = np.array([len(w) - 1 for w in windows])
-    best, best_state, best_step, step, epoch, start = -1.0, None, 0, 0, 0, time.perf_counter()
-    history, out_of_time = [], False
-    while step < cfg.steps:
+    best, best_state, best_step, evals_since_best = -1.0, None, 0, 0
+    step, epoch, samples, start = 0, 0, 0, time.perf_counter()
+    history, stop = [], False
+    while not stop:
         for index in length_bucketed_batches(lengths, cfg.batch_size, cfg.seed, epoch):
             batch = tokens[index, : lengths[index].max() + 1].to(device)
             inputs, targets = batch[:, :-1], batch[:, 1:] - 1  # target -1 = padding
+            real = targets >= 0
             model.train()
             with autocast(device, bf16):
-                states = model(inputs)[targets >= 0]  # only real positions pay for the full-catalogue softmax
-                loss = F.cross_entropy(model.logits(states).float(), targets[targets >= 0])
+                states = model(inputs)[real]  # only real positions pay for the full-catalogue softmax
+                loss = F.cross_entropy(model.logits(states).float(), targets[real])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             step += 1
-            out_of_time = cfg.max_minutes and (time.perf_counter() - start) / 60 >= cfg.max_minutes
-            last = step >= cfg.steps or out_of_time
-            if step % cfg.eval_every == 0 or last:
+            samples += int(lengths[index].sum())
+            minutes = (time.perf_counter() - start) / 60
+            stop = step >= cfg.steps or bool(cfg.max_minutes and minutes >= cfg.max_minutes)
+            if step % cfg.eval_every == 0 or stop:
                 metrics = ranking_metrics(sasrec_recommend(model, valid_histories, 10, bf16=bf16), valid_targets)
-                history.append({"step": step, "loss": round(loss.item(), 4), **metrics})
+                history.append({"step": step, "minutes": round(minutes, 2), "samples": samples,
+                                "loss": round(loss.item(), 4), **metrics})
                 log.info("SASRec step %d loss %.4f valid %s", step, loss.item(), metrics)
                 if metrics["ndcg@10"] > best:
-                    best, best_step = metrics["ndcg@10"], step
+                    best, best_step, evals_since_best = metrics["ndcg@10"], step, 0
                     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            if last:
+                else:
+                    evals_since_best += 1
+                    stop = stop or bool(cfg.patience and evals_since_best >= cfg.patience)
+            if stop:
                 break
         epoch += 1
-        if out_of_time:
-            break
     model.load_state_dict(best_state)
-    summary = {"steps": step, "best_step": best_step, "best_valid_ndcg@10": best, "epochs": round(step * cfg.batch_size / len(windows), 2),
-               "train_seconds": round(time.perf_counter() - start, 1), "parameters": sum(p.numel() for p in model.parameters()),
-               "history": history}
+    summary = {"steps": step, "samples": samples, "best_step": best_step, "best_valid_ndcg@10": best,
+               "epochs": round(step * cfg.batch_size / len(windows), 2), "train_seconds": round(time.perf_counter() - start, 1),
+               "parameters": sum(p.numel() for p in model.parameters()), "history": history}
     return model, summary

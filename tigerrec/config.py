@@ -182,10 +182,12 @@ class SASRecConfig:
     dropout: float = 0.5
     max_len: int = 50
     lr: float = 0.001
+    weight_decay: float = 0.0  # AdamW's decoupled decay; 0 is the original's plain Adam
     batch_size: int = 128
     steps: int = 20_000
     max_minutes: float = 0.0  # wall-clock budget; 0 = none
     eval_every: int = 1_000  # steps between validation runs (best checkpoint by NDCG@10)
+    patience: int = 0  # evaluations without improvement before stopping; 0 = never
     bf16: str = "auto"
     seed: int = 0
 
@@ -452,6 +454,8 @@ def _rules() -> dict[str, Rule]:
         **{f"sasrec.{name}": COUNT for name in ("hidden", "blocks", "heads", "max_len", "batch_size", "steps", "eval_every")},
         "sasrec.dropout": _within(0, 1, high_open=True),
         "sasrec.lr": POSITIVE,
+        "sasrec.weight_decay": _at_least(0),
+        "sasrec.patience": _at_least(0),
         "sasrec.max_minutes": _at_least(0),
         "sasrec.bf16": _one_of(BF16_SETTINGS),
         "sasrec.seed": SEED,
