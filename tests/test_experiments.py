@@ -122,7 +122,6 @@ def test_sasrec_overfits_the_tiny_dataset():
     assert summary["best_valid_ndcg@10"] > 0.8 and summary["steps"] == 200
 
 
-
 def test_sasrec_stops_after_patience_and_records_its_curve():
     dataset = make_tiny()
     split = leave_one_out(dataset)
@@ -134,6 +133,7 @@ def test_sasrec_stops_after_patience_and_records_its_curve():
     assert [row["step"] for row in curve] == [10, 20, 30]
     assert [row["samples"] for row in curve] == sorted({row["samples"] for row in curve}) and curve[0]["samples"] > 0
     assert all(row["minutes"] >= 0 for row in curve)
+
 
 # ------------------------------------------------------------------ cold start split
 
