@@ -116,7 +116,8 @@ RPG_RECIPES: dict[str, list[str]] = {name: RPG_START + changes for name, changes
     "rpg-m64": ["ids.levels=64"],
 }.items()}
 # SASRec: variations of the original paper's sizes for the sparse Amazon data (config.SASRecConfig:
-# 1 head, dropout 0.5, Adam 1e-3), towards the lower dropout of later cross-entropy reproductions.
+# 1 head, dropout 0.5, Adam 1e-3): the lower dropout of later cross-entropy reproductions, a wider
+# model and a higher rate.
 SASREC_RECIPES: dict[str, list[str]] = {
     "sasrec-original": [],
     "sasrec-drop0.2-heads2": ["sasrec.dropout=0.2", "sasrec.heads=2"],
@@ -124,6 +125,8 @@ SASREC_RECIPES: dict[str, list[str]] = {
     "sasrec-drop0.2-heads2-lr3e-3": ["sasrec.dropout=0.2", "sasrec.heads=2", "sasrec.lr=0.003"],
     "sasrec-drop0.2-heads2-wd0.1": ["sasrec.dropout=0.2", "sasrec.heads=2", "sasrec.weight_decay=0.1"],
     "sasrec-drop0.3-heads2-hidden128": ["sasrec.dropout=0.3", "sasrec.heads=2", "sasrec.hidden=128"],
+    "sasrec-hidden128": ["sasrec.hidden=128"],
+    "sasrec-lr2e-3": ["sasrec.lr=0.002"],
 }
 DEFAULT_MINUTES = 12.0
 MODEL_OF = {name: "tiger" for name in RECIPES} | {name: "rpg" for name in RPG_RECIPES} | {name: "sasrec" for name in SASREC_RECIPES}

@@ -3,10 +3,12 @@ import math
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 
 from conftest import tiny_config
-from tigerrec.baselines import (markov, most_popular, rank_by_profile, sasrec_recommend, semantic_knn, train_sasrec,
-                                user_profiles)
+from tigerrec.baselines import (SASRec, markov, most_popular, rank_by_profile, sasrec_recommend, semantic_knn,
+                                train_sasrec, user_profiles)
 from tigerrec.cli import main
 from tigerrec.config import SASRecConfig
 from tigerrec.data import leave_one_out, make_tiny
@@ -120,6 +122,19 @@ def test_sasrec_overfits_the_tiny_dataset():
     histories = [h[:n] for h, n in zip(train.histories, train.lengths)]
     assert ranking_metrics(sasrec_recommend(model, histories, 10), train.targets)["recall@10"] >= 0.95
     assert summary["best_valid_ndcg@10"] > 0.8 and summary["steps"] == 200
+
+
+def test_untrained_sasrec_scores_items_almost_uniformly():
+    # The item table doubles as the output layer; a start far from uniform saturates the softmax.
+    torch.manual_seed(0)
+    num_items = 500
+    model = SASRec(num_items, SASRecConfig()).eval()
+    tokens = torch.randint(1, num_items + 1, (64, 20))
+    with torch.no_grad():
+        logits = model.logits(model(tokens)).flatten(0, 1)
+    loss = F.cross_entropy(logits, torch.randint(0, num_items, (len(logits),)))
+    assert abs(loss.item() - math.log(num_items)) < 1.0
+    assert model.items.weight[0].abs().sum() == 0  # padding stays zero
 
 
 def test_sasrec_stops_after_patience_and_records_its_curve():

@@ -127,6 +127,12 @@ class SASRec(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.items = nn.Embedding(num_items + 1, cfg.hidden, padding_idx=0)
+        # The item table is also the output layer: PyTorch's N(0, 1) default would start the
+        # logits at a spread of ~hidden and saturate the softmax. Entries of std hidden^-1/2
+        # make the scaled inputs unit-variance and the first logits of order one.
+        nn.init.normal_(self.items.weight, std=cfg.hidden**-0.5)
+        with torch.no_grad():
+            self.items.weight[0].zero_()
         self.positions = nn.Embedding(cfg.max_len, cfg.hidden)
         layer = nn.TransformerEncoderLayer(cfg.hidden, cfg.heads, cfg.hidden, cfg.dropout, activation="relu",
                                            batch_first=True, norm_first=True)

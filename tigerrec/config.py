@@ -145,7 +145,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     eval_every: int = 5_000  # steps between validations; 0 = every ``eval_every_minutes`` instead
     eval_every_minutes: float = 0.0  # wall-clock minutes between validations (with eval_every = 0; both 0 = at the end)
-    patience: int = 0  # evaluations without improvement before stopping; 0 = never
+    patience: int = 3  # evaluations without improvement before stopping; 0 = never
     valid_users: int = 0  # validation on a fixed random subset of users; 0 = all
     checkpoint_every: int = 1_000
     log_every: int = 100
@@ -173,7 +173,10 @@ class SASRecConfig:
 
     Sizes follow the original paper (2 blocks, 1 head, dropout 0.5 on the sparse
     Amazon data, max length 50, Adam 1e-3, batch 128), with 64 hidden units as in
-    most re-implementations (the original used 50).
+    most re-implementations (the original used 50). On Beauty validation no variation
+    tried (dropout 0.2/0.3 with 2 heads, 128 hidden units, lr 2e-3) beat these; all
+    peak within a few epochs, so training keeps the best validation checkpoint and
+    stops after ``patience`` validations without a new best.
     """
 
     hidden: int = 64
@@ -187,7 +190,7 @@ class SASRecConfig:
     steps: int = 20_000
     max_minutes: float = 0.0  # wall-clock budget; 0 = none
     eval_every: int = 1_000  # steps between validation runs (best checkpoint by NDCG@10)
-    patience: int = 0  # evaluations without improvement before stopping; 0 = never
+    patience: int = 3  # evaluations without improvement before stopping; 0 = never
     bf16: str = "auto"
     seed: int = 0
 

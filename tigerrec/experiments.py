@@ -44,10 +44,10 @@ from .baselines import (markov, most_popular, rank_by_profile, sasrec_recommend,
 from .config import RunConfig
 from .data import Dataset, leave_one_out, load_dataset
 from .decoding import PrefixTrie, merge_capped, new_item_cap
-from .device import use_bf16
+from .device import machine_name, use_bf16
 from .errors import TigerrecError
 from .evaluate import METRICS, ranking_metrics, recommend_examples
-from .io import read_json, write_json, write_text
+from .io import atomic_path, read_json, write_json, write_text
 from .pipeline import (IDS_DIR, QUANTIZER_FILE, embed_items, load_best_model, load_ids, make_model, make_tokenizer,
                        prepare, read_run_config, run)
 from .presets import paper_table1
@@ -438,8 +438,8 @@ def baselines(source, cfg: RunConfig, out_dir: Path, run_dir: str | Path | None 
     device, _ = _device_and_bf16(cfg)
     bf16 = use_bf16(device, cfg.sasrec.bf16)
     sasrec, sasrec_summary = train_sasrec(split.train, n, split.valid_history, split.valid_target, cfg.sasrec, device)
-    (out_dir / "baselines").mkdir(parents=True, exist_ok=True)
-    save_file({key: v.detach().cpu().contiguous() for key, v in sasrec.state_dict().items()}, str(out_dir / "baselines" / "sasrec.safetensors"))
+    with atomic_path(out_dir / "baselines" / "sasrec.safetensors") as tmp:
+        save_file({key: v.detach().cpu().contiguous() for key, v in sasrec.state_dict().items()}, str(tmp))
     rankers = {
         "MostPop": lambda h: most_popular(split.train, n, h, k),
         "MostPop (history excluded)": lambda h: most_popular(split.train, n, h, k, exclude_history=True),
@@ -487,7 +487,7 @@ def run_experiment(name: str, source, cfg: RunConfig, out_dir: str | Path, run_d
         extra["overwrite"] = overwrite
     result, table = EXPERIMENTS[name](source, cfg, out_dir, **extra)
     result = {"experiment": name, "source": str(source), **result, "seconds": round(time.perf_counter() - start, 1),
-              "config": cfg.to_dict(), "table": table}
+              "machine": machine_name(), "date": time.strftime("%Y-%m-%d"), "config": cfg.to_dict(), "table": table}
     write_json(out_dir / f"{name}.json", result)
     write_text(out_dir / f"{name}.md", f"# {name}\n\n{table}")
     return result
