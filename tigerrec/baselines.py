@@ -128,8 +128,8 @@ class SASRec(nn.Module):
         self.cfg = cfg
         self.items = nn.Embedding(num_items + 1, cfg.hidden, padding_idx=0)
         # The item table is also the output layer: PyTorch's N(0, 1) default would start the
-        # logits at a spread of ~hidden and saturate the softmax. Entries of std hidden^-1/2
-        # make the scaled inputs unit-variance and the first logits of order one.
+        # logits with a standard deviation of ~sqrt(hidden) and saturate the softmax. Entries of
+        # std hidden^-1/2 make the scaled inputs unit-variance and the first logits of order one.
         nn.init.normal_(self.items.weight, std=cfg.hidden**-0.5)
         with torch.no_grad():
             self.items.weight[0].zero_()
