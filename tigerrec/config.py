@@ -145,7 +145,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     eval_every: int = 5_000  # steps between validations; 0 = every ``eval_every_minutes`` instead
     eval_every_minutes: float = 0.0  # wall-clock minutes between validations (with eval_every = 0; both 0 = at the end)
-    patience: int = 3  # evaluations without improvement before stopping; 0 = never
+    patience: int = 0  # evaluations without improvement before stopping; 0 = never
     valid_users: int = 0  # validation on a fixed random subset of users; 0 = all
     checkpoint_every: int = 1_000
     log_every: int = 100
