@@ -145,11 +145,16 @@ def run_sasrec_recipe(name: str, dataset, args) -> dict:
     start = time.perf_counter()
     _, summary = train_sasrec(split.train, dataset.num_items, [split.valid_history[u] for u in users],
                               split.valid_target[users], cfg.sasrec)
+    return search_entry(name, args, start, summary, summary["history"], cfg)
+
+
+def search_entry(name: str, args, start: float, summary: dict, curve: list[dict], cfg, **extra) -> dict:
+    """One run's entry in the results: recipe, machine, date, budget, training summary, ``extra``, curve, config."""
     return {
-        "recipe": name, "model": "sasrec", "overrides": RECIPES[name], "machine": machine_name(), "date": time.strftime("%Y-%m-%d"),
+        "recipe": name, "model": MODEL_OF[name], "overrides": RECIPES[name], "machine": machine_name(), "date": time.strftime("%Y-%m-%d"),
         "budget_minutes": args.minutes, "minutes": round((time.perf_counter() - start) / 60, 2),
         **{key: summary[key] for key in ("samples", "steps", "parameters", "best_valid_ndcg@10")},
-        "curve": summary["history"], "config": cfg.to_dict(),
+        **extra, "curve": curve, "config": cfg.to_dict(),
     }
 
 
@@ -181,13 +186,7 @@ def run_recipe(name: str, dataset, args) -> dict:
     bf16 = use_bf16(str(next(model.parameters()).device), cfg.train.bf16)
     anonymous_metrics = evaluate(model, data.tokenizer, data.trie, valid, anonymous[valid.users], cfg.eval.beam_size,
                                  cfg.eval.top_k, cfg.eval.batch_size, bf16, desc="anonymous")
-    return {
-        "recipe": name, "model": MODEL_OF[name], "overrides": RECIPES[name], "machine": machine_name(), "date": time.strftime("%Y-%m-%d"),
-        "budget_minutes": args.minutes, "minutes": round((time.perf_counter() - start) / 60, 2), "samples": summary["samples"],
-        "steps": summary["steps"], "parameters": summary["parameters"],
-        "best_valid_ndcg@10": summary["best_valid_ndcg@10"], "anonymous_valid": anonymous_metrics,
-        "curve": curve, "config": cfg.to_dict(),
-    }
+    return search_entry(name, args, start, summary, curve, cfg, anonymous_valid=anonymous_metrics)
 
 
 def run_label(run: dict) -> str:

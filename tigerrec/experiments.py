@@ -37,7 +37,6 @@ from typing import NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 
 from .baselines import (markov, most_popular, rank_by_profile, sasrec_recommend, semantic_knn, train_sasrec, unit_rows,
                         user_profiles)
@@ -47,14 +46,14 @@ from .decoding import PrefixTrie, merge_capped, new_item_cap
 from .device import machine_name, use_bf16
 from .errors import TigerrecError
 from .evaluate import METRICS, ranking_metrics, recommend_examples
-from .io import atomic_path, read_json, write_json, write_text
+from .io import read_json, write_json, write_text
 from .pipeline import (IDS_DIR, QUANTIZER_FILE, embed_items, load_best_model, load_ids, make_model, make_tokenizer,
                        prepare, read_run_config, run)
 from .presets import paper_table1
 from .quantize import load_quantizer
 from .semantic_ids import IDS_FILE, SemanticIDs
 from .sequences import Examples
-from .train import training_device
+from .train import save_model, training_device
 
 log = logging.getLogger(__name__)
 
@@ -438,8 +437,7 @@ def baselines(source, cfg: RunConfig, out_dir: Path, run_dir: str | Path | None 
     device, _ = _device_and_bf16(cfg)
     bf16 = use_bf16(device, cfg.sasrec.bf16)
     sasrec, sasrec_summary = train_sasrec(split.train, n, split.valid_history, split.valid_target, cfg.sasrec, device)
-    with atomic_path(out_dir / "baselines" / "sasrec.safetensors") as tmp:
-        save_file({key: v.detach().cpu().contiguous() for key, v in sasrec.state_dict().items()}, str(tmp))
+    save_model(sasrec, out_dir / "baselines" / "sasrec.safetensors")
     rankers = {
         "MostPop": lambda h: most_popular(split.train, n, h, k),
         "MostPop (history excluded)": lambda h: most_popular(split.train, n, h, k, exclude_history=True),

@@ -175,7 +175,8 @@ def set_lr(optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def save_model(model: SequenceModel, path: Path) -> None:
+def save_model(model: torch.nn.Module, path: Path) -> None:
+    """The model's weights as safetensors, written atomically."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
         save_file(state, str(tmp))
