@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from tigerrec.data import leave_one_out, load_dataset
-from tigerrec.device import machine_name
+from tigerrec.device import provenance
 from tigerrec.io import write_json
 from tigerrec.recommend import Recommender
 
@@ -77,7 +77,7 @@ def main() -> None:
         "recommendations_unchanged_with_new_items_kept_out": kept_out == expected,
         "lists_identical_share": float(np.mean([a == b for a, b in zip(kept_out, expected)])),
         "mean_new_items_in_top10": {"no cap": new_per_list(uncapped), "max_new_share=0.1": new_per_list(capped)},
-        "machine": machine_name(), "date": time.strftime("%Y-%m-%d"),
+        **provenance(),
     }
     print(result)
     if args.out:

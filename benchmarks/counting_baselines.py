@@ -10,12 +10,11 @@ validation and test metrics of each method per dataset and prints Markdown.
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 from tigerrec.baselines import markov, most_popular
 from tigerrec.data import leave_one_out, load_dataset
-from tigerrec.device import machine_name
+from tigerrec.device import provenance
 from tigerrec.evaluate import METRICS, ranking_metrics
 from tigerrec.io import write_json
 
@@ -25,7 +24,7 @@ def main() -> None:
     parser.add_argument("data_dirs", nargs="+", type=Path)
     parser.add_argument("--out", default="benchmarks/results/counting_baselines.json")
     args = parser.parse_args()
-    results = {"machine": machine_name(), "date": time.strftime("%Y-%m-%d"), "datasets": {}}
+    results = {**provenance(), "datasets": {}}
     print("| dataset | method | R@5 | N@5 | R@10 | N@10 |\n|---|---|---|---|---|---|")
     for data_dir in args.data_dirs:
         dataset = load_dataset(data_dir)

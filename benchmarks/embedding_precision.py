@@ -25,7 +25,7 @@ import torch
 
 from tigerrec.config import RunConfig
 from tigerrec.data import load_dataset
-from tigerrec.device import autocast, bf16_supported, machine_name
+from tigerrec.device import autocast, bf16_supported, provenance
 from tigerrec.io import write_json
 from tigerrec.pipeline import QUANTIZER_FILE
 from tigerrec.quantize import load_quantizer
@@ -101,7 +101,7 @@ def main() -> None:
         rows[name] = row
         print(name, row, flush=True)
 
-    write_json(args.out, {"machine": machine_name(), "date": time.strftime("%Y-%m-%d"), "dataset": args.data,
+    write_json(args.out, {**provenance(), "dataset": args.data,
                           "items": len(texts), "encoder": encoder.label, "ids_dir": args.ids_dir,
                           "variants": rows})
 

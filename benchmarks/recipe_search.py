@@ -32,7 +32,7 @@ import numpy as np
 
 from tigerrec.baselines import train_sasrec
 from tigerrec.data import leave_one_out, load_dataset
-from tigerrec.device import machine_name, use_bf16
+from tigerrec.device import provenance, use_bf16
 from tigerrec.evaluate import evaluate
 from tigerrec.io import read_json, write_json
 from tigerrec.pipeline import IDS_DIR, held_out_examples, load_best_model, load_ids, prepare
@@ -151,7 +151,7 @@ def run_sasrec_recipe(name: str, dataset, args) -> dict:
 def search_entry(name: str, args, start: float, summary: dict, curve: list[dict], cfg, **extra) -> dict:
     """One run's entry in the results: recipe, machine, date, budget, training summary, ``extra``, curve, config."""
     return {
-        "recipe": name, "model": MODEL_OF[name], "overrides": RECIPES[name], "machine": machine_name(), "date": time.strftime("%Y-%m-%d"),
+        "recipe": name, "model": MODEL_OF[name], "overrides": RECIPES[name], **provenance(),
         "budget_minutes": args.minutes, "minutes": round((time.perf_counter() - start) / 60, 2),
         **{key: summary[key] for key in ("samples", "steps", "parameters", "best_valid_ndcg@10")},
         **extra, "curve": curve, "config": cfg.to_dict(),

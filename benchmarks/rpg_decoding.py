@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from tigerrec.data import load_dataset
-from tigerrec.device import machine_name, use_bf16
+from tigerrec.device import provenance, use_bf16
 from tigerrec.evaluate import ranking_metrics, recommend_examples
 from tigerrec.io import write_json
 from tigerrec.pipeline import IDS_DIR, load_best_model, load_ids, prepare, read_run_config
@@ -74,7 +74,7 @@ def main() -> None:
             print(f"graph n={neighbors} q={steps} b={beam}: overlap@10 {overlap:.3f}, {speed:,.0f} users/s "
                   f"({row['speed_vs_exact']}x exact), N@10 {row['ndcg@10']:.4f}")
     result = {"run_dir": str(args.run_dir), "dataset": dataset.name, "items": dataset.num_items, "test_users": len(test),
-              "machine": machine_name(), "date": time.strftime("%Y-%m-%d"), "rows": rows}
+              **provenance(), "rows": rows}
     if args.out:
         write_json(Path(args.out), result)
 

@@ -6,6 +6,7 @@ import contextlib
 import functools
 import platform
 import subprocess
+import time
 
 import torch
 
@@ -73,3 +74,8 @@ def machine_name() -> str:
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     return (f"{cpu} ({platform.machine()}), bf16 {'yes' if bf16_supported('cpu') else 'no'}, "
             f"{torch.get_num_threads()} threads, torch {torch.__version__}{gpu}")
+
+
+def provenance() -> dict[str, str]:
+    """Where and when a result was measured, for result files: ``machine_name()`` and today's date."""
+    return {"machine": machine_name(), "date": time.strftime("%Y-%m-%d")}

@@ -43,7 +43,7 @@ from .baselines import (markov, most_popular, rank_by_profile, sasrec_recommend,
 from .config import RunConfig
 from .data import Dataset, leave_one_out, load_dataset
 from .decoding import PrefixTrie, merge_capped, new_item_cap
-from .device import machine_name, use_bf16
+from .device import provenance, use_bf16
 from .errors import TigerrecError
 from .evaluate import METRICS, ranking_metrics, recommend_examples
 from .io import read_json, write_json, write_text
@@ -485,7 +485,7 @@ def run_experiment(name: str, source, cfg: RunConfig, out_dir: str | Path, run_d
         extra["overwrite"] = overwrite
     result, table = EXPERIMENTS[name](source, cfg, out_dir, **extra)
     result = {"experiment": name, "source": str(source), **result, "seconds": round(time.perf_counter() - start, 1),
-              "machine": machine_name(), "date": time.strftime("%Y-%m-%d"), "config": cfg.to_dict(), "table": table}
+              **provenance(), "config": cfg.to_dict(), "table": table}
     write_json(out_dir / f"{name}.json", result)
     write_text(out_dir / f"{name}.md", f"# {name}\n\n{table}")
     return result
