@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -31,6 +32,7 @@ def test_tiny_dataset_is_overfit_to_recall_one(tmp_path):
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert set(saved["test"]) >= {"recall@5", "recall@10", "ndcg@5", "ndcg@10"}
     assert saved["training"]["steps"] == 600 and saved["timings"]["train_seconds"] > 0
+    assert saved["machine"] and re.fullmatch(r"\d{4}-\d{2}-\d{2}", saved["date"])  # where and when it was measured
     log = read_csv(tmp_path / "train_log.csv")
     assert log[-1]["loss"] < log[0]["loss"] / 5
 

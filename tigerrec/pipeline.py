@@ -38,7 +38,7 @@ from safetensors.torch import load_file
 from .config import RunConfig, fingerprint, show_value
 from .data import Dataset, Split, leave_one_out, load_dataset
 from .decoding import PrefixTrie, configure_decoding
-from .device import machine_name, use_bf16
+from .device import provenance, use_bf16
 from .errors import TigerrecError, brief
 from .evaluate import evaluate
 from .io import file_sha256, read_json, write_json, write_text
@@ -425,7 +425,7 @@ def run(source: str | Dataset, cfg: RunConfig, run_dir: str | Path, overwrite: b
         "dataset": dataset.name, **evals, "training": summary, "timings": timings,
         "semantic_ids": {k: v for k, v in read_json(ids_dir / IDS_METRICS).items() if k not in ("history", "fingerprint")},
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "machine": machine_name(),
+        **provenance(),
         "config": cfg.to_dict(),
     }
     write_json(run_dir / METRICS_FILE, metrics)
