@@ -25,6 +25,8 @@ def test_report_has_every_section_and_plot(report, tiny_run):
         assert section in page, section
     assert page.count("<svg") == 5 and page.count("<polyline") == 4  # loss + lr + NDCG@10 + Recall@10
     assert "Learning rate (adafactor, rsqrt schedule)" in page  # the schedule that was used
+    date = json.loads((tiny_run / "metrics.json").read_text())["date"]
+    assert "<dt>machine</dt>" in page and f"<dt>date</dt><dd>{date}</dd>" in page  # where and when it ran
     assert "<details class='c1' open>" in page and "<details class='c2'" in page
     titles = [json.loads(line)["title"] for line in (tiny_run / "items.jsonl").read_text().splitlines()]
     assert sum(title in page for title in titles) >= 20

@@ -295,7 +295,7 @@ def render_report(run_dir: str | Path) -> str:
                ("parameters", f"{training['parameters'] / 1e6:.2f}M" if "parameters" in training else None),
                ("training steps", training.get("steps")), ("best validation step", training.get("best_step")),
                ("timings (s)", ", ".join(f"{k.removesuffix('_seconds')} {v}" for k, v in (metrics or {}).get("timings", {}).items()) or None),
-               ("machine", (metrics or {}).get("machine"))]
+               ("machine", (metrics or {}).get("machine")), ("date", (metrics or {}).get("date"))]
     summary_html = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in summary if v is not None)
 
     return f"""<!DOCTYPE html>
