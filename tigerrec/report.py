@@ -276,10 +276,10 @@ def render_report(run_dir: str | Path) -> str:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory not found: {run_dir}")
-    metrics = _read_optional(run_dir / "metrics.json")
+    metrics = _read_optional(run_dir / "metrics.json") or {}  # {} until the run has finished
     ids_metrics = _read_optional(run_dir / IDS_DIR / IDS_METRICS)
-    config = _read_optional(run_dir / "config.json") or (metrics or {}).get("config", {})
-    dataset = (metrics or {}).get("dataset") or config.get("source") or run_dir.name
+    config = _read_optional(run_dir / "config.json") or metrics.get("config", {})
+    dataset = metrics.get("dataset") or config.get("source") or run_dir.name
 
     explorer = '<p class="missing">No Semantic IDs in this run directory.</p>'
     ids_config = config.get("ids", {})
@@ -289,13 +289,13 @@ def render_report(run_dir: str | Path) -> str:
         items = read_items(run_dir / ITEMS_FILE) if (run_dir / ITEMS_FILE).is_file() else {}
         explorer = prefix_explorer(ids, items)
 
-    training = (metrics or {}).get("training", {})
+    training = metrics.get("training", {})
     kind = config.get("model", {}).get("kind", "tiger")
     summary = [("dataset", dataset), ("model", kind.upper()), ("ID scheme", ids_config.get("scheme")),
                ("parameters", f"{training['parameters'] / 1e6:.2f}M" if "parameters" in training else None),
                ("training steps", training.get("steps")), ("best validation step", training.get("best_step")),
-               ("timings (s)", ", ".join(f"{k.removesuffix('_seconds')} {v}" for k, v in (metrics or {}).get("timings", {}).items()) or None),
-               ("machine", (metrics or {}).get("machine")), ("date", (metrics or {}).get("date"))]
+               ("timings (s)", ", ".join(f"{k.removesuffix('_seconds')} {v}" for k, v in metrics.get("timings", {}).items()) or None),
+               ("machine", metrics.get("machine")), ("date", metrics.get("date"))]
     summary_html = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in summary if v is not None)
 
     return f"""<!DOCTYPE html>
