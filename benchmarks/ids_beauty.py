@@ -11,9 +11,7 @@ time is measured; otherwise they come from the cache.
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
 import resource
 import tempfile
 from pathlib import Path
@@ -22,6 +20,7 @@ import torch
 
 from tigerrec.config import RunConfig
 from tigerrec.data import load_dataset
+from tigerrec.device import provenance
 from tigerrec.io import read_json, write_json
 from tigerrec.pipeline import IDS_METRICS, build_semantic_ids
 from tigerrec.text import cache_dir
@@ -63,8 +62,7 @@ def main() -> None:
         "rqvae_seconds": metrics["quantizer_seconds"],
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "torch_threads": torch.get_num_threads(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
-        "date": datetime.date.today().isoformat(),
+        **provenance(),
         "config": vars(cfg.ids),
         "history": metrics["history"],
     }

@@ -17,7 +17,6 @@ import itertools
 import json
 import logging
 import os
-import platform
 import socket
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from tigerrec.device import provenance
 from tigerrec.pipeline import ITEMS_FILE, read_items
 
 log = logging.getLogger("serve_load")
@@ -121,7 +121,8 @@ def measure(run_dir: Path, args) -> dict:
                        (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))},
         "errors": sum(count for status, count in statuses.items() if status != "200"),
         "status_counts": dict(statuses),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (client and server share them)",
+        **provenance(),
+        "note": f"client and server share the machine's {os.cpu_count()} CPUs",
     }
 
 

@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import time
-from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from tigerrec.config import RunConfig
 from tigerrec.data import load_dataset
-from tigerrec.device import autocast, bf16_supported
+from tigerrec.device import autocast, bf16_supported, provenance
 from tigerrec.evaluate import evaluate
 from tigerrec.model import PAD
 from tigerrec.pipeline import prepare
@@ -138,8 +136,7 @@ def main():
         result[f"eval_users_per_s_beam{beam}"] = round(len(examples) / metrics["seconds"], 1)
     result["eval_users"] = len(examples)
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-    result["machine"] = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-    result["date"] = date.today().isoformat()
+    result.update(provenance())
     print(json.dumps(result, indent=2))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
