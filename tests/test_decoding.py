@@ -4,7 +4,7 @@ import torch
 
 from tigerrec.config import ModelConfig
 from tigerrec.decoding import PrefixTrie, generate, merge_capped
-from tigerrec.evaluate import ranking_metrics
+from tigerrec.evaluate import evaluate, ranking_metrics, recommend_examples
 from tigerrec.model import PAD, TigerModel
 from tigerrec.sequences import Examples, Tokenizer, length_bucketed_batches, user_bucket
 
@@ -247,3 +247,23 @@ def test_merge_capped_reserve_always_admits_the_best_cap_of_the_second_list():
     # Fewer new items than the cap: the first list fills the rest; no slot is left empty.
     short = merge_capped(items, scores, np.array([[10, -1, -1]]), np.array([[-8.0, -np.inf, -np.inf]]), cap=3, k=4, reserve=True)
     assert short[0].tolist() == [[1, 2, 3, 10]]
+
+
+def test_evaluation_can_keep_each_users_history_out_of_its_ranking():
+    codes, tokenizer, model, _ = small_setup()
+    rng = np.random.default_rng(2)
+    histories = [rng.choice(len(codes), size=n, replace=False) for n in (1, 3, 5, 2)]
+    examples = Examples.from_histories(histories, [0, 1, 2, 3], np.arange(4), max_history=5)
+    user_tokens = np.full(4, tokenizer.user_offset)
+    trie = PrefixTrie(codes, 8)
+    plain, _, _ = recommend_examples(model, tokenizer, trie, examples, user_tokens, beam_size=len(codes), top_k=len(codes))
+    kept, _, _ = recommend_examples(model, tokenizer, trie, examples, user_tokens, beam_size=len(codes), top_k=10,
+                                    exclude_history=True)
+    for row, history in enumerate(histories):
+        assert not set(kept[row].tolist()) & set(history.tolist())
+        # An exhaustive beam: the same ranking with the history items taken out.
+        assert kept[row].tolist() == [item for item in plain[row] if item not in history][:10]
+    # A target that sits in its history can no longer be hit; the others are ranked higher or equal.
+    examples.targets[:] = [histories[0][0], *plain[1:, 0]]
+    metrics = evaluate(model, tokenizer, trie, examples, user_tokens, beam_size=len(codes), exclude_history=True)
+    assert metrics["recall@10"] == pytest.approx(sum(t not in h for t, h in zip(examples.targets, histories)) / 4)

@@ -161,8 +161,9 @@ def _pad(sequences: list[np.ndarray], length: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sasrec_recommend(model: SASRec, histories: list[np.ndarray], k: int = 10, batch_size: int = 1024, bf16: bool = False) -> np.ndarray:
-    """Top-k items after each history (history items are not excluded, as in TIGER's evaluation)."""
+def sasrec_recommend(model: SASRec, histories: list[np.ndarray], k: int = 10, batch_size: int = 1024, bf16: bool = False,
+                     exclude_history: bool = False) -> np.ndarray:
+    """Top-k items after each history; ``exclude_history`` as TIGER's ``eval.exclude_history``."""
     model.eval()
     device = next(model.parameters()).device
     ranked = []
@@ -172,7 +173,7 @@ def sasrec_recommend(model: SASRec, histories: list[np.ndarray], k: int = 10, ba
         last = torch.tensor([min(len(h), model.cfg.max_len) - 1 for h in part], device=device)
         with autocast(str(device), bf16):
             states = model(tokens)[torch.arange(len(part), device=device), last]
-            ranked.append(model.logits(states).float().topk(k, dim=1).indices.cpu().numpy())
+            ranked.append(_top_k(model.logits(states).float(), part, k, exclude_history))
     return np.concatenate(ranked)
 
 

@@ -52,13 +52,15 @@ def recommend_examples(
     temperature: float | None = None,
     generator: torch.Generator | None = None,
     allowed: np.ndarray | None = None,
+    exclude_history: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Top-k item indices (N, top_k), their ID codes (N, top_k, L) and scores (N, top_k) for every
     example, in batches of similar length.
 
     By either model kind (``decoding.rank``): TIGER's beam search over ``trie`` with ``beam_size``
     beams, or RPG's exact scores of every item (no trie: None). ``temperature`` samples instead.
-    ``allowed`` (num_items,) bool keeps every example's results to those items.
+    ``allowed`` (num_items,) bool keeps every example's results to those items; ``exclude_history``
+    also keeps each example's own history items out of its results (the items its model input holds).
     """
     model.eval()
     device = next(model.parameters()).device
@@ -69,21 +71,36 @@ def recommend_examples(
     codes = np.zeros((len(examples), top_k, tokenizer.id_length), dtype=np.int64)
     scores = np.full((len(examples), top_k), -np.inf, dtype=np.float32)
     allowed = None if allowed is None else torch.as_tensor(allowed, dtype=torch.bool, device=device)
+    num_items = len(trie.item_prefixes) if trie is not None else model.num_items
     for begin in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False, mininterval=2):
         index = order[begin : begin + batch_size]
         tokens = tokenizer.encoder_input(torch.from_numpy(examples.histories[index]), torch.from_numpy(user_tokens[index]))
+        keep = None if allowed is None else allowed.expand(len(index), -1)
+        if exclude_history:
+            keep = _without_history(keep, examples.histories[index], num_items, device)
         with autocast(str(device), bf16):
-            out = rank(model, tokens.to(device), top_k, trie, beam_size, constrained, temperature, generator,
-                       None if allowed is None else allowed.expand(len(index), -1))
+            out = rank(model, tokens.to(device), top_k, trie, beam_size, constrained, temperature, generator, keep)
         items[index] = out.items.cpu().numpy()
         codes[index] = out.codes.cpu().numpy()
         scores[index] = out.scores.float().cpu().numpy()
     return items, codes, scores
 
 
-def evaluate(model, tokenizer, trie, examples, user_tokens, beam_size=20, top_k=10, batch_size=512, bf16=False, constrained=True, desc="eval") -> dict:
+def _without_history(keep: torch.Tensor | None, histories: np.ndarray, num_items: int, device) -> torch.Tensor:
+    """(B, num_items) bool: ``keep`` (all items when None) less each row's history items (-1 = padding)."""
+    rows = len(histories)
+    keep = torch.ones(rows, num_items, dtype=torch.bool, device=device) if keep is None else keep.clone()
+    history = torch.from_numpy(histories).to(device)
+    row, col = torch.nonzero(history >= 0, as_tuple=True)
+    keep[row, history[row, col]] = False
+    return keep
+
+
+def evaluate(model, tokenizer, trie, examples, user_tokens, beam_size=20, top_k=10, batch_size=512, bf16=False, constrained=True,
+             desc="eval", exclude_history=False) -> dict:
     start = time.perf_counter()
-    ranked, _, _ = recommend_examples(model, tokenizer, trie, examples, user_tokens, beam_size, top_k, batch_size, constrained, bf16, desc)
+    ranked, _, _ = recommend_examples(model, tokenizer, trie, examples, user_tokens, beam_size, top_k, batch_size, constrained, bf16, desc,
+                                      exclude_history=exclude_history)
     metrics = ranking_metrics(ranked, examples.targets)
     if not constrained:
         metrics["invalid_share"] = float((ranked < 0).mean())

@@ -438,12 +438,13 @@ def baselines(source, cfg: RunConfig, out_dir: Path, run_dir: str | Path | None 
     bf16 = use_bf16(device, cfg.sasrec.bf16)
     sasrec, sasrec_summary = train_sasrec(split.train, n, split.valid_history, split.valid_target, cfg.sasrec, device)
     save_model(sasrec, out_dir / "baselines" / "sasrec.safetensors")
+    exclude = cfg.eval.exclude_history  # ranked as the TIGER row is: with or without the history's items
     rankers = {
-        "MostPop": lambda h: most_popular(split.train, n, h, k),
+        "MostPop": lambda h: most_popular(split.train, n, h, k, exclude),
         "MostPop (history excluded)": lambda h: most_popular(split.train, n, h, k, exclude_history=True),
-        "Markov (last item)": lambda h: markov(split.train, n, h, k),
+        "Markov (last item)": lambda h: markov(split.train, n, h, k, exclude),
         "Semantic_KNN": lambda h: semantic_knn(embeddings, h, k, cfg.data.max_history),
-        "SASRec": lambda h: sasrec_recommend(sasrec, h, k, bf16=bf16),
+        "SASRec": lambda h: sasrec_recommend(sasrec, h, k, bf16=bf16, exclude_history=exclude),
     }
     results = {}
     for name, rank in rankers.items():

@@ -418,7 +418,8 @@ def run(source: str | Dataset, cfg: RunConfig, run_dir: str | Path, overwrite: b
     evals = {}
     for name, examples in (("valid", data.valid), ("test", test)):
         evals[name] = evaluate(model, data.tokenizer, data.trie, examples, data.user_tokens[examples.users],
-                               cfg.eval.beam_size, cfg.eval.top_k, cfg.eval.batch_size, bf16, desc=name)
+                               cfg.eval.beam_size, cfg.eval.top_k, cfg.eval.batch_size, bf16, desc=name,
+                               exclude_history=cfg.eval.exclude_history)
         log.info("%s: %s", name, evals[name])
     timings["eval_seconds"] = round(evals["valid"]["seconds"] + evals["test"]["seconds"], 1)
     metrics = {

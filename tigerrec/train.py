@@ -285,7 +285,8 @@ def train(model: SequenceModel, data: TrainData, cfg: TrainConfig, eval_cfg: Eva
                     next_eval_minutes = _next_multiple(minutes, cfg.eval_every_minutes)
                 if rank == 0:
                     metrics = evaluate(model, data.tokenizer, data.trie, valid, data.user_tokens[valid.users],
-                                       eval_cfg.beam_size, eval_cfg.top_k, eval_cfg.batch_size, bf16, desc="valid")
+                                       eval_cfg.beam_size, eval_cfg.top_k, eval_cfg.batch_size, bf16, desc="valid",
+                                       exclude_history=eval_cfg.exclude_history)
                     minutes_so_far = round((time.perf_counter() - started) / 60, 2)
                     append_csv(run_dir / VALID_LOG, {"step": step, "samples": state["samples"], "minutes": minutes_so_far, **metrics})
                     log.info("step %d valid %s", step, metrics)
