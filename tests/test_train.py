@@ -59,6 +59,16 @@ def test_codebook_init_starts_code_embeddings_from_the_codewords(tmp_path):
                            tokenizer.code_tokens(len(codebooks)),  # the collision code
                            torch.arange(tokenizer.user_offset, tokenizer.vocab_size)])
     assert torch.equal(weight[untouched], plain.embed.weight.detach()[untouched])
+    assert torch.equal(model.head, plain.head)  # the output rows stay random
+    # codebooks+head: the output rows of each level's codes start parallel to their input embeddings,
+    # at the head's usual scale; the collision code's row stays random.
+    _, _, tied = prepare(dataset, ids, tiny_config(model={"embed_init": "codebooks+head"}), ids_dir)
+    assert torch.equal(tied.embed.weight, model.embed.weight)
+    d_model = weight.shape[1]
+    for level in range(len(codebooks)):
+        head, rows = tied.head.detach()[level], weight[tokenizer.code_tokens(level)]
+        assert torch.allclose(head, rows / cfg.model.embed_init_std * d_model**-0.5, atol=1e-6)
+    assert torch.equal(tied.head[len(codebooks)], plain.head[len(codebooks)])
     with pytest.raises(TigerrecError, match="pass ids_dir"):
         prepare(dataset, ids, cfg)
     with pytest.raises(TigerrecError, match="embed_init=codebooks needs .* got model.kind=tiger, ids.scheme=lsh; "

@@ -115,7 +115,8 @@ class ModelConfig:
     # Not in the paper: "codebooks" starts each code token's embedding from its quantiser
     # codeword (ids.scheme rqvae or rqkmeans), carried to d_model by a fixed random projection
     # at embed_init_std, so codes that are close in the quantiser start close; collision codes,
-    # user and special tokens stay "normal" (random at embed_init_std).
+    # user and special tokens stay "normal" (random at embed_init_std). "codebooks+head" also starts
+    # the output rows of those codes (the decoder's head) from the same vectors, as tied embeddings would.
     embed_init: str = "normal"
     relative_buckets: int = 32  # T5 relative position bias
     relative_max_distance: int = 128
@@ -307,8 +308,8 @@ class RunConfig:
                                 f"got model.history={model.history}{hint}")
         if model.kind == "tiger" and self.eval.decoding != "exact":
             raise TigerrecError(f"config eval.decoding={self.eval.decoding} is for model.kind=rpg; TIGER decodes by beam search")
-        if model.embed_init == "codebooks" and (model.kind != "tiger" or ids.scheme not in CODEWORD_SCHEMES):
-            raise TigerrecError(f"config model.embed_init=codebooks needs model.kind=tiger and ids.scheme {' or '.join(CODEWORD_SCHEMES)} "
+        if model.embed_init in CODEBOOK_INITS and (model.kind != "tiger" or ids.scheme not in CODEWORD_SCHEMES):
+            raise TigerrecError(f"config model.embed_init={model.embed_init} needs model.kind=tiger and ids.scheme {' or '.join(CODEWORD_SCHEMES)} "
                                 f"(codewords per level), got model.kind={model.kind}, ids.scheme={ids.scheme}; set model.embed_init=normal "
                                 f"(the tuned recipe sets codebooks)")
         if model.kind == "tiger" and ids.scheme == "opq":
@@ -352,7 +353,8 @@ def fingerprint(values: dict[str, Any], sections) -> dict[str, Any]:
 TIGER_SCHEMES = ("rqvae", "rqkmeans", "lsh", "random")  # ordered codes, made unique by a collision code
 ID_SCHEMES = (*TIGER_SCHEMES, "opq")
 MODEL_KINDS = ("tiger", "rpg")
-EMBED_INITS = ("normal", "codebooks")  # ModelConfig.embed_init
+EMBED_INITS = ("normal", "codebooks", "codebooks+head")  # ModelConfig.embed_init
+CODEBOOK_INITS = EMBED_INITS[1:]  # the ones that start from the quantiser's codewords
 CODEWORD_SCHEMES = ("rqvae", "rqkmeans")  # the schemes whose codewords embed_init=codebooks starts from
 RPG_DECODINGS = ("exact", "graph")
 BF16_SETTINGS = ("auto", "on", "off")

@@ -35,7 +35,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from .config import RunConfig, fingerprint, show_value
+from .config import CODEBOOK_INITS, RunConfig, fingerprint, show_value
 from .data import Dataset, Split, leave_one_out, load_dataset
 from .decoding import PrefixTrie, configure_decoding
 from .device import provenance, use_bf16
@@ -292,17 +292,23 @@ def make_model(tokenizer: Tokenizer, cfg: RunConfig) -> SequenceModel:
     return TigerModel(cfg.model, tokenizer.vocab_size, tokenizer.id_length, tokenizer.codebook_size)
 
 
-def init_code_embeddings(model: TigerModel, tokenizer: Tokenizer, codebooks: torch.Tensor, std: float) -> None:
+def init_code_embeddings(model: TigerModel, tokenizer: Tokenizer, codebooks: torch.Tensor, std: float,
+                         head: bool = False) -> None:
     """Start each level's code tokens from the quantiser's codewords (levels, codebook_size, dim): centred,
     carried to d_model by one fixed random projection per level and scaled to ``std``, so the geometry
-    of the codewords (which codes are close) is what the model starts from (ModelConfig.embed_init)."""
+    of the codewords (which codes are close) is what the model starts from (ModelConfig.embed_init).
+    With ``head`` the output rows of those codes start from the same vectors at the head's usual scale,
+    as if input and output embeddings were tied."""
     generator = torch.Generator().manual_seed(0)
     d_model = model.embed.weight.shape[1]
     with torch.no_grad():
         for level, codewords in enumerate(codebooks.float().cpu()):
             projected = (codewords - codewords.mean(0)) @ torch.randn(codewords.shape[1], d_model, generator=generator)
+            projected = projected / projected.std()
             rows = tokenizer.code_tokens(level).to(model.embed.weight.device)
-            model.embed.weight[rows] = (projected * std / projected.std()).to(model.embed.weight)
+            model.embed.weight[rows] = (projected * std).to(model.embed.weight)
+            if head:
+                model.head[level] = (projected * d_model**-0.5).to(model.head)
 
 
 def held_out_examples(split: Split, max_history: int) -> tuple[Examples, Examples]:
@@ -341,10 +347,11 @@ def prepare(dataset: Dataset, ids: SemanticIDs, cfg: RunConfig,
     )
     torch.manual_seed(cfg.train.seed)  # same seed, same initial weights
     model = make_model(tokenizer, cfg)
-    if cfg.model.embed_init == "codebooks":
+    if cfg.model.embed_init in CODEBOOK_INITS:
         if ids_dir is None:
             raise TigerrecError("config model.embed_init=codebooks needs the Semantic IDs' quantiser: pass ids_dir to prepare")
-        init_code_embeddings(model, tokenizer, load_quantizer(Path(ids_dir) / QUANTIZER_FILE).codebooks, cfg.model.embed_init_std)
+        init_code_embeddings(model, tokenizer, load_quantizer(Path(ids_dir) / QUANTIZER_FILE).codebooks, cfg.model.embed_init_std,
+                             head=cfg.model.embed_init == "codebooks+head")
     return data, test, model
 
 
