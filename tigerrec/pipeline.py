@@ -349,7 +349,8 @@ def prepare(dataset: Dataset, ids: SemanticIDs, cfg: RunConfig,
     model = make_model(tokenizer, cfg)
     if cfg.model.embed_init in CODEBOOK_INITS:
         if ids_dir is None:
-            raise TigerrecError("config model.embed_init=codebooks needs the Semantic IDs' quantiser: pass ids_dir to prepare")
+            raise TigerrecError(f"config model.embed_init={cfg.model.embed_init} needs the Semantic IDs' quantiser: "
+                                "pass ids_dir to prepare")
         init_code_embeddings(model, tokenizer, load_quantizer(Path(ids_dir) / QUANTIZER_FILE).codebooks, cfg.model.embed_init_std,
                              head=cfg.model.embed_init == "codebooks+head")
     return data, test, model
