@@ -245,11 +245,14 @@ def test_diversity_command(tmp_path, tiny_tiger):
     assert all(0 <= r["entropy@10 (level 2)"] <= math.log(10) for r in rows)
 
 
-def test_baselines_command(tmp_path, tiny_tiger):
-    args = ["--set", "sasrec.steps=40", "--set", "sasrec.eval_every=20", "--run-dir", str(tiny_tiger)]
+@pytest.mark.parametrize("exclude_history", [False, True])
+def test_baselines_command(tmp_path, tiny_tiger, exclude_history):
+    args = ["--set", "sasrec.steps=40", "--set", "sasrec.eval_every=20", "--run-dir", str(tiny_tiger),
+            "--set", f"eval.exclude_history={str(exclude_history).lower()}"]
     assert main(["experiment", "baselines", "tiny", "--out", str(tmp_path), *args]) == 0
     methods = _read(tmp_path, "baselines")["methods"]
-    assert set(methods) == {"MostPop", "MostPop (history excluded)", "Markov (last item)", "Semantic_KNN", "SASRec", "TIGER"}
+    extra = set() if exclude_history else {"MostPop (history excluded)"}  # MostPop itself excludes it then
+    assert set(methods) == {"MostPop", "Markov (last item)", "Semantic_KNN", "SASRec", "TIGER"} | extra
     assert all(0 <= m["test"]["recall@10"] <= 1 for m in methods.values())
 
 
