@@ -14,26 +14,21 @@ import argparse
 import json
 from pathlib import Path
 
-from tigerrec.data import load_dataset
 from tigerrec.device import provenance, use_bf16
 from tigerrec.evaluate import evaluate
 from tigerrec.io import write_json
-from tigerrec.pipeline import IDS_DIR, load_best_model, load_ids, prepare, read_run_config
+from tigerrec.pipeline import load_trained_run
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--data-dir", type=Path, required=True, help="the run's dataset")
+    parser.add_argument("--data-dir", type=Path, help="the run's dataset (default: the source its config.json records)")
     parser.add_argument("--beams", type=int, nargs="+", default=[20])
     parser.add_argument("--out")
     args = parser.parse_args()
 
-    cfg = read_run_config(args.run_dir)
-    dataset = load_dataset(args.data_dir, cfg.data.min_interactions)
-    ids_dir = args.run_dir / IDS_DIR
-    data, _, model = prepare(dataset, load_ids(ids_dir, cfg), cfg, ids_dir)
-    load_best_model(model, args.run_dir)
+    cfg, dataset, data, _, model = load_trained_run(args.run_dir, args.data_dir)
     bf16 = use_bf16("cpu", cfg.train.bf16)
     rows = []
     for beam in args.beams:

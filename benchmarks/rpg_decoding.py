@@ -19,11 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tigerrec.data import load_dataset
 from tigerrec.device import provenance, use_bf16
 from tigerrec.evaluate import ranking_metrics, recommend_examples
 from tigerrec.io import write_json
-from tigerrec.pipeline import IDS_DIR, load_best_model, load_ids, prepare, read_run_config
+from tigerrec.pipeline import load_trained_run, read_run_config
 
 
 def decode(model, data, test, cfg, beam: int, bf16: bool) -> tuple[np.ndarray, float]:
@@ -37,7 +36,7 @@ def decode(model, data, test, cfg, beam: int, bf16: bool) -> tuple[np.ndarray, f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", help="a finished RPG run directory (tigerrec run ... --model rpg)")
-    parser.add_argument("--data-dir", required=True, help="the dataset the run was trained on")
+    parser.add_argument("--data-dir", help="the dataset the run was trained on (default: the source its config.json records)")
     parser.add_argument("--neighbors", type=int, nargs="+", default=[50])
     parser.add_argument("--steps", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--beams", type=int, nargs="+", default=[20, 50])
@@ -45,12 +44,9 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
-    cfg = read_run_config(args.run_dir)
-    if cfg.model.kind != "rpg":
-        parser.error(f"{args.run_dir} holds a {cfg.model.kind} model; graph decoding is RPG's")
-    dataset = load_dataset(args.data_dir, cfg.data.min_interactions)
-    data, test, model = prepare(dataset, load_ids(Path(args.run_dir) / IDS_DIR, cfg), cfg)
-    load_best_model(model, args.run_dir)
+    if read_run_config(args.run_dir).model.kind != "rpg":
+        parser.error(f"{args.run_dir} holds another model kind; graph decoding is RPG's")
+    cfg, _, data, test, model = load_trained_run(args.run_dir, args.data_dir)
     bf16 = use_bf16(str(next(model.parameters()).device), cfg.train.bf16)
     torch.set_grad_enabled(False)
 

@@ -267,3 +267,19 @@ def test_evaluation_can_keep_each_users_history_out_of_its_ranking():
     examples.targets[:] = [histories[0][0], *plain[1:, 0]]
     metrics = evaluate(model, tokenizer, trie, examples, user_tokens, beam_size=len(codes), exclude_history=True)
     assert metrics["recall@10"] == pytest.approx(sum(t not in h for t, h in zip(examples.targets, histories)) / 4)
+
+
+def test_evaluation_keeps_the_whole_history_out_not_only_the_model_input_window():
+    codes, tokenizer, model, _ = small_setup()
+    trie, user_tokens = PrefixTrie(codes, 8), np.full(1, tokenizer.user_offset)
+    window = np.array([3, 1, 4, 5, 9])  # max_history = 5: all the model sees
+    short = Examples.from_histories([window], [0], np.arange(1), max_history=5, keep_seen=True)
+    plain, _, _ = recommend_examples(model, tokenizer, trie, short, user_tokens, beam_size=len(codes), top_k=len(codes))
+    older = np.array([item for item in plain[0] if item not in window][:7])  # the 7 best items, seen before the window
+    long = Examples.from_histories([np.concatenate([older, window])], [0], np.arange(1), max_history=5, keep_seen=True)
+    assert long.histories.tolist() == short.histories.tolist()  # the same model input
+    assert long.subset(np.array([0])).seen_items(np.array([0]))[0].tolist() == [*older, *window]
+    kept, _, _ = recommend_examples(model, tokenizer, trie, long, user_tokens, beam_size=len(codes), top_k=10,
+                                    exclude_history=True)
+    seen = {*older.tolist(), *window.tolist()}
+    assert kept[0].tolist() == [item for item in plain[0] if item not in seen][:10]

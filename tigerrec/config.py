@@ -160,7 +160,8 @@ class EvalConfig:
     beam_size: int = 20  # TIGER's beams; RPG's graph decoding keeps as many items per step
     top_k: int = 10
     batch_size: int = 512
-    # Keep each user's own history items out of the ranking, as serving does by default (exclude_seen).
+    # Keep each user's own history items out of the ranking (all of them, not only the last max_history
+    # that the model reads), as serving (exclude_seen) and the baselines do.
     # Off in the paper's protocol; on the P5 Amazon data no target is already in its user's history.
     exclude_history: bool = False
     # rpg only: "exact" scores every item of the catalogue; "graph" is the RPG paper's graph-constrained

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from .decoding import PrefixTrie, rank
 from .device import autocast
 from .model import SequenceModel
-from .sequences import Examples, Tokenizer
+from .sequences import Examples, Tokenizer, history_pairs
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def recommend_examples(
         tokens = tokenizer.encoder_input(torch.from_numpy(examples.histories[index]), torch.from_numpy(user_tokens[index]))
         keep = None if allowed is None else allowed.expand(len(index), -1)
         if exclude_history:
-            keep = _without_history(keep, examples.histories[index], num_items, device)
+            keep = _without_history(keep, examples.seen_items(index), num_items, device)
         with autocast(str(device), bf16):
             out = rank(model, tokens.to(device), top_k, trie, beam_size, constrained, temperature, generator, keep)
         items[index] = out.items.cpu().numpy()
@@ -86,13 +86,11 @@ def recommend_examples(
     return items, codes, scores
 
 
-def _without_history(keep: torch.Tensor | None, histories: np.ndarray, num_items: int, device) -> torch.Tensor:
-    """(B, num_items) bool: ``keep`` (all items when None) less each row's history items (-1 = padding)."""
-    rows = len(histories)
-    keep = torch.ones(rows, num_items, dtype=torch.bool, device=device) if keep is None else keep.clone()
-    history = torch.from_numpy(histories).to(device)
-    row, col = torch.nonzero(history >= 0, as_tuple=True)
-    keep[row, history[row, col]] = False
+def _without_history(keep: torch.Tensor | None, histories: list[np.ndarray], num_items: int, device) -> torch.Tensor:
+    """(B, num_items) bool: ``keep`` (all items when None) less each row's history items."""
+    keep = torch.ones(len(histories), num_items, dtype=torch.bool, device=device) if keep is None else keep.clone()
+    row, item = history_pairs(histories)
+    keep[row.to(device), item.to(device)] = False
     return keep
 
 

@@ -312,10 +312,11 @@ def init_code_embeddings(model: TigerModel, tokenizer: Tokenizer, codebooks: tor
 
 
 def held_out_examples(split: Split, max_history: int) -> tuple[Examples, Examples]:
-    """Validation and test examples of every user (the leave-one-out targets)."""
+    """Validation and test examples of every user (the leave-one-out targets), with their whole
+    histories for ranking without them (eval.exclude_history), as serving and the baselines do."""
     users = np.arange(len(split.train))
-    valid = Examples.from_histories(split.valid_history, split.valid_target, users, max_history)
-    test = Examples.from_histories(split.test_history, split.test_target, users, max_history)
+    valid = Examples.from_histories(split.valid_history, split.valid_target, users, max_history, keep_seen=True)
+    test = Examples.from_histories(split.test_history, split.test_target, users, max_history, keep_seen=True)
     return valid, test
 
 
@@ -366,6 +367,30 @@ def load_best_model(model: SequenceModel, run_dir: str | Path) -> SequenceModel:
     except RuntimeError as e:  # names, shapes: a model of other settings than config.json's
         raise TigerrecError(f"{path} does not fit the model that {CONFIG_FILE} describes ({brief(e)})") from None
     return model.eval()
+
+
+def evaluate_splits(model: SequenceModel, data: TrainData, test: Examples, cfg: RunConfig) -> dict:
+    """Metrics of every validation and test example, decoded as ``cfg.eval`` says."""
+    configure_decoding(model, cfg.eval)
+    bf16 = use_bf16(str(next(model.parameters()).device), cfg.train.bf16)
+    evals = {}
+    for name, examples in (("valid", data.valid), ("test", test)):
+        evals[name] = evaluate(model, data.tokenizer, data.trie, examples, data.user_tokens[examples.users],
+                               cfg.eval.beam_size, cfg.eval.top_k, cfg.eval.batch_size, bf16, desc=name,
+                               exclude_history=cfg.eval.exclude_history)
+        log.info("%s: %s", name, evals[name])
+    return evals
+
+
+def load_trained_run(run_dir: str | Path, source: str | Path | None = None) -> tuple[RunConfig, Dataset, TrainData, Examples, SequenceModel]:
+    """A trained run directory, ready to decode again: its config, dataset (from ``source``, by default
+    the one config.json records), data with the validation examples, test examples and best model."""
+    cfg = read_run_config(run_dir)
+    dataset = load_dataset(source if source is not None else read_json(Path(run_dir) / CONFIG_FILE)["source"],
+                           cfg.data.min_interactions)
+    ids_dir = Path(run_dir) / IDS_DIR
+    data, test, model = prepare(dataset, load_ids(ids_dir, cfg), cfg, ids_dir)
+    return cfg, dataset, data, test, load_best_model(model, run_dir)
 
 
 def run(source: str | Dataset, cfg: RunConfig, run_dir: str | Path, overwrite: bool = False) -> dict:
@@ -419,16 +444,8 @@ def run(source: str | Dataset, cfg: RunConfig, run_dir: str | Path, overwrite: b
         log.info("%s was finished with these settings: its metrics are those of %s", run_dir, METRICS_FILE)
         return finished
 
-    # Test metrics once, on the checkpoint selected by validation, decoded as eval.decoding says.
-    load_best_model(model, run_dir)
-    configure_decoding(model, cfg.eval)
-    bf16 = use_bf16(str(next(model.parameters()).device), cfg.train.bf16)
-    evals = {}
-    for name, examples in (("valid", data.valid), ("test", test)):
-        evals[name] = evaluate(model, data.tokenizer, data.trie, examples, data.user_tokens[examples.users],
-                               cfg.eval.beam_size, cfg.eval.top_k, cfg.eval.batch_size, bf16, desc=name,
-                               exclude_history=cfg.eval.exclude_history)
-        log.info("%s: %s", name, evals[name])
+    # Test metrics once, on the checkpoint selected by validation.
+    evals = evaluate_splits(load_best_model(model, run_dir), data, test, cfg)
     timings["eval_seconds"] = round(evals["valid"]["seconds"] + evals["test"]["seconds"], 1)
     metrics = {
         "dataset": dataset.name, **evals, "training": summary, "timings": timings,

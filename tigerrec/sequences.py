@@ -99,12 +99,18 @@ class Examples:
     lengths: np.ndarray  # (M,)
     targets: np.ndarray  # (M,) item index, -1 when unknown (inference)
     users: np.ndarray  # (M,) user index
+    # Each example's whole history (an object array of item-index arrays) where it may be longer than
+    # the model's input window: what eval.exclude_history keeps out of the ranking. None: ``histories``.
+    seen: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.targets)
 
     @classmethod
-    def from_histories(cls, histories: list[np.ndarray], targets, users, max_history: int) -> "Examples":
+    def from_histories(cls, histories: list[np.ndarray], targets, users, max_history: int,
+                       keep_seen: bool = False) -> "Examples":
+        """The last ``max_history`` items of each history as the model's input; ``keep_seen`` also keeps
+        every history whole (``seen``), as the held-out examples do."""
         n = len(histories)
         padded = np.full((n, max_history), -1, dtype=np.int64)
         lengths = np.zeros(n, dtype=np.int64)
@@ -114,7 +120,12 @@ class Examples:
             lengths[i] = len(recent)
         if n and lengths.min() == 0:
             raise ValueError(f"{int((lengths == 0).sum())} examples have an empty history")
-        return cls(padded, lengths, np.asarray(targets, dtype=np.int64), np.asarray(users, dtype=np.int64))
+        seen = None
+        if keep_seen:
+            seen = np.empty(n, dtype=object)
+            for i, history in enumerate(histories):
+                seen[i] = np.asarray(history, dtype=np.int64)
+        return cls(padded, lengths, np.asarray(targets, dtype=np.int64), np.asarray(users, dtype=np.int64), seen)
 
     @classmethod
     def training(cls, train_sequences: list[np.ndarray], max_history: int) -> "Examples":
@@ -147,7 +158,22 @@ class Examples:
         return following
 
     def subset(self, index: np.ndarray) -> "Examples":
-        return Examples(self.histories[index], self.lengths[index], self.targets[index], self.users[index])
+        return Examples(self.histories[index], self.lengths[index], self.targets[index], self.users[index],
+                        None if self.seen is None else self.seen[index])
+
+    def seen_items(self, index: np.ndarray) -> list[np.ndarray]:
+        """The items that the examples ``index`` have seen: their whole histories, not only the input window."""
+        if self.seen is not None:
+            return list(self.seen[index])
+        return [history[:length] for history, length in zip(self.histories[index], self.lengths[index])]
+
+
+def history_pairs(histories: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, item) indices of every item of each row's history: the cells of a (rows, items) matrix
+    that ranking with the history excluded leaves out."""
+    rows = np.repeat(np.arange(len(histories)), [len(h) for h in histories])
+    items = np.concatenate(histories) if len(histories) else np.zeros(0)
+    return torch.from_numpy(rows), torch.from_numpy(items.astype(np.int64))
 
 
 def training_windows(train_sequences: list[np.ndarray], max_len: int) -> list[np.ndarray]:
