@@ -44,8 +44,9 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
-    if read_run_config(args.run_dir).model.kind != "rpg":
-        parser.error(f"{args.run_dir} holds another model kind; graph decoding is RPG's")
+    kind = read_run_config(args.run_dir).model.kind  # before loading anything: fail fast
+    if kind != "rpg":
+        parser.error(f"{args.run_dir} holds a {kind} model; graph decoding is RPG's")
     cfg, _, data, test, model = load_trained_run(args.run_dir, args.data_dir)
     bf16 = use_bf16(str(next(model.parameters()).device), cfg.train.bf16)
     torch.set_grad_enabled(False)

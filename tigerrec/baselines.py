@@ -27,8 +27,7 @@ def _top_k(scores: torch.Tensor, histories: list[np.ndarray], k: int, exclude_hi
     """Indices of the k best scores per row, optionally never an item of the row's history; -1 where
     fewer than k items are left."""
     if exclude_history:
-        row, item = history_pairs(histories)
-        scores[row.to(scores.device), item.to(scores.device)] = float("-inf")
+        scores[history_pairs(histories, scores.device)] = float("-inf")
     values, indices = scores.topk(min(k, scores.shape[1]), dim=1)
     ranked = torch.where(torch.isfinite(values), indices, -1).cpu().numpy()  # -1: no item (all left out)
     return np.pad(ranked, ((0, 0), (0, k - ranked.shape[1])), constant_values=-1)

@@ -89,8 +89,7 @@ def recommend_examples(
 def _without_history(keep: torch.Tensor | None, histories: list[np.ndarray], num_items: int, device) -> torch.Tensor:
     """(B, num_items) bool: ``keep`` (all items when None) less each row's history items."""
     keep = torch.ones(len(histories), num_items, dtype=torch.bool, device=device) if keep is None else keep.clone()
-    row, item = history_pairs(histories)
-    keep[row.to(device), item.to(device)] = False
+    keep[history_pairs(histories, device)] = False
     return keep
 
 

@@ -168,12 +168,12 @@ class Examples:
         return [history[:length] for history, length in zip(self.histories[index], self.lengths[index])]
 
 
-def history_pairs(histories: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(row, item) indices of every item of each row's history: the cells of a (rows, items) matrix
-    that ranking with the history excluded leaves out."""
+def history_pairs(histories: list[np.ndarray], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, item) indices on ``device`` of every item of each row's history: the cells of a
+    (rows, items) matrix that ranking with the history excluded leaves out."""
     rows = np.repeat(np.arange(len(histories)), [len(h) for h in histories])
     items = np.concatenate(histories) if len(histories) else np.zeros(0)
-    return torch.from_numpy(rows), torch.from_numpy(items.astype(np.int64))
+    return torch.from_numpy(rows).to(device), torch.from_numpy(items.astype(np.int64)).to(device)
 
 
 def training_windows(train_sequences: list[np.ndarray], max_len: int) -> list[np.ndarray]:
