@@ -76,23 +76,52 @@ def test_codebook_init_starts_code_embeddings_from_the_codewords(tmp_path):
         tiny_config("tuned", ids={"scheme": "lsh"}).validate()  # the default recipe starts from the codewords
 
 
-def _train(dataset, ids, cfg, run_dir):
+def _train(dataset, ids, cfg, run_dir, part="model"):
     data, _, model = prepare(dataset, ids, cfg)
     train(model, data, cfg.train, cfg.eval, run_dir)
-    return torch.load(run_dir / CHECKPOINT, weights_only=True)["model"]
+    return torch.load(run_dir / CHECKPOINT, weights_only=True)[part]
 
 
-def test_resume_gives_the_same_model_as_an_uninterrupted_run(tiny_ids, tmp_path):
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
+def test_resume_gives_the_same_model_as_an_uninterrupted_run(tiny_ids, tmp_path, ema_decay):
     dataset, ids, cfg = tiny_ids
-    settings = {"eval_every": 1000, "checkpoint_every": 10, "log_every": 10}
-    whole = _train(dataset, ids, tiny_config(train={**settings, "steps": 60}), tmp_path / "whole")
+    settings = {"eval_every": 1000, "checkpoint_every": 10, "log_every": 10, "ema_decay": ema_decay}
+    part = "average" if ema_decay else "model"  # with ema_decay the weight average must resume too
+    whole = _train(dataset, ids, tiny_config(train={**settings, "steps": 60}), tmp_path / "whole", part)
     _train(dataset, ids, tiny_config(train={**settings, "steps": 30}), tmp_path / "split")  # "killed" at 30
-    resumed = _train(dataset, ids, tiny_config(train={**settings, "steps": 60}), tmp_path / "split")
+    resumed = _train(dataset, ids, tiny_config(train={**settings, "steps": 60}), tmp_path / "split", part)
     assert whole.keys() == resumed.keys()
     for name in whole:
         assert torch.equal(whole[name], resumed[name]), name
     steps = [row["step"] for row in read_csv(tmp_path / "split" / "train_log.csv")]
     assert steps == [10, 20, 30, 40, 50, 60]
+
+
+def test_ema_decay_validates_and_keeps_the_moving_average_of_the_weights(tiny_ids, tmp_path):
+    """After each step the average moves (1 - decay) of the way to the new weights; the best model that
+    training keeps is the average, not the weights themselves."""
+    dataset, ids, _ = tiny_ids
+    decay, settings = 0.9, {"eval_every": 20, "checkpoint_every": 1, "log_every": 1, "ema_decay": 0.9}
+    run_dir = tmp_path / "run"
+    _train(dataset, ids, tiny_config(train={**settings, "steps": 19}), run_dir)
+    before = torch.load(run_dir / CHECKPOINT, weights_only=True)["average"]
+    _train(dataset, ids, tiny_config(train={**settings, "steps": 20}), run_dir)  # one step further, then validated
+    after = torch.load(run_dir / CHECKPOINT, weights_only=True)
+    assert int(after["average"]["n_averaged"]) == 20
+    weights, average = after["model"], {k.removeprefix("module."): v for k, v in after["average"].items()}
+    moved = False
+    for name, param in weights.items():
+        expected = decay * before["module." + name] + (1 - decay) * param
+        assert torch.allclose(average[name], expected, atol=1e-6), name
+        moved |= not torch.equal(average[name], param)
+    assert moved  # the average is not the weights
+    # Validation ran at the ends of both runs (steps 19 and 20); the better one's average was kept.
+    kept = average if after["state"]["best_step"] == 20 else {k.removeprefix("module."): v for k, v in before.items()}
+    best = load_file(str(run_dir / "model.safetensors"))
+    assert best.keys() == weights.keys()
+    assert all(torch.equal(best[name], kept[name]) for name in best)
+    with pytest.raises(TigerrecError, match="train.ema_decay must be in"):
+        tiny_config(train={"ema_decay": 1.0}).validate()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

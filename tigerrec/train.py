@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from safetensors.torch import save_file
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from .config import EvalConfig, TrainConfig
@@ -201,10 +202,13 @@ def train(model: SequenceModel, data: TrainData, cfg: TrainConfig, eval_cfg: Eva
 
     torch.manual_seed(cfg.seed)
     optimizer = make_optimizer(model, cfg)
+    # With ema_decay the moving average of the weights is what is validated and kept.
+    average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay)) if cfg.ema_decay else None
+    kept = average.module if average is not None else model
     state = {"step": 0, "samples": 0, "best": -1.0, "best_step": 0, "evals_since_best": 0, "seconds": 0.0}
     checkpoint_path = run_dir / CHECKPOINT
     if checkpoint_path.exists():
-        state = _load_checkpoint(checkpoint_path, model, optimizer, device)
+        state = _load_checkpoint(checkpoint_path, model, optimizer, average, device)
         log.info("resuming from %s at step %d", checkpoint_path, state["step"])
     if rank == 0:  # rows after the checkpoint (all of them, without one) are from a run that did not get to save
         truncate_csv(run_dir / TRAIN_LOG, state["step"])
@@ -252,6 +256,8 @@ def train(model: SequenceModel, data: TrainData, cfg: TrainConfig, eval_cfg: Eva
             lr = cfg.lr * lr_factor(step + 1, cfg, minutes)
             set_lr(optimizer, lr)
             optimizer.step()
+            if average is not None:
+                average.update_parameters(model)
             step += 1
             window_loss += loss.item()
             # A sample is one training target (an item to predict): one per example, or one
@@ -284,7 +290,7 @@ def train(model: SequenceModel, data: TrainData, cfg: TrainConfig, eval_cfg: Eva
                 if cfg.eval_every_minutes:
                     next_eval_minutes = _next_multiple(minutes, cfg.eval_every_minutes)
                 if rank == 0:
-                    metrics = evaluate(model, data.tokenizer, data.trie, valid, data.user_tokens[valid.users],
+                    metrics = evaluate(kept, data.tokenizer, data.trie, valid, data.user_tokens[valid.users],
                                        eval_cfg.beam_size, eval_cfg.top_k, eval_cfg.batch_size, bf16, desc="valid",
                                        exclude_history=eval_cfg.exclude_history)
                     minutes_so_far = round((time.perf_counter() - started) / 60, 2)
@@ -292,7 +298,7 @@ def train(model: SequenceModel, data: TrainData, cfg: TrainConfig, eval_cfg: Eva
                     log.info("step %d valid %s", step, metrics)
                     if metrics[SELECTION_METRIC] > state["best"]:
                         state.update(best=metrics[SELECTION_METRIC], best_step=step, evals_since_best=0)
-                        save_model(model, run_dir / BEST_MODEL)
+                        save_model(kept, run_dir / BEST_MODEL)
                     else:
                         state["evals_since_best"] += 1
                 patience_over = cfg.patience and state["evals_since_best"] >= cfg.patience
@@ -300,7 +306,7 @@ def train(model: SequenceModel, data: TrainData, cfg: TrainConfig, eval_cfg: Eva
             if step % cfg.checkpoint_every == 0 or last:
                 state.update(step=step, seconds=time.perf_counter() - started)
                 if rank == 0:
-                    _save_checkpoint(checkpoint_path, model, optimizer, state, device)
+                    _save_checkpoint(checkpoint_path, model, optimizer, average, state, device)
                 if world > 1:
                     dist.barrier()
             if last:
@@ -334,19 +340,22 @@ def _agree(flag: bool, world: int, device: str) -> bool:
     return bool(_from_rank0(1.0 if flag else 0.0, world, device))
 
 
-def _save_checkpoint(path: Path, model, optimizer, state: dict, device: str) -> None:
+def _save_checkpoint(path: Path, model, optimizer, average, state: dict, device: str) -> None:
     checkpoint = {
         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
         "rng": torch.get_rng_state(), "state": dict(state),
     }
+    if average is not None:
+        checkpoint["average"] = average.state_dict()
     if device.startswith("cuda"):  # dropout on a GPU draws from the device's own generator
         checkpoint["cuda_rng"] = torch.cuda.get_rng_state(device)
     with atomic_path(path) as tmp:
         torch.save(checkpoint, tmp)
 
 
-def _load_checkpoint(path: Path, model, optimizer, device: str) -> dict:
-    """Restore the model, optimizer and random number generators from ``path``; returns the training state."""
+def _load_checkpoint(path: Path, model, optimizer, average, device: str) -> dict:
+    """Restore the model, optimizer, weight average (when kept) and random number generators from ``path``;
+    returns the training state."""
     remedy = "delete it to train from the start"
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
@@ -355,6 +364,8 @@ def _load_checkpoint(path: Path, model, optimizer, device: str) -> dict:
     try:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
+        if average is not None:
+            average.load_state_dict(checkpoint["average"])
         # Generator states are CPU byte tensors wherever map_location put the rest.
         torch.set_rng_state(checkpoint["rng"].cpu())
         if "cuda_rng" in checkpoint and device.startswith("cuda"):
