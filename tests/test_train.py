@@ -120,6 +120,11 @@ def test_ema_decay_validates_and_keeps_the_moving_average_of_the_weights(tiny_id
     best = load_file(str(run_dir / "model.safetensors"))
     assert best.keys() == weights.keys()
     assert all(torch.equal(best[name], kept[name]) for name in best)
+    # A checkpoint saved without the average cannot resume with one.
+    plain = tmp_path / "plain"
+    _train(dataset, ids, tiny_config(train={**settings, "ema_decay": 0.0, "steps": 2}), plain)
+    with pytest.raises(TigerrecError, match="saved without a weight average .*resume it with train.ema_decay=0"):
+        _train(dataset, ids, tiny_config(train={**settings, "steps": 4}), plain)
     with pytest.raises(TigerrecError, match="train.ema_decay must be in"):
         tiny_config(train={"ema_decay": 1.0}).validate()
 

@@ -361,6 +361,9 @@ def _load_checkpoint(path: Path, model, optimizer, average, device: str) -> dict
         checkpoint = torch.load(path, map_location=device, weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
         raise TigerrecError(f"{path} is corrupt or not a tigerrec checkpoint ({type(e).__name__}); {remedy}") from None
+    if average is not None and isinstance(checkpoint, dict) and "average" not in checkpoint:
+        raise TigerrecError(f"{path} was saved without a weight average (train.ema_decay=0); "
+                            f"resume it with train.ema_decay=0, or {remedy}")
     try:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
