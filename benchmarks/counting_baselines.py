@@ -6,6 +6,8 @@ Same split (leave-one-out), metrics (all users, full catalogue) and code as
 ``tigerrec run``; no training, seconds per dataset. Writes one JSON with the
 validation and test metrics of each method per dataset and prints Markdown. Each
 method ranks with and without the user's own history items (``eval.exclude_history``).
+``--backtest 1`` moves the split one step back in time (``data.backtest``): its "test" is
+the real validation item.
 """
 
 from __future__ import annotations
@@ -24,12 +26,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data_dirs", nargs="+", type=Path)
     parser.add_argument("--out", default="benchmarks/results/counting_baselines.json")
+    parser.add_argument("--backtest", type=int, default=0, help="leave out each user's last N items first (data.backtest)")
     args = parser.parse_args()
-    results = {**provenance(), "datasets": {}}
+    results = {**provenance(), "backtest": args.backtest, "datasets": {}}
     print("| dataset | method | R@5 | N@5 | R@10 | N@10 |\n|---|---|---|---|---|---|")
     for data_dir in args.data_dirs:
-        dataset = load_dataset(data_dir)
-        split = leave_one_out(dataset)
+        dataset = load_dataset(data_dir, 3 + args.backtest)
+        split = leave_one_out(dataset, args.backtest)
         n = dataset.num_items
         rankers = {
             "MostPop": lambda h: most_popular(split.train, n, h, 10),

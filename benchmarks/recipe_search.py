@@ -140,7 +140,7 @@ def run_sasrec_recipe(name: str, dataset, args) -> dict:
         f"sasrec.eval_every={args.sasrec_eval_every}", f"sasrec.patience={args.sasrec_patience}",
         f"train.valid_users={args.valid_users}",
     ]).validate()
-    split = leave_one_out(dataset)
+    split = leave_one_out(dataset, cfg.data.backtest)
     users = validation_examples(held_out_examples(split, cfg.data.max_history)[0], cfg.train).users
     start = time.perf_counter()
     _, summary = train_sasrec(split.train, dataset.num_items, [split.valid_history[u] for u in users],

@@ -67,6 +67,25 @@ def test_leave_one_out():
         assert split.test_history[u].tolist() == seq[:-1].tolist()
 
 
+def test_backtest_moves_the_split_one_step_back_in_time(caplog):
+    caplog.set_level("INFO")
+    ds = make_tiny()
+    now, back = leave_one_out(ds), leave_one_out(ds, backtest=1)
+    # The backtest's test is the real validation; the real test item is read nowhere.
+    assert back.test_target.tolist() == now.valid_target.tolist()
+    assert [h.tolist() for h in back.test_history] == [h.tolist() for h in now.valid_history]
+    assert [t.tolist() for t in back.train] == [t[:-1].tolist() for t in now.train]
+    assert back.valid_target.tolist() == [t[-1] for t in now.train]
+    assert all(now.test_target[u] not in np.concatenate([back.train[u], back.test_history[u]])
+               for u in range(ds.num_users) if now.test_target[u] not in ds.sequences[u][:-1])
+    assert "last 1 items are left out" in caplog.text
+    short = make_tiny()
+    short.sequences[0] = short.sequences[0][:3]
+    leave_one_out(short)  # 3 items are enough without a backtest
+    with pytest.raises(DataError, match=r"1 users have fewer than 4 items .*data.backtest=1; set data.min_interactions=4"):
+        leave_one_out(short, backtest=1)
+
+
 def test_p5_roundtrip(tmp_path):
     ds = make_tiny()
     write_p5(ds, tmp_path / "tiny")

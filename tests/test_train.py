@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import run_and_check_memorised, tiny_config
-from tigerrec.data import make_tiny
+from tigerrec.data import leave_one_out, make_tiny
 from tigerrec.errors import TigerrecError
 from tigerrec.pipeline import QUANTIZER_FILE, build_semantic_ids, prepare
 from tigerrec.quantize import load_quantizer
@@ -74,6 +74,19 @@ def test_codebook_init_starts_code_embeddings_from_the_codewords(tmp_path):
     with pytest.raises(TigerrecError, match="embed_init=codebooks needs .* got model.kind=tiger, ids.scheme=lsh; "
                                             "set model.embed_init=normal"):
         tiny_config("tuned", ids={"scheme": "lsh"}).validate()  # the default recipe starts from the codewords
+
+
+def test_backtest_trains_and_tests_one_step_early(tiny_ids):
+    """data.backtest=1: the held-out "test" examples are the real validation ones, and the training
+    examples are those of the real split less each user's last target."""
+    dataset, ids, _ = tiny_ids
+    real = leave_one_out(dataset)
+    data, test, _ = prepare(dataset, ids, tiny_config())
+    back_data, back_test, _ = prepare(dataset, ids, tiny_config(data={"backtest": 1}))
+    assert back_test.targets.tolist() == real.valid_target.tolist()
+    assert back_data.valid.targets.tolist() == [t[-1] for t in real.train]
+    assert len(data.train) - len(back_data.train) == dataset.num_users  # one target fewer per user
+    assert test.targets.tolist() == real.test_target.tolist()
 
 
 def _train(dataset, ids, cfg, run_dir, part="model"):

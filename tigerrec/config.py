@@ -27,6 +27,10 @@ from .errors import TigerrecError, brief
 class DataConfig:
     max_history: int = 20  # most recent items fed to the model
     min_interactions: int = 3  # a user needs train + valid + test items
+    # Not in the paper: leave out each user's last N items before the split, so validation and test
+    # move N steps back in time (1: "test" is the real validation item; the real test is never read).
+    # For checking, on validation data only, whether a recipe's gain carries forward in time.
+    backtest: int = 0
 
 
 @dataclass
@@ -412,6 +416,7 @@ def _rules() -> dict[str, Rule]:
     return {
         "data.max_history": COUNT,
         "data.min_interactions": _at_least(3),  # leave-one-out needs a training, a validation and a test item
+        "data.backtest": _at_least(0),
         "text.encoder": ((lambda v: bool(v.strip())), "a model name or folder"),
         "text.template": (_template, "text with plain {field} names such as {title}"),
         "text.batch_size": COUNT,

@@ -225,6 +225,8 @@ class ColdUsers(NamedTuple):
 
 def coldstart(source, cfg: RunConfig, out_dir: Path, overwrite: bool = False) -> tuple[dict, str]:
     exp = cfg.experiment
+    if cfg.data.backtest:  # it holds out test items of its own; the two would cut sequences differently
+        raise TigerrecError(f"the cold-start experiment does not take data.backtest (got {cfg.data.backtest}); set it to 0")
     dataset = load_dataset(source, cfg.data.min_interactions)
     split = leave_one_out(dataset)
     unseen = pick_unseen(split.test_target, exp.unseen_share, exp.seed)
@@ -431,7 +433,7 @@ def _file_changed(source: Path, copy: Path) -> bool:
 
 def baselines(source, cfg: RunConfig, out_dir: Path, run_dir: str | Path | None = None) -> tuple[dict, str]:
     dataset = load_dataset(source, cfg.data.min_interactions)
-    split = leave_one_out(dataset)
+    split = leave_one_out(dataset, cfg.data.backtest)
     n, k = dataset.num_items, cfg.eval.top_k
     embeddings, _, _ = embed_items(dataset, cfg)
     device, _ = _device_and_bf16(cfg)

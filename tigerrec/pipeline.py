@@ -334,7 +334,7 @@ def prepare(dataset: Dataset, ids: SemanticIDs, cfg: RunConfig,
     if ids.item_ids != dataset.item_ids:
         raise TigerrecError(f"the Semantic IDs list other items than the dataset ({len(ids.item_ids)} vs {dataset.num_items} "
                             "items); they were built for another dataset")
-    split = leave_one_out(dataset)
+    split = leave_one_out(dataset, cfg.data.backtest)
     tokenizer = make_tokenizer(ids, cfg)
     user_tokens = np.array([tokenizer.user_token(u) for u in dataset.user_ids], dtype=np.int64)
     valid, test = held_out_examples(split, cfg.data.max_history)

@@ -134,14 +134,28 @@ class Split:
     test_history: list[np.ndarray]
 
 
-def leave_one_out(dataset: Dataset) -> Split:
-    short = [u for u, s in zip(dataset.user_ids, dataset.sequences) if len(s) < 3]
+def leave_one_out(dataset: Dataset, backtest: int = 0) -> Split:
+    """The last item of each user is the test target, the one before it the validation target.
+
+    ``backtest`` > 0 first drops each user's last ``backtest`` items, so the split moves that many
+    steps back in time: with 1, the "test" targets are the real validation items and the real test
+    items are never read. A recipe tuned on validation can then be checked on whether its gain
+    carries one step forward in time without touching the test split.
+    """
+    needed = 3 + backtest
+    short = [u for u, s in zip(dataset.user_ids, dataset.sequences) if len(s) < needed]
     if short:
-        raise DataError(f"{dataset.name}: {len(short)} users have fewer than 3 items (e.g. {short[:3]}); leave-one-out needs 3")
+        remedy = f"; set data.min_interactions={needed} to skip them" if backtest else ""
+        raise DataError(f"{dataset.name}: {len(short)} users have fewer than {needed} items (e.g. {short[:3]}); "
+                        f"leave-one-out needs 3{f' plus data.backtest={backtest}' if backtest else ''}{remedy}")
+    if backtest:
+        log.info("%s: backtest: every user's last %d items are left out; validation and test are %d steps early",
+                 dataset.name, backtest, backtest)
+    sequences = [s[:len(s) - backtest] for s in dataset.sequences]
     return Split(
-        train=[s[:-2] for s in dataset.sequences],
-        valid_target=np.array([s[-2] for s in dataset.sequences], dtype=np.int64),
-        test_target=np.array([s[-1] for s in dataset.sequences], dtype=np.int64),
-        valid_history=[s[:-2] for s in dataset.sequences],
-        test_history=[s[:-1] for s in dataset.sequences],
+        train=[s[:-2] for s in sequences],
+        valid_target=np.array([s[-2] for s in sequences], dtype=np.int64),
+        test_target=np.array([s[-1] for s in sequences], dtype=np.int64),
+        valid_history=[s[:-2] for s in sequences],
+        test_history=[s[:-1] for s in sequences],
     )
