@@ -247,13 +247,25 @@ def test_diversity_command(tmp_path, tiny_tiger):
 
 @pytest.mark.parametrize("exclude_history", [False, True])
 def test_baselines_command(tmp_path, tiny_tiger, exclude_history):
-    args = ["--set", "sasrec.steps=40", "--set", "sasrec.eval_every=20", "--run-dir", str(tiny_tiger),
+    # A run's row joins only baselines ranked as it was: the tiny run (default recipe) keeps history items out.
+    with_run = ["--run-dir", str(tiny_tiger)] if exclude_history else []
+    args = ["--set", "sasrec.steps=40", "--set", "sasrec.eval_every=20", *with_run,
             "--set", f"eval.exclude_history={str(exclude_history).lower()}"]
     assert main(["experiment", "baselines", "tiny", "--out", str(tmp_path), *args]) == 0
     methods = _read(tmp_path, "baselines")["methods"]
-    extra = set() if exclude_history else {"MostPop (history excluded)"}  # MostPop itself excludes it then
-    assert set(methods) == {"MostPop", "Markov (last item)", "Semantic_KNN", "SASRec", "TIGER"} | extra
+    extra = {"TIGER"} if exclude_history else {"MostPop (history excluded)"}  # MostPop itself excludes it then
+    assert set(methods) == {"MostPop", "Markov (last item)", "Semantic_KNN", "SASRec"} | extra
     assert all(0 <= m["test"]["recall@10"] <= 1 for m in methods.values())
+
+
+@pytest.mark.parametrize("setting", ["eval.exclude_history=false", "data.backtest=1"])
+def test_baselines_refuse_a_run_from_another_split_or_ranking_rule(tmp_path, tiny_tiger, capsys, setting):
+    args = ["--set", "sasrec.steps=40", "--run-dir", str(tiny_tiger), "--set", setting]
+    assert main(["experiment", "baselines", "tiny", "--out", str(tmp_path), *args]) == 2
+    key, value = setting.split("=")
+    recorded = {"false": "true", "1": "0"}[value]
+    assert f"was evaluated with {key}={recorded}, these baselines with {value}; pass --set {key}={recorded}" in capsys.readouterr().err
+    assert not (tmp_path / "baselines.json").exists()  # refused before SASRec trained
 
 
 def test_ablation_command(tmp_path):

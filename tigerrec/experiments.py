@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from .baselines import (markov, most_popular, rank_by_profile, sasrec_recommend, semantic_knn, train_sasrec, unit_rows,
                         user_profiles)
-from .config import RunConfig
+from .config import RunConfig, show_value
 from .data import Dataset, leave_one_out, load_dataset
 from .decoding import PrefixTrie, merge_capped, new_item_cap
 from .device import provenance, use_bf16
@@ -432,6 +432,8 @@ def _file_changed(source: Path, copy: Path) -> bool:
 # ------------------------------------------------------------------ baselines
 
 def baselines(source, cfg: RunConfig, out_dir: Path, run_dir: str | Path | None = None) -> tuple[dict, str]:
+    if run_dir is not None:  # checked before SASRec trains: the run's row must share the split and ranking rule
+        _check_same_protocol(Path(run_dir), cfg)
     dataset = load_dataset(source, cfg.data.min_interactions)
     split = leave_one_out(dataset, cfg.data.backtest)
     n, k = dataset.num_items, cfg.eval.top_k
@@ -463,6 +465,17 @@ def baselines(source, cfg: RunConfig, out_dir: Path, run_dir: str | Path | None 
     rows += [[f"{name} (paper)", *values] for name, values in paper.items()]
     intro = f"Test metrics over all {dataset.num_users} users, full catalogue of {n} items.\n\n"
     return {"methods": results, "sasrec_training": sasrec_summary}, intro + markdown_table(["method", "R@5", "N@5", "R@10", "N@10"], rows)
+
+
+def _check_same_protocol(run_dir: Path, cfg: RunConfig) -> None:
+    """Refuse a finished run whose metrics come from another split (data.backtest) or ranking rule
+    (eval.exclude_history) than ``cfg``'s; settings a run does not record are not compared."""
+    recorded = read_json(run_dir / "metrics.json").get("config", {})
+    for section, key in (("data", "backtest"), ("eval", "exclude_history")):
+        theirs, ours = recorded.get(section, {}).get(key), getattr(getattr(cfg, section), key)
+        if theirs is not None and theirs != ours:
+            raise TigerrecError(f"{run_dir} was evaluated with {section}.{key}={show_value(theirs)}, these baselines "
+                                f"with {show_value(ours)}; pass --set {section}.{key}={show_value(theirs)}")
 
 
 EXPERIMENTS = {"coldstart": coldstart, "diversity": diversity, "ablation": ablation, "baselines": baselines}
