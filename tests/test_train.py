@@ -114,14 +114,16 @@ def test_ema_decay_validates_and_keeps_the_moving_average_of_the_weights(tiny_id
     """After each step the average moves (1 - decay) of the way to the new weights; the best model that
     training keeps is the average, not the weights themselves."""
     dataset, ids, _ = tiny_ids
-    decay, settings = 0.9, {"eval_every": 20, "checkpoint_every": 1, "log_every": 1, "ema_decay": 0.9}
+    decay = 0.9
+    settings = {"eval_every": 20, "checkpoint_every": 1, "log_every": 1, "ema_decay": decay}
+    unwrapped = lambda average: {k.removeprefix("module."): v for k, v in average.items()}  # AveragedModel's keys
     run_dir = tmp_path / "run"
     _train(dataset, ids, tiny_config(train={**settings, "steps": 19}), run_dir)
     before = torch.load(run_dir / CHECKPOINT, weights_only=True)["average"]
     _train(dataset, ids, tiny_config(train={**settings, "steps": 20}), run_dir)  # one step further, then validated
     after = torch.load(run_dir / CHECKPOINT, weights_only=True)
     assert int(after["average"]["n_averaged"]) == 20
-    weights, average = after["model"], {k.removeprefix("module."): v for k, v in after["average"].items()}
+    weights, average = after["model"], unwrapped(after["average"])
     moved = False
     for name, param in weights.items():
         expected = decay * before["module." + name] + (1 - decay) * param
@@ -129,7 +131,7 @@ def test_ema_decay_validates_and_keeps_the_moving_average_of_the_weights(tiny_id
         moved |= not torch.equal(average[name], param)
     assert moved  # the average is not the weights
     # Validation ran at the ends of both runs (steps 19 and 20); the better one's average was kept.
-    kept = average if after["state"]["best_step"] == 20 else {k.removeprefix("module."): v for k, v in before.items()}
+    kept = average if after["state"]["best_step"] == 20 else unwrapped(before)
     best = load_file(str(run_dir / "model.safetensors"))
     assert best.keys() == weights.keys()
     assert all(torch.equal(best[name], kept[name]) for name in best)

@@ -432,8 +432,8 @@ def _file_changed(source: Path, copy: Path) -> bool:
 # ------------------------------------------------------------------ baselines
 
 def baselines(source, cfg: RunConfig, out_dir: Path, run_dir: str | Path | None = None) -> tuple[dict, str]:
-    if run_dir is not None:  # checked before SASRec trains: the run's row must share the split and ranking rule
-        _check_same_protocol(Path(run_dir), cfg)
+    # The run's row, read and checked before SASRec trains: it must share the split and ranking rule.
+    tiger = None if run_dir is None else _same_protocol_metrics(Path(run_dir), cfg)
     dataset = load_dataset(source, cfg.data.min_interactions)
     split = leave_one_out(dataset, cfg.data.backtest)
     n, k = dataset.num_items, cfg.eval.top_k
@@ -456,8 +456,7 @@ def baselines(source, cfg: RunConfig, out_dir: Path, run_dir: str | Path | None 
         results[name] = {"valid": ranking_metrics(rank(split.valid_history), split.valid_target),
                          "test": ranking_metrics(rank(split.test_history), split.test_target)}
         log.info("%s test %s", name, results[name]["test"])
-    if run_dir is not None:
-        tiger = read_json(Path(run_dir) / "metrics.json")
+    if tiger is not None:
         kind = tiger.get("config", {}).get("model", {}).get("kind", "tiger")  # the row is named after the run's model
         results[kind.upper()] = {"valid": tiger["valid"], "test": tiger["test"], "run_dir": str(run_dir)}
     paper = paper_table1(dataset.name)
@@ -467,15 +466,17 @@ def baselines(source, cfg: RunConfig, out_dir: Path, run_dir: str | Path | None 
     return {"methods": results, "sasrec_training": sasrec_summary}, intro + markdown_table(["method", "R@5", "N@5", "R@10", "N@10"], rows)
 
 
-def _check_same_protocol(run_dir: Path, cfg: RunConfig) -> None:
-    """Refuse a finished run whose metrics come from another split (data.backtest) or ranking rule
-    (eval.exclude_history) than ``cfg``'s; settings a run does not record are not compared."""
-    recorded = read_json(run_dir / "metrics.json").get("config", {})
+def _same_protocol_metrics(run_dir: Path, cfg: RunConfig) -> dict:
+    """A finished run's metrics.json; refused when they come from another split (data.backtest) or
+    ranking rule (eval.exclude_history) than ``cfg``'s. Settings a run does not record are not compared."""
+    metrics = read_json(run_dir / "metrics.json")
+    recorded = metrics.get("config", {})
     for section, key in (("data", "backtest"), ("eval", "exclude_history")):
         theirs, ours = recorded.get(section, {}).get(key), getattr(getattr(cfg, section), key)
         if theirs is not None and theirs != ours:
             raise TigerrecError(f"{run_dir} was evaluated with {section}.{key}={show_value(theirs)}, these baselines "
                                 f"with {show_value(ours)}; pass --set {section}.{key}={show_value(theirs)}")
+    return metrics
 
 
 EXPERIMENTS = {"coldstart": coldstart, "diversity": diversity, "ablation": ablation, "baselines": baselines}

@@ -145,9 +145,9 @@ def leave_one_out(dataset: Dataset, backtest: int = 0) -> Split:
     needed = 3 + backtest
     short = [u for u, s in zip(dataset.user_ids, dataset.sequences) if len(s) < needed]
     if short:
-        remedy = f"; set data.min_interactions={needed} to skip them" if backtest else ""
+        why = f"3 plus data.backtest={backtest}; set data.min_interactions={needed} to skip them" if backtest else "3"
         raise DataError(f"{dataset.name}: {len(short)} users have fewer than {needed} items (e.g. {short[:3]}); "
-                        f"leave-one-out needs 3{f' plus data.backtest={backtest}' if backtest else ''}{remedy}")
+                        f"leave-one-out needs {why}")
     if backtest:
         log.info("%s: backtest: every user's last %d items are left out; validation and test are %d steps early",
                  dataset.name, backtest, backtest)
