@@ -7,7 +7,8 @@ Same split (leave-one-out), metrics (all users, full catalogue) and code as
 validation and test metrics of each method per dataset and prints Markdown. Each
 method ranks with and without the user's own history items (``eval.exclude_history``).
 ``--backtest 1`` moves the split one step back in time (``data.backtest``): its "test" is
-the real validation item.
+the real validation item. ``--by-popularity`` adds each method's metrics per popularity group of
+the targets (how often the target item occurs in training: ``evaluate.metrics_by_popularity``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 from tigerrec.baselines import markov, most_popular
 from tigerrec.data import leave_one_out, load_dataset
 from tigerrec.device import provenance
-from tigerrec.evaluate import METRICS, ranking_metrics
+from tigerrec.evaluate import METRICS, item_counts, metrics_by_popularity, ranking_metrics
 from tigerrec.io import write_json
 
 
@@ -27,6 +28,7 @@ def main() -> None:
     parser.add_argument("data_dirs", nargs="+", type=Path)
     parser.add_argument("--out", default="benchmarks/results/counting_baselines.json")
     parser.add_argument("--backtest", type=int, default=0, help="leave out each user's last N items first (data.backtest)")
+    parser.add_argument("--by-popularity", action="store_true", help="also per popularity group of the targets")
     args = parser.parse_args()
     results = {**provenance(), "backtest": args.backtest, "datasets": {}}
     print("| dataset | method | R@5 | N@5 | R@10 | N@10 |\n|---|---|---|---|---|---|")
@@ -41,10 +43,13 @@ def main() -> None:
             "MostPop (history excluded)": lambda h: most_popular(split.train, n, h, 10, exclude_history=True),
             "Markov (history excluded)": lambda h: markov(split.train, n, h, 10, exclude_history=True),
         }
+        counts = item_counts(split.train, n)
         methods = {}
         for name, rank in rankers.items():
-            methods[name] = {"valid": ranking_metrics(rank(split.valid_history), split.valid_target),
-                             "test": ranking_metrics(rank(split.test_history), split.test_target)}
+            ranked = {"valid": (rank(split.valid_history), split.valid_target), "test": (rank(split.test_history), split.test_target)}
+            methods[name] = {part: ranking_metrics(*ranked[part]) for part in ranked}
+            if args.by_popularity:
+                methods[name]["by_popularity"] = {part: metrics_by_popularity(*ranked[part], counts) for part in ranked}
             print(f"| {data_dir.name} | {name} | " + " | ".join(f"{methods[name]['test'][m]:.4f}" for m in METRICS) + " |")
         results["datasets"][data_dir.name] = {"users": dataset.num_users, "items": n, "methods": methods}
     write_json(args.out, results)

@@ -4,7 +4,8 @@
 
 For a run made before a change to how evaluation ranks (its metrics.json keeps what was measured
 then): the same best checkpoint and eval settings, every user of both splits, as ``tigerrec run``
-evaluates at its end.
+evaluates at its end. ``--by-popularity`` adds the metrics of the targets grouped by how often
+their item occurs in the run's training sequences (``evaluate.metrics_by_popularity``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import argparse
 import logging
 from pathlib import Path
 
+from tigerrec.data import leave_one_out
 from tigerrec.device import provenance
+from tigerrec.evaluate import item_counts
 from tigerrec.io import write_json
 from tigerrec.pipeline import evaluate_splits, load_trained_run
 
@@ -23,11 +26,13 @@ def main() -> None:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--data-dir", type=Path, help="the run's dataset (default: the source its config.json records)")
     parser.add_argument("--out", help="write the metrics as JSON here")
+    parser.add_argument("--by-popularity", action="store_true", help="also per popularity group of the targets")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
     cfg, dataset, data, test, model = load_trained_run(args.run_dir, args.data_dir)
-    evals = evaluate_splits(model, data, test, cfg)
+    counts = item_counts(leave_one_out(dataset, cfg.data.backtest).train, dataset.num_items) if args.by_popularity else None
+    evals = evaluate_splits(model, data, test, cfg, counts)
     if args.out:
         write_json(args.out, {"run_dir": str(args.run_dir), "dataset": dataset.name, **evals,
                               "eval": cfg.to_dict()["eval"], **provenance()})

@@ -369,15 +369,16 @@ def load_best_model(model: SequenceModel, run_dir: str | Path) -> SequenceModel:
     return model.eval()
 
 
-def evaluate_splits(model: SequenceModel, data: TrainData, test: Examples, cfg: RunConfig) -> dict:
-    """Metrics of every validation and test example, decoded as ``cfg.eval`` says."""
+def evaluate_splits(model: SequenceModel, data: TrainData, test: Examples, cfg: RunConfig, counts: np.ndarray | None = None) -> dict:
+    """Metrics of every validation and test example, decoded as ``cfg.eval`` says (per popularity group
+    of the targets too, given the training ``counts`` of every item: ``evaluate.item_counts``)."""
     configure_decoding(model, cfg.eval)
     bf16 = use_bf16(str(next(model.parameters()).device), cfg.train.bf16)
     evals = {}
     for name, examples in (("valid", data.valid), ("test", test)):
         evals[name] = evaluate(model, data.tokenizer, data.trie, examples, data.user_tokens[examples.users],
                                cfg.eval.beam_size, cfg.eval.top_k, cfg.eval.batch_size, bf16, desc=name,
-                               exclude_history=cfg.eval.exclude_history)
+                               exclude_history=cfg.eval.exclude_history, counts=counts)
         log.info("%s: %s", name, evals[name])
     return evals
 
