@@ -16,10 +16,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tigerrec.baselines import markov, most_popular
+from tigerrec.baselines import markov, most_popular, split_metrics
 from tigerrec.data import leave_one_out, load_dataset
 from tigerrec.device import provenance
-from tigerrec.evaluate import METRICS, item_counts, metrics_by_popularity, ranking_metrics
+from tigerrec.evaluate import METRICS, item_counts
 from tigerrec.io import write_json
 
 
@@ -43,13 +43,10 @@ def main() -> None:
             "MostPop (history excluded)": lambda h: most_popular(split.train, n, h, 10, exclude_history=True),
             "Markov (history excluded)": lambda h: markov(split.train, n, h, 10, exclude_history=True),
         }
-        counts = item_counts(split.train, n)
+        counts = item_counts(split.train, n) if args.by_popularity else None
         methods = {}
         for name, rank in rankers.items():
-            ranked = {"valid": (rank(split.valid_history), split.valid_target), "test": (rank(split.test_history), split.test_target)}
-            methods[name] = {part: ranking_metrics(*ranked[part]) for part in ranked}
-            if args.by_popularity:
-                methods[name]["by_popularity"] = {part: metrics_by_popularity(*ranked[part], counts) for part in ranked}
+            methods[name] = split_metrics(rank, split, counts)
             print(f"| {data_dir.name} | {name} | " + " | ".join(f"{methods[name]['test'][m]:.4f}" for m in METRICS) + " |")
         results["datasets"][data_dir.name] = {"users": dataset.num_users, "items": n, "methods": methods}
     write_json(args.out, results)

@@ -17,10 +17,23 @@ from torch import nn
 
 from .config import SASRecConfig
 from .device import autocast, use_bf16
-from .evaluate import ranking_metrics
+from .data import Split
+from .evaluate import metrics_by_popularity, ranking_metrics
 from .sequences import history_pairs, length_bucketed_batches, training_windows
 
 log = logging.getLogger(__name__)
+
+
+def split_metrics(rank, split: Split, counts: np.ndarray | None = None) -> dict:
+    """A baseline's metrics on the validation and test parts of ``split``; ``rank(histories)`` gives its
+    (N, k) rankings. Given the training ``counts`` of every item (``evaluate.item_counts``), also per
+    popularity group of the targets (``by_popularity``)."""
+    parts = {"valid": (split.valid_history, split.valid_target), "test": (split.test_history, split.test_target)}
+    ranked = {part: (rank(histories), targets) for part, (histories, targets) in parts.items()}
+    metrics = {part: ranking_metrics(*ranking) for part, ranking in ranked.items()}
+    if counts is not None:
+        metrics["by_popularity"] = {part: metrics_by_popularity(*ranking, counts) for part, ranking in ranked.items()}
+    return metrics
 
 
 def _top_k(scores: torch.Tensor, histories: list[np.ndarray], k: int, exclude_history: bool) -> np.ndarray:

@@ -38,8 +38,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .baselines import (markov, most_popular, rank_by_profile, sasrec_recommend, semantic_knn, train_sasrec, unit_rows,
-                        user_profiles)
+from .baselines import (markov, most_popular, rank_by_profile, sasrec_recommend, semantic_knn, split_metrics, train_sasrec,
+                        unit_rows, user_profiles)
 from .config import RunConfig, show_value
 from .data import Dataset, leave_one_out, load_dataset
 from .decoding import PrefixTrie, merge_capped, new_item_cap
@@ -453,8 +453,7 @@ def baselines(source, cfg: RunConfig, out_dir: Path, run_dir: str | Path | None 
         rankers["MostPop (history excluded)"] = lambda h: most_popular(split.train, n, h, k, exclude_history=True)
     results = {}
     for name, rank in rankers.items():
-        results[name] = {"valid": ranking_metrics(rank(split.valid_history), split.valid_target),
-                         "test": ranking_metrics(rank(split.test_history), split.test_target)}
+        results[name] = split_metrics(rank, split)
         log.info("%s test %s", name, results[name]["test"])
     if tiger is not None:
         kind = tiger.get("config", {}).get("model", {}).get("kind", "tiger")  # the row is named after the run's model
