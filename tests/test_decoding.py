@@ -73,6 +73,30 @@ def test_constrained_beam_search_returns_only_real_distinct_items():
     assert (out.scores[:, :-1] >= out.scores[:, 1:]).all()
 
 
+def test_popularity_penalty_subtracts_weight_times_log_count_from_every_items_score():
+    codes, tokenizer, model, tokens = small_setup()
+    trie = PrefixTrie(codes, 8)
+    counts = np.random.default_rng(1).integers(0, 50, size=len(codes))
+    # 60 beams over 60 items keep every prefix at every step: the search is exhaustive.
+    plain = generate(model, tokens, trie, beam_size=60, top_k=60)
+    penalized = generate(model, tokens, trie.penalize_popularity(counts, 0.5), beam_size=60, top_k=60)
+    total_mass = (counts + 1).sum()
+    for row in range(len(tokens)):
+        before = dict(zip(plain.items[row].tolist(), plain.scores[row].tolist()))
+        after = dict(zip(penalized.items[row].tolist(), penalized.scores[row].tolist()))
+        assert set(before) == set(after) == set(range(len(codes)))
+        for item, score in before.items():
+            expected = score - 0.5 * np.log(1 + counts[item]) + 0.5 * np.log(total_mass)
+            assert after[item] == pytest.approx(expected, abs=1e-4)
+    # A heavy penalty on the most frequent item pushes it out of every top 10; weight 0 removes the penalty.
+    heavy = np.zeros(len(codes), dtype=np.int64)
+    heavy[plain.items[0, 0]] = 10**9
+    assert (generate(model, tokens[:1], trie.penalize_popularity(heavy, 1.0), 20, 10).items != plain.items[0, 0]).all()
+    assert torch.equal(generate(model, tokens, trie.penalize_popularity(counts, 0.0), 60, 60).items, plain.items)
+    with pytest.raises(ValueError, match="counts hold 3 items"):
+        trie.penalize_popularity(np.ones(3), 0.5)
+
+
 def test_unconstrained_search_reports_invalid_ids():
     codes, tokenizer, model, tokens = small_setup()
     out = generate(model, tokens, PrefixTrie(codes, 8), beam_size=12, top_k=10, constrained=False)

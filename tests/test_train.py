@@ -13,6 +13,7 @@ from conftest import run_and_check_memorised, tiny_config
 from tigerrec.data import leave_one_out, make_tiny
 from tigerrec.errors import TigerrecError
 from tigerrec.pipeline import QUANTIZER_FILE, build_semantic_ids, prepare
+from tigerrec.sequences import length_bucketed_batches
 from tigerrec.quantize import load_quantizer
 from tigerrec.train import CHECKPOINT, read_csv, train
 
@@ -142,6 +143,26 @@ def test_ema_decay_validates_and_keeps_the_moving_average_of_the_weights(tiny_id
         _train(dataset, ids, tiny_config(train={**settings, "steps": 4}), plain)
     with pytest.raises(TigerrecError, match="train.ema_decay must be in"):
         tiny_config(train={"ema_decay": 1.0}).validate()
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.3])
+def test_label_smoothing_spreads_that_share_of_each_target_over_the_codebook(tiny_ids, tmp_path, smoothing):
+    """train.label_smoothing: the first step's loss is the cross-entropy against targets that put
+    ``smoothing`` of their mass uniformly over the codes (no dropout, fp32: the step is deterministic)."""
+    dataset, ids, _ = tiny_ids
+    cfg = tiny_config(model={"dropout": 0.0, "input_dropout": 0.0},
+                      train={"steps": 1, "log_every": 1, "bf16": "off", "label_smoothing": smoothing})
+    data, _, model = prepare(dataset, ids, cfg)
+    first = length_bucketed_batches(data.train.lengths, cfg.train.batch_size, cfg.train.seed, 0)[0]
+    tokens, decoder_tokens, targets = data.batch(first)
+    with torch.no_grad():
+        log_probs = model(tokens, decoder_tokens).float().log_softmax(-1)[targets >= 0]
+    target_log_probs = log_probs.gather(1, targets[targets >= 0][:, None]).squeeze(1)
+    expected = -((1 - smoothing) * target_log_probs + smoothing * log_probs.mean(1)).mean()
+    train(model, data, cfg.train, cfg.eval, tmp_path)
+    assert read_csv(tmp_path / "train_log.csv")[0]["loss"] == pytest.approx(float(expected), abs=1e-4)
+    with pytest.raises(TigerrecError, match="train.label_smoothing must be in"):
+        tiny_config(train={"label_smoothing": 1.0}).validate()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -152,6 +152,9 @@ class TrainConfig:
     # (torch.optim.swa_utils), updated after every step with this decay; 0 = the weights themselves.
     # Its horizon is about 1 / (1 - decay) steps (0.999: the last ~1,000).
     ema_decay: float = 0.0
+    # Not in the paper: cross-entropy against targets smoothed towards uniform over the codebook
+    # (this share of the mass spread over all codes); 0 = one-hot targets.
+    label_smoothing: float = 0.0
     eval_every: int = 5_000  # steps between validations; 0 = every ``eval_every_minutes`` instead
     eval_every_minutes: float = 0.0  # wall-clock minutes between validations (with eval_every = 0; both 0 = at the end)
     patience: int = 0  # evaluations without improvement before stopping; 0 = never
@@ -455,6 +458,7 @@ def _rules() -> dict[str, Rule]:
         "train.optimizer": _one_of(("adafactor", "adamw")),
         "train.weight_decay": _at_least(0),
         "train.ema_decay": _within(0, 1, high_open=True),
+        "train.label_smoothing": _within(0, 1, high_open=True),
         "train.eval_every": _at_least(0),
         "train.eval_every_minutes": _at_least(0),
         "train.patience": _at_least(0),

@@ -50,10 +50,40 @@ class PrefixTrie:
         self.table = torch.from_numpy(table)
         self.num_nodes = num_nodes
         self.item_prefixes = torch.from_numpy(np.stack(prefixes, axis=1))  # (n, length): each item's prefix nodes, root first
+        self.log_mass: tuple[torch.Tensor, torch.Tensor] | None = None  # see penalize_popularity
 
     def to(self, device) -> "PrefixTrie":
         self.table, self.item_prefixes = self.table.to(device), self.item_prefixes.to(device)
+        if self.log_mass is not None:
+            self.log_mass = tuple(t.to(device) for t in self.log_mass)
         return self
+
+    def penalize_popularity(self, counts: np.ndarray, weight: float) -> "PrefixTrie":
+        """Rank items by log p(item) - ``weight`` * log(1 + count): a logit adjustment against the
+        training popularity ``counts`` (one per item), so rarely seen items rank higher.
+
+        Applied at every step of the beam search, not only to finished IDs: a prefix's mass is the sum
+        of its items' (1 + count), and each step subtracts ``weight`` times the log-ratio of the child's
+        mass to its parent's. The steps telescope to the item's own penalty (plus a constant), and the
+        beams already lean towards prefixes of rarely seen items. ``weight`` 0 removes it."""
+        if weight == 0:
+            self.log_mass = None
+            return self
+        mass = torch.as_tensor(np.asarray(counts), dtype=torch.float64) + 1.0
+        if mass.shape != (len(self.item_prefixes),):
+            raise ValueError(f"counts hold {mass.shape[0]} items, the trie {len(self.item_prefixes)}")
+        node_mass = torch.zeros(self.num_nodes, dtype=torch.float64, device=self.table.device)
+        node_mass.index_add_(0, self.item_prefixes.flatten(), mass.to(node_mass.device).repeat_interleave(self.id_length))
+        self.log_mass = (weight * node_mass.log()).float(), (weight * mass.log()).float().to(node_mass.device)
+        return self
+
+    def popularity_step(self, nodes: torch.Tensor, last: bool) -> torch.Tensor:
+        """(B, beams, codebook_size): what ``penalize_popularity`` adds to each code's log-probability
+        after the prefixes ``nodes`` (B, beams); ``last`` when the children are items."""
+        node_log, item_log = self.log_mass
+        parents = nodes.clamp(min=0)
+        children = self.table[parents].clamp(min=0)  # dead codes are masked by the caller
+        return node_log[parents][..., None] - (item_log if last else node_log)[children]
 
     def open_prefixes(self, allowed: torch.Tensor) -> torch.Tensor:
         """(B, num_nodes) bool: the prefixes with at least one item that ``allowed`` (B, n) keeps."""
@@ -199,6 +229,8 @@ def generate(
         log_probs = logits.log_softmax(-1)
         if constrained:
             valid = trie.allowed(nodes, open_prefixes if position < length - 1 else allowed)
+            if trie.log_mass is not None:
+                log_probs = log_probs + trie.popularity_step(nodes, position == length - 1)
             log_probs = log_probs.masked_fill(~valid, float("-inf"))
         total = (scores[..., None] + log_probs).flatten(1)  # (batch, beams * size)
         keep = min(beam_size, total.shape[1])

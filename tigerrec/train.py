@@ -245,7 +245,8 @@ def train(model: SequenceModel, data: TrainData, cfg: TrainConfig, eval_cfg: Eva
             tokens, decoder_tokens, targets = data.batch(index)
             with autocast(device, bf16):
                 logits = net(tokens.to(device), decoder_tokens.to(device))
-            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.to(device).flatten(), ignore_index=-100)
+            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.to(device).flatten(), ignore_index=-100,
+                                   label_smoothing=cfg.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.optimizer == "adamw":
