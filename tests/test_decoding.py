@@ -179,6 +179,23 @@ def test_training_examples_are_every_prefix():
         Examples.from_histories([np.array([], dtype=int)], [1], [0], 3)
 
 
+def test_recent_repeats_add_each_users_last_training_example_again():
+    from conftest import tiny_config
+    from tigerrec.errors import TigerrecError
+    from tigerrec.pipeline import training_examples
+
+    sequences = [np.array([5, 6, 7, 8]), np.array([1]), np.array([2, 3])]  # user 1 has no example
+    plain = training_examples(sequences, tiny_config())
+    repeated = training_examples(sequences, tiny_config(train={"recent_repeats": 2}))
+    assert len(plain) == 4 and len(repeated) == 4 + 2 * 2
+    extra = repeated.subset(np.arange(4, 8))
+    assert sorted(zip(extra.users.tolist(), extra.targets.tolist())) == [(0, 8), (0, 8), (2, 3), (2, 3)]
+    last = {int(u): h[:n].tolist() for u, h, n in zip(extra.users, extra.histories, extra.lengths)}
+    assert last == {0: [5, 6, 7], 2: [2]}
+    with pytest.raises(TigerrecError, match="recent_repeats needs model.history=codes"):
+        tiny_config(model={"history": "items"}, train={"recent_repeats": 1}).validate()
+
+
 def test_bucketed_batches_cover_every_example_once_and_are_deterministic():
     lengths = np.random.default_rng(0).integers(1, 20, size=1000)
     batches = length_bucketed_batches(lengths, 64, seed=1, epoch=3)

@@ -155,6 +155,10 @@ class TrainConfig:
     # Not in the paper: cross-entropy against targets smoothed towards uniform over the codebook
     # (this share of the mass spread over all codes); 0 = one-hot targets.
     label_smoothing: float = 0.0
+    # Not in the paper: each user's most recent training target (its last example) appears this
+    # many extra times per epoch, weighting the interactions closest in time to validation and
+    # test; 0 = every target once (the paper). model.history=codes only.
+    recent_repeats: int = 0
     eval_every: int = 5_000  # steps between validations; 0 = every ``eval_every_minutes`` instead
     eval_every_minutes: float = 0.0  # wall-clock minutes between validations (with eval_every = 0; both 0 = at the end)
     patience: int = 0  # evaluations without improvement before stopping; 0 = never
@@ -290,6 +294,8 @@ class RunConfig:
             raise TigerrecError(f"config train.warmup_steps must be >= 1 with train.schedule=rsqrt, got {self.train.warmup_steps}")
         if self.eval.top_k > self.eval.beam_size:  # the top_k results are the best of beam_size beams
             raise TigerrecError(f"config eval.top_k must be <= eval.beam_size ({self.eval.beam_size}), got {self.eval.top_k}")
+        if self.train.recent_repeats and self.model.history != "codes":
+            raise TigerrecError(f"config train.recent_repeats needs model.history=codes, got model.history={self.model.history}")
         if self.model.item_tokens and self.model.history != "items":
             raise TigerrecError(f"config model.item_tokens=true needs model.history=items, got model.history={self.model.history}")
         # T5's buckets: half per direction, half of those exact, the rest log-spaced up to max_distance.
@@ -459,6 +465,7 @@ def _rules() -> dict[str, Rule]:
         "train.weight_decay": _at_least(0),
         "train.ema_decay": _within(0, 1, high_open=True),
         "train.label_smoothing": _within(0, 1, high_open=True),
+        "train.recent_repeats": _at_least(0),
         "train.eval_every": _at_least(0),
         "train.eval_every_minutes": _at_least(0),
         "train.patience": _at_least(0),
