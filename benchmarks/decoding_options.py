@@ -20,11 +20,10 @@ import argparse
 import json
 from pathlib import Path
 
-from tigerrec.data import leave_one_out
 from tigerrec.device import provenance, use_bf16
-from tigerrec.evaluate import evaluate, item_counts
+from tigerrec.evaluate import evaluate
 from tigerrec.io import write_json
-from tigerrec.pipeline import load_trained_run
+from tigerrec.pipeline import load_trained_run, training_counts
 
 
 def main() -> None:
@@ -43,7 +42,7 @@ def main() -> None:
     if args.split == "test" and not cfg.data.backtest:
         parser.error(f"{args.run_dir} is not a backtest run: its test split is only scored once, by `tigerrec run`")
     examples = data.valid if args.split == "valid" else test
-    counts = item_counts(leave_one_out(dataset, cfg.data.backtest).train, dataset.num_items)
+    counts = training_counts(dataset, cfg)
     bf16 = use_bf16("cpu", cfg.train.bf16)
     excludes = {"both": (False, True), "on": (True,), "off": (False,)}[args.exclude_history]
     rows = []

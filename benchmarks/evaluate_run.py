@@ -14,11 +14,9 @@ import argparse
 import logging
 from pathlib import Path
 
-from tigerrec.data import leave_one_out
 from tigerrec.device import provenance
-from tigerrec.evaluate import item_counts
 from tigerrec.io import write_json
-from tigerrec.pipeline import evaluate_splits, load_trained_run
+from tigerrec.pipeline import evaluate_splits, load_trained_run, training_counts
 
 
 def main() -> None:
@@ -31,7 +29,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
     cfg, dataset, data, test, model = load_trained_run(args.run_dir, args.data_dir)
-    counts = item_counts(leave_one_out(dataset, cfg.data.backtest).train, dataset.num_items) if args.by_popularity else None
+    counts = training_counts(dataset, cfg) if args.by_popularity else None
     evals = evaluate_splits(model, data, test, cfg, counts)
     if args.out:
         write_json(args.out, {"run_dir": str(args.run_dir), "dataset": dataset.name, **evals,

@@ -40,7 +40,7 @@ from .data import Dataset, Split, leave_one_out, load_dataset
 from .decoding import PrefixTrie, configure_decoding
 from .device import provenance, use_bf16
 from .errors import TigerrecError, brief
-from .evaluate import evaluate
+from .evaluate import evaluate, item_counts
 from .io import file_sha256, read_json, write_json, write_text
 from .model import SequenceModel, TigerModel
 from .quantize import load_quantizer, make_quantizer
@@ -387,6 +387,12 @@ def evaluate_splits(model: SequenceModel, data: TrainData, test: Examples, cfg: 
                                exclude_history=cfg.eval.exclude_history, counts=counts)
         log.info("%s: %s", name, evals[name])
     return evals
+
+
+def training_counts(dataset: Dataset, cfg: RunConfig) -> np.ndarray:
+    """How often each item occurs in the training sequences of ``cfg``'s split (``evaluate.item_counts``):
+    what popularity groups and the popularity penalty are measured against."""
+    return item_counts(leave_one_out(dataset, cfg.data.backtest).train, dataset.num_items)
 
 
 def load_trained_run(run_dir: str | Path, source: str | Path | None = None) -> tuple[RunConfig, Dataset, TrainData, Examples, SequenceModel]:
