@@ -2,8 +2,10 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import tiny_config
 from tigerrec.config import ModelConfig
 from tigerrec.decoding import PrefixTrie, generate, merge_capped
+from tigerrec.errors import TigerrecError
 from tigerrec.evaluate import evaluate, item_counts, metrics_by_popularity, ranking_metrics, recommend_examples
 from tigerrec.model import PAD, TigerModel
 from tigerrec.sequences import Examples, Tokenizer, length_bucketed_batches, user_bucket
@@ -180,8 +182,6 @@ def test_training_examples_are_every_prefix():
 
 
 def test_recent_repeats_add_each_users_last_training_example_again():
-    from conftest import tiny_config
-    from tigerrec.errors import TigerrecError
     from tigerrec.pipeline import training_examples
 
     sequences = [np.array([5, 6, 7, 8]), np.array([1]), np.array([2, 3])]  # user 1 has no example
@@ -214,6 +214,34 @@ def test_cached_step_by_step_decoding_matches_teacher_forcing():
     cache: list = []
     steps = [model.decode(decoder_tokens[:, p : p + 1], memory_kv, memory_mask, cache) for p in range(4)]
     assert torch.allclose(torch.cat(steps, 1), full, atol=1e-5)
+
+
+@pytest.mark.parametrize("user_token", [True, False])
+def test_recency_positions_count_items_back_from_the_newest_whatever_the_padding(user_token):
+    """model.recency_positions: slot 0 is the newest item of each row, capped at the last slot; a history
+    scores the same alone and right-padded in a batch with a longer one; the embedding changes the scores."""
+    size = 8
+    codes = np.stack([np.arange(20) % size, (np.arange(20) // size) % size, np.zeros(20, int), np.arange(20) % 3], 1)
+    tokenizer = Tokenizer(codes, size, 5, 6, use_user_token=user_token)
+    cfg = ModelConfig(d_model=32, num_heads=2, head_dim=16, d_ff=64, encoder_layers=2, decoder_layers=1,
+                      user_buckets=5, dropout=0.0, input_dropout=0.0, use_user_token=user_token, recency_positions=3)
+    torch.manual_seed(0)
+    model = TigerModel(cfg, tokenizer.vocab_size, 4, size).eval()
+    users = torch.full((2,), tokenizer.user_offset)
+    batch = tokenizer.encoder_input(torch.tensor([[1, 2, 3, 4, 5], [6, 7, -1, -1, -1]]), users)
+    lead = [0] * user_token
+    assert model.recency_index(batch).tolist() == [lead + [2] * 12 + [1] * 4 + [0] * 4,
+                                                   lead + [1] * 4 + [0] * 4 + [0] * 12]
+    alone = tokenizer.encoder_input(torch.tensor([[6, 7]]), users[:1])
+    decoder_tokens = tokenizer.decoder_input(torch.from_numpy(codes[[3]]))
+    with torch.no_grad():
+        padded = model.decode(decoder_tokens, *model.encode(batch[1:]))
+        single = model.decode(decoder_tokens, *model.encode(alone))
+        assert torch.allclose(padded, single, atol=1e-5)
+        model.recency.weight.zero_()
+        assert not torch.allclose(model.decode(decoder_tokens, *model.encode(alone)), single, atol=1e-3)
+    with pytest.raises(TigerrecError, match="recency_positions needs model.history=codes"):
+        tiny_config(model={"history": "items", "recency_positions": 4}).validate()
 
 
 def test_training_windows_give_every_target_once():

@@ -123,6 +123,11 @@ class ModelConfig:
     # the output rows of those codes (the decoder's head) from the same vectors, as tied embeddings would.
     embed_init: str = "normal"
     relative_buckets: int = 32  # T5 relative position bias
+    # Not in the paper: with history=codes, a learned embedding of each history item's recency
+    # (0 = the newest item, then 1, 2, ...; older items than this many share the last one) is
+    # added to the item's tokens, so the decoder, whose cross-attention has no positions, can tell
+    # the latest items by their content. 0 = off: T5's relative position bias alone (the paper).
+    recency_positions: int = 0
     relative_max_distance: int = 128
     # rpg only: logits are the cosine similarity of a head's output and each code's embedding,
     # divided by this temperature (the RPG paper's training scripts, on all three datasets).
@@ -296,6 +301,9 @@ class RunConfig:
             raise TigerrecError(f"config eval.top_k must be <= eval.beam_size ({self.eval.beam_size}), got {self.eval.top_k}")
         if self.train.recent_repeats and self.model.history != "codes":
             raise TigerrecError(f"config train.recent_repeats needs model.history=codes, got model.history={self.model.history}")
+        if self.model.recency_positions and self.model.history != "codes":
+            raise TigerrecError(f"config model.recency_positions needs model.history=codes (recency counted from the newest "
+                                f"item of a whole history), got model.history={self.model.history}")
         if self.model.item_tokens and self.model.history != "items":
             raise TigerrecError(f"config model.item_tokens=true needs model.history=items, got model.history={self.model.history}")
         # T5's buckets: half per direction, half of those exact, the rest log-spaced up to max_distance.
@@ -453,6 +461,7 @@ def _rules() -> dict[str, Rule]:
         "model.embed_init_std": POSITIVE,
         "model.embed_init": _one_of(EMBED_INITS),
         "model.relative_buckets": _at_least(4),
+        "model.recency_positions": _at_least(0),
         "model.logit_temperature": POSITIVE,
         "train.steps": _at_least(0),
         "train.epochs": _at_least(0),

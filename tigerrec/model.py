@@ -215,6 +215,7 @@ class TigerModel(SequenceModel):
         self.drop = Dropout(cfg.dropout)
         self.input_drop = Dropout(cfg.input_dropout)  # on the encoder's input vectors
         self.encoder_bias = RelativeBias(cfg, bidirectional=not self.causal)
+        self.recency = nn.Embedding(cfg.recency_positions, cfg.d_model) if cfg.recency_positions else None
         self.encoder_layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.encoder_layers))
         self.encoder_norm = nn.RMSNorm(cfg.d_model)
         self.decoder_bias = RelativeBias(cfg, bidirectional=False)
@@ -224,11 +225,15 @@ class TigerModel(SequenceModel):
         self.head = nn.Parameter(torch.empty(id_length, codebook_size, cfg.d_model))
         self.apply(self._init)
         nn.init.normal_(self.embed.weight, std=cfg.embed_init_std)
+        if self.recency is not None:
+            nn.init.normal_(self.recency.weight, std=cfg.embed_init_std)
         nn.init.normal_(self.head, std=cfg.d_model**-0.5)
 
     def encode(self, tokens: torch.Tensor):
         """Encode input tokens; returns per-layer cross-attention keys/values and their mask."""
         x, mask = self.embed_input(tokens)
+        if self.recency is not None:
+            x = x + self.recency(self.recency_index(tokens))
         x = self.input_drop(x)
         length = tokens.shape[1]
         self_mask = self.encoder_bias(length, length, tokens.device) + mask
@@ -239,6 +244,17 @@ class TigerModel(SequenceModel):
         memory = self.drop(self.encoder_norm(x))
         # Keys/values for every decoder layer, computed once per input (beam search reuses them).
         return [layer.cross_attn.keys_values(memory) for layer in self.decoder_layers], mask
+
+    def recency_index(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, T) recency slot of each encoder token (history=codes): 0 for the tokens of the newest item,
+        1 for the item before, ..., capped at the last slot; the user token (and padding, which attention
+        masks) get slot 0. Histories are right-padded, so a row's item count is its non-PAD tokens / id_length."""
+        lead = int(self.cfg.use_user_token)
+        history = tokens[:, lead:]
+        items = (history != PAD).sum(1, keepdim=True) // self.id_length
+        slot = torch.arange(history.shape[1], device=tokens.device) // self.id_length
+        recency = (items - 1 - slot).clamp(0, self.cfg.recency_positions - 1)
+        return F.pad(recency, (lead, 0))
 
     def decode(self, decoder_tokens: torch.Tensor, memory_kv, memory_mask, cache: list | None = None) -> torch.Tensor:
         """Logits (B, P, codebook_size) for the next code after each of the P decoder tokens.
