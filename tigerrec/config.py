@@ -123,12 +123,12 @@ class ModelConfig:
     # the output rows of those codes (the decoder's head) from the same vectors, as tied embeddings would.
     embed_init: str = "normal"
     relative_buckets: int = 32  # T5 relative position bias
+    relative_max_distance: int = 128
     # Not in the paper: with history=codes, a learned embedding of each history item's recency
     # (0 = the newest item, then 1, 2, ...; older items than this many share the last one) is
     # added to the item's tokens, so the decoder, whose cross-attention has no positions, can tell
     # the latest items by their content. 0 = off: T5's relative position bias alone (the paper).
     recency_positions: int = 0
-    relative_max_distance: int = 128
     # rpg only: logits are the cosine similarity of a head's output and each code's embedding,
     # divided by this temperature (the RPG paper's training scripts, on all three datasets).
     logit_temperature: float = 0.03
@@ -299,11 +299,10 @@ class RunConfig:
             raise TigerrecError(f"config train.warmup_steps must be >= 1 with train.schedule=rsqrt, got {self.train.warmup_steps}")
         if self.eval.top_k > self.eval.beam_size:  # the top_k results are the best of beam_size beams
             raise TigerrecError(f"config eval.top_k must be <= eval.beam_size ({self.eval.beam_size}), got {self.eval.top_k}")
-        if self.train.recent_repeats and self.model.history != "codes":
-            raise TigerrecError(f"config train.recent_repeats needs model.history=codes, got model.history={self.model.history}")
-        if self.model.recency_positions and self.model.history != "codes":
-            raise TigerrecError(f"config model.recency_positions needs model.history=codes (recency counted from the newest "
-                                f"item of a whole history), got model.history={self.model.history}")
+        # Both count back from the newest item of a whole history, which causal histories do not have.
+        for key, value in (("train.recent_repeats", self.train.recent_repeats), ("model.recency_positions", self.model.recency_positions)):
+            if value and self.model.history != "codes":
+                raise TigerrecError(f"config {key} needs model.history=codes, got model.history={self.model.history}")
         if self.model.item_tokens and self.model.history != "items":
             raise TigerrecError(f"config model.item_tokens=true needs model.history=items, got model.history={self.model.history}")
         # T5's buckets: half per direction, half of those exact, the rest log-spaced up to max_distance.
