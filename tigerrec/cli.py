@@ -41,7 +41,8 @@ def load_config(args, preset: str | None = None) -> RunConfig:
             raise TigerrecError(f"{args.config}: {e}") from None
     overrides = list(args.set or [])
     for flag, key in (("encoder", "text.encoder"), ("scheme", "ids.scheme"), ("epochs", "ids.epochs"),
-                      ("steps", "train.steps"), ("max_minutes", "train.max_minutes")):
+                      ("steps", "train.steps"), ("max_minutes", "train.max_minutes"),
+                      ("budget_minutes", "train.budget_minutes")):
         value = getattr(args, flag, None)
         if value is not None:
             overrides.append(f"{key}={value}")
@@ -217,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     run.add_argument("--steps", type=int, help="training steps")
     run.add_argument("--max-minutes", type=float, help="stop training after this many minutes")
+    run.add_argument("--budget-minutes", type=float,
+                     help="end the whole run (IDs, training, final evaluation) within this many minutes: "
+                          "training stops early enough")
     add_config_options(run)
     run.set_defaults(func=cmd_run)
 

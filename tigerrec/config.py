@@ -173,6 +173,11 @@ class TrainConfig:
     bf16: str = "auto"  # auto | on | off
     seed: int = 0
     max_minutes: float = 0.0  # wall-clock budget for training; 0 = none
+    # Not in the paper: a wall-clock budget for the whole of ``tigerrec run`` (loading, Semantic IDs,
+    # training, final evaluation). Training then stops early enough for the run to end within it:
+    # ``max_minutes`` becomes what loading and the IDs leave, less a forecast of the final
+    # evaluation (at most ``max_minutes`` when that is set too). 0 = none.
+    budget_minutes: float = 0.0
 
 
 @dataclass
@@ -358,7 +363,7 @@ RESUMABLE_KEYS: dict[str, frozenset[str]] = {
     "text": frozenset({"batch_size"}),
     "ids": frozenset({"eval_every"}),
     "train": frozenset({"steps", "epochs", "max_minutes", "patience", "eval_every", "eval_every_minutes", "valid_users",
-                        "checkpoint_every", "log_every", "bf16"}),
+                        "checkpoint_every", "log_every", "bf16", "budget_minutes"}),
 }
 
 
@@ -483,6 +488,7 @@ def _rules() -> dict[str, Rule]:
         "train.bf16": _one_of(BF16_SETTINGS),
         "train.seed": SEED,
         "train.max_minutes": _at_least(0),
+        "train.budget_minutes": _at_least(0),
         "eval.beam_size": COUNT,
         "eval.decoding": _one_of(RPG_DECODINGS),
         "eval.graph_neighbors": COUNT,

@@ -27,6 +27,7 @@ import logging
 import resource
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -48,7 +49,8 @@ from .rpg import RPGModel
 from .semantic_ids import IDS_FILE, SemanticIDs, has_collision_code
 from .sequences import Examples, Tokenizer
 from .text import TextEncoder, item_sentence, read_titles, with_titles
-from .train import BEST_MODEL, CHECKPOINT, TRAIN_LOG, VALID_LOG, TrainData, distributed_context, train
+from .train import (BEST_MODEL, CHECKPOINT, TRAIN_LOG, VALID_LOG, TrainData, distributed_context, from_rank0, train,
+                    training_device, validation_examples)
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +62,9 @@ ITEMS_FILE = "items.jsonl"
 FINGERPRINT_FILE = "fingerprint.json"
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.html"
+BUDGET_FILE = "budget.json"
 # Everything trained from the Semantic IDs: one model, kept or deleted together.
-MODEL_FILES = (CHECKPOINT, BEST_MODEL, TRAIN_LOG, VALID_LOG, METRICS_FILE, REPORT_FILE, FINGERPRINT_FILE)
+MODEL_FILES = (CHECKPOINT, BEST_MODEL, TRAIN_LOG, VALID_LOG, METRICS_FILE, REPORT_FILE, FINGERPRINT_FILE, BUDGET_FILE)
 MODEL_SECTIONS = ("data", "model", "train")  # the config sections the model is trained from
 
 
@@ -378,15 +381,66 @@ def load_best_model(model: SequenceModel, run_dir: str | Path) -> SequenceModel:
 def evaluate_splits(model: SequenceModel, data: TrainData, test: Examples, cfg: RunConfig, counts: np.ndarray | None = None) -> dict:
     """Metrics of every validation and test example, decoded as ``cfg.eval`` says (per popularity group
     of the targets too, given the training ``counts`` of every item: ``evaluate.item_counts``)."""
+    evals = {name: evaluate_examples(model, data, examples, cfg, name, counts) for name, examples in (("valid", data.valid), ("test", test))}
+    for name, metrics in evals.items():
+        log.info("%s: %s", name, metrics)
+    return evals
+
+
+def evaluate_examples(model: SequenceModel, data: TrainData, examples: Examples, cfg: RunConfig, desc: str,
+                      counts: np.ndarray | None = None) -> dict:
+    """Metrics of ``examples``, decoded as ``cfg.eval`` says."""
     configure_decoding(model, cfg.eval)
     bf16 = use_bf16(str(next(model.parameters()).device), cfg.train.bf16)
-    evals = {}
-    for name, examples in (("valid", data.valid), ("test", test)):
-        evals[name] = evaluate(model, data.tokenizer, data.trie, examples, data.user_tokens[examples.users],
-                               cfg.eval.beam_size, cfg.eval.top_k, cfg.eval.batch_size, bf16, desc=name,
-                               exclude_history=cfg.eval.exclude_history, counts=counts)
-        log.info("%s: %s", name, evals[name])
-    return evals
+    return evaluate(model, data.tokenizer, data.trie, examples, data.user_tokens[examples.users], cfg.eval.beam_size,
+                    cfg.eval.top_k, cfg.eval.batch_size, bf16, desc=desc, exclude_history=cfg.eval.exclude_history, counts=counts)
+
+
+FORECAST_EXAMPLES = 256  # validation examples decoded to time the final evaluation
+FORECAST_MARGIN = 1.2
+
+
+def forecast_eval_seconds(model: SequenceModel, data: TrainData, test: Examples, cfg: RunConfig) -> float:
+    """Seconds that decoding after training will take: every validation and test example, and the
+    validation subset once more (the last validation of training runs after its clock has stopped).
+    Timed on a few validation examples with the model as it is, on the training device: beam search
+    costs the same whatever the weights. The faster of two passes, as the first also warms up kernels
+    and allocator, and a fifth more for margin."""
+    sample = data.valid.subset(np.arange(min(FORECAST_EXAMPLES, len(data.valid))))
+    model.to(training_device())
+    seconds = min(evaluate_examples(model, data, sample, cfg, "time decoding")["seconds"] for _ in range(2))
+    decoded = len(data.valid) + len(test) + len(validation_examples(data.valid, cfg.train))
+    return FORECAST_MARGIN * seconds / len(sample) * decoded
+
+
+def fit_to_budget(cfg: RunConfig, run_dir: Path, model: SequenceModel, data: TrainData, test: Examples,
+                  spent_seconds: float) -> RunConfig:
+    """``cfg`` with ``train.max_minutes`` cut so that the run ends within ``train.budget_minutes``:
+    what ``spent_seconds`` (loading, Semantic IDs) leave, less the forecast of the final evaluation.
+    A run directory that began training under the same budget keeps the minutes it began with
+    (``budget.json``), so a resumed run keeps its schedule and a finished run its metrics."""
+    budget = cfg.train.budget_minutes
+    recorded = _read_record(run_dir / BUDGET_FILE)
+    if recorded is not None and recorded.get("budget_minutes") == budget and (run_dir / CHECKPOINT).exists():
+        minutes = float(recorded["train_minutes"])
+    else:
+        rank, world = distributed_context()
+        device = training_device()
+        # Process 0 decodes at the end, so its forecast is everyone's.
+        eval_seconds = from_rank0(forecast_eval_seconds(model, data, test, cfg) if rank == 0 else 0.0, world, device)
+        spent_seconds = from_rank0(spent_seconds, world, device)
+        minutes = budget - (spent_seconds + eval_seconds) / 60
+        if minutes <= 0:
+            raise TigerrecError(f"train.budget_minutes={show_value(budget)} leaves no time to train: loading and Semantic "
+                                f"IDs took {spent_seconds / 60:.1f} minutes and the final evaluation needs about "
+                                f"{eval_seconds / 60:.1f}; raise the budget (the IDs are kept for the next run)")
+        minutes = round(min(minutes, cfg.train.max_minutes) if cfg.train.max_minutes else minutes, 3)
+        if rank == 0:
+            write_json(run_dir / BUDGET_FILE, {"budget_minutes": budget, "spent_seconds": round(spent_seconds, 3),
+                                               "final_eval_forecast_seconds": round(eval_seconds, 3),
+                                               "train_minutes": minutes})
+    log.info("budget of %s minutes end to end: training for at most %.1f minutes", show_value(budget), minutes)
+    return replace(cfg, train=replace(cfg.train, max_minutes=minutes))
 
 
 def training_counts(dataset: Dataset, cfg: RunConfig) -> np.ndarray:
@@ -421,7 +475,7 @@ def run(source: str | Dataset, cfg: RunConfig, run_dir: str | Path, overwrite: b
     run_dir = Path(run_dir)
     rank, _ = distributed_context()
     timings = {}
-    start = time.perf_counter()
+    start = run_start = time.perf_counter()
     dataset = source if isinstance(source, Dataset) else load_dataset(source, cfg.data.min_interactions)
     source = dataset.name if isinstance(source, Dataset) else source
     timings["load_seconds"] = round(time.perf_counter() - start, 1)
@@ -448,6 +502,8 @@ def run(source: str | Dataset, cfg: RunConfig, run_dir: str | Path, overwrite: b
 
     data, test, model = prepare(dataset, ids, cfg, ids_dir)
     log.info("model: %.2fM parameters, %d training examples", model.num_parameters() / 1e6, len(data.train))
+    if cfg.train.budget_minutes:
+        cfg = fit_to_budget(cfg, run_dir, model, data, test, time.perf_counter() - run_start)
     summary = train(model, data, cfg.train, cfg.eval, run_dir)
     timings["train_seconds"] = summary["train_seconds"]
     if rank != 0:
@@ -462,6 +518,7 @@ def run(source: str | Dataset, cfg: RunConfig, run_dir: str | Path, overwrite: b
     timings["eval_seconds"] = round(evals["valid"]["seconds"] + evals["test"]["seconds"], 1)
     metrics = {
         "dataset": dataset.name, **evals, "training": summary, "timings": timings,
+        **({"budget": read_json(run_dir / BUDGET_FILE)} if cfg.train.budget_minutes else {}),
         "semantic_ids": {k: v for k, v in read_json(ids_dir / IDS_METRICS).items() if k not in ("history", "fingerprint")},
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         **provenance(),

@@ -253,7 +253,7 @@ def train(model: SequenceModel, data: TrainData, cfg: TrainConfig, eval_cfg: Eva
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             # Under DDP every process takes process 0's clock, so all use the same lr and stop together.
             timed = cfg.max_minutes or cfg.eval_every_minutes
-            minutes = _from_rank0((time.perf_counter() - started) / 60, world, device) if timed else 0.0
+            minutes = from_rank0((time.perf_counter() - started) / 60, world, device) if timed else 0.0
             lr = cfg.lr * lr_factor(step + 1, cfg, minutes)
             set_lr(optimizer, lr)
             optimizer.step()
@@ -327,7 +327,7 @@ def _next_multiple(value: float, every: float) -> float:
     return (math.floor(value / every) + 1) * every if every else 0.0
 
 
-def _from_rank0(value: float, world: int, device: str) -> float:
+def from_rank0(value: float, world: int, device: str) -> float:
     """Process 0's ``value`` on every process."""
     if world == 1:
         return value
@@ -338,7 +338,7 @@ def _from_rank0(value: float, world: int, device: str) -> float:
 
 def _agree(flag: bool, world: int, device: str) -> bool:
     """Process 0 decides (it validated); everyone follows."""
-    return bool(_from_rank0(1.0 if flag else 0.0, world, device))
+    return bool(from_rank0(1.0 if flag else 0.0, world, device))
 
 
 def _save_checkpoint(path: Path, model, optimizer, average, state: dict, device: str) -> None:
