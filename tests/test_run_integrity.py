@@ -13,6 +13,7 @@ from tigerrec.config import RunConfig
 from tigerrec.data import make_tiny
 from tigerrec.errors import TigerrecError
 from tigerrec.pipeline import run
+from tigerrec.report import render_report
 from tigerrec.train import CHECKPOINT, read_csv
 
 BUDGET = {"steps": 20, "eval_every": 20, "checkpoint_every": 20, "log_every": 10}
@@ -134,6 +135,7 @@ def test_an_end_to_end_budget_cuts_training_and_keeps_its_minutes_on_resume(tmp_
     left = 60.0 - (budget["spent_seconds"] + budget["final_eval_forecast_seconds"]) / 60
     assert budget["train_minutes"] == pytest.approx(left, abs=0.01)
     assert metrics["config"]["train"]["max_minutes"] == pytest.approx(left, abs=0.01)
+    assert f"<dt>end-to-end budget</dt><dd>60 min: training at most {budget['train_minutes']:.1f} min after" in render_report(tmp_path)
     # Asked again, the finished run returns its metrics: the budget resolves as before.
     assert run("tiny", small_config(budget_minutes=60.0), tmp_path) == metrics
 

@@ -295,6 +295,7 @@ def render_report(run_dir: str | Path) -> str:
                ("parameters", f"{training['parameters'] / 1e6:.2f}M" if "parameters" in training else None),
                ("training steps", training.get("steps")), ("best validation step", training.get("best_step")),
                ("timings (s)", ", ".join(f"{k.removesuffix('_seconds')} {v}" for k, v in metrics.get("timings", {}).items()) or None),
+               ("end-to-end budget", _budget_line(metrics.get("budget"))),
                ("machine", metrics.get("machine")), ("date", metrics.get("date"))]
     summary_html = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in summary if v is not None)
 
@@ -338,3 +339,12 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
 
 def _read_optional(path: Path) -> dict | None:
     return read_json(path) if path.is_file() else None
+
+
+def _budget_line(budget: dict | None) -> str | None:
+    """How ``train.budget_minutes`` was shared out, or None without a budget."""
+    if not budget:
+        return None
+    return (f"{budget['budget_minutes']:g} min: training at most {budget['train_minutes']:.1f} min after "
+            f"{budget['spent_seconds'] / 60:.1f} min of loading and Semantic IDs, final evaluation forecast "
+            f"{budget['final_eval_forecast_seconds'] / 60:.1f} min")
