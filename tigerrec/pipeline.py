@@ -396,17 +396,17 @@ def evaluate_examples(model: SequenceModel, data: TrainData, examples: Examples,
                     cfg.eval.top_k, cfg.eval.batch_size, bf16, desc=desc, exclude_history=cfg.eval.exclude_history, counts=counts)
 
 
-FORECAST_EXAMPLES = 256  # validation examples decoded to time the final evaluation
 FORECAST_MARGIN = 1.2
 
 
 def forecast_eval_seconds(model: SequenceModel, data: TrainData, test: Examples, cfg: RunConfig) -> float:
     """Seconds that decoding after training will take: every validation and test example, and the
     validation subset once more (the last validation of training runs after its clock has stopped).
-    Timed on a few validation examples with the model as it is, on the training device: beam search
-    costs the same whatever the weights. The faster of two passes, as the first also warms up kernels
-    and allocator, and a fifth more for margin."""
-    sample = data.valid.subset(np.arange(min(FORECAST_EXAMPLES, len(data.valid))))
+    Timed on one decoding batch of validation examples (smaller batches cost more per example) with
+    the model as it is, on the training device: beam search costs the same whatever the weights.
+    The faster of two passes, as the first also warms up kernels and allocator, and a fifth more
+    for margin."""
+    sample = data.valid.subset(np.arange(min(cfg.eval.batch_size, len(data.valid))))
     model.to(training_device())
     seconds = min(evaluate_examples(model, data, sample, cfg, "time decoding")["seconds"] for _ in range(2))
     decoded = len(data.valid) + len(test) + len(validation_examples(data.valid, cfg.train))
