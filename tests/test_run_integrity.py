@@ -150,8 +150,8 @@ def test_an_end_to_end_budget_cuts_training_and_keeps_its_minutes_on_resume(tmp_
 
 
 def test_a_budget_spent_before_training_is_an_error_that_keeps_the_ids(tmp_path, capsys):
-    with pytest.raises(TigerrecError, match=r"train\.budget_minutes=0\.001 leaves no time to train: loading and "
-                                            r"Semantic IDs took [0-9.]+ minutes and the final evaluation needs about"):
+    with pytest.raises(TigerrecError, match=r"train\.budget_minutes=0\.001 leaves no time to train: loading, "
+                                            r"Semantic IDs and timing the decoder took [0-9.]+ minutes and the final evaluation needs about"):
         run("tiny", small_config(budget_minutes=0.001), tmp_path)
     assert (tmp_path / "ids" / "ids_metrics.json").is_file() and not (tmp_path / CHECKPOINT).exists()
     # The CLI flag sets the same key; the IDs are reused, not rebuilt.

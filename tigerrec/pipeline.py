@@ -414,9 +414,10 @@ def forecast_eval_seconds(model: SequenceModel, data: TrainData, test: Examples,
 
 
 def fit_to_budget(cfg: RunConfig, run_dir: Path, model: SequenceModel, data: TrainData, test: Examples,
-                  spent_seconds: float) -> RunConfig:
+                  started: float) -> RunConfig:
     """``cfg`` with ``train.max_minutes`` cut so that the run ends within ``train.budget_minutes``:
-    what ``spent_seconds`` (loading, Semantic IDs) leave, less the forecast of the final evaluation.
+    what the time since ``started`` (``time.perf_counter()`` at the run's start: loading, Semantic IDs,
+    the forecast itself) leaves, less the forecast of the final evaluation.
     A run directory that began training under the same budget keeps the minutes it began with
     (``budget.json``), so a resumed run keeps its schedule and a finished run its metrics."""
     budget = cfg.train.budget_minutes
@@ -428,11 +429,11 @@ def fit_to_budget(cfg: RunConfig, run_dir: Path, model: SequenceModel, data: Tra
         device = training_device()
         # Process 0 decodes at the end, so its forecast is everyone's.
         eval_seconds = from_rank0(forecast_eval_seconds(model, data, test, cfg) if rank == 0 else 0.0, world, device)
-        spent_seconds = from_rank0(spent_seconds, world, device)
+        spent_seconds = from_rank0(time.perf_counter() - started, world, device)
         minutes = budget - (spent_seconds + eval_seconds) / 60
         if minutes <= 0:
-            raise TigerrecError(f"train.budget_minutes={show_value(budget)} leaves no time to train: loading and Semantic "
-                                f"IDs took {spent_seconds / 60:.1f} minutes and the final evaluation needs about "
+            raise TigerrecError(f"train.budget_minutes={show_value(budget)} leaves no time to train: loading, Semantic "
+                                f"IDs and timing the decoder took {spent_seconds / 60:.1f} minutes and the final evaluation needs about "
                                 f"{eval_seconds / 60:.1f}; raise the budget (the IDs are kept for the next run)")
         minutes = round(min(minutes, cfg.train.max_minutes) if cfg.train.max_minutes else minutes, 3)
         if rank == 0:
@@ -503,7 +504,7 @@ def run(source: str | Dataset, cfg: RunConfig, run_dir: str | Path, overwrite: b
     data, test, model = prepare(dataset, ids, cfg, ids_dir)
     log.info("model: %.2fM parameters, %d training examples", model.num_parameters() / 1e6, len(data.train))
     if cfg.train.budget_minutes:
-        cfg = fit_to_budget(cfg, run_dir, model, data, test, time.perf_counter() - run_start)
+        cfg = fit_to_budget(cfg, run_dir, model, data, test, run_start)
     summary = train(model, data, cfg.train, cfg.eval, run_dir)
     timings["train_seconds"] = summary["train_seconds"]
     if rank != 0:

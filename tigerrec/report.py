@@ -346,5 +346,5 @@ def _budget_line(budget: dict | None) -> str | None:
     if not budget:
         return None
     return (f"{budget['budget_minutes']:g} min: training at most {budget['train_minutes']:.1f} min after "
-            f"{budget['spent_seconds'] / 60:.1f} min of loading and Semantic IDs, final evaluation forecast "
+            f"{budget['spent_seconds'] / 60:.1f} min of loading, Semantic IDs and timing the decoder, final evaluation forecast "
             f"{budget['final_eval_forecast_seconds'] / 60:.1f} min")
