@@ -414,17 +414,15 @@ def forecast_eval_seconds(model: SequenceModel, data: TrainData, test: Examples,
 
 
 def fit_to_budget(cfg: RunConfig, run_dir: Path, model: SequenceModel, data: TrainData, test: Examples,
-                  started: float) -> RunConfig:
-    """``cfg`` with ``train.max_minutes`` cut so that the run ends within ``train.budget_minutes``:
-    what the time since ``started`` (``time.perf_counter()`` at the run's start: loading, Semantic IDs,
+                  started: float) -> tuple[RunConfig, dict]:
+    """``cfg`` with ``train.max_minutes`` cut so that the run ends within ``train.budget_minutes``, and the
+    ``budget.json`` record of it: what the time since ``started`` (``time.perf_counter()`` at the run's start: loading, Semantic IDs,
     the forecast itself) leaves, less the forecast of the final evaluation.
     A run directory that began training under the same budget keeps the minutes it began with
     (``budget.json``), so a resumed run keeps its schedule and a finished run its metrics."""
     budget = cfg.train.budget_minutes
     recorded = _read_record(run_dir / BUDGET_FILE)
-    if recorded is not None and recorded.get("budget_minutes") == budget and (run_dir / CHECKPOINT).exists():
-        minutes = float(recorded["train_minutes"])
-    else:
+    if recorded is None or recorded.get("budget_minutes") != budget or not (run_dir / CHECKPOINT).exists():
         rank, world = distributed_context()
         device = training_device()
         # Process 0 decodes at the end, so its forecast is everyone's.
@@ -436,12 +434,13 @@ def fit_to_budget(cfg: RunConfig, run_dir: Path, model: SequenceModel, data: Tra
                                 f"IDs and timing the decoder took {spent_seconds / 60:.1f} minutes and the final evaluation needs about "
                                 f"{eval_seconds / 60:.1f}; raise the budget (the IDs are kept for the next run)")
         minutes = round(min(minutes, cfg.train.max_minutes) if cfg.train.max_minutes else minutes, 3)
+        recorded = {"budget_minutes": budget, "spent_seconds": round(spent_seconds, 3),
+                    "final_eval_forecast_seconds": round(eval_seconds, 3), "train_minutes": minutes}
         if rank == 0:
-            write_json(run_dir / BUDGET_FILE, {"budget_minutes": budget, "spent_seconds": round(spent_seconds, 3),
-                                               "final_eval_forecast_seconds": round(eval_seconds, 3),
-                                               "train_minutes": minutes})
+            write_json(run_dir / BUDGET_FILE, recorded)
+    minutes = float(recorded["train_minutes"])
     log.info("budget of %s minutes end to end: training for at most %.1f minutes", show_value(budget), minutes)
-    return replace(cfg, train=replace(cfg.train, max_minutes=minutes))
+    return replace(cfg, train=replace(cfg.train, max_minutes=minutes)), recorded
 
 
 def training_counts(dataset: Dataset, cfg: RunConfig) -> np.ndarray:
@@ -503,8 +502,9 @@ def run(source: str | Dataset, cfg: RunConfig, run_dir: str | Path, overwrite: b
 
     data, test, model = prepare(dataset, ids, cfg, ids_dir)
     log.info("model: %.2fM parameters, %d training examples", model.num_parameters() / 1e6, len(data.train))
+    budget = {}
     if cfg.train.budget_minutes:
-        cfg = fit_to_budget(cfg, run_dir, model, data, test, run_start)
+        cfg, budget["budget"] = fit_to_budget(cfg, run_dir, model, data, test, run_start)
     summary = train(model, data, cfg.train, cfg.eval, run_dir)
     timings["train_seconds"] = summary["train_seconds"]
     if rank != 0:
@@ -519,7 +519,7 @@ def run(source: str | Dataset, cfg: RunConfig, run_dir: str | Path, overwrite: b
     timings["eval_seconds"] = round(evals["valid"]["seconds"] + evals["test"]["seconds"], 1)
     metrics = {
         "dataset": dataset.name, **evals, "training": summary, "timings": timings,
-        **({"budget": read_json(run_dir / BUDGET_FILE)} if cfg.train.budget_minutes else {}),
+        **budget,
         "semantic_ids": {k: v for k, v in read_json(ids_dir / IDS_METRICS).items() if k not in ("history", "fingerprint")},
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         **provenance(),
