@@ -4,6 +4,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,7 +13,8 @@ from tigerrec.cli import main
 from tigerrec.config import RunConfig
 from tigerrec.data import make_tiny
 from tigerrec.errors import TigerrecError
-from tigerrec.pipeline import run
+from tigerrec import pipeline
+from tigerrec.pipeline import evaluate_examples, run
 from tigerrec.report import render_report
 from tigerrec.train import CHECKPOINT, read_csv
 
@@ -147,6 +149,23 @@ def test_an_end_to_end_budget_cuts_training_and_keeps_its_minutes_on_resume(tmp_
     # ... and under another budget it is fitted again, never above max_minutes.
     metrics = run("tiny", small_config(steps=30, budget_minutes=90.0, max_minutes=5.0), tmp_path)
     assert metrics["budget"]["budget_minutes"] == 90.0 and metrics["config"]["train"]["max_minutes"] == 5.0
+
+
+def test_the_forecast_times_a_batch_of_typical_history_length(tmp_path, monkeypatch):
+    # Evaluation batches histories of similar length, so most of its batches are short. A batch of
+    # the first examples, padded to the longest among them, made the forecast 2.5-3x too high on Beauty.
+    timed = []
+
+    def spy(model, data, examples, cfg, desc, *args):
+        if desc == "time decoding":
+            timed.append((examples.lengths, data.valid.lengths))
+        return evaluate_examples(model, data, examples, cfg, desc, *args)
+
+    monkeypatch.setattr(pipeline, "evaluate_examples", spy)
+    run("tiny", small_config(budget_minutes=60.0).override(["eval.batch_size=8"]), tmp_path)
+    (sample, lengths), _ = timed  # two passes over the same batch
+    assert len(sample) == 8 and lengths.max() > lengths.mean() + 2
+    assert np.abs(sample - lengths.mean()).max() < 1
 
 
 def test_a_budget_spent_before_training_is_an_error_that_keeps_the_ids(tmp_path, capsys):
