@@ -9,7 +9,7 @@ DATA_DIR ?= ../shared/data/$(DATASET)
 MODEL ?= tiger
 OUT ?= runs/$(DATASET)$(if $(filter rpg,$(MODEL)),-rpg)
 # Training recipe: tuned (the default: the paper's model with a final lr cooldown, RQ-KMeans IDs,
-# code embeddings that start from the codewords, history items kept out of each ranking), fast
+# code embeddings that start from the codewords, no user token, history items kept out of each ranking), fast
 # (item tokens, a budget of 40 epochs, ~65 minutes on Beauty) or paper (the paper's exact recipe).
 RECIPE ?= tuned
 # Training budget on a 2-core CPU: the paper's 200k steps would take days (the fast recipe's
