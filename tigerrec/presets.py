@@ -30,8 +30,7 @@ PRESETS: dict[str, dict] = {
 #   NDCG@10 on Beauty); the best measured over 1.2M samples and over a 2-hour budget. No user
 #   token (as in GRID's TIGER): level or ahead on Beauty validation in all three comparisons
 #   (+2% at 1.2M samples, +5% at 1.13M on an AVX2 CPU, level at 4.7M with dropout 0.15 as well;
-#   BENCHMARKS.md), and every
-#   request is treated alike, with or without a user id.
+#   BENCHMARKS.md); every request is treated alike, with or without a user id.
 #   "fast" trains a reserved unknown-user token on 5% of the examples, for requests without a
 #   user id (known users lose nothing measurable; BENCHMARKS.md).
 # - "fast": one token per history item with every position of a sequence a target, the
