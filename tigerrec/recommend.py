@@ -178,7 +178,8 @@ class Recommender:
         Only the most recent ``max_history`` items (the training setting, see
         ``self.max_history``) are fed to the model; ``exclude_seen`` still drops
         every item of the full history from the results. ``user_id`` selects the
-        user's hashed token as in training; without it the user token is left out.
+        user's hashed token as in training; without it the request gets the reserved unknown-user
+        token if the model trained one, else none; models without a user token ignore it.
         ``temperature`` samples the beams instead of keeping the most likely ones
         (more diverse results, in the order they were drawn; ``seed`` makes it
         repeatable; an RPG model samples items from the softmax of its scores).

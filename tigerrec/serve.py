@@ -107,7 +107,8 @@ def create_app(source: Union[str, Path, Recommender], max_history_items: int = M
         history: list[ItemId] = Field(min_length=1, max_length=max_history_items,
                                       description=f"item ids, oldest first; the model reads the last {recommender.max_history}")
         user_id: Optional[Annotated[str, StringConstraints(max_length=MAX_ID_LENGTH)]] = Field(
-            None, description="selects the user's hashed token, as in training; omit for an anonymous user")
+            None, description="selects the user's hashed token, as in training; omit for an anonymous user; "
+                           "ignored by models without a user token (the tuned default)")
         k: int = Field(min(10, max_k), ge=1, le=max_k, description="number of recommendations")
         temperature: Optional[float] = Field(None, gt=0, le=100, allow_inf_nan=False,
                                              description="sample the beams at this temperature (diverse results)")
