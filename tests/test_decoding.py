@@ -146,11 +146,11 @@ def test_item_tokens_add_each_history_item_its_own_token():
     assert torch.equal(tokens[..., :4], plain.encoder_input(histories, users))
     assert tokens[0, :, 4].tolist() == [PAD, tok.item_offset + 0, PAD]
     assert tokens[1, :, 4].tolist() == [PAD, tok.item_offset + 1, PAD]
-    with pytest.raises(ValueError, match="model.item_tokens needs model.history=items"):
+    with pytest.raises(ValueError, match="model.item_tokens needs a pooled model.history"):
         Tokenizer(codes, 8, user_buckets=10, max_history=4, history="codes", item_tokens=3)
 
 
-@pytest.mark.parametrize("history", ["codes", "items"])
+@pytest.mark.parametrize("history", ["codes", "items", "pooled"])
 def test_anonymous_share_trains_the_reserved_unknown_user_token(history):
     from tigerrec.train import TrainData
 
@@ -171,6 +171,41 @@ def test_anonymous_share_trains_the_reserved_unknown_user_token(history):
     tokens = first_token(TrainData(tok, PrefixTrie(codes, 8), ex, ex, users, anonymous_share=0.25).batch(np.arange(len(ex)))[0])
     assert 0.1 < float((tokens == tok.anonymous_user).float().mean()) < 0.4
     assert set(tokens.tolist()) == {tok.anonymous_user, tok.user_token("alice")}
+
+
+def test_pooled_history_reads_one_token_per_item_bidirectionally_with_one_target_per_example():
+    """history=pooled: the paper's examples and bidirectional encoder over one mean-of-codes token per item."""
+    from tigerrec.pipeline import training_examples
+    from tigerrec.train import TrainData
+
+    size = 8
+    codes = np.stack([np.arange(20) % size, (np.arange(20) // size) % size, np.zeros(20, int), np.arange(20) % 3], 1)
+    sequences = [np.array([1, 2, 3, 4, 5]), np.array([6, 7, 8])]
+    pooled_cfg, codes_cfg = tiny_config(model={"history": "pooled"}), tiny_config()
+    examples = training_examples(sequences, pooled_cfg)
+    assert examples.targets.tolist() == training_examples(sequences, codes_cfg).targets.tolist() == [2, 3, 4, 5, 7, 8]
+    tokenizer = Tokenizer(codes, size, 5, 6, use_user_token=True, history="pooled")
+    data = TrainData(tokenizer, PrefixTrie(codes, size), examples, examples, np.array([tokenizer.user_offset] * 2))
+    tokens, decoder_tokens, targets = data.batch(np.arange(len(examples)))
+    assert tokens.shape == (6, 1 + 4, 4)  # [user row, up to 4 items] x 4 codes
+    assert decoder_tokens.shape == targets.shape == (6, 4)  # one target per example, as with history=codes
+    assert torch.equal(targets, tokenizer.item_codes[torch.tensor([2, 3, 4, 5, 7, 8])])
+    cfg = ModelConfig(d_model=32, num_heads=2, head_dim=16, d_ff=64, encoder_layers=2, decoder_layers=2,
+                      user_buckets=5, dropout=0.0, input_dropout=0.0, history="pooled")
+    torch.manual_seed(0)
+    model = TigerModel(cfg, tokenizer.vocab_size, 4, size).eval()
+    assert not model.causal and model.tokens_per_item == 1
+    with torch.no_grad():
+        # A position is the mean of its item's code embeddings; the user row is the user token alone.
+        vectors, mask = model.embed_input(tokens)
+        assert torch.allclose(vectors[3, 2], model.embed(tokens[3, 2]).mean(0), atol=1e-6)  # example 3: items 1-4
+        assert torch.allclose(vectors[3, 0], model.embed.weight[tokenizer.user_offset], atol=1e-6)
+        assert mask[0, 0, 0].tolist() == [0, 0, -1e9, -1e9, -1e9]  # example 0: user + one item, then padding
+        # Bidirectional: changing the newest item changes what the encoder holds at the oldest one.
+        two = tokenizer.encoder_input(torch.tensor([[1, 2], [1, 9]]), torch.tensor([tokenizer.user_offset] * 2))
+        (keys, _), *_ = model.encode(two)[0]
+        assert not torch.allclose(keys[0, :, 1], keys[1, :, 1], atol=1e-4)
+        assert torch.isfinite(model(tokens, decoder_tokens)).all()
 
 
 def test_training_examples_are_every_prefix():

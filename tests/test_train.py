@@ -252,3 +252,11 @@ def test_fast_recipe_item_history_model_learns_the_tiny_dataset_to_recall_one(tm
     per_epoch = int(data.train.lengths.sum())
     assert metrics["training"]["samples"] > 5 * per_epoch
     assert read_csv(tmp_path / "valid_log.csv")[-1]["minutes"] > 0
+
+
+def test_pooled_history_model_learns_the_tiny_dataset_to_recall_one(tmp_path):
+    """history=pooled (one token per history item, the paper's examples and bidirectional encoder)."""
+    cfg = tiny_config(model={"history": "pooled"}, train={"steps": 600, "eval_every": 600, "checkpoint_every": 600})
+    metrics, data = run_and_check_memorised(cfg, tmp_path)
+    assert metrics["test"]["recall@10"] >= 0.95 and metrics["valid"]["recall@10"] >= 0.95
+    assert data.tokenizer.encoder_input(torch.from_numpy(data.train.histories[:3]), torch.zeros(3, dtype=torch.long)).dim() == 3

@@ -99,13 +99,14 @@ class ModelConfig:
     user_buckets: int = 2000
     use_user_token: bool = True
     # How the encoder sees the history. "codes" (the paper): every item as its 4 code
-    # tokens, a bidirectional encoder, one training target per example. "items": every
-    # item as one token (the mean of its code embeddings), a causal encoder, and every
-    # position of a user's sequence is a target in one pass (4x shorter inputs, ~10x
-    # fewer encoder passes per target). "causal-codes": the paper's tokens under a causal
-    # encoder, every position a target. The decoder is the paper's in every case.
+    # tokens, a bidirectional encoder, one training target per example. "pooled": every
+    # item as one token (the mean of its code embeddings), otherwise the paper's: 4x
+    # shorter encoder inputs. "items": pooled tokens under a causal encoder, and every
+    # position of a user's sequence is a target in one pass (~10x fewer encoder passes
+    # per target). "causal-codes": the paper's tokens under a causal encoder, every
+    # position a target. The decoder is the paper's in every case.
     history: str = "codes"
-    # Not in the paper: with history=items, each history item also gets an embedding of its
+    # Not in the paper: with a pooled history, each history item also gets an embedding of its
     # own (pooled with its code embeddings), so item-to-item transitions can be memorised as
     # in SASRec. The output is still the Semantic ID; items added after training have none.
     item_tokens: bool = False
@@ -304,12 +305,15 @@ class RunConfig:
             raise TigerrecError(f"config train.warmup_steps must be >= 1 with train.schedule=rsqrt, got {self.train.warmup_steps}")
         if self.eval.top_k > self.eval.beam_size:  # the top_k results are the best of beam_size beams
             raise TigerrecError(f"config eval.top_k must be <= eval.beam_size ({self.eval.beam_size}), got {self.eval.top_k}")
-        # Both count back from the newest item of a whole history, which causal histories do not have.
+        # Both count back from the newest item of a whole history, which causal histories do not have;
+        # recency slots count code tokens.
         for key, value in (("train.recent_repeats", self.train.recent_repeats), ("model.recency_positions", self.model.recency_positions)):
             if value and self.model.history != "codes":
                 raise TigerrecError(f"config {key} needs model.history=codes, got model.history={self.model.history}")
-        if self.model.item_tokens and self.model.history != "items":
-            raise TigerrecError(f"config model.item_tokens=true needs model.history=items, got model.history={self.model.history}")
+        from .model import POOLED_HISTORIES  # imported here: model imports this module
+
+        if self.model.item_tokens and self.model.history not in POOLED_HISTORIES:
+            raise TigerrecError(f"config model.item_tokens=true needs model.history items or pooled, got model.history={self.model.history}")
         # T5's buckets: half per direction, half of those exact, the rest log-spaced up to max_distance.
         if self.model.relative_max_distance <= self.model.relative_buckets // 2:
             raise TigerrecError(f"config model.relative_max_distance must be > model.relative_buckets // 2 "

@@ -1,11 +1,11 @@
 """The sequence model: a small T5-style Transformer encoder-decoder.
 
 The encoder reads [user token, Semantic ID tokens of the history]; the decoder
-generates the 4 tokens of the next item. With a causal history ("items": one
-token per history item, the mean of its code embeddings; "causal-codes": the
-paper's tokens) the encoder runs under a causal mask, so one pass over a user's
-sequence yields the memory for every position, and the decoder predicts the next
-item after each position at once. As in T5: pre-norm RMSNorm, no biases,
+generates the 4 tokens of the next item. A pooled history ("items", "pooled")
+gives each history item one token, the mean of its code embeddings. With a causal
+history ("items"; "causal-codes": the paper's tokens) the encoder runs under a
+causal mask, so one pass over a user's sequence yields the memory for every
+position, and the decoder predicts the next item after each position at once. As in T5: pre-norm RMSNorm, no biases,
 ReLU feed-forward, relative position bias shared across the layers of a stack,
 shared input embeddings. The output layer of decoder step p only scores the
 codes of position p (a token means "code c at position p"), so every step is a
@@ -34,7 +34,9 @@ def code_offsets(id_length: int, codebook_size: int, device=None) -> torch.Tenso
     return NUM_SPECIAL + codebook_size * torch.arange(id_length, device=device)
 
 
-HISTORIES = ("codes", "items", "causal-codes")  # see ModelConfig.history
+HISTORIES = ("codes", "items", "causal-codes", "pooled")  # see ModelConfig.history
+CAUSAL_HISTORIES = ("items", "causal-codes")  # every position of a sequence a target, in one pass
+POOLED_HISTORIES = ("items", "pooled")  # one encoder token per history item
 
 
 def relative_position_bucket(relative: torch.Tensor, bidirectional: bool, num_buckets: int, max_distance: int) -> torch.Tensor:
@@ -192,7 +194,7 @@ class SequenceModel(nn.Module):
 
     def embed_input(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Input vectors (B, T, d) and the padding mask of ``tokens``: (B, T) code tokens, or
-        (B, T, L) with ``history="items"``, where a position is the mean of its non-PAD tokens."""
+        (B, T, L) with a pooled history (``POOLED_HISTORIES``), where a position is the mean of its non-PAD tokens."""
         if tokens.dim() == 2:
             return self.embed(tokens), self.padding_mask(tokens)
         present = (tokens != PAD).unsqueeze(-1)
@@ -208,9 +210,9 @@ class TigerModel(SequenceModel):
         if cfg.history not in HISTORIES:
             raise ValueError(f"model.history must be one of {HISTORIES}, got {cfg.history!r}")
         self.cfg, self.id_length, self.codebook_size = cfg, id_length, codebook_size
-        # Causal histories train every position of a sequence at once; "items" pools each item into one token.
-        self.causal = cfg.history != "codes"
-        self.tokens_per_item = 1 if cfg.history == "items" else id_length
+        # Causal histories train every position of a sequence at once; pooled ones read each item as one token.
+        self.causal = cfg.history in CAUSAL_HISTORIES
+        self.tokens_per_item = 1 if cfg.history in POOLED_HISTORIES else id_length
         self.embed = nn.Embedding(vocab_size, cfg.d_model, padding_idx=PAD)
         self.drop = Dropout(cfg.dropout)
         self.input_drop = Dropout(cfg.input_dropout)  # on the encoder's input vectors

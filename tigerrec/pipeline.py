@@ -43,7 +43,7 @@ from .device import provenance, use_bf16
 from .errors import TigerrecError, brief
 from .evaluate import evaluate, item_counts
 from .io import file_sha256, read_json, write_json, write_text
-from .model import SequenceModel, TigerModel
+from .model import CAUSAL_HISTORIES, SequenceModel, TigerModel
 from .quantize import load_quantizer, make_quantizer
 from .rpg import RPGModel
 from .semantic_ids import IDS_FILE, SemanticIDs, has_collision_code
@@ -327,7 +327,7 @@ def training_examples(train_sequences: list[np.ndarray], cfg: RunConfig) -> Exam
     """Every prefix as one example (the paper), or windows whose every position is a target (causal histories).
 
     With ``train.recent_repeats`` each user's last example (its most recent target) is repeated that often."""
-    if cfg.model.history != "codes":
+    if cfg.model.history in CAUSAL_HISTORIES:
         return Examples.windows(train_sequences, cfg.data.max_history)
     examples = Examples.training(train_sequences, cfg.data.max_history)
     if cfg.train.recent_repeats and len(examples):

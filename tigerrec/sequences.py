@@ -4,8 +4,8 @@ Vocabulary: PAD, BOS, then ``id_length x codebook_size`` codeword tokens (token
 = "code c at position p"), then ``user_buckets`` user tokens (and one for anonymous
 requests, if reserved). The encoder input
 is [user token, the 4 tokens of each of the last ``max_history`` items]; the
-target is the next item's 4 codes. With ``history="items"`` the input keeps one
-row of 4 tokens per item, (B, [1 +] H, 4), the user token padded with PAD; with
+target is the next item's 4 codes. With a pooled history ("items", "pooled") the input
+keeps one row of 4 tokens per item, (B, [1 +] H, 4), the user token padded with PAD; with
 ``item_tokens`` each row gains a fifth token of the item's own (after the user tokens
 in the vocabulary), so the model can tell apart, and memorise, individual items.
 """
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .model import BOS, NUM_SPECIAL, PAD, code_offsets
+from .model import BOS, CAUSAL_HISTORIES, NUM_SPECIAL, PAD, POOLED_HISTORIES, code_offsets
 
 
 def user_bucket(user_id: str, buckets: int) -> int:
@@ -34,9 +34,10 @@ class Tokenizer:
         """``item_tokens``: the first that many items get a token of their own (ModelConfig.item_tokens);
         items added after training come later and have none. ``anonymous_token``: reserve a user token
         for requests without a user id (ModelConfig.anonymous_share); without it they get PAD (masked)."""
-        if item_tokens and history != "items":
-            raise ValueError(f"model.item_tokens needs model.history=items, got {history!r}")
+        if item_tokens and history not in POOLED_HISTORIES:
+            raise ValueError(f"model.item_tokens needs a pooled model.history {POOLED_HISTORIES}, got {history!r}")
         self.history = history  # ModelConfig.history
+        self.causal = history in CAUSAL_HISTORIES  # every history position has a target
         self.num_item_tokens = item_tokens
         self.item_codes = torch.as_tensor(item_codes, dtype=torch.long)  # (items, id_length)
         self.id_length = self.item_codes.shape[1]
@@ -68,12 +69,12 @@ class Tokenizer:
 
     def encoder_input(self, histories: torch.Tensor, user_tokens: torch.Tensor) -> torch.Tensor:
         """histories: (B, H) item indices, -1 = padding (right side). Returns (B, [1+] H*id_length) tokens,
-        or (B, [1+] H, id_length [+ 1]) with ``history="items"``, cut to the longest history in the batch so no
+        or (B, [1+] H, id_length [+ 1]) with a pooled history, cut to the longest history in the batch so no
         batch pays for padding it does not need."""
         longest = int((histories >= 0).sum(1).max()) if len(histories) else 0
         histories = histories[:, : max(longest, 1)]
         tokens = self._item_tokens_padded[torch.where(histories >= 0, histories, self.num_items)]
-        if self.history != "items":
+        if self.history not in POOLED_HISTORIES:
             tokens = tokens.flatten(1)
             return torch.cat([user_tokens[:, None], tokens], dim=1) if self.use_user_token else tokens
         if self.num_item_tokens:

@@ -62,7 +62,7 @@ class TrainData:
         if self.anonymous_share > 0:  # torch's generator: part of the checkpoint, so resume stays exact
             users = users.masked_fill(torch.rand(len(users)) < self.anonymous_share, self.tokenizer.anonymous_user)
         tokens = self.tokenizer.encoder_input(torch.from_numpy(examples.histories), users)
-        if self.tokenizer.history == "codes":
+        if not self.tokenizer.causal:
             targets = self.tokenizer.item_codes[torch.from_numpy(examples.targets)]
             return tokens, self.tokenizer.decoder_input(targets), targets
         following = torch.from_numpy(examples.next_items()[:, : examples.lengths.max()]).flatten()
