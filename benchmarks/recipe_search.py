@@ -79,7 +79,8 @@ RECIPES: dict[str, list[str]] = {
     "items-adafactor-cosine-batch32": [*ITEMS, "train.schedule=cosine", "train.warmup_steps=200", "train.batch_size=32"],
     "causal-codes-adafactor-cosine": ["model.history=causal-codes", "train.batch_size=64", "train.schedule=cosine",
                                       "train.warmup_steps=200"],
-    # Variations of the shipped fast recipe (presets.RECIPES["fast"], here with the search's time budget).
+    # Variations of the item-token recipe that was `fast` before the pooled history (history=items,
+    # here with the search's time budget).
     "fast": FAST,
     "fast-drop0": [*FAST, "model.dropout=0.0"],
     "fast-drop0.2": [*FAST, "model.dropout=0.2"],
