@@ -32,8 +32,8 @@ PRESETS: dict[str, dict] = {
 #   (+2% at 1.2M samples, +5% at 1.13M on an AVX2 CPU, level at 4.7M with dropout 0.15 as well;
 #   BENCHMARKS.md); every request is treated alike, with or without a user id.
 # - "fast": "tuned" with each history item read as one token, the mean of its code embeddings
-#   (model.history=pooled): 4x shorter encoder inputs, ~3x more samples per CPU-second at about the
-#   same learning per sample. In 60 minutes on a CPU without bf16 it matched "tuned" after 121 on
+#   (model.history=pooled): 4x shorter encoder inputs, ~3x more samples per CPU-second, 12-15% less
+#   validation quality per sample. In 60 minutes on a CPU without bf16 it matched "tuned" after 121 on
 #   Beauty test and was 5-9% ahead on validation (BENCHMARKS.md, "Pooled history items").
 TUNED: dict[str, dict] = {"ids": {"scheme": "rqkmeans"}, "model": {"use_user_token": False, "embed_init": "codebooks"},
                           "train": {"cooldown_fraction": 0.2}, "eval": {"exclude_history": True}}
