@@ -25,7 +25,7 @@ def run_and_check_memorised(cfg, run_dir):
     from tigerrec.pipeline import load_ids, prepare, run
 
     metrics = run("tiny", cfg, run_dir)
-    data, _, model = prepare(make_tiny(), load_ids(run_dir / "ids", cfg), cfg)
+    data, _, model = prepare(make_tiny(), load_ids(run_dir / "ids", cfg), cfg, ids_dir=run_dir / "ids")
     model.load_state_dict(load_file(str(run_dir / "model.safetensors")))
     on_train = evaluate(model, data.tokenizer, data.trie, data.train, data.user_tokens[data.train.users], beam_size=10)
     assert on_train["recall@10"] == 1.0
