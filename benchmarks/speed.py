@@ -8,7 +8,7 @@ torch.utils.flop_counter on real batches) against the bf16 matmul throughput of 
 machine, for a large square matmul and for the model's own shapes (d_model 128).
 
     python benchmarks/speed.py --data-dir ../shared/data/beauty --ids-dir runs/beauty/ids \
-        --out benchmarks/results/speed.json
+        --out benchmarks/results/speed.json [--set model.history=pooled ...]
 """
 
 from __future__ import annotations
@@ -39,8 +39,12 @@ def batch_tensors(data, cfg, index, bucketed: bool):
     """The shipped training batch; for the naive baseline, padded to the full 20-item window."""
     tokens, decoder_tokens, targets = data.batch(index)
     if not bucketed:
-        full = 1 + data.tokenizer.id_length * cfg.data.max_history
-        tokens = F.pad(tokens, (0, full - tokens.shape[1]), value=PAD)
+        lead = int(cfg.model.use_user_token)
+        if tokens.dim() == 3:  # a pooled history: (B, [1+] H, id_length), pad H
+            tokens = F.pad(tokens, (0, 0, 0, lead + cfg.data.max_history - tokens.shape[1]), value=PAD)
+        else:
+            full = lead + data.tokenizer.id_length * cfg.data.max_history
+            tokens = F.pad(tokens, (0, full - tokens.shape[1]), value=PAD)
     return tokens, decoder_tokens, targets
 
 
@@ -99,17 +103,19 @@ def main():
     parser.add_argument("--ids-dir", required=True, help="directory with semantic_ids.csv (from `tigerrec ids`)")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--eval-users", type=int, default=0, help="0 = all users")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="config override (repeatable), e.g. model.history=pooled")
     parser.add_argument("--out")
     args = parser.parse_args()
 
-    cfg = RunConfig()
+    cfg = RunConfig().override(args.set).validate()
     dataset = load_dataset(args.data_dir)
     ids = SemanticIDs.load(args.ids_dir, cfg.ids.codebook_size)
     data, test, model = prepare(dataset, ids, cfg)
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     bf16 = bf16_supported("cpu")
 
-    result = {"dataset": dataset.name, "parameters": model.num_parameters(), "bf16": bf16}
+    result = {"dataset": dataset.name, "overrides": args.set, "parameters": model.num_parameters(), "bf16": bf16}
     result["train_samples_per_s"] = round(train_speed(model, data, cfg, args.steps, bucketed=True, bf16=bf16), 1)
     model.load_state_dict(initial)
     result["train_samples_per_s_naive_fp32"] = round(train_speed(model, data, cfg, args.steps, bucketed=False, bf16=False), 1)
