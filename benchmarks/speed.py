@@ -38,13 +38,10 @@ from tigerrec.train import make_optimizer
 def batch_tensors(data, cfg, index, bucketed: bool):
     """The shipped training batch; for the naive baseline, padded to the full 20-item window."""
     tokens, decoder_tokens, targets = data.batch(index)
-    if not bucketed:
-        lead = int(cfg.model.use_user_token)
-        if tokens.dim() == 3:  # a pooled history: (B, [1+] H, id_length), pad H
-            tokens = F.pad(tokens, (0, 0, 0, lead + cfg.data.max_history - tokens.shape[1]), value=PAD)
-        else:
-            full = lead + data.tokenizer.id_length * cfg.data.max_history
-            tokens = F.pad(tokens, (0, full - tokens.shape[1]), value=PAD)
+    if not bucketed:  # pad axis 1: code tokens (B, T), or item rows of a pooled history (B, T, id_length)
+        per_item = 1 if tokens.dim() == 3 else data.tokenizer.id_length
+        full = int(cfg.model.use_user_token) + per_item * cfg.data.max_history
+        tokens = F.pad(tokens, (0, 0) * (tokens.dim() - 2) + (0, full - tokens.shape[1]), value=PAD)
     return tokens, decoder_tokens, targets
 
 
