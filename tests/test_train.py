@@ -256,10 +256,10 @@ def test_item_history_model_learns_the_tiny_dataset_to_recall_one(tmp_path):
     assert read_csv(tmp_path / "valid_log.csv")[-1]["minutes"] > 0
 
 
-def test_fast_recipe_pooled_history_model_learns_the_tiny_dataset_to_recall_one(tmp_path):
-    """The fast recipe: "tuned" with history=pooled (one token per history item, the paper's examples and
-    bidirectional encoder)."""
-    cfg = tiny_config("fast", train={"steps": 600, "eval_every": 600, "checkpoint_every": 600})
+def test_tuned_recipe_pooled_history_model_learns_the_tiny_dataset_to_recall_one(tmp_path):
+    """The default recipe reads history=pooled: one token per history item, the paper's examples and
+    bidirectional encoder."""
+    cfg = tiny_config("tuned", train={"steps": 600, "eval_every": 600, "checkpoint_every": 600})
     assert cfg.model.history == "pooled" and cfg.model.embed_init == "codebooks" and cfg.train.cooldown_fraction == 0.2
     metrics, data = run_and_check_memorised(cfg, tmp_path)
     assert metrics["test"]["recall@10"] >= 0.95 and metrics["valid"]["recall@10"] >= 0.95

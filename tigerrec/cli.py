@@ -18,14 +18,13 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .config import CODEWORD_SCHEMES, RunConfig
 from .errors import TigerrecError
+from .presets import AMAZON_CATEGORIES, DEFAULT_RECIPE, MODELS, PRESETS, RECIPES, recipe_config
 
 log = logging.getLogger("tigerrec")
 
 
 def load_config(args, preset: str | None = None) -> RunConfig:
     """Recipe < model kind < preset (if any) < config file < --set overrides < dedicated flags."""
-    from .presets import DEFAULT_RECIPE, recipe_config
-
     cfg = recipe_config(getattr(args, "recipe", None) or DEFAULT_RECIPE, preset, getattr(args, "model", None) or "tiger")
     if args.config:
         from .config import read_config_file
@@ -52,14 +51,13 @@ def load_config(args, preset: str | None = None) -> RunConfig:
 
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", choices=["tiger", "rpg"],
+    parser.add_argument("--model", choices=list(MODELS),
                         help="model kind: tiger (default) or rpg (RPG, Hou et al. 2025: 16 unordered OPQ codes per item "
                              "predicted in parallel, every item scored exactly; sets its IDs, model and training defaults)")
-    parser.add_argument("--recipe", choices=["tuned", "fast", "paper"],
-                        help="TIGER's training recipe under the preset and config file: tuned (default; the paper's with a "
-                             "final lr cooldown and code embeddings that start from the codewords), fast (tuned with one "
-                             "token per history item: ~3x the samples per second, best up to about an hour) or paper "
-                             "(exact); --model rpg brings its own training settings")
+    parser.add_argument("--recipe", choices=list(RECIPES),
+                        help="TIGER's training recipe under the preset and config file: tuned (default; the paper's model "
+                             "with one pooled token per history item, a final lr cooldown and code embeddings that start "
+                             "from the codewords) or paper (exact); --model rpg brings its own training settings")
     parser.add_argument("--config", help="YAML or TOML config file (sections: data, text, ids, model, train, eval, sasrec, experiment)")
     parser.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one setting (repeatable)")
     parser.add_argument("--encoder", help="sentence encoder: name, local folder, or 'auto' (offline all-mpnet-base-v2)")
@@ -85,8 +83,6 @@ def cmd_ids(args) -> None:
 
 def resolve_source(target: str, data_dir: str | None) -> tuple[str | None, str]:
     """(preset or None, dataset source) for ``tigerrec run TARGET``."""
-    from .presets import AMAZON_CATEGORIES, PRESETS
-
     if target in PRESETS:
         if data_dir:
             return target, data_dir

@@ -25,22 +25,19 @@ PRESETS: dict[str, dict] = {
 # - "tuned" (the default): the paper's model and schedule, decayed linearly to 0 over the last
 #   20% of the budget (steps, or --max-minutes), with code embeddings that start from the
 #   quantiser's codewords (model.embed_init), residual k-means Semantic IDs (ids.scheme=rqkmeans:
-#   more recall than the RQ-VAE's in three runs, in a third of the time) and each user's own
-#   items kept out of its ranking (eval.exclude_history, as serving does; +15% validation
-#   NDCG@10 on Beauty); the best measured over 1.2M samples and over a 2-hour budget. No user
-#   token (as in GRID's TIGER): level or ahead on Beauty validation in all three comparisons
-#   (+2% at 1.2M samples, +5% at 1.13M on an AVX2 CPU, level at 4.7M with dropout 0.15 as well;
-#   BENCHMARKS.md); every request is treated alike, with or without a user id.
-# - "fast": "tuned" with each history item read as one token, the mean of its code embeddings
-#   (model.history=pooled): 4x shorter encoder inputs, ~3x more samples per CPU-second, 12-15% less
-#   validation quality per sample. In 60 minutes on a CPU without bf16 it matched "tuned" after 121 on
-#   Beauty test and was 5-9% ahead on validation (BENCHMARKS.md, "Pooled history items").
-TUNED: dict[str, dict] = {"ids": {"scheme": "rqkmeans"}, "model": {"use_user_token": False, "embed_init": "codebooks"},
-                          "train": {"cooldown_fraction": 0.2}, "eval": {"exclude_history": True}}
+#   more recall than the RQ-VAE's in three runs, in a third of the time), each user's own items kept
+#   out of its ranking (eval.exclude_history, as serving does; +15% validation NDCG@10 on Beauty), no
+#   user token (as in GRID's TIGER: level or ahead on Beauty validation in all three comparisons; every
+#   request is treated alike, with or without a user id), and each history item read as one token, the
+#   mean of its code embeddings (model.history=pooled), under the paper's bidirectional encoder: 4x
+#   shorter encoder inputs, 3.3x the samples per second on a CPU without bf16 at 12-15% less validation
+#   quality per sample; within the same end-to-end budget on that CPU it is 12-19% ahead of the paper's 4 tokens per
+#   item on Beauty validation (BENCHMARKS.md, "Pooled history items at the full budget").
+#   `--set model.history=codes` gives the paper's input back.
 RECIPES: dict[str, dict] = {
     "paper": {},
-    "tuned": TUNED,
-    "fast": {**TUNED, "model": {**TUNED["model"], "history": "pooled"}},
+    "tuned": {"ids": {"scheme": "rqkmeans"}, "model": {"use_user_token": False, "embed_init": "codebooks", "history": "pooled"},
+              "train": {"cooldown_fraction": 0.2}, "eval": {"exclude_history": True}},
 }
 DEFAULT_RECIPE = "tuned"
 
