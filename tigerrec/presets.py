@@ -31,8 +31,9 @@ PRESETS: dict[str, dict] = {
 #   request is treated alike, with or without a user id), and each history item read as one token, the
 #   mean of its code embeddings (model.history=pooled), under the paper's bidirectional encoder: 4x
 #   shorter encoder inputs, 3.3x the samples per second on a CPU without bf16 at 12-15% less validation
-#   quality per sample; within the same end-to-end budget on that CPU it is 12-19% ahead of the paper's 4 tokens per
-#   item on Beauty validation (BENCHMARKS.md, "Pooled history items at the full budget").
+#   quality per sample; within the same end-to-end budget on that CPU it is 12-19% ahead of the
+#   paper's 4 tokens per item on Beauty validation (BENCHMARKS.md, "Pooled history items at the full
+#   budget").
 #   `--set model.history=codes` gives the paper's input back.
 RECIPES: dict[str, dict] = {
     "paper": {},
