@@ -7,9 +7,10 @@ history ("items"; "causal-codes": the paper's tokens) the encoder runs under a
 causal mask, so one pass over a user's sequence yields the memory for every
 position, and the decoder predicts the next item after each position at once.
 As in T5: pre-norm RMSNorm, no biases, ReLU feed-forward, relative position bias
-shared across the layers of a stack, shared input embeddings. The output layer of decoder step p only scores the
-codes of position p (a token means "code c at position p"), so every step is a
-softmax over the codebook instead of the whole vocabulary.
+shared across the layers of a stack, shared input embeddings. The output layer of
+decoder step p only scores the codes of position p (a token means "code c at
+position p"), so every step is a softmax over the codebook instead of the whole
+vocabulary.
 
 ``SequenceModel`` holds what both model kinds share; RPG's model (``tigerrec/rpg.py``)
 reuses the embedding pooling, the encoder layers and the relative position bias.
