@@ -12,10 +12,10 @@ from safetensors.torch import load_file
 from conftest import run_and_check_memorised, tiny_config
 from tigerrec.data import leave_one_out, make_tiny
 from tigerrec.errors import TigerrecError
-from tigerrec.pipeline import QUANTIZER_FILE, build_semantic_ids, prepare
+from tigerrec.pipeline import QUANTIZER_FILE, build_semantic_ids, evaluate_examples, prepare
 from tigerrec.sequences import length_bucketed_batches
 from tigerrec.quantize import load_quantizer
-from tigerrec.train import CHECKPOINT, read_csv, train
+from tigerrec.train import CHECKPOINT, read_csv, train, validation_examples
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +88,31 @@ def test_backtest_trains_and_tests_one_step_early(tiny_ids):
     assert back_data.valid.targets.tolist() == [t[-1] for t in real.train]
     assert len(data.train) - len(back_data.train) == dataset.num_users  # one target fewer per user
     assert test.targets.tolist() == real.test_target.tolist()
+
+
+def test_backtest_logs_the_forward_targets_beside_validation(tiny_ids, tmp_path):
+    """With data.backtest each validation also decodes the same users' next targets (the real validation
+    items) into forward_* columns; selection stays on validation, and a normal run never decodes its test."""
+    dataset, ids, _ = tiny_ids
+    settings = {"steps": 40, "eval_every": 20, "checkpoint_every": 40, "valid_users": 30}
+    cfg = tiny_config(data={"backtest": 1}, train=settings)
+    data, test, model = prepare(dataset, ids, cfg)
+    assert data.forward is test
+    summary = train(model, data, cfg.train, cfg.eval, tmp_path / "back")
+    rows = read_csv(tmp_path / "back" / "valid_log.csv")
+    assert [r["step"] for r in rows] == [20, 40]
+    assert summary["best_valid_ndcg@10"] == max(r["ndcg@10"] for r in rows)
+    # The logged forward metrics are those of the final model on the same 30 users' next targets.
+    users = validation_examples(data.valid, cfg.train).users
+    forward = validation_examples(data.forward, cfg.train)
+    assert forward.users.tolist() == users.tolist()
+    again = evaluate_examples(model, data, forward, cfg, "forward")
+    assert rows[-1]["forward_users"] == 30 and rows[-1]["forward_recall@10"] == pytest.approx(again["recall@10"], abs=1e-9)
+    plain = tiny_config(train=settings)
+    data, _, model = prepare(dataset, ids, plain)
+    assert data.forward is None
+    train(model, data, plain.train, plain.eval, tmp_path / "plain")
+    assert not any(k.startswith("forward_") for k in read_csv(tmp_path / "plain" / "valid_log.csv")[0])
 
 
 def _train(dataset, ids, cfg, run_dir, part="model"):

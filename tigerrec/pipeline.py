@@ -354,6 +354,7 @@ def prepare(dataset: Dataset, ids: SemanticIDs, cfg: RunConfig,
         valid=valid,
         user_tokens=user_tokens,
         anonymous_share=cfg.model.anonymous_share,
+        forward=test if cfg.data.backtest else None,  # a backtest's "test" targets are validation items
     )
     torch.manual_seed(cfg.train.seed)  # same seed, same initial weights
     model = make_model(tokenizer, cfg)

@@ -51,6 +51,9 @@ class TrainData:
     valid: Examples
     user_tokens: np.ndarray  # (num_users,) encoder token of each user
     anonymous_share: float = 0.0  # ModelConfig.anonymous_share
+    # With data.backtest: the targets one step after ``valid`` (the real validation items), decoded at
+    # every validation for the curve ("forward_" columns of valid_log.csv), never used to select.
+    forward: Examples | None = None
 
     def batch(self, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Encoder tokens, teacher-forced decoder tokens and target codes of training examples ``index``.
@@ -216,6 +219,7 @@ def train(model: SequenceModel, data: TrainData, cfg: TrainConfig, eval_cfg: Eva
 
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     valid = validation_examples(data.valid, cfg)
+    forward = validation_examples(data.forward, cfg) if data.forward is not None else None  # the same users
 
     batches_per_epoch = len(length_bucketed_batches(data.train.lengths, local_batch, cfg.seed, 0)) // world
     if batches_per_epoch == 0:
@@ -291,11 +295,12 @@ def train(model: SequenceModel, data: TrainData, cfg: TrainConfig, eval_cfg: Eva
                 if cfg.eval_every_minutes:
                     next_eval_minutes = _next_multiple(minutes, cfg.eval_every_minutes)
                 if rank == 0:
-                    metrics = evaluate(kept, data.tokenizer, data.trie, valid, data.user_tokens[valid.users],
-                                       eval_cfg.beam_size, eval_cfg.top_k, eval_cfg.batch_size, bf16, desc="valid",
-                                       exclude_history=eval_cfg.exclude_history)
+                    metrics = _decode(kept, data, valid, eval_cfg, bf16, "valid")
                     minutes_so_far = round((time.perf_counter() - started) / 60, 2)
-                    append_csv(run_dir / VALID_LOG, {"step": step, "samples": state["samples"], "minutes": minutes_so_far, **metrics})
+                    row = {"step": step, "samples": state["samples"], "minutes": minutes_so_far, **metrics}
+                    if forward is not None:
+                        row |= {"forward_" + k: v for k, v in _decode(kept, data, forward, eval_cfg, bf16, "forward").items()}
+                    append_csv(run_dir / VALID_LOG, row)
                     log.info("step %d valid %s", step, metrics)
                     if metrics[SELECTION_METRIC] > state["best"]:
                         state.update(best=metrics[SELECTION_METRIC], best_step=step, evals_since_best=0)
@@ -320,6 +325,11 @@ def train(model: SequenceModel, data: TrainData, cfg: TrainConfig, eval_cfg: Eva
         "bf16": bf16, "world_size": world, "parameters": model.num_parameters(),
     }
     return summary
+
+
+def _decode(model: SequenceModel, data: TrainData, examples: Examples, eval_cfg: EvalConfig, bf16: bool, desc: str) -> dict:
+    return evaluate(model, data.tokenizer, data.trie, examples, data.user_tokens[examples.users], eval_cfg.beam_size,
+                    eval_cfg.top_k, eval_cfg.batch_size, bf16, desc=desc, exclude_history=eval_cfg.exclude_history)
 
 
 def _next_multiple(value: float, every: float) -> float:
