@@ -41,7 +41,7 @@ from .data import Dataset, Split, leave_one_out, load_dataset
 from .decoding import PrefixTrie, configure_decoding
 from .device import provenance, use_bf16
 from .errors import TigerrecError, brief
-from .evaluate import evaluate, item_counts
+from .evaluate import item_counts
 from .io import file_sha256, read_json, write_json, write_text
 from .model import CAUSAL_HISTORIES, SequenceModel, TigerModel
 from .quantize import load_quantizer, make_quantizer
@@ -49,7 +49,7 @@ from .rpg import RPGModel
 from .semantic_ids import IDS_FILE, SemanticIDs, has_collision_code
 from .sequences import Examples, Tokenizer
 from .text import TextEncoder, item_sentence, read_titles, with_titles
-from .train import (BEST_MODEL, CHECKPOINT, TRAIN_LOG, VALID_LOG, TrainData, distributed_context, from_rank0, train,
+from .train import (BEST_MODEL, CHECKPOINT, TRAIN_LOG, VALID_LOG, TrainData, distributed_context, evaluate_data, from_rank0, train,
                     training_device, validation_examples)
 
 log = logging.getLogger(__name__)
@@ -393,8 +393,7 @@ def evaluate_examples(model: SequenceModel, data: TrainData, examples: Examples,
     """Metrics of ``examples``, decoded as ``cfg.eval`` says."""
     configure_decoding(model, cfg.eval)
     bf16 = use_bf16(str(next(model.parameters()).device), cfg.train.bf16)
-    return evaluate(model, data.tokenizer, data.trie, examples, data.user_tokens[examples.users], cfg.eval.beam_size,
-                    cfg.eval.top_k, cfg.eval.batch_size, bf16, desc=desc, exclude_history=cfg.eval.exclude_history, counts=counts)
+    return evaluate_data(model, data, examples, cfg.eval, bf16, desc, counts)
 
 
 FORECAST_MARGIN = 1.2

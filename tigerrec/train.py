@@ -295,11 +295,11 @@ def train(model: SequenceModel, data: TrainData, cfg: TrainConfig, eval_cfg: Eva
                 if cfg.eval_every_minutes:
                     next_eval_minutes = _next_multiple(minutes, cfg.eval_every_minutes)
                 if rank == 0:
-                    metrics = _decode(kept, data, valid, eval_cfg, bf16, "valid")
+                    metrics = evaluate_data(kept, data, valid, eval_cfg, bf16, "valid")
                     minutes_so_far = round((time.perf_counter() - started) / 60, 2)
                     row = {"step": step, "samples": state["samples"], "minutes": minutes_so_far, **metrics}
                     if forward is not None:
-                        row |= {"forward_" + k: v for k, v in _decode(kept, data, forward, eval_cfg, bf16, "forward").items()}
+                        row |= {"forward_" + k: v for k, v in evaluate_data(kept, data, forward, eval_cfg, bf16, "forward").items()}
                     append_csv(run_dir / VALID_LOG, row)
                     log.info("step %d valid %s", step, metrics)
                     if metrics[SELECTION_METRIC] > state["best"]:
@@ -327,9 +327,11 @@ def train(model: SequenceModel, data: TrainData, cfg: TrainConfig, eval_cfg: Eva
     return summary
 
 
-def _decode(model: SequenceModel, data: TrainData, examples: Examples, eval_cfg: EvalConfig, bf16: bool, desc: str) -> dict:
+def evaluate_data(model: SequenceModel, data: TrainData, examples: Examples, eval_cfg: EvalConfig, bf16: bool, desc: str,
+                  counts: np.ndarray | None = None) -> dict:
+    """Metrics of ``examples`` of ``data``, each user with its own token, decoded as ``eval_cfg`` says."""
     return evaluate(model, data.tokenizer, data.trie, examples, data.user_tokens[examples.users], eval_cfg.beam_size,
-                    eval_cfg.top_k, eval_cfg.batch_size, bf16, desc=desc, exclude_history=eval_cfg.exclude_history)
+                    eval_cfg.top_k, eval_cfg.batch_size, bf16, desc=desc, exclude_history=eval_cfg.exclude_history, counts=counts)
 
 
 def _next_multiple(value: float, every: float) -> float:
