@@ -242,7 +242,7 @@ def test_a_model_of_other_settings_than_config_json_is_named(run_dir, capsys):
 
 @pytest.mark.parametrize("override, message", [
     ("train.batch_size=0", "config train.batch_size must be >= 1, got 0"),
-    ("train.steps=0", "config train.steps must be >= 1 (or train.epochs > 0), got 0"),
+    ("train.steps=0", "config train.steps must be >= 1, got 0"),
     ("train.lr=0", "config train.lr must be > 0, got 0.0"),
     ("train.lr=.nan", "config train.lr must be > 0, got nan"),
     ("train.log_every=0", "config train.log_every must be >= 1, got 0"),

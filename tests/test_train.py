@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import re
 import shutil
@@ -12,6 +13,7 @@ from safetensors.torch import load_file
 from conftest import run_and_check_memorised, tiny_config
 from tigerrec.data import leave_one_out, make_tiny
 from tigerrec.errors import TigerrecError
+from tigerrec.presets import preset_config
 from tigerrec.pipeline import QUANTIZER_FILE, build_semantic_ids, evaluate_examples, prepare
 from tigerrec.sequences import length_bucketed_batches
 from tigerrec.quantize import load_quantizer
@@ -134,6 +136,25 @@ def test_resume_gives_the_same_model_as_an_uninterrupted_run(tiny_ids, tmp_path,
         assert torch.equal(whole[name], resumed[name]), name
     steps = [row["step"] for row in read_csv(tmp_path / "split" / "train_log.csv")]
     assert steps == [10, 20, 30, 40, 50, 60]
+
+
+@pytest.mark.parametrize("epochs, steps", [(2.0, 1000), (2.5, 1000), (2.0, 7)])
+def test_a_pass_cap_ends_training_at_whichever_of_passes_and_steps_comes_first(tiny_ids, tmp_path, epochs, steps):
+    dataset, ids, _ = tiny_ids
+    cfg = tiny_config(train={"steps": steps, "epochs": epochs, "eval_every": 1000, "checkpoint_every": 1000, "log_every": 1})
+    data, _, model = prepare(dataset, ids, cfg)
+    batches_per_epoch = len(length_bucketed_batches(data.train.lengths, cfg.train.batch_size, cfg.train.seed, 0))
+    assert 7 < 2 * batches_per_epoch < 1000  # both kinds of end are reachable
+    train(model, data, cfg.train, cfg.eval, tmp_path)
+    steps_taken = [int(row["step"]) for row in read_csv(tmp_path / "train_log.csv")]
+    assert steps_taken[-1] == min(steps, math.ceil(epochs * batches_per_epoch))
+    assert steps_taken == list(range(1, steps_taken[-1] + 1))
+
+
+def test_the_tuned_recipe_caps_passes_and_the_tiny_preset_counts_steps():
+    assert preset_config("beauty", "tuned").train.epochs == 30.0 and preset_config("beauty", "paper").train.epochs == 0.0
+    assert preset_config("tiny", "tuned").train.epochs == 0.0  # its budget is in steps
+    assert preset_config("beauty", "tuned", "rpg").train.epochs == 100.0  # a model kind's own cap
 
 
 def test_ema_decay_validates_and_keeps_the_moving_average_of_the_weights(tiny_ids, tmp_path):

@@ -138,8 +138,8 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     steps: int = 200_000  # paper: 200k Beauty/Sports, 100k Toys
-    # Not in the paper: a budget in passes over the training data (any dataset size);
-    # when > 0 it replaces ``steps``.
+    # Not in the paper: a cap in passes over the training data (any dataset size); when > 0,
+    # training ends after this many passes or ``steps``, whichever comes first. 0 = no cap.
     epochs: float = 0.0
     batch_size: int = 256  # examples; with model.history=items, user sequences (each holds several targets)
     lr: float = 0.01
@@ -299,8 +299,6 @@ class RunConfig:
             if not ok:
                 raise TigerrecError(f"config {key} must be {requirement}, got {show_value(value)}")
         # Rules between keys.
-        if self.train.epochs == 0 and self.train.steps < 1:
-            raise TigerrecError(f"config train.steps must be >= 1 (or train.epochs > 0), got {self.train.steps}")
         if self.train.schedule == "rsqrt" and self.train.warmup_steps < 1:  # lr * sqrt(warmup_steps / step)
             raise TigerrecError(f"config train.warmup_steps must be >= 1 with train.schedule=rsqrt, got {self.train.warmup_steps}")
         if self.eval.top_k > self.eval.beam_size:  # the top_k results are the best of beam_size beams
@@ -471,7 +469,7 @@ def _rules() -> dict[str, Rule]:
         "model.relative_buckets": _at_least(4),
         "model.recency_positions": _at_least(0),
         "model.logit_temperature": POSITIVE,
-        "train.steps": _at_least(0),
+        "train.steps": COUNT,
         "train.epochs": _at_least(0),
         "train.batch_size": COUNT,
         "train.lr": POSITIVE,

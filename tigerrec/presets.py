@@ -9,12 +9,12 @@ PRESETS: dict[str, dict] = {
     "beauty": {"train": {"steps": 200_000}},
     "sports": {"train": {"steps": 200_000}},
     "toys": {"train": {"steps": 100_000}},
-    # Generated data, a fast encoder and small budgets: the whole pipeline in well under a minute.
+    # Generated data, a fast encoder and small budgets in steps: the whole pipeline in well under a minute.
     "tiny": {
         "text": {"encoder": "all-MiniLM-L6-v2"},
         "ids": {"epochs": 150, "codebook_size": 16, "hidden_dims": [128, 64], "code_dim": 16},
         "model": {"encoder_layers": 2, "decoder_layers": 2, "d_ff": 256, "num_heads": 4, "head_dim": 32, "user_buckets": 50},
-        "train": {"steps": 600, "batch_size": 64, "warmup_steps": 100, "eval_every": 200, "checkpoint_every": 200, "log_every": 50},
+        "train": {"steps": 600, "epochs": 0.0, "batch_size": 64, "warmup_steps": 100, "eval_every": 200, "checkpoint_every": 200, "log_every": 50},
         "eval": {"beam_size": 10, "batch_size": 256},
     },
 }
@@ -33,12 +33,16 @@ PRESETS: dict[str, dict] = {
 #   shorter encoder inputs, 3.3x the samples per second on a CPU without bf16 at 12-15% less validation
 #   quality per sample; within the same end-to-end budget on that CPU it is 12-19% ahead of the
 #   paper's 4 tokens per item on Beauty validation (BENCHMARKS.md, "Pooled history items at the full
-#   budget").
-#   `--set model.history=codes` gives the paper's input back.
+#   budget"), and at most 30 passes over the training data (train.epochs; the paper's step count, or
+#   --max-minutes, may end it first): on a bf16 CPU the uncapped run reached 88 passes in 110 minutes
+#   and its validation was flat from ~29 passes while the training loss kept falling; a 30-pass cap was
+#   10% ahead one step forward in time, in 37% of the training time (BENCHMARKS.md, "Many passes on a
+#   bf16 CPU").
+#   `--set model.history=codes` gives the paper's input back; `--set train.epochs=0` removes the cap.
 RECIPES: dict[str, dict] = {
     "paper": {},
     "tuned": {"ids": {"scheme": "rqkmeans"}, "model": {"use_user_token": False, "embed_init": "codebooks", "history": "pooled"},
-              "train": {"cooldown_fraction": 0.2}, "eval": {"exclude_history": True}},
+              "train": {"cooldown_fraction": 0.2, "epochs": 30.0}, "eval": {"exclude_history": True}},
 }
 DEFAULT_RECIPE = "tuned"
 
@@ -57,8 +61,8 @@ DEFAULT_RECIPE = "tuned"
 # - dropout 0.1 on the residual branches and none on the attention weights (paper: 0 and 0.5; its
 #   0.5 on the attention weights learned 22% slower in 12 minutes);
 # - max_history 20, the data section TIGER uses too (paper: 50);
-# - Adafactor lr .01, constant after a 200-step warmup, 20% cooldown, 64 sequences a batch, a budget of
-#   100 epochs (about an hour on a 2-core CPU) (paper: AdamW, lr .01 on Beauty and .003 on Toys and
+# - Adafactor lr .01, constant after a 200-step warmup, 20% cooldown, 64 sequences a batch, at most
+#   100 passes (about an hour on a 2-core CPU) (paper: AdamW, lr .01 on Beauty and .003 on Toys and
 #   Sports, batch 256, cosine decay after 10k warmup steps, up to 160 epochs). Adafactor beat AdamW
 #   on this CPU's budgets for the item-token TIGER model (BENCHMARKS.md, "Recipe search").
 MODELS: dict[str, dict] = {
@@ -76,7 +80,7 @@ MODEL_PRESETS: dict[tuple[str, str], dict] = {
     # 120 items: 8 codes of 16 values (the preset's codebook), a 64-d PCA (OPQ needs more items than
     # dimensions), a step budget and light dropout: 500 steps must learn it by heart.
     ("rpg", "tiny"): {"ids": {"levels": 8, "pca_dim": 64}, "model": {"d_model": 128, "input_dropout": 0.1},
-                      "train": {"epochs": 0.0, "batch_size": 32, "steps": 500, "warmup_steps": 20, "eval_every": 250,
+                      "train": {"batch_size": 32, "steps": 500, "warmup_steps": 20, "eval_every": 250,
                                 "lr": 0.02}},
 }
 

@@ -224,8 +224,8 @@ def train(model: SequenceModel, data: TrainData, cfg: TrainConfig, eval_cfg: Eva
     batches_per_epoch = len(length_bucketed_batches(data.train.lengths, local_batch, cfg.seed, 0)) // world
     if batches_per_epoch == 0:
         raise ValueError(f"{len(data.train)} training examples are fewer than one batch per process")
-    if cfg.epochs:  # the budget in steps, for the schedule and the stop
-        cfg = replace(cfg, steps=math.ceil(cfg.epochs * batches_per_epoch))
+    if cfg.epochs:  # a cap in passes: the budget in steps (for the schedule and the stop) is whichever ends first
+        cfg = replace(cfg, steps=min(cfg.steps, math.ceil(cfg.epochs * batches_per_epoch)))
     start_step, step = state["step"], state["step"]
     started = time.perf_counter() - state["seconds"]
     next_eval_minutes = _next_multiple(state["seconds"] / 60, cfg.eval_every_minutes)
