@@ -10,7 +10,7 @@ MODEL ?= tiger
 OUT ?= runs/$(DATASET)$(if $(filter rpg,$(MODEL)),-rpg)
 # Training recipe: tuned (the default: the paper's model with one pooled token per history item, a final
 # lr cooldown, RQ-KMeans IDs, code embeddings that start from the codewords, no user token, history items
-# kept out of each ranking) or paper (the paper's exact recipe).
+# kept out of each ranking, at most 30 passes over the training examples) or paper (the paper's exact recipe).
 RECIPE ?= tuned
 # Training budget on a 2-core CPU: the paper's 200k steps would take days. RPG: 60 minutes.
 MAX_MINUTES ?= $(if $(filter rpg,$(MODEL)),60,130)

@@ -249,6 +249,17 @@ def test_ddp_with_two_cpu_processes(tmp_path):
     assert load_file(str(tmp_path / "model.safetensors"))
 
 
+def test_the_budget_spent_is_the_further_along_of_steps_and_minutes():
+    from tigerrec.config import TrainConfig
+    from tigerrec.train import budget_spent
+
+    timed = TrainConfig(steps=100, max_minutes=10)
+    assert budget_spent(50, timed, 2.0) == pytest.approx(0.5)  # steps ahead
+    assert budget_spent(10, timed, 8.0) == pytest.approx(0.8)  # the clock ahead
+    assert budget_spent(200, timed, 1.0) == budget_spent(1, timed, 30.0) == 1.0  # never past the end
+    assert budget_spent(25, TrainConfig(steps=100), 99.0) == pytest.approx(0.25)  # no time limit: steps alone
+
+
 def test_lr_schedule_is_rsqrt_with_an_optional_linear_cooldown():
     from tigerrec.config import TrainConfig
     from tigerrec.train import lr_factor

@@ -133,6 +133,15 @@ def truncate_csv(path: Path, last_step: int) -> None:
 SCHEDULES = ("rsqrt", "constant", "linear", "cosine")
 
 
+def budget_spent(step: int, cfg: TrainConfig, elapsed_minutes: float = 0.0) -> float:
+    """The share of the training budget spent, 0 to 1: steps (a cap on passes already counted in them)
+    or, under ``max_minutes``, wall-clock time, whichever is further along."""
+    spent = step / cfg.steps
+    if cfg.max_minutes:
+        spent = max(spent, elapsed_minutes / cfg.max_minutes)
+    return min(1.0, spent)
+
+
 def lr_factor(step: int, cfg: TrainConfig, elapsed_minutes: float = 0.0) -> float:
     """The learning rate at ``step`` as a share of ``cfg.lr``.
 
@@ -145,10 +154,7 @@ def lr_factor(step: int, cfg: TrainConfig, elapsed_minutes: float = 0.0) -> floa
     """
     if cfg.schedule not in SCHEDULES:
         raise ValueError(f"train.schedule must be one of {SCHEDULES}, got {cfg.schedule!r}")
-    progress = step / cfg.steps
-    if cfg.max_minutes:
-        progress = max(progress, elapsed_minutes / cfg.max_minutes)
-    progress = min(1.0, progress)
+    progress = budget_spent(step, cfg, elapsed_minutes)
     if cfg.schedule == "rsqrt":
         factor = min(1.0, math.sqrt(cfg.warmup_steps / max(step, 1)))
     else:
@@ -230,13 +236,11 @@ def train(model: SequenceModel, data: TrainData, cfg: TrainConfig, eval_cfg: Eva
     started = time.perf_counter() - state["seconds"]
     next_eval_minutes = _next_multiple(state["seconds"] / 60, cfg.eval_every_minutes)
     window_loss, window_samples, window_start = 0.0, 0, time.perf_counter()
-    # The bar counts the budget that stops training: minutes under max_minutes (counting to the
-    # 200k steps of the paper would show an ETA of days), else steps. The step count is in the postfix.
-    if cfg.max_minutes:
-        progress = tqdm(total=cfg.max_minutes, initial=min(state["seconds"] / 60, cfg.max_minutes), desc="train", disable=rank != 0,
-                        mininterval=2, bar_format="{l_bar}{bar}| {n:.3g}/{total:g} min [{elapsed}<{remaining}{postfix}]")
-    else:
-        progress = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", disable=rank != 0, mininterval=2)
+    # The bar counts the share of the budget spent, by steps or minutes, whichever ends training first
+    # (counting to the 200k steps of the paper under a time limit would show an ETA of days). The step
+    # count is in the postfix.
+    progress = tqdm(total=100, initial=100 * budget_spent(step, cfg, state["seconds"] / 60), desc="train", disable=rank != 0,
+                    mininterval=2, bar_format="{l_bar}{bar}| {n:.1f}% of the budget [{elapsed}<{remaining}{postfix}]")
     # A run resumed after its budget is spent (a finished run started again) trains no further step.
     stop = (step >= cfg.steps or bool(cfg.max_minutes and state["seconds"] >= 60 * cfg.max_minutes)
             or bool(cfg.patience and state["evals_since_best"] >= cfg.patience))
@@ -270,7 +274,7 @@ def train(model: SequenceModel, data: TrainData, cfg: TrainConfig, eval_cfg: Eva
             samples = int((targets[:, 0] >= 0).sum()) * world
             window_samples += samples
             state["samples"] += samples
-            progress.update(min(minutes, cfg.max_minutes) - progress.n if cfg.max_minutes else 1)
+            progress.update(100 * budget_spent(step, cfg, minutes) - progress.n)
 
             if step % cfg.log_every == 0 or step == cfg.steps:
                 elapsed = time.perf_counter() - window_start
