@@ -135,7 +135,8 @@ SCHEDULES = ("rsqrt", "constant", "linear", "cosine")
 
 def budget_spent(step: int, cfg: TrainConfig, elapsed_minutes: float = 0.0) -> float:
     """The share of the training budget spent, 0 to 1: steps (a cap on passes already counted in them)
-    or, under ``max_minutes``, wall-clock time, whichever is further along."""
+    or, under ``max_minutes``, wall-clock time, whichever is further along. It sets the schedule's
+    decay and the progress bar, and training ends when it reaches 1."""
     spent = step / cfg.steps
     if cfg.max_minutes:
         spent = max(spent, elapsed_minutes / cfg.max_minutes)
@@ -242,8 +243,7 @@ def train(model: SequenceModel, data: TrainData, cfg: TrainConfig, eval_cfg: Eva
     progress = tqdm(total=100, initial=100 * budget_spent(step, cfg, state["seconds"] / 60), desc="train", disable=rank != 0,
                     mininterval=2, bar_format="{l_bar}{bar}| {n:.1f}% of the budget [{elapsed}<{remaining}{postfix}]")
     # A run resumed after its budget is spent (a finished run started again) trains no further step.
-    stop = (step >= cfg.steps or bool(cfg.max_minutes and state["seconds"] >= 60 * cfg.max_minutes)
-            or bool(cfg.patience and state["evals_since_best"] >= cfg.patience))
+    stop = budget_spent(step, cfg, state["seconds"] / 60) >= 1.0 or bool(cfg.patience and state["evals_since_best"] >= cfg.patience)
     while not stop:
         epoch, position = divmod(step, batches_per_epoch)
         batches = length_bucketed_batches(data.train.lengths, local_batch, cfg.seed, epoch)
@@ -274,7 +274,6 @@ def train(model: SequenceModel, data: TrainData, cfg: TrainConfig, eval_cfg: Eva
             samples = int((targets[:, 0] >= 0).sum()) * world
             window_samples += samples
             state["samples"] += samples
-            progress.update(100 * budget_spent(step, cfg, minutes) - progress.n)
 
             if step % cfg.log_every == 0 or step == cfg.steps:
                 elapsed = time.perf_counter() - window_start
@@ -289,8 +288,9 @@ def train(model: SequenceModel, data: TrainData, cfg: TrainConfig, eval_cfg: Eva
                     append_csv(run_dir / TRAIN_LOG, row)
                 window_loss, window_samples, window_start = 0.0, 0, time.perf_counter()
 
-            out_of_time = cfg.max_minutes and minutes >= cfg.max_minutes
-            last = step >= cfg.steps or out_of_time
+            spent = budget_spent(step, cfg, minutes)
+            progress.update(100 * spent - progress.n)
+            last = spent >= 1.0
             if cfg.eval_every:
                 due = step % cfg.eval_every == 0
             else:  # by the clock, or only at the end
