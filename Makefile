@@ -13,7 +13,7 @@ OUT ?= runs/$(DATASET)$(if $(filter rpg,$(MODEL)),-rpg)
 # kept out of each ranking, at most 30 passes over the training examples) or paper (the paper's exact recipe).
 RECIPE ?= tuned
 # Training budget on a 2-core CPU: the paper's 200k steps would take days. The tuned recipe's 30-pass cap
-# ends Beauty's training first (about 47 minutes with bf16, 95 without). RPG: 60 minutes.
+# ends Beauty's training first (47 minutes measured with bf16; 91-103 estimated without). RPG: 60 minutes.
 MAX_MINUTES ?= $(if $(filter rpg,$(MODEL)),60,130)
 # The whole run (embeddings, Semantic IDs, training, final evaluation) ends within this many
 # minutes: where embedding is slow (CPUs without bf16) training stops early enough.
