@@ -151,6 +151,16 @@ def test_a_pass_cap_ends_training_at_whichever_of_passes_and_steps_comes_first(t
     assert steps_taken == list(range(1, steps_taken[-1] + 1))
 
 
+def test_patience_stops_training_and_a_restart_trains_no_further(tiny_ids, tmp_path):
+    dataset, ids, _ = tiny_ids  # an lr too small to move validation: only the first evaluation is a new best
+    cfg = tiny_config(train={"steps": 1000, "lr": 1e-12, "eval_every": 5, "patience": 2, "checkpoint_every": 1000, "log_every": 5})
+    data, _, model = prepare(dataset, ids, cfg)
+    summary = train(model, data, cfg.train, cfg.eval, tmp_path)
+    assert [int(row["step"]) for row in read_csv(tmp_path / "valid_log.csv")] == [5, 10, 15]
+    assert (summary["steps"], summary["best_step"]) == (15, 5)
+    assert train(model, data, cfg.train, cfg.eval, tmp_path)["steps_this_run"] == 0  # resumed out of patience
+
+
 def test_the_tuned_recipe_caps_passes_and_the_tiny_preset_counts_steps():
     assert preset_config("beauty", "tuned").train.epochs == 30.0 and preset_config("beauty", "paper").train.epochs == 0.0
     assert preset_config("tiny", "tuned").train.epochs == 0.0  # its budget is in steps
