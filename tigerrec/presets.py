@@ -40,7 +40,7 @@ PRESETS: dict[str, dict] = {
 #   bf16 CPU"). Held out, the cap gained 10-15% on Toys' test and cost 8-13% on Sports', whose larger
 #   training set still gained from 55 passes.
 #   At the cap, dropout 0.05 and 0.2 and an item embedding per history item (model.item_tokens) were each
-#   behind on Beauty validation data (BENCHMARKS.md, "More levers at the 30-pass cap"), so they stay as in the paper.
+#   behind on Beauty validation data (BENCHMARKS.md, "More levers at the 30-pass cap"): dropout stays 0.1, item tokens off.
 #   `--set model.history=codes` gives the paper's input back; `--set train.epochs=0` removes the cap.
 RECIPES: dict[str, dict] = {
     "paper": {},
