@@ -20,6 +20,7 @@ from .device import autocast, use_bf16
 from .data import Split
 from .evaluate import metrics_by_popularity, ranking_metrics
 from .sequences import history_pairs, length_bucketed_batches, training_windows
+from .train import out_of_patience
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +233,7 @@ def train_sasrec(train_sequences: list[np.ndarray], num_items: int, valid_histor
                     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 else:
                     evals_since_best += 1
-                    stop = stop or bool(cfg.patience and evals_since_best >= cfg.patience)
+                    stop = stop or out_of_patience(evals_since_best, cfg.patience)
             if stop:
                 break
         epoch += 1

@@ -143,9 +143,10 @@ def budget_spent(step: int, cfg: TrainConfig, elapsed_minutes: float = 0.0) -> f
     return min(1.0, spent)
 
 
-def out_of_patience(state: dict, cfg: TrainConfig) -> bool:
-    """Validation has not improved for ``cfg.patience`` evaluations in a row (0: never stop early)."""
-    return bool(cfg.patience) and state["evals_since_best"] >= cfg.patience
+def out_of_patience(evals_since_best: int, patience: int) -> bool:
+    """Validation has not improved for ``patience`` evaluations in a row (0: never stop early).
+    TIGER's and RPG's training and the SASRec baseline's stop on it."""
+    return bool(patience) and evals_since_best >= patience
 
 
 def lr_factor(step: int, cfg: TrainConfig, elapsed_minutes: float = 0.0) -> float:
@@ -248,7 +249,7 @@ def train(model: SequenceModel, data: TrainData, cfg: TrainConfig, eval_cfg: Eva
     progress = tqdm(total=100, initial=100 * budget_spent(step, cfg, state["seconds"] / 60), desc="train", disable=rank != 0,
                     mininterval=2, bar_format="{l_bar}{bar}| {n:.1f}% of the budget [{elapsed}<{remaining}{postfix}]")
     # A run resumed after its budget is spent (a finished run started again) trains no further step.
-    stop = budget_spent(step, cfg, state["seconds"] / 60) >= 1.0 or out_of_patience(state, cfg)
+    stop = budget_spent(step, cfg, state["seconds"] / 60) >= 1.0 or out_of_patience(state["evals_since_best"], cfg.patience)
     while not stop:
         epoch, position = divmod(step, batches_per_epoch)
         batches = length_bucketed_batches(data.train.lengths, local_batch, cfg.seed, epoch)
@@ -316,7 +317,7 @@ def train(model: SequenceModel, data: TrainData, cfg: TrainConfig, eval_cfg: Eva
                         save_model(kept, run_dir / BEST_MODEL)
                     else:
                         state["evals_since_best"] += 1
-                last = last or _agree(out_of_patience(state, cfg), world, device)
+                last = last or _agree(out_of_patience(state["evals_since_best"], cfg.patience), world, device)
             if step % cfg.checkpoint_every == 0 or last:
                 state.update(step=step, seconds=time.perf_counter() - started)
                 if rank == 0:
