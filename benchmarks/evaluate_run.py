@@ -6,6 +6,11 @@ For a run made before a change to how evaluation ranks (its metrics.json keeps w
 then): the same best checkpoint and eval settings, every user of both splits, as ``tigerrec run``
 evaluates at its end. ``--by-popularity`` adds the metrics of the targets grouped by how often
 their item occurs in the run's training sequences (``evaluate.metrics_by_popularity``).
+
+With several run directories (same dataset, split and Semantic IDs; the first one's settings decode),
+their models are decoded as one ensemble (``model.TigerEnsemble``):
+
+    python benchmarks/evaluate_run.py runs/beauty runs/beauty-seed1 --out ...
 """
 
 from __future__ import annotations
@@ -14,25 +19,37 @@ import argparse
 import logging
 from pathlib import Path
 
+import numpy as np
+
 from tigerrec.device import provenance
 from tigerrec.io import write_json
-from tigerrec.pipeline import evaluate_splits, load_trained_run, training_counts
+from tigerrec.errors import TigerrecError
+from tigerrec.model import TigerEnsemble
+from tigerrec.pipeline import IDS_DIR, evaluate_splits, load_ids, load_trained_run, read_run_config, training_counts
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("run_dirs", type=Path, nargs="+", help="a run directory, or several to decode as one ensemble")
     parser.add_argument("--data-dir", type=Path, help="the run's dataset (default: the source its config.json records)")
     parser.add_argument("--out", help="write the metrics as JSON here")
     parser.add_argument("--by-popularity", action="store_true", help="also per popularity group of the targets")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
-    cfg, dataset, data, test, model = load_trained_run(args.run_dir, args.data_dir)
+    cfg, dataset, data, test, model = load_trained_run(args.run_dirs[0], args.data_dir)
+    if len(args.run_dirs) > 1:
+        codes = load_ids(args.run_dirs[0] / IDS_DIR, cfg).codes
+        members = [model]
+        for run_dir in args.run_dirs[1:]:
+            if not np.array_equal(load_ids(run_dir / IDS_DIR, read_run_config(run_dir)).codes, codes):
+                raise TigerrecError(f"{run_dir} has other Semantic IDs than {args.run_dirs[0]}: an ensemble needs the same IDs")
+            members.append(load_trained_run(run_dir, args.data_dir)[-1])
+        model = TigerEnsemble(members)
     counts = training_counts(dataset, cfg) if args.by_popularity else None
     evals = evaluate_splits(model, data, test, cfg, counts)
     if args.out:
-        write_json(args.out, {"run_dir": str(args.run_dir), "dataset": dataset.name, **evals,
+        write_json(args.out, {"run_dirs": [str(d) for d in args.run_dirs], "dataset": dataset.name, **evals,
                               "eval": cfg.to_dict()["eval"], **provenance()})
 
 

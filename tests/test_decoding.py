@@ -7,7 +7,7 @@ from tigerrec.config import ModelConfig
 from tigerrec.decoding import PrefixTrie, generate, merge_capped
 from tigerrec.errors import TigerrecError
 from tigerrec.evaluate import evaluate, item_counts, metrics_by_popularity, ranking_metrics, recommend_examples
-from tigerrec.model import PAD, TigerModel
+from tigerrec.model import PAD, TigerEnsemble, TigerModel
 from tigerrec.sequences import Examples, Tokenizer, length_bucketed_batches, user_bucket
 
 
@@ -97,6 +97,30 @@ def test_popularity_penalty_subtracts_weight_times_log_count_from_every_items_sc
     assert torch.equal(generate(model, tokens, trie.penalize_popularity(counts, 0.0), 60, 60).items, plain.items)
     with pytest.raises(ValueError, match="counts hold 3 items"):
         trie.penalize_popularity(np.ones(3), 0.5)
+
+
+def test_ensemble_scores_each_item_by_the_members_mean_log_probabilities_at_every_step():
+    codes, tokenizer, first, tokens = small_setup()
+    second = small_setup(seed=1)[2]
+    ensemble = TigerEnsemble([first, second])
+    trie = PrefixTrie(codes, 8)
+    out = generate(ensemble, tokens[:3], trie, beam_size=60, top_k=60)  # exhaustive: every item scored
+    decoder_tokens = tokenizer.decoder_input(torch.from_numpy(codes))
+    for row in range(3):
+        inputs = tokens[row : row + 1].expand(len(codes), -1)
+        mean = torch.stack([m(inputs, decoder_tokens).log_softmax(-1) for m in (first, second)]).mean(0).log_softmax(-1)
+        expected = mean.gather(2, torch.from_numpy(codes)[..., None]).squeeze(-1).sum(1)
+        got = dict(zip(out.items[row].tolist(), out.scores[row].tolist()))
+        assert set(got) == set(range(len(codes)))
+        assert torch.allclose(torch.tensor([got[i] for i in range(len(codes))]), expected, atol=1e-4)
+    # One member, or the same model twice, ranks as the model alone.
+    alone = generate(first, tokens, trie, beam_size=12, top_k=10)
+    for members in ([first], [first, first]):
+        same = generate(TigerEnsemble(members), tokens, trie, beam_size=12, top_k=10)
+        assert torch.equal(same.items, alone.items) and torch.allclose(same.scores, alone.scores, atol=1e-4)
+    other_ids = TigerModel(first.cfg, tokenizer.vocab_size, 4, 16)
+    with pytest.raises(ValueError, match="must share Semantic IDs"):
+        TigerEnsemble([first, other_ids])
 
 
 def test_unconstrained_search_reports_invalid_ids():

@@ -151,6 +151,44 @@ def test_an_end_to_end_budget_cuts_training_and_keeps_its_minutes_on_resume(tmp_
     assert metrics["budget"]["budget_minutes"] == 90.0 and metrics["config"]["train"]["max_minutes"] == 5.0
 
 
+def test_an_ensemble_trains_each_member_from_its_own_seed_and_every_reader_ranks_with_all(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from tigerrec.model import TigerEnsemble
+    from tigerrec.recommend import Recommender
+
+    trained, real_train = [], pipeline.train
+
+    def spy(model, data, cfg, eval_cfg, directory):
+        trained.append((cfg.seed, cfg.max_minutes, Path(directory).relative_to(tmp_path)))
+        return real_train(model, data, cfg, eval_cfg, directory)
+
+    monkeypatch.setattr(pipeline, "train", spy)
+    run("tiny", small_config(seed=4, max_minutes=30.0), tmp_path)  # one model first
+    cfg = small_config(members=2, seed=4, max_minutes=30.0)
+    metrics = run("tiny", cfg, tmp_path)  # grown into an ensemble: the trained model stays
+    # Seeds 4 and 5, each on half of the minutes, the second in members/1.
+    assert trained == [(4, 30.0, Path(".")), (4, 15.0, Path(".")), (5, 15.0, Path("members/1"))]
+    member = tmp_path / "members" / "1"
+    assert [(m["steps"], m["steps_this_run"]) for m in metrics["training"]["members"]] == [(20, 0), (20, 20)]
+    assert [row["step"] for row in read_csv(member / "valid_log.csv")] == [20]
+    assert not torch.equal(load_file(tmp_path / "model.safetensors")["head"], load_file(member / "model.safetensors")["head"])
+    # The metrics are the ensemble's, and a run read back or served ranks with both members.
+    cfg_back, dataset, data, test, model = pipeline.load_trained_run(tmp_path)
+    assert isinstance(model, TigerEnsemble) and len(model.members) == 2
+    again = evaluate_examples(model, data, test, cfg_back, "test")
+    assert {k: again[k] for k in ("recall@10", "ndcg@10")} == {k: metrics["test"][k] for k in ("recall@10", "ndcg@10")}
+    recommender = Recommender.load(tmp_path, device="cpu")
+    assert isinstance(recommender.model, TigerEnsemble)
+    assert len(recommender.recommend([dataset.item_ids[i] for i in dataset.sequences[0][:3]], k=5)) == 5
+    assert run("tiny", cfg, tmp_path) == metrics  # finished: no member trains again
+    (member / "model.safetensors").unlink()
+    with pytest.raises(TigerrecError, match="members/1/model.safetensors is missing"):
+        pipeline.load_trained_run(tmp_path)
+    with pytest.raises(TigerrecError, match=r"train.members=2 \(an ensemble\) needs model.kind=tiger"):
+        RunConfig().override(["model.kind=rpg", "ids.scheme=opq", "model.history=items", "train.members=2"]).validate()
+
+
 def test_the_forecast_times_a_batch_of_typical_history_length(tmp_path, monkeypatch):
     # Evaluation batches histories of similar length, so most of its batches are short. A batch of
     # the first examples, padded to the longest among them, made the forecast 2.5-3x too high on Beauty.
@@ -246,6 +284,7 @@ def test_a_model_of_other_settings_than_config_json_is_named(run_dir, capsys):
     ("train.lr=0", "config train.lr must be > 0, got 0.0"),
     ("train.lr=.nan", "config train.lr must be > 0, got nan"),
     ("train.log_every=0", "config train.log_every must be >= 1, got 0"),
+    ("train.members=0", "config train.members must be >= 1, got 0"),
     ("train.warmup_steps=0", "config train.warmup_steps must be >= 1 with train.schedule=rsqrt, got 0"),
     ("train.seed=9223372036854775808", "config train.seed must be in [0, 2**63), got 9223372036854775808"),
     ("model.dropout=1", "config model.dropout must be in [0, 1), got 1.0"),

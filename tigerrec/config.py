@@ -173,6 +173,10 @@ class TrainConfig:
     log_every: int = 100
     bf16: str = "auto"  # auto | on | off
     seed: int = 0
+    # Not in the paper: train this many models, from seeds seed, seed + 1, ..., each on an equal share of
+    # the budget, and rank with all of them as one ensemble (model.TigerEnsemble: the mean of their
+    # log-probabilities at every decoding step). 1 = one model. TIGER only.
+    members: int = 1
     max_minutes: float = 0.0  # wall-clock budget for training; 0 = none
     # Not in the paper: a wall-clock budget for the whole of ``tigerrec run`` (loading, Semantic IDs,
     # training, final evaluation). Training then stops early enough for the run to end within it:
@@ -344,6 +348,8 @@ class RunConfig:
             raise TigerrecError(f"config model.embed_init={model.embed_init} needs model.kind=tiger and ids.scheme {' or '.join(CODEWORD_SCHEMES)} "
                                 f"(codewords per level), got model.kind={model.kind}, ids.scheme={ids.scheme}; set model.embed_init=normal "
                                 f"(the tuned recipe sets codebooks)")
+        if model.kind != "tiger" and self.train.members > 1:
+            raise TigerrecError(f"config train.members={self.train.members} (an ensemble) needs model.kind=tiger, got model.kind={model.kind}")
         if model.kind == "tiger" and ids.scheme == "opq":
             raise TigerrecError(f"config ids.scheme=opq (unordered IDs without a collision code) is for model.kind=rpg, "
                                 f"got model.kind=tiger{hint}")
@@ -360,12 +366,13 @@ class RunConfig:
 # Semantic IDs; data, model and train for the model) makes ``tigerrec run`` refuse the run
 # directory unless --overwrite. valid_users is here although the best checkpoint is chosen on that
 # subset: extending a run with a larger validation set is a common, deliberate choice. The eval
-# section belongs to no stage: it sets how validation and test decode.
+# section belongs to no stage: it sets how validation and test decode. members (an ensemble's size)
+# is here too: a finished run grows into an ensemble by training only the members it lacks.
 RESUMABLE_KEYS: dict[str, frozenset[str]] = {
     "text": frozenset({"batch_size"}),
     "ids": frozenset({"eval_every"}),
     "train": frozenset({"steps", "epochs", "max_minutes", "patience", "eval_every", "eval_every_minutes", "valid_users",
-                        "checkpoint_every", "log_every", "bf16", "budget_minutes"}),
+                        "checkpoint_every", "log_every", "bf16", "budget_minutes", "members"}),
 }
 
 
@@ -489,6 +496,7 @@ def _rules() -> dict[str, Rule]:
         "train.log_every": COUNT,
         "train.bf16": _one_of(BF16_SETTINGS),
         "train.seed": SEED,
+        "train.members": COUNT,
         "train.max_minutes": _at_least(0),
         "train.budget_minutes": _at_least(0),
         "eval.beam_size": COUNT,

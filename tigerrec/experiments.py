@@ -252,7 +252,7 @@ def coldstart(source, cfg: RunConfig, out_dir: Path, overwrite: bool = False) ->
     if not len(histories):
         raise ValueError("no test user has an unseen target; raise experiment.unseen_share")
     device, bf16 = _device_and_bf16(cfg)
-    model = load_best_model(make_model(tokenizer, cfg).to(device), run_dir)
+    model = load_best_model(make_model(tokenizer, cfg).to(device), run_dir, cfg.train.members)
     kind = model.kind.upper()
     trie = PrefixTrie(ids.codes, ids.codebook_size) if model.kind == "tiger" else None
     beam = cfg.eval.beam_size
@@ -368,7 +368,7 @@ def diversity(source, cfg: RunConfig, out_dir: Path, run_dir: str | Path | None 
     dataset = load_dataset(source, cfg.data.min_interactions)
     data, test, model = prepare(dataset, load_ids(run_dir / IDS_DIR, cfg), cfg, run_dir / IDS_DIR)
     device, bf16 = _device_and_bf16(cfg)
-    load_best_model(model.to(device), run_dir)
+    model = load_best_model(model.to(device), run_dir, cfg.train.members)
     levels = {f"level {exp.category_level}" if exp.category_level else "leaf": exp.category_level, "leaf": 0}
     categories = {name: item_categories(dataset.item_meta, level) for name, level in levels.items()}
     rows = []

@@ -303,3 +303,47 @@ class TigerModel(SequenceModel):
         row = torch.arange(positions, device=device).repeat_interleave(id_length)
         hidden = torch.arange(memory_length, device=device)[None, :] > offset + (row[:, None] + 1) * tokens_per_item - 1
         return torch.zeros(hidden.shape, device=device).masked_fill(hidden, float("-inf"))[None, None]
+
+
+class TigerEnsemble(nn.Module):
+    """Several TIGER models over the same Semantic IDs and inputs, decoded as one: each step's
+    distribution over the next code is the normalised geometric mean of the members' (their
+    log-probabilities averaged, renormalised by the beam search's log-softmax). Members trained from
+    other seeds disagree on the items each is unsure of, so the mean ranks more of the right ones on
+    top. ``encode``/``decode`` are the ones ``decoding.generate`` calls on a single ``TigerModel``."""
+
+    kind = "tiger"
+
+    def __init__(self, members: list[TigerModel]):
+        super().__init__()
+        if not members or any(m.kind != "tiger" for m in members):
+            raise ValueError("an ensemble needs one or more TIGER models")
+        first = members[0]
+        for m in members[1:]:
+            if (m.id_length, m.codebook_size, m.embed.num_embeddings, m.cfg.history, m.cfg.use_user_token) != (
+                    first.id_length, first.codebook_size, first.embed.num_embeddings, first.cfg.history, first.cfg.use_user_token):
+                raise ValueError("ensemble members must share Semantic IDs, vocabulary, history kind and user token")
+        self.members = nn.ModuleList(members)
+        self.cfg, self.id_length, self.codebook_size = first.cfg, first.id_length, first.codebook_size
+
+    def encode(self, tokens: torch.Tensor):
+        """Every member's memory; the mask slot is unused (each member keeps its own)."""
+        return [m.encode(tokens) for m in self.members], None
+
+    def decode(self, decoder_tokens: torch.Tensor, memory_kv, memory_mask, cache: list | None = None) -> torch.Tensor:
+        """Mean log-probabilities (B, P, codebook_size). ``cache`` holds the members' layer caches one
+        after another, so the beam search reorders them all as it would one model's."""
+        layers = [len(m.decoder_layers) for m in self.members]
+        new_cache, log_probs, start = [], [], 0
+        for member, (kv, mask), n in zip(self.members, memory_kv, layers):
+            member_cache = None if cache is None else list(cache[start : start + n])
+            log_probs.append(member.decode(decoder_tokens, kv, mask, member_cache).float().log_softmax(-1))
+            if cache is not None:
+                new_cache.extend(member_cache)
+            start += n
+        if cache is not None:
+            cache[:] = new_cache
+        return torch.stack(log_probs).mean(0)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

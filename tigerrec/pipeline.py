@@ -21,6 +21,7 @@ deletes the stale stage and everything after it and builds them again.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -43,7 +44,7 @@ from .device import provenance, use_bf16
 from .errors import TigerrecError, brief
 from .evaluate import item_counts
 from .io import file_sha256, read_json, write_json, write_text
-from .model import CAUSAL_HISTORIES, SequenceModel, TigerModel
+from .model import CAUSAL_HISTORIES, SequenceModel, TigerEnsemble, TigerModel
 from .quantize import load_quantizer, make_quantizer
 from .rpg import RPGModel
 from .semantic_ids import IDS_FILE, SemanticIDs, has_collision_code
@@ -64,7 +65,8 @@ METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.html"
 BUDGET_FILE = "budget.json"
 # Everything trained from the Semantic IDs: one model, kept or deleted together.
-MODEL_FILES = (CHECKPOINT, BEST_MODEL, TRAIN_LOG, VALID_LOG, METRICS_FILE, REPORT_FILE, FINGERPRINT_FILE, BUDGET_FILE)
+MEMBERS_DIR = "members"  # an ensemble's models after the first (train.members), one folder each
+MODEL_FILES = (CHECKPOINT, BEST_MODEL, TRAIN_LOG, VALID_LOG, METRICS_FILE, REPORT_FILE, FINGERPRINT_FILE, BUDGET_FILE, MEMBERS_DIR)
 MODEL_SECTIONS = ("data", "model", "train")  # the config sections the model is trained from
 
 
@@ -356,7 +358,13 @@ def prepare(dataset: Dataset, ids: SemanticIDs, cfg: RunConfig,
         anonymous_share=cfg.model.anonymous_share,
         forward=test if cfg.data.backtest else None,  # a backtest's "test" targets are validation items
     )
-    torch.manual_seed(cfg.train.seed)  # same seed, same initial weights
+    return data, test, initial_model(tokenizer, cfg, ids_dir)
+
+
+def initial_model(tokenizer: Tokenizer, cfg: RunConfig, ids_dir: str | Path | None = None) -> SequenceModel:
+    """A model as training starts it: initialised from ``train.seed`` (same seed, same weights), its code
+    embeddings from the quantiser's codewords in ``ids_dir`` with model.embed_init=codebooks."""
+    torch.manual_seed(cfg.train.seed)
     model = make_model(tokenizer, cfg)
     if cfg.model.embed_init in CODEBOOK_INITS:
         if ids_dir is None:
@@ -364,19 +372,32 @@ def prepare(dataset: Dataset, ids: SemanticIDs, cfg: RunConfig,
                                 "pass ids_dir to prepare")
         init_code_embeddings(model, tokenizer, load_quantizer(Path(ids_dir) / QUANTIZER_FILE).codebooks, cfg.model.embed_init_std,
                              head=cfg.model.embed_init == "codebooks+head")
-    return data, test, model
+    return model
 
 
-def load_best_model(model: SequenceModel, run_dir: str | Path) -> SequenceModel:
-    """Load the checkpoint selected by validation into ``model``, on the device the model is on."""
-    path = Path(run_dir) / BEST_MODEL
-    try:
-        model.load_state_dict(load_file(str(path), device=str(next(model.parameters()).device)))
-    except SafetensorError as e:
-        raise TigerrecError(f"{path} is corrupt ({brief(e)})") from None
-    except RuntimeError as e:  # names, shapes: a model of other settings than config.json's
-        raise TigerrecError(f"{path} does not fit the model that {CONFIG_FILE} describes ({brief(e)})") from None
-    return model.eval()
+def member_dirs(run_dir: str | Path, members: int) -> list[Path]:
+    """Where each model of a run trains and keeps its best weights and logs: the run directory itself,
+    then, for an ensemble (train.members), members/1, members/2, ..."""
+    run_dir = Path(run_dir)
+    return [run_dir] + [run_dir / MEMBERS_DIR / str(member) for member in range(1, members)]
+
+
+def load_best_model(model: SequenceModel, run_dir: str | Path, members: int = 1) -> SequenceModel | TigerEnsemble:
+    """Load the checkpoint selected by validation into ``model``, on the device the model is on. With
+    ``members`` > 1 (the run's train.members) the other members' go into copies of ``model``, and the
+    result is their ensemble."""
+    models = [model] + [copy.deepcopy(model) for _ in range(members - 1)]
+    for member, directory in zip(models, member_dirs(run_dir, members)):
+        path = directory / BEST_MODEL
+        if not path.is_file():
+            raise TigerrecError(f"{path} is missing: the run's train.members={members} models have not all finished training")
+        try:
+            member.load_state_dict(load_file(str(path), device=str(next(model.parameters()).device)))
+        except SafetensorError as e:
+            raise TigerrecError(f"{path} is corrupt ({brief(e)})") from None
+        except RuntimeError as e:  # names, shapes: a model of other settings than config.json's
+            raise TigerrecError(f"{path} does not fit the model that {CONFIG_FILE} describes ({brief(e)})") from None
+    return (model if members == 1 else TigerEnsemble(models)).eval()
 
 
 def evaluate_splits(model: SequenceModel, data: TrainData, test: Examples, cfg: RunConfig, counts: np.ndarray | None = None) -> dict:
@@ -407,14 +428,14 @@ def forecast_eval_seconds(model: SequenceModel, data: TrainData, test: Examples,
     Evaluation batches examples of similar history length, so its typical batch is short: the timed
     batch holds the examples nearest the mean length, not a random few padded to the longest.
     The faster of two passes, as the first also warms up kernels and allocator, and a fifth more
-    for margin."""
+    for margin. An ensemble (train.members) decodes with every member: as many times the cost."""
     lengths = data.valid.lengths
     nearest_mean = np.argsort(np.abs(lengths - lengths.mean()), kind="stable")[: cfg.eval.batch_size]
     sample = data.valid.subset(np.sort(nearest_mean))
     model.to(training_device())
     seconds = min(evaluate_examples(model, data, sample, cfg, "time decoding")["seconds"] for _ in range(2))
     decoded = len(data.valid) + len(test) + len(validation_examples(data.valid, cfg.train))
-    return FORECAST_MARGIN * seconds / len(sample) * decoded
+    return FORECAST_MARGIN * seconds / len(sample) * decoded * cfg.train.members
 
 
 def fit_to_budget(cfg: RunConfig, run_dir: Path, model: SequenceModel, data: TrainData, test: Examples,
@@ -461,7 +482,7 @@ def load_trained_run(run_dir: str | Path, source: str | Path | None = None) -> t
                            cfg.data.min_interactions)
     ids_dir = Path(run_dir) / IDS_DIR
     data, test, model = prepare(dataset, load_ids(ids_dir, cfg), cfg, ids_dir)
-    return cfg, dataset, data, test, load_best_model(model, run_dir)
+    return cfg, dataset, data, test, load_best_model(model, run_dir, cfg.train.members)
 
 
 def run(source: str | Dataset, cfg: RunConfig, run_dir: str | Path, overwrite: bool = False) -> dict:
@@ -509,17 +530,19 @@ def run(source: str | Dataset, cfg: RunConfig, run_dir: str | Path, overwrite: b
     budget = {}
     if cfg.train.budget_minutes:
         cfg, budget["budget"] = fit_to_budget(cfg, run_dir, model, data, test, run_start)
-    summary = train(model, data, cfg.train, cfg.eval, run_dir)
-    timings["train_seconds"] = summary["train_seconds"]
+    summaries = train_members(model, data, cfg, run_dir, ids_dir)
+    summary = summaries[0] if len(summaries) == 1 else {**summaries[0], "members": summaries}
+    timings["train_seconds"] = round(sum(s["train_seconds"] for s in summaries), 1)
     if rank != 0:
         return {}
     finished = read_json(run_dir / METRICS_FILE) if (run_dir / METRICS_FILE).exists() else None
-    if summary["steps_this_run"] == 0 and finished and _run_settings(finished.get("config", {})) == _run_settings(cfg.to_dict()):
+    trained_now = sum(s["steps_this_run"] for s in summaries)
+    if trained_now == 0 and finished and _run_settings(finished.get("config", {})) == _run_settings(cfg.to_dict()):
         log.info("%s was finished with these settings: its metrics are those of %s", run_dir, METRICS_FILE)
         return finished
 
     # Test metrics once, on the checkpoint selected by validation.
-    evals = evaluate_splits(load_best_model(model, run_dir), data, test, cfg)
+    evals = evaluate_splits(load_best_model(model, run_dir, cfg.train.members), data, test, cfg)
     timings["eval_seconds"] = round(evals["valid"]["seconds"] + evals["test"]["seconds"], 1)
     metrics = {
         "dataset": dataset.name, **evals, "training": summary, "timings": timings,
@@ -531,6 +554,22 @@ def run(source: str | Dataset, cfg: RunConfig, run_dir: str | Path, overwrite: b
     }
     write_json(run_dir / METRICS_FILE, metrics)
     return metrics
+
+
+def train_members(model: SequenceModel, data: TrainData, cfg: RunConfig, run_dir: Path, ids_dir: Path) -> list[dict]:
+    """Train ``model``, and with train.members > 1 the ensemble's other members, each from its own
+    seed (train.seed + its number) in its own folder (``member_dirs``) on an equal share of
+    train.max_minutes; returns each one's ``train`` summary. Members that finished are not trained again."""
+    members = cfg.train.members
+    share = cfg.train.max_minutes / members if cfg.train.max_minutes else 0.0
+    summaries = []
+    for member, directory in enumerate(member_dirs(run_dir, members)):
+        member_cfg = replace(cfg, train=replace(cfg.train, seed=cfg.train.seed + member, max_minutes=share))
+        member_model = model if member == 0 else initial_model(data.tokenizer, member_cfg, ids_dir)
+        if members > 1:
+            log.info("ensemble member %d of %d (seed %d) in %s", member + 1, members, member_cfg.train.seed, directory)
+        summaries.append(train(member_model, data, member_cfg.train, cfg.eval, directory))
+    return summaries
 
 
 def _run_settings(config: dict) -> dict:

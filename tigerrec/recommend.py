@@ -134,7 +134,7 @@ class Recommender:
         if missing:
             log.warning("%d items have no metadata in %s (e.g. %s)", len(missing), ITEMS_FILE, missing[:3])
         trained = catalogue.trained_items(run_dir)
-        model = load_best_model(make_model(make_tokenizer(ids, cfg, trained), cfg).to(device), run_dir)
+        model = load_best_model(make_model(make_tokenizer(ids, cfg, trained), cfg).to(device), run_dir, cfg.train.members)
         configure_decoding(model, cfg.eval)
         log.info("loaded %s: %s, %d items (%d new since training), %.2fM parameters, on %s", run_dir, model.kind,
                  len(ids.item_ids), len(ids.item_ids) - (trained or len(ids.item_ids)), model.num_parameters() / 1e6, device)
