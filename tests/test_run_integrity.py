@@ -182,6 +182,8 @@ def test_an_ensemble_trains_each_member_from_its_own_seed_and_every_reader_ranks
     assert isinstance(recommender.model, TigerEnsemble)
     assert len(recommender.recommend([dataset.item_ids[i] for i in dataset.sequences[0][:3]], k=5)) == 5
     assert run("tiny", cfg, tmp_path) == metrics  # finished: no member trains again
+    report = render_report(tmp_path)
+    assert "TIGER, an ensemble of 2" in report and "NDCG@10, member 2" in report
     (member / "model.safetensors").unlink()
     with pytest.raises(TigerrecError, match="members/1/model.safetensors is missing"):
         pipeline.load_trained_run(tmp_path)

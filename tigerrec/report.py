@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .evaluate import METRICS
 from .io import read_json, write_text
-from .pipeline import IDS_DIR, IDS_METRICS, ITEMS_FILE, REPORT_FILE, read_items
+from .pipeline import IDS_DIR, IDS_METRICS, ITEMS_FILE, REPORT_FILE, member_dirs, read_items
 from .presets import paper_table1
 from .semantic_ids import IDS_FILE, SemanticIDs, has_collision_code
 from .train import TRAIN_LOG, VALID_LOG, read_csv
@@ -173,9 +173,14 @@ def training_plots(run_dir: Path, metrics: dict | None) -> str:
     lr = line_chart([("lr", [r["step"] for r in train_log], [r["lr"] for r in train_log])],
                     "Learning rate" + schedule, "step", "learning rate", y_min=0)
     steps = [r["step"] for r in valid_log]
-    valid = line_chart([(name, steps, [r.get(key, float("nan")) for r in valid_log])
-                        for name, key in (("NDCG@10", "ndcg@10"), ("Recall@10", "recall@10"))],
-                       "Validation", "step", "metric", marker=best, y_min=0)
+    series = [(name, steps, [r.get(key, float("nan")) for r in valid_log]) for name, key in (("NDCG@10", "ndcg@10"), ("Recall@10", "recall@10"))]
+    # An ensemble's other members (train.members): their own validation curves; loss and lr are the first one's.
+    members = int((metrics or {}).get("config", {}).get("train", {}).get("members", 1))
+    for number, directory in enumerate(member_dirs(run_dir, members)[1:], start=2):
+        log_rows = read_csv(directory / VALID_LOG)
+        series.append((f"NDCG@10, member {number}", [r["step"] for r in log_rows], [r.get("ndcg@10", float("nan")) for r in log_rows]))
+    valid = line_chart(series, "Validation" + (f" (each member; the ensemble ranks with all {members})" if members > 1 else ""),
+                       "step", "metric", marker=best, y_min=0)
     return f'<div class="plots">{loss}{lr}{valid}</div>'
 
 
@@ -291,7 +296,9 @@ def render_report(run_dir: str | Path) -> str:
 
     training = metrics.get("training", {})
     kind = config.get("model", {}).get("kind", "tiger")
-    summary = [("dataset", dataset), ("model", kind.upper()), ("ID scheme", ids_config.get("scheme")),
+    members = config.get("train", {}).get("members", 1)
+    model_name = kind.upper() + (f", an ensemble of {members} (train.members)" if members > 1 else "")
+    summary = [("dataset", dataset), ("model", model_name), ("ID scheme", ids_config.get("scheme")),
                ("parameters", f"{training['parameters'] / 1e6:.2f}M" if "parameters" in training else None),
                ("training steps", training.get("steps")), ("best validation step", training.get("best_step")),
                ("timings (s)", ", ".join(f"{k.removesuffix('_seconds')} {v}" for k, v in metrics.get("timings", {}).items()) or None),
