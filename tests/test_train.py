@@ -163,6 +163,8 @@ def test_patience_stops_training_and_a_restart_trains_no_further(tiny_ids, tmp_p
 
 def test_the_tuned_recipe_caps_passes_and_the_tiny_preset_counts_steps():
     assert preset_config("beauty", "tuned").train.epochs == 30.0 and preset_config("beauty", "paper").train.epochs == 0.0
+    assert preset_config("beauty", "tuned").train.members == 2 and preset_config("beauty", "paper").train.members == 1
+    assert preset_config("beauty", "tuned", "rpg").train.members == 1  # an ensemble is TIGER's
     assert preset_config("tiny", "tuned").train.epochs == 0.0  # its budget is in steps
     assert preset_config("beauty", "tuned", "rpg").train.epochs == 100.0  # a model kind's own cap
 

@@ -81,7 +81,7 @@ MODELS: dict[str, dict] = {
                   "d_model": 256, "num_heads": 4, "head_dim": 64, "d_ff": 1024, "encoder_layers": 2, "dropout": 0.1,
                   "input_dropout": 0.5},
         "train": {"optimizer": "adafactor", "lr": 0.01, "schedule": "constant", "warmup_steps": 200, "cooldown_fraction": 0.2,
-                  "batch_size": 64, "epochs": 100.0, "eval_every": 1000},
+                  "batch_size": 64, "epochs": 100.0, "eval_every": 1000, "members": 1},
     },
 }
 MODEL_PRESETS: dict[tuple[str, str], dict] = {
