@@ -151,7 +151,7 @@ def test_an_end_to_end_budget_cuts_training_and_keeps_its_minutes_on_resume(tmp_
     assert metrics["budget"]["budget_minutes"] == 90.0 and metrics["config"]["train"]["max_minutes"] == 5.0
 
 
-def test_an_ensemble_trains_each_member_from_its_own_seed_and_every_reader_ranks_with_all(tmp_path, monkeypatch):
+def test_an_ensemble_trains_each_member_from_its_own_seed_and_every_reader_ranks_with_all(tmp_path, monkeypatch, caplog):
     from safetensors.torch import load_file
 
     from tigerrec.model import TigerEnsemble
@@ -167,8 +167,10 @@ def test_an_ensemble_trains_each_member_from_its_own_seed_and_every_reader_ranks
     run("tiny", small_config(seed=4, max_minutes=30.0), tmp_path)  # one model first
     cfg = small_config(members=2, seed=4, max_minutes=30.0)
     metrics = run("tiny", cfg, tmp_path)  # grown into an ensemble: the trained model stays
-    # Seeds 4 and 5, each on half of the minutes, the second in members/1.
-    assert trained == [(4, 30.0, Path(".")), (4, 15.0, Path(".")), (5, 15.0, Path("members/1"))]
+    # Seeds 4 and 5, the second in members/1 on the minutes the first left.
+    first_minutes = metrics["training"]["members"][0]["train_seconds"] / 60
+    assert trained[:2] == [(4, 30.0, Path(".")), (4, 30.0, Path("."))] and trained[2][::2] == (5, Path("members/1"))
+    assert trained[2][1] == pytest.approx(30.0 - first_minutes, abs=1e-3)
     member = tmp_path / "members" / "1"
     assert [(m["steps"], m["steps_this_run"]) for m in metrics["training"]["members"]] == [(20, 0), (20, 20)]
     assert [row["step"] for row in read_csv(member / "valid_log.csv")] == [20]
@@ -184,9 +186,14 @@ def test_an_ensemble_trains_each_member_from_its_own_seed_and_every_reader_ranks
     assert run("tiny", cfg, tmp_path) == metrics  # finished: no member trains again
     report = render_report(tmp_path)
     assert "TIGER, an ensemble of 2" in report and "NDCG@10, member 2" in report
-    (member / "model.safetensors").unlink()
-    with pytest.raises(TigerrecError, match="members/1/model.safetensors is missing"):
-        pipeline.load_trained_run(tmp_path)
+    (member / "model.safetensors").unlink()  # a member without a model was not trained: the others rank
+    assert not isinstance(pipeline.load_trained_run(tmp_path)[-1], TigerEnsemble)
+
+    # Minutes that the first model spends all of leave the run that one model, never a shorter first model.
+    short = tmp_path / "short"
+    metrics = run("tiny", small_config(members=2, steps=10_000, max_minutes=0.002), short)
+    assert "members" not in metrics["training"] and not (short / "members").exists()
+    assert "ensemble member 2 of 2 not trained: train.max_minutes leaves" in caplog.text
     with pytest.raises(TigerrecError, match=r"train.members=2 \(an ensemble\) needs model.kind=tiger"):
         RunConfig().override(["model.kind=rpg", "ids.scheme=opq", "model.history=items", "train.members=2"]).validate()
 

@@ -173,9 +173,10 @@ class TrainConfig:
     log_every: int = 100
     bf16: str = "auto"  # auto | on | off
     seed: int = 0
-    # Not in the paper: train this many models, from seeds seed, seed + 1, ..., each on an equal share of
-    # the budget, and rank with all of them as one ensemble (model.TigerEnsemble: the mean of their
-    # log-probabilities at every decoding step). 1 = one model. TIGER only.
+    # Not in the paper: train this many models, one after the other from seeds seed, seed + 1, ..., and
+    # rank with all of them as one ensemble (model.TigerEnsemble: the mean of their log-probabilities
+    # at every decoding step). Under max_minutes a member trains only if the ones before it left at
+    # least the first one's training time (pipeline.train_members). 1 = one model. TIGER only.
     members: int = 1
     max_minutes: float = 0.0  # wall-clock budget for training; 0 = none
     # Not in the paper: a wall-clock budget for the whole of ``tigerrec run`` (loading, Semantic IDs,

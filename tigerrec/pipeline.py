@@ -385,19 +385,22 @@ def member_dirs(run_dir: str | Path, members: int) -> list[Path]:
 def load_best_model(model: SequenceModel, run_dir: str | Path, members: int = 1) -> SequenceModel | TigerEnsemble:
     """Load the checkpoint selected by validation into ``model``, on the device the model is on. With
     ``members`` > 1 (the run's train.members) the other members' go into copies of ``model``, and the
-    result is their ensemble."""
-    models = [model] + [copy.deepcopy(model) for _ in range(members - 1)]
-    for member, directory in zip(models, member_dirs(run_dir, members)):
+    result is their ensemble: of the members that were trained (``train_members`` trains one only when
+    the budget leaves it time), which are those with a model in their folder."""
+    directories = member_dirs(run_dir, members)
+    trained = next((n for n, d in enumerate(directories) if n and not (d / BEST_MODEL).is_file()), members)
+    if trained < members:
+        log.info("%s: %d of train.members=%d models were trained; ranking with those", run_dir, trained, members)
+    models = [model] + [copy.deepcopy(model) for _ in range(trained - 1)]
+    for member, directory in zip(models, directories):
         path = directory / BEST_MODEL
-        if not path.is_file():
-            raise TigerrecError(f"{path} is missing: the run's train.members={members} models have not all finished training")
         try:
             member.load_state_dict(load_file(str(path), device=str(next(model.parameters()).device)))
         except SafetensorError as e:
             raise TigerrecError(f"{path} is corrupt ({brief(e)})") from None
         except RuntimeError as e:  # names, shapes: a model of other settings than config.json's
             raise TigerrecError(f"{path} does not fit the model that {CONFIG_FILE} describes ({brief(e)})") from None
-    return (model if members == 1 else TigerEnsemble(models)).eval()
+    return (model if trained == 1 else TigerEnsemble(models)).eval()
 
 
 def evaluate_splits(model: SequenceModel, data: TrainData, test: Examples, cfg: RunConfig, counts: np.ndarray | None = None) -> dict:
@@ -558,13 +561,22 @@ def run(source: str | Dataset, cfg: RunConfig, run_dir: str | Path, overwrite: b
 
 def train_members(model: SequenceModel, data: TrainData, cfg: RunConfig, run_dir: Path, ids_dir: Path) -> list[dict]:
     """Train ``model``, and with train.members > 1 the ensemble's other members, each from its own
-    seed (train.seed + its number) in its own folder (``member_dirs``) on an equal share of
-    train.max_minutes; returns each one's ``train`` summary. Members that finished are not trained again."""
-    members = cfg.train.members
-    share = cfg.train.max_minutes / members if cfg.train.max_minutes else 0.0
-    summaries = []
+    seed (train.seed + its number) in its own folder (``member_dirs``); returns the summary of each
+    member trained (``train``). Members that finished are not trained again.
+
+    Under train.max_minutes each member trains on what the ones before it left, and a member trains
+    only if that is at least the first one's training time: the first model is never cut short for an
+    ensemble. Where the step or pass budget ends training first (a fast CPU) every member gets its
+    own; where the minutes do (a slow CPU) the first takes them all and the run is that one model."""
+    members, minutes = cfg.train.members, cfg.train.max_minutes
+    summaries: list[dict] = []
     for member, directory in enumerate(member_dirs(run_dir, members)):
-        member_cfg = replace(cfg, train=replace(cfg.train, seed=cfg.train.seed + member, max_minutes=share))
+        left = minutes - sum(s["train_seconds"] for s in summaries) / 60 if minutes else 0.0
+        if member and minutes and left < summaries[0]["train_seconds"] / 60:
+            log.warning("ensemble member %d of %d not trained: train.max_minutes leaves %.1f minutes, the first member "
+                        "took %.1f; ranking with %d", member + 1, members, left, summaries[0]["train_seconds"] / 60, member)
+            break
+        member_cfg = replace(cfg, train=replace(cfg.train, seed=cfg.train.seed + member, max_minutes=round(left, 3)))
         member_model = model if member == 0 else initial_model(data.tokenizer, member_cfg, ids_dir)
         if members > 1:
             log.info("ensemble member %d of %d (seed %d) in %s", member + 1, members, member_cfg.train.seed, directory)

@@ -41,7 +41,7 @@ PRESETS: dict[str, dict] = {
 #   training set still gained from 55 passes.
 #   At the cap, dropout 0.05 and 0.2 and an item embedding per history item (model.item_tokens) were each
 #   behind on Beauty validation data (BENCHMARKS.md, "More levers at the 30-pass cap"): dropout stays 0.1, item tokens off.
-#   Two such models (train.members=2, seeds 0 and 1, each on half the training minutes), ranked as one
+#   Two such models (train.members=2, seeds 0 and 1; the second only when the minutes allow it), ranked as one
 #   ensemble by the mean of their log-probabilities at each decoding step: on Beauty backtest data,
 #   +6-10% on validation and +7-10% one step forward over one model, whose two seeds were within 1%
 #   of each other (BENCHMARKS.md, "Two models as one ensemble"), at twice the training and decoding time.
