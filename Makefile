@@ -10,10 +10,12 @@ MODEL ?= tiger
 OUT ?= runs/$(DATASET)$(if $(filter rpg,$(MODEL)),-rpg)
 # Training recipe: tuned (the default: the paper's model with one pooled token per history item, a final
 # lr cooldown, RQ-KMeans IDs, code embeddings that start from the codewords, no user token, history items
-# kept out of each ranking, at most 30 passes over the training examples) or paper (the paper's exact recipe).
+# kept out of each ranking, at most 30 passes over the training examples, two such models ranked as one
+# ensemble) or paper (the paper's exact recipe).
 RECIPE ?= tuned
 # Training budget on a 2-core CPU: the paper's 200k steps would take days. The tuned recipe's 30-pass cap
-# ends Beauty's training first (47 minutes measured with bf16; 91-103 estimated without). RPG: 60 minutes.
+# ends each of Beauty's two models first (47 minutes each measured with bf16). Without bf16 the first takes
+# 91-103 minutes (estimated) and the second is not trained: it would need as long. RPG: 60 minutes.
 MAX_MINUTES ?= $(if $(filter rpg,$(MODEL)),60,130)
 # The whole run (embeddings, Semantic IDs, training, final evaluation) ends within this many
 # minutes: where embedding is slow (CPUs without bf16) training stops early enough.
