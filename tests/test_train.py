@@ -259,6 +259,9 @@ def test_ddp_with_two_cpu_processes(tmp_path):
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["training"]["world_size"] == 2 and metrics["training"]["steps"] == 40
     assert load_file(str(tmp_path / "model.safetensors"))
+    # The tuned recipe's second model: every process agrees to train it (process 0's clock decides).
+    assert [m["steps"] for m in metrics["training"]["members"]] == [40, 40]
+    assert load_file(str(tmp_path / "members" / "1" / "model.safetensors"))
 
 
 def test_the_budget_spent_is_the_further_along_of_steps_and_minutes():

@@ -569,12 +569,16 @@ def train_members(model: SequenceModel, data: TrainData, cfg: RunConfig, run_dir
     ensemble. Where the step or pass budget ends training first (a fast CPU) every member gets its
     own; where the minutes do (a slow CPU) the first takes them all and the run is that one model."""
     members, minutes = cfg.train.members, cfg.train.max_minutes
+    _, world = distributed_context()
     summaries: list[dict] = []
     for member, directory in enumerate(member_dirs(run_dir, members)):
-        left = minutes - sum(s["train_seconds"] for s in summaries) / 60 if minutes else 0.0
-        if member and minutes and left < summaries[0]["train_seconds"] / 60:
+        # Process 0's clock decides for every process, so all of them train the same members.
+        spent = from_rank0(sum(s["train_seconds"] for s in summaries) / 60, world, training_device())
+        left = minutes - spent if minutes else 0.0
+        first = from_rank0(summaries[0]["train_seconds"] / 60, world, training_device()) if summaries else 0.0
+        if member and minutes and left < first:
             log.warning("ensemble member %d of %d not trained: train.max_minutes leaves %.1f minutes, the first member "
-                        "took %.1f; ranking with %d", member + 1, members, left, summaries[0]["train_seconds"] / 60, member)
+                        "took %.1f; ranking with %d", member + 1, members, left, first, member)
             break
         member_cfg = replace(cfg, train=replace(cfg.train, seed=cfg.train.seed + member, max_minutes=round(left, 3)))
         member_model = model if member == 0 else initial_model(data.tokenizer, member_cfg, ids_dir)
