@@ -43,8 +43,8 @@ PRESETS: dict[str, dict] = {
 #   behind on Beauty validation data (BENCHMARKS.md, "More levers at the 30-pass cap"): dropout stays 0.1, item tokens off.
 #   Two such models (train.members=2, seeds 0 and 1; the second only when the minutes allow it), ranked as one
 #   ensemble by the mean of their log-probabilities at each decoding step: on Beauty backtest data,
-#   +6-10% on validation and +7-10% one step forward over one model, whose two seeds were within 1%
-#   of each other (BENCHMARKS.md, "Two models as one ensemble"), at twice the training and decoding time.
+#   +6-10% on validation and +7-10% one step forward over one model, whose two seeds were within 1.3%
+#   of each other (BENCHMARKS.md, "Two models as one ensemble"), at twice the training time and 1.7-2x the decoding time.
 #   `--set model.history=codes` gives the paper's input back; `--set train.epochs=0` removes the cap;
 #   `--set train.members=1` trains one model.
 RECIPES: dict[str, dict] = {
