@@ -16,6 +16,7 @@ their models are decoded as one ensemble (``model.TigerEnsemble``):
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from tigerrec.device import provenance
 from tigerrec.io import write_json
 from tigerrec.errors import TigerrecError
 from tigerrec.model import TigerEnsemble
-from tigerrec.pipeline import IDS_DIR, evaluate_splits, load_ids, load_trained_run, read_run_config, training_counts
+from tigerrec.pipeline import IDS_DIR, evaluate_splits, load_best_model, load_ids, load_trained_run, read_run_config, training_counts
 
 
 def main() -> None:
@@ -39,12 +40,12 @@ def main() -> None:
 
     cfg, dataset, data, test, model = load_trained_run(args.run_dirs[0], args.data_dir)
     if len(args.run_dirs) > 1:
-        codes = load_ids(args.run_dirs[0] / IDS_DIR, cfg).codes
+        # The first run's data serve all; each other run only loads its weights into a copy of the model.
         members = [model]
         for run_dir in args.run_dirs[1:]:
-            if not np.array_equal(load_ids(run_dir / IDS_DIR, read_run_config(run_dir)).codes, codes):
+            if not np.array_equal(load_ids(run_dir / IDS_DIR, read_run_config(run_dir)).codes, data.tokenizer.item_codes.numpy()):
                 raise TigerrecError(f"{run_dir} has other Semantic IDs than {args.run_dirs[0]}: an ensemble needs the same IDs")
-            members.append(load_trained_run(run_dir, args.data_dir)[-1])
+            members.append(load_best_model(copy.deepcopy(model), run_dir))
         model = TigerEnsemble(members)
     counts = training_counts(dataset, cfg) if args.by_popularity else None
     evals = evaluate_splits(model, data, test, cfg, counts)

@@ -345,5 +345,4 @@ class TigerEnsemble(nn.Module):
             cache[:] = new_cache
         return torch.stack(log_probs).mean(0)
 
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+    num_parameters = SequenceModel.num_parameters
