@@ -45,6 +45,8 @@ PRESETS: dict[str, dict] = {
 #   ensemble by the mean of their log-probabilities at each decoding step: on Beauty backtest data,
 #   +6-10% on validation and +7-10% one step forward over one model, whose two seeds were within 1.3%
 #   of each other (BENCHMARKS.md, "Two models as one ensemble"), at twice the training time and 1.7-2x the decoding time.
+#   Two members of 15 passes (one 30-pass model's compute) were 3-8% behind one model of 30 one step forward,
+#   so a second member trains only where the minutes allow it full length.
 #   `--set model.history=codes` gives the paper's input back; `--set train.epochs=0` removes the cap;
 #   `--set train.members=1` trains one model.
 RECIPES: dict[str, dict] = {
