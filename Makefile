@@ -15,7 +15,8 @@ OUT ?= runs/$(DATASET)$(if $(filter rpg,$(MODEL)),-rpg)
 RECIPE ?= tuned
 # Training budget on a 2-core CPU: the paper's 200k steps would take days. The tuned recipe's 30-pass cap
 # ends each of Beauty's two models first (47 minutes each measured with bf16). Without bf16 the first takes
-# 91-103 minutes (estimated) and the second is not trained: it would need as long. RPG: 60 minutes.
+# 91-103 minutes (estimated) and the second is not trained: it needs at least half as long
+# (train.member_min_share). RPG: 60 minutes.
 MAX_MINUTES ?= $(if $(filter rpg,$(MODEL)),60,130)
 # The whole run (embeddings, Semantic IDs, training, final evaluation) ends within this many
 # minutes: where embedding is slow (CPUs without bf16) training stops early enough.

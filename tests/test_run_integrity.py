@@ -198,6 +198,26 @@ def test_an_ensemble_trains_each_member_from_its_own_seed_and_every_reader_ranks
         RunConfig().override(["model.kind=rpg", "ids.scheme=opq", "model.history=items", "train.members=2"]).validate()
 
 
+@pytest.mark.parametrize("share, second_trains", [(0.5, True), (0.6, False)])
+def test_a_later_member_trains_on_the_minutes_left_only_if_they_reach_its_share(tmp_path, monkeypatch, caplog,
+                                                                              share, second_trains):
+    # Each member is made to report 20 minutes of training: under a 30-minute budget the second finds 10
+    # left, half the first's time, and trains on them (its schedule ends within them) only if that is enough.
+    limits, real_train = [], pipeline.train
+
+    def took_20_minutes(model, data, cfg, eval_cfg, directory):
+        limits.append(cfg.max_minutes)
+        return {**real_train(model, data, cfg, eval_cfg, directory), "train_seconds": 1200.0}
+
+    monkeypatch.setattr(pipeline, "train", took_20_minutes)
+    metrics = run("tiny", small_config(members=2, max_minutes=30.0, member_min_share=share), tmp_path)
+    assert limits == ([30.0, 10.0] if second_trains else [30.0])
+    assert ("members" in metrics["training"]) == second_trains == (tmp_path / "members" / "1" / "model.safetensors").exists()
+    assert ("less than 0.6 of the 20.0 the first member took" in caplog.text) != second_trains
+    with pytest.raises(TigerrecError, match=r"train.member_min_share"):
+        RunConfig().override(["train.member_min_share=1.5"]).validate()
+
+
 def test_the_forecast_times_a_batch_of_typical_history_length(tmp_path, monkeypatch):
     # Evaluation batches histories of similar length, so most of its batches are short. A batch of
     # the first examples, padded to the longest among them, made the forecast 2.5-3x too high on Beauty.

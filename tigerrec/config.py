@@ -175,9 +175,11 @@ class TrainConfig:
     seed: int = 0
     # Not in the paper: train this many models, one after the other from seeds seed, seed + 1, ..., and
     # rank with all of them as one ensemble (model.TigerEnsemble: the mean of their log-probabilities
-    # at every decoding step). Under max_minutes a member trains only if the ones before it left at
-    # least the first one's training time (pipeline.train_members). 1 = one model. TIGER only.
+    # at every decoding step). Under max_minutes a member trains on the minutes the ones before it
+    # left (its schedule compressed into them), and only if they are at least member_min_share of the
+    # first one's training time (pipeline.train_members). 1 = one model. TIGER only.
     members: int = 1
+    member_min_share: float = 0.5
     max_minutes: float = 0.0  # wall-clock budget for training; 0 = none
     # Not in the paper: a wall-clock budget for the whole of ``tigerrec run`` (loading, Semantic IDs,
     # training, final evaluation). Training then stops early enough for the run to end within it:
@@ -373,7 +375,8 @@ RESUMABLE_KEYS: dict[str, frozenset[str]] = {
     "text": frozenset({"batch_size"}),
     "ids": frozenset({"eval_every"}),
     "train": frozenset({"steps", "epochs", "max_minutes", "patience", "eval_every", "eval_every_minutes", "valid_users",
-                        "checkpoint_every", "log_every", "bf16", "budget_minutes", "members"}),
+                        "checkpoint_every", "log_every", "bf16", "budget_minutes", "members",
+                        "member_min_share"}),
 }
 
 
@@ -498,6 +501,7 @@ def _rules() -> dict[str, Rule]:
         "train.bf16": _one_of(BF16_SETTINGS),
         "train.seed": SEED,
         "train.members": COUNT,
+        "train.member_min_share": _within(0, 1),
         "train.max_minutes": _at_least(0),
         "train.budget_minutes": _at_least(0),
         "eval.beam_size": COUNT,

@@ -565,9 +565,11 @@ def train_members(model: SequenceModel, data: TrainData, cfg: RunConfig, run_dir
     member trained (``train``). Members that finished are not trained again.
 
     Under train.max_minutes each member trains on what the ones before it left, and a member trains
-    only if that is at least the first one's training time: the first model is never cut short for an
-    ensemble. Where the step or pass budget ends training first (a fast CPU) every member gets its
-    own; where the minutes do (a slow CPU) the first takes them all and the run is that one model."""
+    only if that is at least train.member_min_share of the first one's training time: the first model
+    is never cut short for an ensemble. Where the step or pass budget ends training first (a fast CPU)
+    every member gets its own; where the minutes do (a slower CPU) a later member's schedule, cooldown
+    included, is compressed into the minutes left, and where they are fewer than that share the run is
+    the first model alone."""
     members, minutes = cfg.train.members, cfg.train.max_minutes
     _, world = distributed_context()
     summaries: list[dict] = []
@@ -576,9 +578,10 @@ def train_members(model: SequenceModel, data: TrainData, cfg: RunConfig, run_dir
         spent = from_rank0(sum(s["train_seconds"] for s in summaries) / 60, world, training_device())
         left = minutes - spent if minutes else 0.0
         first = from_rank0(summaries[0]["train_seconds"] / 60, world, training_device()) if summaries else 0.0
-        if member and minutes and left < first:
-            log.warning("ensemble member %d of %d not trained: train.max_minutes leaves %.1f minutes, the first member "
-                        "took %.1f; ranking with %d", member + 1, members, left, first, member)
+        if member and minutes and left < cfg.train.member_min_share * first:
+            log.warning("ensemble member %d of %d not trained: train.max_minutes leaves %.1f minutes, less than %g of "
+                        "the %.1f the first member took; ranking with %d", member + 1, members, left,
+                        cfg.train.member_min_share, first, member)
             break
         member_cfg = replace(cfg, train=replace(cfg.train, seed=cfg.train.seed + member, max_minutes=round(left, 3)))
         member_model = model if member == 0 else initial_model(data.tokenizer, member_cfg, ids_dir)

@@ -46,7 +46,10 @@ PRESETS: dict[str, dict] = {
 #   +6-10% on validation and +7-10% one step forward over one model, whose two seeds were within 1.3%
 #   of each other (BENCHMARKS.md, "Two models as one ensemble"), at twice the training time and 1.7-2x the decoding time.
 #   Two members of 15 passes (one 30-pass model's compute) were 3-8% behind one model of 30 one step forward,
-#   so a second member trains only where the minutes allow it full length.
+#   so the first member always gets its full length. A second member of 15 passes beside it gained +4-6% one
+#   step forward, one of 10 passes +1-3% (within twice the seed spread): so a second member trains where the
+#   minutes left give it at least half the first one's time (train.member_min_share=0.5), its schedule
+#   compressed into them (BENCHMARKS.md, "How short a second member still helps").
 #   `--set model.history=codes` gives the paper's input back; `--set train.epochs=0` removes the cap;
 #   `--set train.members=1` trains one model.
 RECIPES: dict[str, dict] = {
