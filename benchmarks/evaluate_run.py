@@ -8,7 +8,8 @@ evaluates at its end. ``--by-popularity`` adds the metrics of the targets groupe
 their item occurs in the run's training sequences (``evaluate.metrics_by_popularity``).
 
 With several run directories (same dataset, split and Semantic IDs; the first one's settings decode),
-their models are decoded as one ensemble (``model.TigerEnsemble``):
+all their models (every member of a run that is itself an ensemble) are decoded as one ensemble
+(``model.TigerEnsemble``):
 
     python benchmarks/evaluate_run.py runs/beauty runs/beauty-seed1 --out ...
 """
@@ -40,13 +41,16 @@ def main() -> None:
 
     cfg, dataset, data, test, model = load_trained_run(args.run_dirs[0], args.data_dir)
     if len(args.run_dirs) > 1:
-        # The first run's data serve all; each other run only loads its weights into a copy of the model.
-        members = [model]
+        # The first run's data serve all; each other run only loads its weights into copies of one model.
+        members = list(model.members) if isinstance(model, TigerEnsemble) else [model]
         for run_dir in args.run_dirs[1:]:
-            if not np.array_equal(load_ids(run_dir / IDS_DIR, read_run_config(run_dir)).codes, data.tokenizer.item_codes.numpy()):
+            run_cfg = read_run_config(run_dir)
+            if not np.array_equal(load_ids(run_dir / IDS_DIR, run_cfg).codes, data.tokenizer.item_codes.numpy()):
                 raise TigerrecError(f"{run_dir} has other Semantic IDs than {args.run_dirs[0]}: an ensemble needs the same IDs")
-            members.append(load_best_model(copy.deepcopy(model), run_dir))
+            loaded = load_best_model(copy.deepcopy(members[0]), run_dir, run_cfg.train.members)
+            members += list(loaded.members) if isinstance(loaded, TigerEnsemble) else [loaded]
         model = TigerEnsemble(members)
+        logging.info("decoding %d models from %d runs as one ensemble", len(members), len(args.run_dirs))
     counts = training_counts(dataset, cfg) if args.by_popularity else None
     evals = evaluate_splits(model, data, test, cfg, counts)
     if args.out:
