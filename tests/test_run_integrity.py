@@ -198,11 +198,12 @@ def test_an_ensemble_trains_each_member_from_its_own_seed_and_every_reader_ranks
         RunConfig().override(["model.kind=rpg", "ids.scheme=opq", "model.history=items", "train.members=2"]).validate()
 
 
-@pytest.mark.parametrize("share, second_trains", [(0.5, True), (0.6, False)])
+@pytest.mark.parametrize("share, budget, second_trains", [(0.5, 30.0, True), (0.6, 30.0, False), (0.0, 20.0, False)])
 def test_a_later_member_trains_on_the_minutes_left_only_if_they_reach_its_share(tmp_path, monkeypatch, caplog,
-                                                                              share, second_trains):
+                                                                              share, budget, second_trains):
     # Each member is made to report 20 minutes of training: under a 30-minute budget the second finds 10
     # left, half the first's time, and trains on them (its schedule ends within them) only if that is enough.
+    # No minutes left train no member, whatever the share (a budget of 0 minutes would mean no limit).
     limits, real_train = [], pipeline.train
 
     def took_20_minutes(model, data, cfg, eval_cfg, directory):
@@ -210,10 +211,10 @@ def test_a_later_member_trains_on_the_minutes_left_only_if_they_reach_its_share(
         return {**real_train(model, data, cfg, eval_cfg, directory), "train_seconds": 1200.0}
 
     monkeypatch.setattr(pipeline, "train", took_20_minutes)
-    metrics = run("tiny", small_config(members=2, max_minutes=30.0, member_min_share=share), tmp_path)
-    assert limits == ([30.0, 10.0] if second_trains else [30.0])
+    metrics = run("tiny", small_config(members=2, max_minutes=budget, member_min_share=share), tmp_path)
+    assert limits == ([budget, 10.0] if second_trains else [budget])
     assert ("members" in metrics["training"]) == second_trains == (tmp_path / "members" / "1" / "model.safetensors").exists()
-    assert ("less than 0.6 of the 20.0 the first member took" in caplog.text) != second_trains
+    assert (f"less than {share:g} of the 20.0 the first member took" in caplog.text) != second_trains
     with pytest.raises(TigerrecError, match=r"train.member_min_share"):
         RunConfig().override(["train.member_min_share=1.5"]).validate()
 

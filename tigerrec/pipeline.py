@@ -578,7 +578,7 @@ def train_members(model: SequenceModel, data: TrainData, cfg: RunConfig, run_dir
         spent = from_rank0(sum(s["train_seconds"] for s in summaries) / 60, world, training_device())
         left = minutes - spent if minutes else 0.0
         first = from_rank0(summaries[0]["train_seconds"] / 60, world, training_device()) if summaries else 0.0
-        if member and minutes and left < cfg.train.member_min_share * first:
+        if member and minutes and (left <= 0 or left < cfg.train.member_min_share * first):
             log.warning("ensemble member %d of %d not trained: train.max_minutes leaves %.1f minutes, less than %g of "
                         "the %.1f the first member took; ranking with %d", member + 1, members, left,
                         cfg.train.member_min_share, first, member)
