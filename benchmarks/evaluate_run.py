@@ -30,6 +30,11 @@ from tigerrec.model import TigerEnsemble
 from tigerrec.pipeline import IDS_DIR, evaluate_splits, load_best_model, load_ids, load_trained_run, read_run_config, training_counts
 
 
+def models_of(model) -> list:
+    """The models a loaded run ranks with: an ensemble's members, or the one model."""
+    return list(model.members) if isinstance(model, TigerEnsemble) else [model]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dirs", type=Path, nargs="+", help="a run directory, or several to decode as one ensemble")
@@ -42,13 +47,12 @@ def main() -> None:
     cfg, dataset, data, test, model = load_trained_run(args.run_dirs[0], args.data_dir)
     if len(args.run_dirs) > 1:
         # The first run's data serve all; each other run only loads its weights into copies of one model.
-        members = list(model.members) if isinstance(model, TigerEnsemble) else [model]
+        members = models_of(model)
         for run_dir in args.run_dirs[1:]:
             run_cfg = read_run_config(run_dir)
             if not np.array_equal(load_ids(run_dir / IDS_DIR, run_cfg).codes, data.tokenizer.item_codes.numpy()):
                 raise TigerrecError(f"{run_dir} has other Semantic IDs than {args.run_dirs[0]}: an ensemble needs the same IDs")
-            loaded = load_best_model(copy.deepcopy(members[0]), run_dir, run_cfg.train.members)
-            members += list(loaded.members) if isinstance(loaded, TigerEnsemble) else [loaded]
+            members += models_of(load_best_model(copy.deepcopy(members[0]), run_dir, run_cfg.train.members))
         model = TigerEnsemble(members)
         logging.info("decoding %d models from %d runs as one ensemble", len(members), len(args.run_dirs))
     counts = training_counts(dataset, cfg) if args.by_popularity else None
