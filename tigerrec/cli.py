@@ -214,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", required=True, help="run directory (stages built from the same inputs are skipped; training resumes)")
     run.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     run.add_argument("--steps", type=int, help="training steps")
-    run.add_argument("--max-minutes", type=float, help="stop training after this many minutes")
+    run.add_argument("--max-minutes", type=float,
+                     help="stop training after this many minutes (0: only --budget-minutes limits it)")
     run.add_argument("--budget-minutes", type=float,
                      help="end the whole run (IDs, training, final evaluation) within this many minutes: "
                           "training stops early enough")

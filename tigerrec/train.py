@@ -289,7 +289,7 @@ def train(model: SequenceModel, data: TrainData, cfg: TrainConfig, eval_cfg: Eva
                     "lr": lr, "samples_per_s": round(window_samples / elapsed, 1),
                 }
                 progress.set_postfix({"step": f"{step}/{cfg.steps}", "loss": row["loss"], "lr": f"{row['lr']:.2g}",
-                                      "sps": row["samples_per_s"]})
+                                      "sps": f"{row['samples_per_s']:.0f}"})
                 if rank == 0:
                     append_csv(run_dir / TRAIN_LOG, row)
                 window_loss, window_samples, window_start = 0.0, 0, time.perf_counter()
