@@ -14,11 +14,11 @@ OUT ?= runs/$(DATASET)$(if $(filter rpg,$(MODEL)),-rpg)
 # ensemble) or paper (the paper's exact recipe).
 RECIPE ?= tuned
 # Training budget on a 2-core CPU: the paper's 200k steps would take days. 0 leaves it to
-# BUDGET_MINUTES below: training gets what loading, the Semantic IDs and the forecast final evaluation
-# leave (about 138 minutes for two Sports models with the item embeddings cached). The tuned recipe's 30-pass cap ends each
-# of Beauty's two models first (47 minutes each measured with bf16). Without bf16 the first takes
-# 91-103 minutes (estimated) and the second is not trained: it needs at least half as long
-# (train.member_min_share). RPG: 60 minutes.
+# BUDGET_MINUTES below: training gets what loading, the Semantic IDs and the forecast final
+# evaluation leave (about 138 minutes for two Sports models with the item embeddings cached).
+# The tuned recipe's 30-pass cap ends each of Beauty's two models first (47 minutes each measured
+# with bf16). Without bf16 the first takes 91-103 minutes (estimated) and the second is not
+# trained: it needs at least half as long (train.member_min_share). RPG: 60 minutes.
 MAX_MINUTES ?= $(if $(filter rpg,$(MODEL)),60,0)
 # The whole run (embeddings, Semantic IDs, training, final evaluation) ends within this many
 # minutes: where embedding is slow (CPUs without bf16) training stops early enough.
