@@ -35,17 +35,23 @@ def recommend_all(recommender: Recommender, histories: list[list[str]], **option
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", help="a finished run directory (TIGER or RPG)")
-    parser.add_argument("--data-dir", required=True, help="the dataset the run was trained on (for its users' histories)")
+    parser.add_argument(
+        "--data-dir", required=True, help="the dataset the run was trained on (for its users' histories)"
+    )
     parser.add_argument("--new-items-from", required=True, help="a dataset whose items are added as new ones")
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--users", type=int, default=2000, help="users whose recommendations are compared")
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
 
     dataset = load_dataset(args.data_dir)
     split = leave_one_out(dataset)
-    users = np.random.default_rng(0).choice(len(split.test_history), min(args.users, len(split.test_history)), replace=False)
+    users = np.random.default_rng(0).choice(
+        len(split.test_history), min(args.users, len(split.test_history)), replace=False
+    )
     histories = [[dataset.item_ids[i] for i in split.test_history[u]] for u in users]
     source = load_dataset(args.new_items_from)
     prefix = f"{source.name}:"
@@ -60,8 +66,10 @@ def main() -> None:
         summary = before.add_items(new_items)
         add_seconds = time.perf_counter() - start
         after = Recommender.load(run_dir, device="cpu")  # as a fresh process (or a reloaded server) sees it
-        ids_unchanged = bool((after.ids.codes[: len(old_codes)] == old_codes).all()
-                             and after.item_ids[: len(old_codes)] == before.item_ids[: len(old_codes)])
+        ids_unchanged = bool(
+            (after.ids.codes[: len(old_codes)] == old_codes).all()
+            and after.item_ids[: len(old_codes)] == before.item_ids[: len(old_codes)]
+        )
         kept_out = recommend_all(after, histories, max_new_share=0)
         uncapped = recommend_all(after, histories)
         capped = recommend_all(after, histories, max_new_share=0.1)
@@ -70,9 +78,15 @@ def main() -> None:
         return float(np.mean([sum(item.startswith(prefix) for item in rows) for rows in lists]))
 
     result = {
-        "run_dir": str(args.run_dir), "model": after.model.kind, "dataset": dataset.name, "new_items_from": source.name,
-        "added": summary["added"], "items_before": len(old_codes), "items_after": after.num_items,
-        "add_seconds": round(add_seconds, 2), "users_compared": len(histories),
+        "run_dir": str(args.run_dir),
+        "model": after.model.kind,
+        "dataset": dataset.name,
+        "new_items_from": source.name,
+        "added": summary["added"],
+        "items_before": len(old_codes),
+        "items_after": after.num_items,
+        "add_seconds": round(add_seconds, 2),
+        "users_compared": len(histories),
         "existing_ids_unchanged": ids_unchanged,
         "recommendations_unchanged_with_new_items_kept_out": kept_out == expected,
         "lists_identical_share": float(np.mean([a == b for a, b in zip(kept_out, expected)])),

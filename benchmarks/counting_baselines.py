@@ -27,7 +27,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data_dirs", nargs="+", type=Path)
     parser.add_argument("--out", default="benchmarks/results/counting_baselines.json")
-    parser.add_argument("--backtest", type=int, default=0, help="leave out each user's last N items first (data.backtest)")
+    parser.add_argument(
+        "--backtest", type=int, default=0, help="leave out each user's last N items first (data.backtest)"
+    )
     parser.add_argument("--by-popularity", action="store_true", help="also per popularity group of the targets")
     args = parser.parse_args()
     results = {**provenance(), "backtest": args.backtest, "datasets": {}}
@@ -47,7 +49,9 @@ def main() -> None:
         methods = {}
         for name, rank in rankers.items():
             methods[name] = split_metrics(rank, split, counts)
-            print(f"| {data_dir.name} | {name} | " + " | ".join(f"{methods[name]['test'][m]:.4f}" for m in METRICS) + " |")
+            print(
+                f"| {data_dir.name} | {name} | " + " | ".join(f"{methods[name]['test'][m]:.4f}" for m in METRICS) + " |"
+            )
         results["datasets"][data_dir.name] = {"users": dataset.num_users, "items": n, "methods": methods}
     write_json(args.out, results)
 

@@ -50,14 +50,35 @@ def main() -> None:
         for exclude in excludes:
             for penalty in args.penalties:
                 data.trie.penalize_popularity(counts, penalty)
-                metrics = evaluate(model, data.tokenizer, data.trie, examples, data.user_tokens[examples.users], beam,
-                                   cfg.eval.top_k, cfg.eval.batch_size, bf16, desc=f"beam {beam}", exclude_history=exclude,
-                                   counts=counts if args.by_popularity else None)
-                rows.append({"beam_size": beam, "exclude_history": exclude, "popularity_penalty": penalty, args.split: metrics})
+                metrics = evaluate(
+                    model,
+                    data.tokenizer,
+                    data.trie,
+                    examples,
+                    data.user_tokens[examples.users],
+                    beam,
+                    cfg.eval.top_k,
+                    cfg.eval.batch_size,
+                    bf16,
+                    desc=f"beam {beam}",
+                    exclude_history=exclude,
+                    counts=counts if args.by_popularity else None,
+                )
+                rows.append(
+                    {"beam_size": beam, "exclude_history": exclude, "popularity_penalty": penalty, args.split: metrics}
+                )
                 print(json.dumps(rows[-1]))
     if args.out:
-        write_json(args.out, {"run_dir": str(args.run_dir), "dataset": dataset.name, "backtest": cfg.data.backtest,
-                              "results": rows, **provenance()})
+        write_json(
+            args.out,
+            {
+                "run_dir": str(args.run_dir),
+                "dataset": dataset.name,
+                "backtest": cfg.data.backtest,
+                "results": rows,
+                **provenance(),
+            },
+        )
 
 
 if __name__ == "__main__":

@@ -47,7 +47,9 @@ def main() -> None:
     parser.add_argument("--data", default="../shared/data/beauty")
     parser.add_argument("--items", type=int, default=512, help="random items embedded by each variant")
     parser.add_argument("--encoder", default="auto")
-    parser.add_argument("--ids-dir", help="a Semantic IDs directory (tigerrec ids ... --out DIR) whose quantiser codes the embeddings")
+    parser.add_argument(
+        "--ids-dir", help="a Semantic IDs directory (tigerrec ids ... --out DIR) whose quantiser codes the embeddings"
+    )
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
 
@@ -64,8 +66,10 @@ def main() -> None:
         variants["bf16 autocast"] = (encoder.model, True)
     with warnings.catch_warnings():  # torch.ao.quantization is deprecated in favour of torchao
         warnings.simplefilter("ignore")
-        variants["int8, torch dynamic"] = (torch.ao.quantization.quantize_dynamic(
-            copy.deepcopy(encoder.model), {torch.nn.Linear}, dtype=torch.qint8), False)
+        variants["int8, torch dynamic"] = (
+            torch.ao.quantization.quantize_dynamic(copy.deepcopy(encoder.model), {torch.nn.Linear}, dtype=torch.qint8),
+            False,
+        )
     try:
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
 
@@ -91,19 +95,33 @@ def main() -> None:
         else:
             ref = reference["embeddings"]
             cosine = (embeddings * ref).sum(1) / (np.linalg.norm(embeddings, axis=1) * np.linalg.norm(ref, axis=1))
-            row |= {"speedup_vs_fp32": round(rows["fp32"]["seconds"] / seconds, 2),
-                    "cosine_to_fp32_mean": round(float(cosine.mean()), 5), "cosine_to_fp32_min": round(float(cosine.min()), 5),
-                    "neighbours@10_shared_with_fp32": round(float(np.mean([len(set(a) & set(b)) / 10
-                                                                           for a, b in zip(near, reference["near"])])), 4)}
+            row |= {
+                "speedup_vs_fp32": round(rows["fp32"]["seconds"] / seconds, 2),
+                "cosine_to_fp32_mean": round(float(cosine.mean()), 5),
+                "cosine_to_fp32_min": round(float(cosine.min()), 5),
+                "neighbours@10_shared_with_fp32": round(
+                    float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(near, reference["near"])])), 4
+                ),
+            }
             if codes is not None:
-                row |= {"first_code_as_fp32": round(float((codes[:, 0] == reference["codes"][:, 0]).mean()), 4),
-                        "whole_id_as_fp32": round(float((codes == reference["codes"]).all(1).mean()), 4)}
+                row |= {
+                    "first_code_as_fp32": round(float((codes[:, 0] == reference["codes"][:, 0]).mean()), 4),
+                    "whole_id_as_fp32": round(float((codes == reference["codes"]).all(1).mean()), 4),
+                }
         rows[name] = row
         print(name, row, flush=True)
 
-    write_json(args.out, {**provenance(), "dataset": args.data,
-                          "items": len(texts), "encoder": encoder.label, "ids_dir": args.ids_dir,
-                          "variants": rows})
+    write_json(
+        args.out,
+        {
+            **provenance(),
+            "dataset": args.data,
+            "items": len(texts),
+            "encoder": encoder.label,
+            "ids_dir": args.ids_dir,
+            "variants": rows,
+        },
+    )
 
 
 if __name__ == "__main__":

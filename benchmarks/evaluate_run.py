@@ -24,10 +24,18 @@ from pathlib import Path
 import numpy as np
 
 from tigerrec.device import provenance
-from tigerrec.io import write_json
 from tigerrec.errors import TigerrecError
+from tigerrec.io import write_json
 from tigerrec.model import TigerEnsemble
-from tigerrec.pipeline import IDS_DIR, evaluate_splits, load_best_model, load_ids, load_trained_run, read_run_config, training_counts
+from tigerrec.pipeline import (
+    IDS_DIR,
+    evaluate_splits,
+    load_best_model,
+    load_ids,
+    load_trained_run,
+    read_run_config,
+    training_counts,
+)
 
 
 def models_of(model) -> list:
@@ -42,7 +50,9 @@ def main() -> None:
     parser.add_argument("--out", help="write the metrics as JSON here")
     parser.add_argument("--by-popularity", action="store_true", help="also per popularity group of the targets")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
 
     cfg, dataset, data, test, model = load_trained_run(args.run_dirs[0], args.data_dir)
     if len(args.run_dirs) > 1:
@@ -51,15 +61,25 @@ def main() -> None:
         for run_dir in args.run_dirs[1:]:
             run_cfg = read_run_config(run_dir)
             if not np.array_equal(load_ids(run_dir / IDS_DIR, run_cfg).codes, data.tokenizer.item_codes.numpy()):
-                raise TigerrecError(f"{run_dir} has other Semantic IDs than {args.run_dirs[0]}: an ensemble needs the same IDs")
+                raise TigerrecError(
+                    f"{run_dir} has other Semantic IDs than {args.run_dirs[0]}: an ensemble needs the same IDs"
+                )
             members += models_of(load_best_model(copy.deepcopy(members[0]), run_dir, run_cfg.train.members))
         model = TigerEnsemble(members)
         logging.info("decoding %d models from %d runs as one ensemble", len(members), len(args.run_dirs))
     counts = training_counts(dataset, cfg) if args.by_popularity else None
     evals = evaluate_splits(model, data, test, cfg, counts)
     if args.out:
-        write_json(args.out, {"run_dirs": [str(d) for d in args.run_dirs], "dataset": dataset.name, **evals,
-                              "eval": cfg.to_dict()["eval"], **provenance()})
+        write_json(
+            args.out,
+            {
+                "run_dirs": [str(d) for d in args.run_dirs],
+                "dataset": dataset.name,
+                **evals,
+                "eval": cfg.to_dict()["eval"],
+                **provenance(),
+            },
+        )
 
 
 if __name__ == "__main__":

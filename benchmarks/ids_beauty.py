@@ -41,7 +41,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    cfg = RunConfig().override([f"ids.scheme={args.scheme}", f"ids.epochs={args.epochs}", f"text.encoder={args.encoder}"])
+    cfg = RunConfig().override(
+        [f"ids.scheme={args.scheme}", f"ids.epochs={args.epochs}", f"text.encoder={args.encoder}"]
+    )
     dataset = load_dataset(args.data)
     with tempfile.TemporaryDirectory() as work:
         if args.no_cache:  # fresh embedding cache, but keep the unpacked models
@@ -54,11 +56,24 @@ def main() -> None:
         metrics = read_json(Path(work) / "ids" / IDS_METRICS)
 
     result = {
-        "dataset": dataset.name, "scheme": args.scheme, "encoder": metrics["encoder"],
+        "dataset": dataset.name,
+        "scheme": args.scheme,
+        "encoder": metrics["encoder"],
         "epochs": args.epochs if args.scheme == "rqvae" else None,
-        **{k: metrics[k] for k in ("items", "utilization", "unique_prefix_share", "max_collision_group",
-                                   "collision_group_sizes", "unique_ids", "reconstruction")},
-        "embed_seconds": metrics["embed_seconds"], "embed_cached": not args.no_cache,
+        **{
+            k: metrics[k]
+            for k in (
+                "items",
+                "utilization",
+                "unique_prefix_share",
+                "max_collision_group",
+                "collision_group_sizes",
+                "unique_ids",
+                "reconstruction",
+            )
+        },
+        "embed_seconds": metrics["embed_seconds"],
+        "embed_cached": not args.no_cache,
         "rqvae_seconds": metrics["quantizer_seconds"],
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "torch_threads": torch.get_num_threads(),
@@ -66,11 +81,17 @@ def main() -> None:
         "config": vars(cfg.ids),
         "history": metrics["history"],
     }
-    out = Path(args.out) if args.out else RESULTS / ("ids_beauty.json" if args.scheme == "rqvae" else f"ids_beauty_{args.scheme}.json")
+    out = (
+        Path(args.out)
+        if args.out
+        else RESULTS / ("ids_beauty.json" if args.scheme == "rqvae" else f"ids_beauty_{args.scheme}.json")
+    )
     write_json(out, result)
-    print(f"{out}: utilisation {result['utilization']}, unique prefixes {result['unique_prefix_share']:.1%}, "
-          f"largest collision group {result['max_collision_group']}, embed {result['embed_seconds']} s, "
-          f"quantiser {result['rqvae_seconds']} s")
+    print(
+        f"{out}: utilisation {result['utilization']}, unique prefixes {result['unique_prefix_share']:.1%}, "
+        f"largest collision group {result['max_collision_group']}, embed {result['embed_seconds']} s, "
+        f"quantiser {result['rqvae_seconds']} s"
+    )
 
 
 if __name__ == "__main__":

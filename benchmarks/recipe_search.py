@@ -75,10 +75,24 @@ RECIPES: dict[str, list[str]] = {
     "codes-adamw-5e-3-emb0.1": [*ADAMW, "train.lr=5e-3", "model.embed_init_std=0.1"],
     "items-adafactor-cosine": [*ITEMS, "train.schedule=cosine", "train.warmup_steps=200"],
     "items-adafactor-2e-2-cosine": [*ITEMS, "train.schedule=cosine", "train.warmup_steps=200", "train.lr=2e-2"],
-    "items-adafactor-cosine-batch128": [*ITEMS, "train.schedule=cosine", "train.warmup_steps=200", "train.batch_size=128"],
-    "items-adafactor-cosine-batch32": [*ITEMS, "train.schedule=cosine", "train.warmup_steps=200", "train.batch_size=32"],
-    "causal-codes-adafactor-cosine": ["model.history=causal-codes", "train.batch_size=64", "train.schedule=cosine",
-                                      "train.warmup_steps=200"],
+    "items-adafactor-cosine-batch128": [
+        *ITEMS,
+        "train.schedule=cosine",
+        "train.warmup_steps=200",
+        "train.batch_size=128",
+    ],
+    "items-adafactor-cosine-batch32": [
+        *ITEMS,
+        "train.schedule=cosine",
+        "train.warmup_steps=200",
+        "train.batch_size=32",
+    ],
+    "causal-codes-adafactor-cosine": [
+        "model.history=causal-codes",
+        "train.batch_size=64",
+        "train.schedule=cosine",
+        "train.warmup_steps=200",
+    ],
     # Variations of the item-token recipe that was `fast` before the pooled history (history=items,
     # here with the search's time budget).
     "fast": FAST,
@@ -94,28 +108,36 @@ RECIPES: dict[str, list[str]] = {
     # A reserved unknown-user token for requests without a user id, trained on 5% of the examples.
     "fast-drop0-anonymous0.05": [*FAST, "model.dropout=0.0", "model.anonymous_share=0.05"],
     "fast-drop0-nouser": [*FAST, "model.dropout=0.0", "model.use_user_token=false"],
-    "fast-drop0-nouser-batch128-lr2e-2": [*FAST, "model.dropout=0.0", "model.use_user_token=false", "train.batch_size=128",
-                                          "train.lr=2e-2"],
+    "fast-drop0-nouser-batch128-lr2e-2": [
+        *FAST,
+        "model.dropout=0.0",
+        "model.use_user_token=false",
+        "train.batch_size=128",
+        "train.lr=2e-2",
+    ],
 }
 # RPG: variations of the "rpg" model kind from where its search started (32 codes, dropout 0.1 on the
 # input; presets.MODELS["rpg"] now holds what it chose); --ids-dir must hold OPQ IDs of as many codes.
 RPG_START = ["ids.levels=32", "model.input_dropout=0.1"]
 ADAMW_RPG = ["train.optimizer=adamw", "train.weight_decay=0.01", "train.schedule=cosine", "train.warmup_steps=200"]
-RPG_RECIPES: dict[str, list[str]] = {name: RPG_START + changes for name, changes in {
-    "rpg": [],
-    "rpg-drop0.3": ["model.dropout=0.3"],
-    "rpg-drop0.5": ["model.dropout=0.5"],
-    "rpg-input0.5": ["model.input_dropout=0.5"],
-    # The RPG paper's dropout: 0.5 on the input and the attention weights, none on the residual branches.
-    "rpg-paper-dropout": ["model.input_dropout=0.5", "model.attention_dropout=0.5", "model.dropout=0.0"],
-    "rpg-adamw-3e-3": [*ADAMW_RPG, "train.lr=3e-3"],
-    "rpg-d448": ["model.d_model=448", "model.head_dim=112"],
-    "rpg-temp0.05": ["model.logit_temperature=0.05"],
-    "rpg-batch256-lr2e-2": ["train.batch_size=256", "train.lr=2e-2"],
-    # The ablation over the ID length m (each needs --ids-dir with IDs of that many codes).
-    "rpg-m16": ["ids.levels=16"],
-    "rpg-m64": ["ids.levels=64"],
-}.items()}
+RPG_RECIPES: dict[str, list[str]] = {
+    name: RPG_START + changes
+    for name, changes in {
+        "rpg": [],
+        "rpg-drop0.3": ["model.dropout=0.3"],
+        "rpg-drop0.5": ["model.dropout=0.5"],
+        "rpg-input0.5": ["model.input_dropout=0.5"],
+        # The RPG paper's dropout: 0.5 on the input and the attention weights, none on the residual branches.
+        "rpg-paper-dropout": ["model.input_dropout=0.5", "model.attention_dropout=0.5", "model.dropout=0.0"],
+        "rpg-adamw-3e-3": [*ADAMW_RPG, "train.lr=3e-3"],
+        "rpg-d448": ["model.d_model=448", "model.head_dim=112"],
+        "rpg-temp0.05": ["model.logit_temperature=0.05"],
+        "rpg-batch256-lr2e-2": ["train.batch_size=256", "train.lr=2e-2"],
+        # The ablation over the ID length m (each needs --ids-dir with IDs of that many codes).
+        "rpg-m16": ["ids.levels=16"],
+        "rpg-m64": ["ids.levels=64"],
+    }.items()
+}
 # SASRec: variations of the original paper's sizes for the sparse Amazon data (config.SASRecConfig:
 # 1 head, dropout 0.5, Adam 1e-3): the lower dropout of later cross-entropy reproductions, a wider
 # model and a higher rate.
@@ -130,51 +152,79 @@ SASREC_RECIPES: dict[str, list[str]] = {
     "sasrec-lr2e-3": ["sasrec.lr=0.002"],
 }
 DEFAULT_MINUTES = 12.0
-MODEL_OF = {name: "tiger" for name in RECIPES} | {name: "rpg" for name in RPG_RECIPES} | {name: "sasrec" for name in SASREC_RECIPES}
+MODEL_OF = (
+    {name: "tiger" for name in RECIPES}
+    | {name: "rpg" for name in RPG_RECIPES}
+    | {name: "sasrec" for name in SASREC_RECIPES}
+)
 RECIPES |= RPG_RECIPES | SASREC_RECIPES
 
 
 def run_sasrec_recipe(name: str, dataset, args) -> dict:
     """Train SASRec for the budget; its curve is validated on the TIGER recipes' users."""
-    cfg = preset_config(args.preset).override([
-        *RECIPES[name], f"sasrec.max_minutes={args.minutes}", "sasrec.steps=1000000000",
-        f"sasrec.eval_every={args.sasrec_eval_every}", f"sasrec.patience={args.sasrec_patience}",
-        f"train.valid_users={args.valid_users}",
-    ]).validate()
+    cfg = (
+        preset_config(args.preset)
+        .override(
+            [
+                *RECIPES[name],
+                f"sasrec.max_minutes={args.minutes}",
+                "sasrec.steps=1000000000",
+                f"sasrec.eval_every={args.sasrec_eval_every}",
+                f"sasrec.patience={args.sasrec_patience}",
+                f"train.valid_users={args.valid_users}",
+            ]
+        )
+        .validate()
+    )
     split = leave_one_out(dataset, cfg.data.backtest)
     users = validation_examples(held_out_examples(split, cfg.data.max_history)[0], cfg.train).users
     start = time.perf_counter()
-    _, summary = train_sasrec(split.train, dataset.num_items, [split.valid_history[u] for u in users],
-                              split.valid_target[users], cfg.sasrec)
+    _, summary = train_sasrec(
+        split.train, dataset.num_items, [split.valid_history[u] for u in users], split.valid_target[users], cfg.sasrec
+    )
     return search_entry(name, args, start, summary, summary["history"], cfg)
 
 
 def search_entry(name: str, args, start: float, summary: dict, curve: list[dict], cfg, **extra) -> dict:
     """One run's entry in the results: recipe, machine, date, budget, training summary, ``extra``, curve, config."""
     return {
-        "recipe": name, "model": MODEL_OF[name], "overrides": RECIPES[name], **provenance(),
-        "budget_minutes": args.minutes, "minutes": round((time.perf_counter() - start) / 60, 2),
+        "recipe": name,
+        "model": MODEL_OF[name],
+        "overrides": RECIPES[name],
+        **provenance(),
+        "budget_minutes": args.minutes,
+        "minutes": round((time.perf_counter() - start) / 60, 2),
         **{key: summary[key] for key in ("samples", "steps", "parameters", "best_valid_ndcg@10")},
-        **extra, "curve": curve, "config": cfg.to_dict(),
+        **extra,
+        "curve": curve,
+        "config": cfg.to_dict(),
     }
 
 
 def run_recipe(name: str, dataset, args) -> dict:
     if MODEL_OF[name] == "sasrec":
         return run_sasrec_recipe(name, dataset, args)
-    cfg = preset_config(args.preset, "paper", MODEL_OF[name]).override([
-        *RECIPES[name], f"train.max_minutes={args.minutes}", "train.eval_every=0",
-        f"train.eval_every_minutes={args.eval_minutes}", f"train.valid_users={args.valid_users}",
-        "train.log_every=50", "train.checkpoint_every=1000000",
-    ])
+    cfg = preset_config(args.preset, "paper", MODEL_OF[name]).override(
+        [
+            *RECIPES[name],
+            f"train.max_minutes={args.minutes}",
+            "train.eval_every=0",
+            f"train.eval_every_minutes={args.eval_minutes}",
+            f"train.valid_users={args.valid_users}",
+            "train.log_every=50",
+            "train.checkpoint_every=1000000",
+        ]
+    )
     run_dir = Path(args.out) / (name if args.minutes == DEFAULT_MINUTES else f"{name}-{args.minutes:g}min")
     if run_dir.exists():
         shutil.rmtree(run_dir)  # a search run always starts fresh
     shutil.copytree(args.ids_dir, run_dir / IDS_DIR)
     ids = load_ids(run_dir / IDS_DIR, cfg)
     if ids.quantized.shape[1] != cfg.ids.levels:
-        raise SystemExit(f"{name}: --ids-dir {args.ids_dir} holds IDs of {ids.quantized.shape[1]} codes, the recipe "
-                         f"{cfg.ids.levels}; build them with `tigerrec ids ... --set ids.levels={cfg.ids.levels}`")
+        raise SystemExit(
+            f"{name}: --ids-dir {args.ids_dir} holds IDs of {ids.quantized.shape[1]} codes, the recipe "
+            f"{cfg.ids.levels}; build them with `tigerrec ids ... --set ids.levels={cfg.ids.levels}`"
+        )
     data, _, model = prepare(dataset, ids, cfg, run_dir / IDS_DIR)
     start = time.perf_counter()
     summary = train(model, data, cfg.train, cfg.eval, run_dir)
@@ -185,8 +235,18 @@ def run_recipe(name: str, dataset, args) -> dict:
     anonymous = np.full(len(data.user_tokens), data.tokenizer.user_token(None))
     load_best_model(model, run_dir)
     bf16 = use_bf16(str(next(model.parameters()).device), cfg.train.bf16)
-    anonymous_metrics = evaluate(model, data.tokenizer, data.trie, valid, anonymous[valid.users], cfg.eval.beam_size,
-                                 cfg.eval.top_k, cfg.eval.batch_size, bf16, desc="anonymous")
+    anonymous_metrics = evaluate(
+        model,
+        data.tokenizer,
+        data.trie,
+        valid,
+        anonymous[valid.users],
+        cfg.eval.beam_size,
+        cfg.eval.top_k,
+        cfg.eval.batch_size,
+        bf16,
+        desc="anonymous",
+    )
     return search_entry(name, args, start, summary, curve, cfg, anonymous_valid=anonymous_metrics)
 
 
@@ -198,14 +258,21 @@ def run_label(run: dict) -> str:
 
 def markdown(results: dict) -> str:
     """A summary row per run, then every run's validation N@10 against minutes and samples."""
-    lines = ["| recipe | machine | minutes | samples | steps | best valid R@10 | best valid N@10 |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| recipe | machine | minutes | samples | steps | best valid R@10 | best valid N@10 |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for run in sorted(results["runs"], key=lambda r: -r["best_valid_ndcg@10"]):
         best = max(run["curve"], key=lambda row: row["ndcg@10"])
-        lines.append(f"| {run_label(run)} | {run['machine']} | {run['minutes']} | {run['samples']:,} | {run['steps']:,} | "
-                     f"{best['recall@10']:.4f} | {best['ndcg@10']:.4f} |")
+        lines.append(
+            f"| {run_label(run)} | {run['machine']} | {run['minutes']} | {run['samples']:,} | {run['steps']:,} | "
+            f"{best['recall@10']:.4f} | {best['ndcg@10']:.4f} |"
+        )
     lines += ["", "Validation N@10 at each evaluation (minutes: samples: N@10):", ""]
     for run in results["runs"]:
-        points = ", ".join(f"{row['minutes']:.1f}: {row['samples'] / 1e6:.2f}M: {row['ndcg@10']:.4f}" for row in run["curve"])
+        points = ", ".join(
+            f"{row['minutes']:.1f}: {row['samples'] / 1e6:.2f}M: {row['ndcg@10']:.4f}" for row in run["curve"]
+        )
         lines.append(f"- {run_label(run)}: {points}")
     return "\n".join(lines)
 
@@ -217,12 +284,20 @@ def main() -> None:
     parser.add_argument("--preset", default="beauty")
     parser.add_argument("--ids-dir", help="a Semantic IDs directory (tigerrec ids ... --out DIR) shared by all runs")
     parser.add_argument("--out", default="runs/search")
-    parser.add_argument("--minutes", type=float, default=DEFAULT_MINUTES, help="wall-clock budget per run, validation included")
+    parser.add_argument(
+        "--minutes", type=float, default=DEFAULT_MINUTES, help="wall-clock budget per run, validation included"
+    )
     parser.add_argument("--eval-minutes", type=float, default=2.0)
     parser.add_argument("--valid-users", type=int, default=4000)
-    parser.add_argument("--sasrec-eval-every", type=int, default=1000, help="SASRec: training steps between validations")
-    parser.add_argument("--sasrec-patience", type=int, default=5, help="SASRec: validations without a new best before "
-                        "stopping; 0 = never")
+    parser.add_argument(
+        "--sasrec-eval-every", type=int, default=1000, help="SASRec: training steps between validations"
+    )
+    parser.add_argument(
+        "--sasrec-patience",
+        type=int,
+        default=5,
+        help="SASRec: validations without a new best before stopping; 0 = never",
+    )
     parser.add_argument("--results", default="benchmarks/results/recipe_search.json")
     parser.add_argument("--list", action="store_true", help="print the recipes and exit")
     parser.add_argument("--table", action="store_true", help="print --results as Markdown and exit")
@@ -239,19 +314,26 @@ def main() -> None:
         parser.error(f"unknown recipes {unknown}; --list shows them")
     if not args.ids_dir and any(MODEL_OF[name] != "sasrec" for name in args.recipes or RECIPES):
         parser.error("--ids-dir is required for the TIGER and RPG recipes")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
     dataset = load_dataset(args.data_dir, 3)
     results_path = Path(args.results)
     for name in args.recipes or list(RECIPES):
         entry = run_recipe(name, dataset, args)
         results = read_json(results_path) if results_path.exists() else {"runs": []}
         # One entry per recipe and budget (entries without a budget are the 12-minute ones).
-        results["runs"] = [r for r in results["runs"]
-                           if (r["recipe"], r.get("budget_minutes", DEFAULT_MINUTES)) != (name, args.minutes)] + [entry]
+        results["runs"] = [
+            r
+            for r in results["runs"]
+            if (r["recipe"], r.get("budget_minutes", DEFAULT_MINUTES)) != (name, args.minutes)
+        ] + [entry]
         write_json(results_path, results)
         best = max(entry["curve"], key=lambda row: row["ndcg@10"])
-        print(f"{name}: best valid N@10 {best['ndcg@10']:.4f} R@10 {best['recall@10']:.4f} at {best['minutes']} min, "
-              f"{entry['samples']:,} samples in {entry['minutes']} min")
+        print(
+            f"{name}: best valid N@10 {best['ndcg@10']:.4f} R@10 {best['recall@10']:.4f} at {best['minutes']} min, "
+            f"{entry['samples']:,} samples in {entry['minutes']} min"
+        )
 
 
 if __name__ == "__main__":

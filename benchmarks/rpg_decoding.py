@@ -28,21 +28,35 @@ from tigerrec.pipeline import load_trained_run, read_run_config
 def decode(model, data, test, cfg, beam: int, bf16: bool) -> tuple[np.ndarray, float]:
     """Top-10 items of every test user and the users per second."""
     start = time.perf_counter()
-    ranked, _, _ = recommend_examples(model, data.tokenizer, None, test, data.user_tokens[test.users], beam, 10,
-                                   cfg.eval.batch_size, bf16=bf16, desc="test")
+    ranked, _, _ = recommend_examples(
+        model,
+        data.tokenizer,
+        None,
+        test,
+        data.user_tokens[test.users],
+        beam,
+        10,
+        cfg.eval.batch_size,
+        bf16=bf16,
+        desc="test",
+    )
     return ranked, len(test) / (time.perf_counter() - start)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", help="a finished RPG run directory (tigerrec run ... --model rpg)")
-    parser.add_argument("--data-dir", help="the dataset the run was trained on (default: the source its config.json records)")
+    parser.add_argument(
+        "--data-dir", help="the dataset the run was trained on (default: the source its config.json records)"
+    )
     parser.add_argument("--neighbors", type=int, nargs="+", default=[50])
     parser.add_argument("--steps", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--beams", type=int, nargs="+", default=[20, 50])
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
 
     kind = read_run_config(args.run_dir).model.kind  # before loading anything: fail fast
     if kind != "rpg":
@@ -52,8 +66,14 @@ def main() -> None:
     torch.set_grad_enabled(False)
 
     exact, exact_speed = decode(model, data, test, cfg, 10, bf16)
-    rows = [{"decoding": "exact", "users_per_second": round(exact_speed, 1), "overlap@10": 1.0,
-             **ranking_metrics(exact, test.targets)}]
+    rows = [
+        {
+            "decoding": "exact",
+            "users_per_second": round(exact_speed, 1),
+            "overlap@10": 1.0,
+            **ranking_metrics(exact, test.targets),
+        }
+    ]
     print(f"exact: {exact_speed:,.0f} users/s, N@10 {rows[0]['ndcg@10']:.4f}")
     for neighbors in args.neighbors:
         start = time.perf_counter()
@@ -63,15 +83,30 @@ def main() -> None:
             model.graph_steps = steps  # the graph stays; only the walk changes
             ranked, speed = decode(model, data, test, cfg, beam, bf16)
             overlap = np.mean([len(set(g) & set(e)) / 10 for g, e in zip(ranked.tolist(), exact.tolist())])
-            row = {"decoding": "graph", "neighbors": neighbors, "steps": steps, "beam": beam,
-                   "graph_build_seconds": round(build_seconds, 1), "users_per_second": round(speed, 1),
-                   "speed_vs_exact": round(speed / exact_speed, 2), "overlap@10": round(float(overlap), 4),
-                   **ranking_metrics(ranked, test.targets)}
+            row = {
+                "decoding": "graph",
+                "neighbors": neighbors,
+                "steps": steps,
+                "beam": beam,
+                "graph_build_seconds": round(build_seconds, 1),
+                "users_per_second": round(speed, 1),
+                "speed_vs_exact": round(speed / exact_speed, 2),
+                "overlap@10": round(float(overlap), 4),
+                **ranking_metrics(ranked, test.targets),
+            }
             rows.append(row)
-            print(f"graph n={neighbors} q={steps} b={beam}: overlap@10 {overlap:.3f}, {speed:,.0f} users/s "
-                  f"({row['speed_vs_exact']}x exact), N@10 {row['ndcg@10']:.4f}")
-    result = {"run_dir": str(args.run_dir), "dataset": dataset.name, "items": dataset.num_items, "test_users": len(test),
-              **provenance(), "rows": rows}
+            print(
+                f"graph n={neighbors} q={steps} b={beam}: overlap@10 {overlap:.3f}, {speed:,.0f} users/s "
+                f"({row['speed_vs_exact']}x exact), N@10 {row['ndcg@10']:.4f}"
+            )
+    result = {
+        "run_dir": str(args.run_dir),
+        "dataset": dataset.name,
+        "items": dataset.num_items,
+        "test_users": len(test),
+        **provenance(),
+        "rows": rows,
+    }
     if args.out:
         write_json(Path(args.out), result)
 

@@ -29,15 +29,20 @@ log = logging.getLogger("serve_fuzz")
 any_text = st.text(st.characters(codec=None, exclude_categories=()), max_size=40)
 huge_ints = st.integers(min_value=-(2**200), max_value=2**200)
 scalars = st.none() | st.booleans() | st.integers() | huge_ints | st.floats() | any_text
-json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=5) | st.dictionaries(any_text, inner, max_size=5),
-                           max_leaves=15)
+json_values = st.recursive(
+    scalars, lambda inner: st.lists(inner, max_size=5) | st.dictionaries(any_text, inner, max_size=5), max_leaves=15
+)
 
 
 def request_bodies(item_ids: list[str], max_k: int):
     real_id = st.sampled_from(item_ids)
     item = real_id | real_id | any_text | st.integers() | json_values
-    history = (st.lists(real_id, min_size=1, max_size=30) | st.lists(item, max_size=30)
-               | st.lists(real_id, min_size=990, max_size=1010) | json_values)
+    history = (
+        st.lists(real_id, min_size=1, max_size=30)
+        | st.lists(item, max_size=30)
+        | st.lists(real_id, min_size=990, max_size=1010)
+        | json_values
+    )
     fields = {
         "history": history,
         "k": st.integers(-2, max_k + 2) | huge_ints | st.floats() | any_text | st.booleans() | st.none(),
@@ -47,14 +52,23 @@ def request_bodies(item_ids: list[str], max_k: int):
         "seed": st.integers(-5, 10) | huge_ints | st.floats() | st.none(),
     }
     # Valid bodies reach the model; valid ones with one field replaced probe each constraint alone.
-    valid = st.fixed_dictionaries({"history": st.lists(real_id, min_size=1, max_size=30)}, optional={
-        "k": st.integers(1, max_k), "temperature": st.floats(0.01, 100) | st.none(), "user_id": any_text | st.none(),
-        "exclude_seen": st.booleans(), "seed": st.integers(0, 2**63 - 1) | st.none()})
+    valid = st.fixed_dictionaries(
+        {"history": st.lists(real_id, min_size=1, max_size=30)},
+        optional={
+            "k": st.integers(1, max_k),
+            "temperature": st.floats(0.01, 100) | st.none(),
+            "user_id": any_text | st.none(),
+            "exclude_seen": st.booleans(),
+            "seed": st.integers(0, 2**63 - 1) | st.none(),
+        },
+    )
     one_bad = st.tuples(valid, st.sampled_from(sorted(fields)), st.data()).map(
-        lambda t: {**t[0], t[1]: t[2].draw(fields[t[1]])})
+        lambda t: {**t[0], t[1]: t[2].draw(fields[t[1]])}
+    )
     body = st.fixed_dictionaries({}, optional=fields)
     with_extra = st.tuples(valid | body, st.dictionaries(any_text, json_values, min_size=1, max_size=2)).map(
-        lambda t: {**t[1], **t[0]})
+        lambda t: {**t[1], **t[0]}
+    )
     return st.one_of(valid, one_bad, one_bad, body, with_extra, json_values)
 
 
@@ -74,7 +88,9 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run_dir", type=Path, help="run directory written by `tigerrec run`")
     parser.add_argument("--url", help="fuzz a running server instead of an in-process app")
-    parser.add_argument("--examples", type=int, default=1000, help="POST /recommend bodies (raw bodies and item paths: a quarter each)")
+    parser.add_argument(
+        "--examples", type=int, default=1000, help="POST /recommend bodies (raw bodies and item paths: a quarter each)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="also write the JSON result here")
     args = parser.parse_args(argv)
@@ -96,8 +112,13 @@ def main(argv=None) -> dict:
 
     def fuzz(kind: str, strategy, send, examples: int) -> None:
         @seed(args.seed)
-        @settings(max_examples=examples, deadline=None, database=None, print_blob=False,
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=examples,
+            deadline=None,
+            database=None,
+            print_blob=False,
+            suppress_health_check=list(HealthCheck),
+        )
         @given(strategy)
         def one(value):
             check(kind, send(value), value)
@@ -113,17 +134,31 @@ def main(argv=None) -> dict:
 
     start = time.perf_counter()
     fuzz("json", request_bodies(item_ids, health["max_k"]), post_json, args.examples)
-    fuzz("raw", st.binary(max_size=300),
-         lambda raw: client.post("/recommend", content=raw, headers={"content-type": "application/json"}), max(1, args.examples // 4))
-    fuzz("items", any_text | st.sampled_from(item_ids), lambda text: client.get("/items/" + quote(text, safe="", errors="surrogatepass")),
-         max(1, args.examples // 4))
+    fuzz(
+        "raw",
+        st.binary(max_size=300),
+        lambda raw: client.post("/recommend", content=raw, headers={"content-type": "application/json"}),
+        max(1, args.examples // 4),
+    )
+    fuzz(
+        "items",
+        any_text | st.sampled_from(item_ids),
+        lambda text: client.get("/items/" + quote(text, safe="", errors="surrogatepass")),
+        max(1, args.examples // 4),
+    )
     seconds = time.perf_counter() - start
 
     counts = {kind: {str(code): n for code, n in sorted(c.items())} for kind, c in statuses.items()}
     server_errors = sum(n for c in statuses.values() for code, n in c.items() if code >= 500)
-    result = {"run_dir": str(args.run_dir), "target": args.url or "in-process TestClient",
-              "requests": sum(sum(c.values()) for c in statuses.values()), "server_errors": server_errors,
-              "status_counts": counts, "failures": failures, "seconds": round(seconds, 1)}
+    result = {
+        "run_dir": str(args.run_dir),
+        "target": args.url or "in-process TestClient",
+        "requests": sum(sum(c.values()) for c in statuses.values()),
+        "server_errors": server_errors,
+        "status_counts": counts,
+        "failures": failures,
+        "seconds": round(seconds, 1),
+    }
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

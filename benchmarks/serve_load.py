@@ -42,7 +42,18 @@ def free_port(host: str) -> int:
 
 def start_server(run_dir: Path, host: str, port: int, timeout: float, log_path: Path) -> subprocess.Popen:
     """`tigerrec serve` in a subprocess; returns once /health answers."""
-    cmd = [sys.executable, "-m", "tigerrec.cli", "serve", str(run_dir), "--host", host, "--port", str(port), "--no-access-log"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tigerrec.cli",
+        "serve",
+        str(run_dir),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--no-access-log",
+    ]
     proc = subprocess.Popen(cmd, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -61,8 +72,10 @@ def start_server(run_dir: Path, host: str, port: int, timeout: float, log_path: 
 def random_bodies(item_ids: list[str], n: int, max_history: int, k: int, seed: int) -> list[dict]:
     rng = np.random.default_rng(seed)
     lengths = rng.integers(1, max_history + 1, size=n)
-    return [{"history": [item_ids[i] for i in rng.choice(len(item_ids), size=length, replace=False)], "k": k}
-            for length in lengths]
+    return [
+        {"history": [item_ids[i] for i in rng.choice(len(item_ids), size=length, replace=False)], "k": k}
+        for length in lengths
+    ]
 
 
 async def run_load(url: str, bodies: list[dict], concurrency: int, timeout: float) -> tuple[np.ndarray, Counter, float]:
@@ -92,7 +105,9 @@ async def run_load(url: str, bodies: list[dict], concurrency: int, timeout: floa
 def measure(run_dir: Path, args) -> dict:
     """Start a server for ``run_dir`` (or use --url), load it, and summarise."""
     item_ids = list(read_items(run_dir / ITEMS_FILE))
-    bodies = random_bodies(item_ids, args.warmup + args.requests, min(args.max_history, len(item_ids)), args.k, args.seed)
+    bodies = random_bodies(
+        item_ids, args.warmup + args.requests, min(args.max_history, len(item_ids)), args.k, args.seed
+    )
     proc = None
     with tempfile.TemporaryDirectory() as tmp:
         try:
@@ -106,7 +121,9 @@ def measure(run_dir: Path, args) -> dict:
             log.info("server %s: %s", url, health)
             asyncio.run(run_load(url, bodies[: args.warmup], min(args.concurrency, max(args.warmup, 1)), args.timeout))
             log.info("%d requests from %d clients ...", args.requests, args.concurrency)
-            latencies, statuses, seconds = asyncio.run(run_load(url, bodies[args.warmup :], args.concurrency, args.timeout))
+            latencies, statuses, seconds = asyncio.run(
+                run_load(url, bodies[args.warmup :], args.concurrency, args.timeout)
+            )
         finally:
             if proc is not None:
                 proc.terminate()
@@ -114,11 +131,20 @@ def measure(run_dir: Path, args) -> dict:
 
     ok = latencies[np.isfinite(latencies)] * 1000
     return {
-        "run_dir": str(run_dir), "model": health.get("model"), "items": health.get("items"), "device": health.get("device"),
-        "requests": args.requests, "concurrency": args.concurrency, "k": args.k, "max_history": args.max_history,
-        "seconds": round(seconds, 2), "throughput_rps": round(args.requests / seconds, 1),
-        "latency_ms": {name: round(float(np.percentile(ok, q)), 2) for name, q in
-                       (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))},
+        "run_dir": str(run_dir),
+        "model": health.get("model"),
+        "items": health.get("items"),
+        "device": health.get("device"),
+        "requests": args.requests,
+        "concurrency": args.concurrency,
+        "k": args.k,
+        "max_history": args.max_history,
+        "seconds": round(seconds, 2),
+        "throughput_rps": round(args.requests / seconds, 1),
+        "latency_ms": {
+            name: round(float(np.percentile(ok, q)), 2)
+            for name, q in (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))
+        },
         "errors": sum(count for status, count in statuses.items() if status != "200"),
         "status_counts": dict(statuses),
         **provenance(),
@@ -128,9 +154,13 @@ def measure(run_dir: Path, args) -> dict:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("run_dirs", type=Path, nargs="+",
-                        help="run directories written by `tigerrec run`; several are measured one after another, "
-                             "with throughput ratios against the first")
+    parser.add_argument(
+        "run_dirs",
+        type=Path,
+        nargs="+",
+        help="run directories written by `tigerrec run`; several are measured one after another, "
+        "with throughput ratios against the first",
+    )
     parser.add_argument("--url", help="use a running server instead of starting one, e.g. http://127.0.0.1:8000")
     parser.add_argument("--requests", type=int, default=10_000)
     parser.add_argument("--concurrency", type=int, default=50)
@@ -147,8 +177,14 @@ def main(argv=None) -> dict:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one log line per request otherwise
 
     runs = [measure(run_dir, args) for run_dir in args.run_dirs]
-    result = runs[0] if len(runs) == 1 else {
-        "runs": runs, "throughput_ratio_vs_first": [round(r["throughput_rps"] / runs[0]["throughput_rps"], 2) for r in runs]}
+    result = (
+        runs[0]
+        if len(runs) == 1
+        else {
+            "runs": runs,
+            "throughput_ratio_vs_first": [round(r["throughput_rps"] / runs[0]["throughput_rps"], 2) for r in runs],
+        }
+    )
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

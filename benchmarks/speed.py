@@ -100,8 +100,13 @@ def main():
     parser.add_argument("--ids-dir", required=True, help="directory with semantic_ids.csv (from `tigerrec ids`)")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--eval-users", type=int, default=0, help="0 = all users")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="config override (repeatable), e.g. model.history=pooled")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="config override (repeatable), e.g. model.history=pooled",
+    )
     parser.add_argument("--out")
     args = parser.parse_args()
 
@@ -115,7 +120,9 @@ def main():
     result = {"dataset": dataset.name, "overrides": args.set, "parameters": model.num_parameters(), "bf16": bf16}
     result["train_samples_per_s"] = round(train_speed(model, data, cfg, args.steps, bucketed=True, bf16=bf16), 1)
     model.load_state_dict(initial)
-    result["train_samples_per_s_naive_fp32"] = round(train_speed(model, data, cfg, args.steps, bucketed=False, bf16=False), 1)
+    result["train_samples_per_s_naive_fp32"] = round(
+        train_speed(model, data, cfg, args.steps, bucketed=False, bf16=False), 1
+    )
     result["train_speedup"] = round(result["train_samples_per_s"] / result["train_samples_per_s_naive_fp32"], 2)
 
     # How far the shipped path is from what the hardware allows.
@@ -133,8 +140,17 @@ def main():
 
     examples = test if not args.eval_users else test.subset(np.arange(args.eval_users))
     for beam in (10, 20):
-        metrics = evaluate(model, data.tokenizer, data.trie, examples, data.user_tokens[examples.users],
-                           beam_size=beam, top_k=10, batch_size=cfg.eval.batch_size, bf16=bf16)
+        metrics = evaluate(
+            model,
+            data.tokenizer,
+            data.trie,
+            examples,
+            data.user_tokens[examples.users],
+            beam_size=beam,
+            top_k=10,
+            batch_size=cfg.eval.batch_size,
+            bf16=bf16,
+        )
         result[f"eval_all_users_seconds_beam{beam}"] = metrics["seconds"]
         result[f"eval_users_per_s_beam{beam}"] = round(len(examples) / metrics["seconds"], 1)
     result["eval_users"] = len(examples)

@@ -31,10 +31,18 @@ def table(metrics: dict) -> str:
     rows.append([f"{kind} (tigerrec), test ({budget})", *(metrics["test"][m] for m in METRICS)])
     rows.append([f"{kind} (tigerrec), validation (all users)", *(metrics["valid"][m] for m in METRICS)])
     paper = paper_rows.get("TIGER")
-    lines = [f"### {dataset}", "", f"{metrics.get('machine', 'machine not recorded')}", "",
-             "| method | R@5 | N@5 | R@10 | N@10 |", "|---|---|---|---|---|"]
-    lines += ["| " + " | ".join([row[0], *(f"{v:.4f}".lstrip("0") if v is not None else "" for v in row[1:])]) + " |"
-              for row in rows]
+    lines = [
+        f"### {dataset}",
+        "",
+        f"{metrics.get('machine', 'machine not recorded')}",
+        "",
+        "| method | R@5 | N@5 | R@10 | N@10 |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        "| " + " | ".join([row[0], *(f"{v:.4f}".lstrip("0") if v is not None else "" for v in row[1:])]) + " |"
+        for row in rows
+    ]
     if paper:
         shares = (metrics["test"][m] / p for m, p in zip(METRICS, paper))
         lines.append("| test / TIGER paper | " + " | ".join(f"{s:.0%}" for s in shares) + " |")

@@ -24,8 +24,15 @@ def write_items(path, rows, columns=("item_id", "title", "brand", "categories"))
 
 def new_rows(n, start=0):
     kinds = ["shampoo", "lipstick", "nail polish", "perfume", "sunscreen"]
-    return [{"item_id": f"new{start + i}", "title": f"green {kinds[i % 5]} no. {start + i}", "brand": "Fresh",
-             "categories": f"Beauty > {kinds[i % 5].title()}"} for i in range(n)]
+    return [
+        {
+            "item_id": f"new{start + i}",
+            "title": f"green {kinds[i % 5]} no. {start + i}",
+            "brand": "Fresh",
+            "categories": f"Beauty > {kinds[i % 5].title()}",
+        }
+        for i in range(n)
+    ]
 
 
 @pytest.fixture()
@@ -57,8 +64,12 @@ def test_add_items_keeps_every_existing_id_and_old_recommendations(run_copy, tmp
     # No new item in the results: exactly the items the trained catalogue gave, in its order (the scores
     # to float precision: the decoder's shapes change with the catalogue, and fp32 kernels with them).
     got = [after.recommend(h, k=10, max_new_share=0) for h in histories]
-    assert [[{**r, "score": None} for r in recs] for recs in got] == [[{**r, "score": None} for r in recs] for recs in expected]
-    assert [r["score"] for recs in got for r in recs] == pytest.approx([r["score"] for recs in expected for r in recs], abs=1e-5)
+    assert [[{**r, "score": None} for r in recs] for recs in got] == [
+        [{**r, "score": None} for r in recs] for recs in expected
+    ]
+    assert [r["score"] for recs in got for r in recs] == pytest.approx(
+        [r["score"] for recs in expected for r in recs], abs=1e-5
+    )
     # New items are reachable and capped.
     only_new = after.recommend(histories[0], k=5, only=[f"new{i}" for i in range(12)])
     assert len(only_new) == 5 and all(r["item_id"].startswith("new") for r in only_new)
@@ -81,7 +92,9 @@ def test_add_items_keeps_every_existing_id_and_old_recommendations(run_copy, tmp
 def test_recommender_add_items_serves_them_at_once(run_copy):
     recommender = Recommender.load(run_copy, device="cpu")
     twin = recommender.item("item0")
-    summary = recommender.add_items({"newA": {key: value for key, value in twin.items() if key not in ("item_id", "semantic_id")}})
+    summary = recommender.add_items(
+        {"newA": {key: value for key, value in twin.items() if key not in ("item_id", "semantic_id")}}
+    )
     assert summary["items"] == recommender.num_items and "newA" in recommender
     # The same text, the same quantiser codes: the next collision code of item0's prefix.
     assert recommender.item("newA")["semantic_id"][:-1] == twin["semantic_id"][:-1]
@@ -95,18 +108,36 @@ def test_failed_or_bad_additions_change_nothing(run_copy, tmp_path, monkeypatch)
     untouched = snapshot(run_copy)
     cases = [
         (write_items(tmp_path / "dup.csv", new_rows(2) + new_rows(1)), "appears twice"),
-        (write_items(tmp_path / "old.csv", [{"item_id": "item3", "title": "x", "brand": "", "categories": ""}]),
-         "already in the catalogue"),
-        (write_items(tmp_path / "empty.csv", [{"item_id": "blank", "title": "", "brand": "", "categories": ""}]),
-         "no text to embed"),
-        (write_items(tmp_path / "interactions.csv", [{"user_id": "u1", "item_id": "x9", "timestamp": "1"}],
-                     ("user_id", "item_id", "timestamp")), "no text to embed"),
-        (write_items(tmp_path / "other.csv", [{"sku": "a1", "title": "x"}], ("sku", "title")), "missing column 'item_id'"),
+        (
+            write_items(tmp_path / "old.csv", [{"item_id": "item3", "title": "x", "brand": "", "categories": ""}]),
+            "already in the catalogue",
+        ),
+        (
+            write_items(tmp_path / "empty.csv", [{"item_id": "blank", "title": "", "brand": "", "categories": ""}]),
+            "no text to embed",
+        ),
+        (
+            write_items(
+                tmp_path / "interactions.csv",
+                [{"user_id": "u1", "item_id": "x9", "timestamp": "1"}],
+                ("user_id", "item_id", "timestamp"),
+            ),
+            "no text to embed",
+        ),
+        (
+            write_items(tmp_path / "other.csv", [{"sku": "a1", "title": "x"}], ("sku", "title")),
+            "missing column 'item_id'",
+        ),
         (tmp_path / "missing.csv", "no items table"),
         (write_items(tmp_path / "header.csv", []), "holds no items"),
         # 40 items with one text share one quantiser code tuple: more than the 16 collision codes.
-        (write_items(tmp_path / "same.csv", [{"item_id": f"s{i}", "title": "the very same", "brand": "", "categories": ""}
-                                              for i in range(40)]), "share the codes"),
+        (
+            write_items(
+                tmp_path / "same.csv",
+                [{"item_id": f"s{i}", "title": "the very same", "brand": "", "categories": ""} for i in range(40)],
+            ),
+            "share the codes",
+        ),
     ]
     for path, message in cases:
         with pytest.raises(TigerrecError, match=message):
@@ -129,8 +160,26 @@ def test_cli_add_items_and_recommend_with_a_cap(run_copy, tmp_path, capsys):
     assert "added 4 items" in capsys.readouterr().out
     assert main(["add-items", str(run_copy), str(path)]) == 2  # the same items again
     assert "already in the catalogue" in capsys.readouterr().err
-    assert main(["recommend", str(run_copy), "--history", "item1,item2", "--only", "new0,new1,item5",
-                 "--max-new-share", "0.1", "-k", "3", "--device", "cpu", "--json"]) == 0
+    assert (
+        main(
+            [
+                "recommend",
+                str(run_copy),
+                "--history",
+                "item1,item2",
+                "--only",
+                "new0,new1,item5",
+                "--max-new-share",
+                "0.1",
+                "-k",
+                "3",
+                "--device",
+                "cpu",
+                "--json",
+            ]
+        )
+        == 0
+    )
     results = [r["item_id"] for r in json.loads(capsys.readouterr().out)]
     assert "item5" in results and len(results) == 2  # ceil(0.1 * 3) = 1 new item at most
 

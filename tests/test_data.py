@@ -3,8 +3,8 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import SHARED_DATA
+
 from tigerrec.data import DataError, leave_one_out, load_dataset, make_tiny
 from tigerrec.data.p5 import read_p5, write_p5
 
@@ -76,13 +76,18 @@ def test_backtest_moves_the_split_one_step_back_in_time(caplog):
     assert [h.tolist() for h in back.test_history] == [h.tolist() for h in now.valid_history]
     assert [t.tolist() for t in back.train] == [t[:-1].tolist() for t in now.train]
     assert back.valid_target.tolist() == [t[-1] for t in now.train]
-    assert all(now.test_target[u] not in np.concatenate([back.train[u], back.test_history[u]])
-               for u in range(ds.num_users) if now.test_target[u] not in ds.sequences[u][:-1])
+    assert all(
+        now.test_target[u] not in np.concatenate([back.train[u], back.test_history[u]])
+        for u in range(ds.num_users)
+        if now.test_target[u] not in ds.sequences[u][:-1]
+    )
     assert "last 1 items are left out" in caplog.text
     short = make_tiny()
     short.sequences[0] = short.sequences[0][:3]
     leave_one_out(short)  # 3 items are enough without a backtest
-    with pytest.raises(DataError, match=r"1 users have fewer than 4 items .*data.backtest=1; set data.min_interactions=4"):
+    with pytest.raises(
+        DataError, match=r"1 users have fewer than 4 items .*data.backtest=1; set data.min_interactions=4"
+    ):
         leave_one_out(short, backtest=1)
 
 
@@ -100,5 +105,12 @@ def test_p5_roundtrip(tmp_path):
 @pytest.mark.skipif(not (SHARED_DATA / "beauty").is_dir(), reason="benchmark data not present")
 def test_beauty_matches_published_statistics():
     ds = load_dataset(SHARED_DATA / "beauty")
-    assert ds.stats() == {"users": 22363, "items": 12101, "interactions": 198502, "min_len": 5, "mean_len": 8.88, "max_len": 204}
+    assert ds.stats() == {
+        "users": 22363,
+        "items": 12101,
+        "interactions": 198502,
+        "min_len": 5,
+        "mean_len": 8.88,
+        "max_len": 204,
+    }
     assert np.mean([bool(m.get("title")) for m in ds.item_meta]) == 1.0

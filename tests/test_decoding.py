@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 import torch
-
 from conftest import tiny_config
+
 from tigerrec.config import ModelConfig
 from tigerrec.decoding import PrefixTrie, generate, merge_capped
 from tigerrec.errors import TigerrecError
@@ -12,7 +12,9 @@ from tigerrec.sequences import Examples, Tokenizer, length_bucketed_batches, use
 
 
 def test_ranking_metrics_hand_computed():
-    ranked = np.array([[3, 1, 2, 4, 5, 6, 7, 8, 9, 10], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], [9, 9, 9, 9, 9, 9, 9, 9, 9, 9]])
+    ranked = np.array(
+        [[3, 1, 2, 4, 5, 6, 7, 8, 9, 10], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], [9, 9, 9, 9, 9, 9, 9, 9, 9, 9]]
+    )
     targets = np.array([3, 7, 0])  # rank 0, rank 6, miss
     m = ranking_metrics(ranked, targets)
     assert m["recall@5"] == pytest.approx(1 / 3) and m["recall@10"] == pytest.approx(2 / 3)
@@ -136,11 +138,15 @@ def test_temperature_zero_sampling_equals_greedy_beam_top1():
     codes, tokenizer, model, tokens = small_setup()
     trie = PrefixTrie(codes, 8)
     greedy = generate(model, tokens, trie, beam_size=1, top_k=1)
-    sampled = generate(model, tokens, trie, beam_size=1, top_k=1, temperature=0.0, generator=torch.Generator().manual_seed(0))
+    sampled = generate(
+        model, tokens, trie, beam_size=1, top_k=1, temperature=0.0, generator=torch.Generator().manual_seed(0)
+    )
     assert torch.equal(sampled.items[:, 0], greedy.items[:, 0])
     assert torch.allclose(sampled.scores[:, 0], greedy.scores[:, 0])
     # With more beams, the first sampled ID at temperature 0 is still the greedy one.
-    wide = generate(model, tokens, trie, beam_size=10, top_k=10, temperature=0.0, generator=torch.Generator().manual_seed(1))
+    wide = generate(
+        model, tokens, trie, beam_size=10, top_k=10, temperature=0.0, generator=torch.Generator().manual_seed(1)
+    )
     assert torch.equal(wide.items[:, 0], greedy.items[:, 0])
 
 
@@ -150,11 +156,21 @@ def test_tokenizer_layout():
     history = torch.tensor([[1, 0, -1]])
     tokens = tok.encoder_input(history, torch.tensor([tok.user_token("u1")]))
     offset = 2  # PAD, BOS
-    assert tokens[0, 1:].tolist() == [offset + 4, offset + 8 + 5, offset + 16 + 6, offset + 24 + 1,
-                                      offset + 1, offset + 8 + 2, offset + 16 + 3, offset + 24 + 0]
+    assert tokens[0, 1:].tolist() == [
+        offset + 4,
+        offset + 8 + 5,
+        offset + 16 + 6,
+        offset + 24 + 1,
+        offset + 1,
+        offset + 8 + 2,
+        offset + 16 + 3,
+        offset + 24 + 0,
+    ]
     assert tok.user_offset <= tokens[0, 0] < tok.vocab_size
     assert user_bucket("u1", 2000) == user_bucket("u1", 2000)  # stable across processes by construction
-    assert tok.decoder_input(torch.tensor([[4, 5, 6, 1]])).tolist() == [[1, offset + 4, offset + 8 + 5, offset + 16 + 6]]
+    assert tok.decoder_input(torch.tensor([[4, 5, 6, 1]])).tolist() == [
+        [1, offset + 4, offset + 8 + 5, offset + 16 + 6]
+    ]
 
 
 def test_item_tokens_add_each_history_item_its_own_token():
@@ -192,7 +208,9 @@ def test_anonymous_share_trains_the_reserved_unknown_user_token(history):
         tokens = first_token(data.batch(np.arange(len(ex)))[0])
         assert int((tokens == tok.anonymous_user).sum()) == anonymous
     torch.manual_seed(0)
-    tokens = first_token(TrainData(tok, PrefixTrie(codes, 8), ex, ex, users, anonymous_share=0.25).batch(np.arange(len(ex)))[0])
+    tokens = first_token(
+        TrainData(tok, PrefixTrie(codes, 8), ex, ex, users, anonymous_share=0.25).batch(np.arange(len(ex)))[0]
+    )
     assert 0.1 < float((tokens == tok.anonymous_user).float().mean()) < 0.4
     assert set(tokens.tolist()) == {tok.anonymous_user, tok.user_token("alice")}
 
@@ -214,8 +232,18 @@ def test_pooled_history_reads_one_token_per_item_bidirectionally_with_one_target
     assert tokens.shape == (6, 1 + 4, 4)  # [user row, up to 4 items] x 4 codes
     assert decoder_tokens.shape == targets.shape == (6, 4)  # one target per example, as with history=codes
     assert torch.equal(targets, tokenizer.item_codes[torch.tensor([2, 3, 4, 5, 7, 8])])
-    cfg = ModelConfig(d_model=32, num_heads=2, head_dim=16, d_ff=64, encoder_layers=2, decoder_layers=2,
-                      user_buckets=5, dropout=0.0, input_dropout=0.0, history="pooled")
+    cfg = ModelConfig(
+        d_model=32,
+        num_heads=2,
+        head_dim=16,
+        d_ff=64,
+        encoder_layers=2,
+        decoder_layers=2,
+        user_buckets=5,
+        dropout=0.0,
+        input_dropout=0.0,
+        history="pooled",
+    )
     torch.manual_seed(0)
     model = TigerModel(cfg, tokenizer.vocab_size, 4, size).eval()
     assert not model.causal and model.tokens_per_item == 1
@@ -282,15 +310,28 @@ def test_recency_positions_count_items_back_from_the_newest_whatever_the_padding
     size = 8
     codes = np.stack([np.arange(20) % size, (np.arange(20) // size) % size, np.zeros(20, int), np.arange(20) % 3], 1)
     tokenizer = Tokenizer(codes, size, 5, 6, use_user_token=user_token)
-    cfg = ModelConfig(d_model=32, num_heads=2, head_dim=16, d_ff=64, encoder_layers=2, decoder_layers=1,
-                      user_buckets=5, dropout=0.0, input_dropout=0.0, use_user_token=user_token, recency_positions=3)
+    cfg = ModelConfig(
+        d_model=32,
+        num_heads=2,
+        head_dim=16,
+        d_ff=64,
+        encoder_layers=2,
+        decoder_layers=1,
+        user_buckets=5,
+        dropout=0.0,
+        input_dropout=0.0,
+        use_user_token=user_token,
+        recency_positions=3,
+    )
     torch.manual_seed(0)
     model = TigerModel(cfg, tokenizer.vocab_size, 4, size).eval()
     users = torch.full((2,), tokenizer.user_offset)
     batch = tokenizer.encoder_input(torch.tensor([[1, 2, 3, 4, 5], [6, 7, -1, -1, -1]]), users)
     lead = [0] * user_token
-    assert model.recency_index(batch).tolist() == [lead + [2] * 12 + [1] * 4 + [0] * 4,
-                                                   lead + [1] * 4 + [0] * 4 + [0] * 12]
+    assert model.recency_index(batch).tolist() == [
+        lead + [2] * 12 + [1] * 4 + [0] * 4,
+        lead + [1] * 4 + [0] * 4 + [0] * 12,
+    ]
     alone = tokenizer.encoder_input(torch.tensor([[6, 7]]), users[:1])
     decoder_tokens = tokenizer.decoder_input(torch.from_numpy(codes[[3]]))
     with torch.no_grad():
@@ -322,9 +363,22 @@ def test_causal_history_positions_never_see_later_items(user_token, history, ite
 
     size = 8
     codes = np.stack([np.arange(20) % size, (np.arange(20) // size) % size, np.zeros(20, int), np.arange(20) % 3], 1)
-    cfg = ModelConfig(d_model=32, num_heads=2, head_dim=16, d_ff=64, encoder_layers=2, decoder_layers=2,
-                      user_buckets=5, dropout=0.0, history=history, use_user_token=user_token, item_tokens=item_tokens)
-    tokenizer = Tokenizer(codes, size, 5, 6, use_user_token=user_token, history=history, item_tokens=len(codes) * item_tokens)
+    cfg = ModelConfig(
+        d_model=32,
+        num_heads=2,
+        head_dim=16,
+        d_ff=64,
+        encoder_layers=2,
+        decoder_layers=2,
+        user_buckets=5,
+        dropout=0.0,
+        history=history,
+        use_user_token=user_token,
+        item_tokens=item_tokens,
+    )
+    tokenizer = Tokenizer(
+        codes, size, 5, 6, use_user_token=user_token, history=history, item_tokens=len(codes) * item_tokens
+    )
     torch.manual_seed(0)
     model = TigerModel(cfg, tokenizer.vocab_size, 4, size).eval()
     seqs = [np.array([1, 2, 3, 4, 5, 6, 7]), np.array([1, 2, 3, 9, 10, 11, 12])]
@@ -341,7 +395,9 @@ def test_causal_history_positions_never_see_later_items(user_token, history, ite
     assert not torch.allclose(logits[0, 3], logits[1, 3], atol=1e-3)
     # The same position through inference (the history up to it) gives the same scores for the first code.
     with torch.no_grad():
-        memory_kv, mask = model.encode(tokenizer.encoder_input(torch.tensor([[1, 2, 3]]), torch.tensor([tokenizer.user_offset])))
+        memory_kv, mask = model.encode(
+            tokenizer.encoder_input(torch.tensor([[1, 2, 3]]), torch.tensor([tokenizer.user_offset]))
+        )
         first = model.decode(decoder_tokens[2:3, :1], memory_kv, mask)
     assert torch.allclose(first[0, 0], logits[0, 2, 0], atol=1e-5)
     # An anonymous request without a reserved token: the user token is PAD (masked), the scores finite.
@@ -371,7 +427,9 @@ def test_filtered_beam_search_keeps_to_the_allowed_items_and_fills_k_when_it_can
         keep = allowed[row, full.items[row]]
         assert inside.items[row].tolist() == full.items[row][keep][:5].tolist()
         assert torch.allclose(inside.scores[row], full.scores[row][keep][:5], atol=1e-5)
-    unfiltered = generate(model, tokens, trie, beam_size=12, top_k=10, allowed=torch.ones(16, len(codes), dtype=torch.bool))
+    unfiltered = generate(
+        model, tokens, trie, beam_size=12, top_k=10, allowed=torch.ones(16, len(codes), dtype=torch.bool)
+    )
     assert torch.equal(unfiltered.items, generate(model, tokens, trie, beam_size=12, top_k=10).items)
 
 
@@ -388,12 +446,17 @@ def test_merge_capped_takes_the_best_by_score_with_at_most_cap_from_the_second_l
 
 def test_merge_capped_reserve_always_admits_the_best_cap_of_the_second_list():
     items, scores = np.array([[1, 2, 3, 4]]), np.array([[-1.0, -2.0, -3.0, -4.0]])
-    extra, extra_scores = np.array([[10, 11, 12]]), np.array([[-8.0, -9.0, -0.5]])  # not sorted: the first cap are taken
+    extra, extra_scores = (
+        np.array([[10, 11, 12]]),
+        np.array([[-8.0, -9.0, -0.5]]),
+    )  # not sorted: the first cap are taken
     assert merge_capped(items, scores, extra, extra_scores, cap=2, k=4)[0].tolist() == [[1, 2, 3, 4]]
     merged, merged_scores = merge_capped(items, scores, extra, extra_scores, cap=2, k=4, reserve=True)
     assert merged.tolist() == [[1, 2, 10, 11]] and merged_scores.tolist() == [[-1.0, -2.0, -8.0, -9.0]]
     # Fewer new items than the cap: the first list fills the rest; no slot is left empty.
-    short = merge_capped(items, scores, np.array([[10, -1, -1]]), np.array([[-8.0, -np.inf, -np.inf]]), cap=3, k=4, reserve=True)
+    short = merge_capped(
+        items, scores, np.array([[10, -1, -1]]), np.array([[-8.0, -np.inf, -np.inf]]), cap=3, k=4, reserve=True
+    )
     assert short[0].tolist() == [[1, 2, 3, 10]]
 
 
@@ -404,9 +467,12 @@ def test_evaluation_can_keep_each_users_history_out_of_its_ranking():
     examples = Examples.from_histories(histories, [0, 1, 2, 3], np.arange(4), max_history=5)
     user_tokens = np.full(4, tokenizer.user_offset)
     trie = PrefixTrie(codes, 8)
-    plain, _, _ = recommend_examples(model, tokenizer, trie, examples, user_tokens, beam_size=len(codes), top_k=len(codes))
-    kept, _, _ = recommend_examples(model, tokenizer, trie, examples, user_tokens, beam_size=len(codes), top_k=10,
-                                    exclude_history=True)
+    plain, _, _ = recommend_examples(
+        model, tokenizer, trie, examples, user_tokens, beam_size=len(codes), top_k=len(codes)
+    )
+    kept, _, _ = recommend_examples(
+        model, tokenizer, trie, examples, user_tokens, beam_size=len(codes), top_k=10, exclude_history=True
+    )
     for row, history in enumerate(histories):
         assert not set(kept[row].tolist()) & set(history.tolist())
         # An exhaustive beam: the same ranking with the history items taken out.
@@ -414,7 +480,9 @@ def test_evaluation_can_keep_each_users_history_out_of_its_ranking():
     # A target that sits in its history can no longer be hit; the others are ranked higher or equal.
     examples.targets[:] = [histories[0][0], *plain[1:, 0]]
     counts = item_counts(histories, len(codes))
-    metrics = evaluate(model, tokenizer, trie, examples, user_tokens, beam_size=len(codes), exclude_history=True, counts=counts)
+    metrics = evaluate(
+        model, tokenizer, trie, examples, user_tokens, beam_size=len(codes), exclude_history=True, counts=counts
+    )
     assert metrics["recall@10"] == pytest.approx(sum(t not in h for t, h in zip(examples.targets, histories)) / 4)
     assert sum(group["users"] for group in metrics["by_popularity"].values()) == 4
     assert metrics["by_popularity"]["0-4"]["recall@10"] == metrics["recall@10"]  # every item is seen under 5 times
@@ -430,7 +498,8 @@ def test_evaluation_keeps_the_whole_history_out_not_only_the_model_input_window(
     long = Examples.from_histories([np.concatenate([older, window])], [0], np.arange(1), max_history=5, keep_seen=True)
     assert long.histories.tolist() == short.histories.tolist()  # the same model input
     assert long.subset(np.array([0])).seen_items(np.array([0]))[0].tolist() == [*older, *window]
-    kept, _, _ = recommend_examples(model, tokenizer, trie, long, user_tokens, beam_size=len(codes), top_k=10,
-                                    exclude_history=True)
+    kept, _, _ = recommend_examples(
+        model, tokenizer, trie, long, user_tokens, beam_size=len(codes), top_k=10, exclude_history=True
+    )
     seen = {*older.tolist(), *window.tolist()}
     assert kept[0].tolist() == [item for item in plain[0] if item not in seen][:10]

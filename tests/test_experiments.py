@@ -5,16 +5,34 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import tiny_config
-from tigerrec.baselines import (SASRec, markov, most_popular, rank_by_profile, sasrec_recommend, semantic_knn,
-                                train_sasrec, user_profiles)
+
+from tigerrec.baselines import (
+    SASRec,
+    markov,
+    most_popular,
+    rank_by_profile,
+    sasrec_recommend,
+    semantic_knn,
+    train_sasrec,
+    user_profiles,
+)
 from tigerrec.cli import main
 from tigerrec.config import SASRecConfig
 from tigerrec.data import leave_one_out, make_tiny
 from tigerrec.evaluate import ranking_metrics
-from tigerrec.experiments import (category_entropy, choose_pull, cold_start_ids, epsilon_rank, guided_profiles,
-                                  item_categories, pick_unseen, predicted_profiles, unseen_siblings, without_items)
+from tigerrec.experiments import (
+    category_entropy,
+    choose_pull,
+    cold_start_ids,
+    epsilon_rank,
+    guided_profiles,
+    item_categories,
+    pick_unseen,
+    predicted_profiles,
+    unseen_siblings,
+    without_items,
+)
 from tigerrec.pipeline import IDS_DIR, QUANTIZER_FILE, build_semantic_ids, embed_items
 from tigerrec.quantize import load_quantizer
 from tigerrec.sequences import Examples, training_windows
@@ -62,14 +80,19 @@ def test_unseen_siblings_share_all_but_the_last_code():
 
 # ------------------------------------------------------------------ diversity
 
+
 def test_category_entropy_in_nats():
     entropy = category_entropy(np.array([[0, 0, 0, 0], [0, 1, 0, 1], [0, 1, -1, -1], [0, 1, 2, 3]]))
     assert entropy == pytest.approx([0.0, math.log(2), math.log(2), math.log(4)])
 
 
 def test_item_categories_level_and_leaf():
-    meta = [{"categories": [["Beauty", "Skin Care", "Face"], ["Beauty", "Bath"]]}, {"categories": [["Beauty", "Makeup"]]},
-            {"categories": [["Beauty", "Skin Care", "Body"]]}, {}]
+    meta = [
+        {"categories": [["Beauty", "Skin Care", "Face"], ["Beauty", "Bath"]]},
+        {"categories": [["Beauty", "Makeup"]]},
+        {"categories": [["Beauty", "Skin Care", "Body"]]},
+        {},
+    ]
     level2 = item_categories(meta, 2)
     assert level2[0] == level2[2] and len(set(level2.tolist())) == 3
     leaf = item_categories(meta, 0)
@@ -77,6 +100,7 @@ def test_item_categories_level_and_leaf():
 
 
 # ------------------------------------------------------------------ baselines
+
 
 def test_most_popular_counts_training_parts():
     train = [np.array([0, 1]), np.array([1, 2]), np.array([1])]
@@ -152,6 +176,7 @@ def test_sasrec_stops_after_patience_and_records_its_curve():
 
 # ------------------------------------------------------------------ cold start split
 
+
 def test_cold_start_split_and_ids(tmp_path):
     cfg = tiny_config()
     dataset = make_tiny()
@@ -185,6 +210,7 @@ def test_cold_start_split_and_ids(tmp_path):
 
 # ------------------------------------------------------------------ the commands on tiny data
 
+
 @pytest.fixture(scope="module")
 def tiny_tiger(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("tiger")
@@ -203,18 +229,27 @@ def test_coldstart_command(tmp_path):
     result = _read(tmp_path, "coldstart")
     assert result["cold_test_users"] > 0 and result["unseen_items"] > 0
     epsilons = ["0", "0.1", "0.2", "0.4", "1"]
-    reserved = [f"{method} reserved eps={e}" for method in ("TIGER", "Semantic_KNN", "TIGER guided") for e in epsilons[1:]]
-    assert set(result["recall"]) == {"Semantic_KNN", *reserved,
-                                     *(f"TIGER {rule} eps={e}" for rule in ("prefix", "scored") for e in epsilons)}
+    reserved = [
+        f"{method} reserved eps={e}" for method in ("TIGER", "Semantic_KNN", "TIGER guided") for e in epsilons[1:]
+    ]
+    assert set(result["recall"]) == {
+        "Semantic_KNN",
+        *reserved,
+        *(f"TIGER {rule} eps={e}" for rule in ("prefix", "scored") for e in epsilons),
+    }
     # Reserved slots hold ceil(eps * 10) unseen items in a top 10, as far as there are unseen items.
     for method in ("TIGER", "Semantic_KNN", "TIGER guided"):
         counts = [result["mean_unseen_in_top10"][f"{method} reserved eps={e}"] for e in epsilons[1:]]
         assert counts[0] == 1 and counts == sorted(counts) and all(c <= cap for c, cap in zip(counts, (1, 2, 4, 10)))
     for rule in ("prefix", "scored"):
-        assert all(v == 0 for v in result["recall"][f"TIGER {rule} eps=0"].values())  # only seen items, every target unseen
+        assert all(
+            v == 0 for v in result["recall"][f"TIGER {rule} eps=0"].values()
+        )  # only seen items, every target unseen
         assert result["mean_unseen_in_top10"][f"TIGER {rule} eps=0.1"] <= 1
         assert result["mean_unseen_in_top10"][f"TIGER {rule} eps=0.4"] <= 4
-    assert result["mean_unseen_in_top10"]["TIGER scored eps=1"] >= result["mean_unseen_in_top10"]["TIGER scored eps=0.2"]
+    assert (
+        result["mean_unseen_in_top10"]["TIGER scored eps=1"] >= result["mean_unseen_in_top10"]["TIGER scored eps=0.2"]
+    )
     # The guided rule's pull is one of the grid, chosen on validation users (not the test users).
     guided = result["guided"]
     by_pull = guided["validation_unseen_ndcg@10_by_pull"]
@@ -226,13 +261,17 @@ def test_guided_profiles_move_from_the_history_towards_the_predicted_items():
     embeddings = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.9, 1.0], [1.0, 0.1, 0.0]])
     histories, predicted = [np.array([0])], np.array([[1, 2, -1]])
     log_probs = np.log(np.array([[0.25, 0.75, 1.0]]))  # the padding (-1) has no weight whatever its score
-    history, predicted_profile = user_profiles(embeddings, histories, 20), predicted_profiles(embeddings, predicted, log_probs)
+    history, predicted_profile = (
+        user_profiles(embeddings, histories, 20),
+        predicted_profiles(embeddings, predicted, log_probs),
+    )
     assert guided_profiles(history, predicted_profile, 0.0) == pytest.approx(np.array([[1.0, 0, 0]]))
     ahead = np.array([[0.0, 0.25, 0.75]]) / np.hypot(0.25, 0.75)
     assert guided_profiles(history, predicted_profile, 1.0) == pytest.approx(ahead)
     among = np.array([False, False, False, True, True])
-    rank = lambda pull: rank_by_profile(embeddings, guided_profiles(history, predicted_profile, pull),
-                                        histories, 2, among=among)[0].tolist()
+    rank = lambda pull: rank_by_profile(
+        embeddings, guided_profiles(history, predicted_profile, pull), histories, 2, among=among
+    )[0].tolist()
     assert rank(0.0) == [4, 3] and rank(1.0) == [3, 4]
     pull, by_pull = choose_pull(embeddings, histories, predicted, log_probs, np.array([3]), [0.0, 0.5, 1.0], among, 20)
     assert pull == 1.0 and by_pull["1"] == 1.0 and by_pull["0"] < 1.0
@@ -249,8 +288,15 @@ def test_diversity_command(tmp_path, tiny_tiger):
 def test_baselines_command(tmp_path, tiny_tiger, exclude_history):
     # A run's row joins only baselines ranked as it was: the tiny run (default recipe) keeps history items out.
     with_run = ["--run-dir", str(tiny_tiger)] if exclude_history else []
-    args = ["--set", "sasrec.steps=40", "--set", "sasrec.eval_every=20", *with_run,
-            "--set", f"eval.exclude_history={str(exclude_history).lower()}"]
+    args = [
+        "--set",
+        "sasrec.steps=40",
+        "--set",
+        "sasrec.eval_every=20",
+        *with_run,
+        "--set",
+        f"eval.exclude_history={str(exclude_history).lower()}",
+    ]
     assert main(["experiment", "baselines", "tiny", "--out", str(tmp_path), *args]) == 0
     methods = _read(tmp_path, "baselines")["methods"]
     extra = {"TIGER"} if exclude_history else {"MostPop (history excluded)"}  # MostPop itself excludes it then
@@ -264,15 +310,30 @@ def test_baselines_refuse_a_run_from_another_split_or_ranking_rule(tmp_path, tin
     assert main(["experiment", "baselines", "tiny", "--out", str(tmp_path), *args]) == 2
     key, value = setting.split("=")
     recorded = {"false": "true", "1": "0"}[value]
-    assert f"was evaluated with {key}={recorded}, these baselines with {value}; pass --set {key}={recorded}" in capsys.readouterr().err
+    assert (
+        f"was evaluated with {key}={recorded}, these baselines with {value}; pass --set {key}={recorded}"
+        in capsys.readouterr().err
+    )
     assert not (tmp_path / "baselines.json").exists()  # refused before SASRec trained
 
 
 def test_ablation_command(tmp_path):
-    args = ["--set", "experiment.schemes=[random, rqvae]", "--epochs", "5", "--steps", "20", "--set", "train.eval_every=20"]
+    args = [
+        "--set",
+        "experiment.schemes=[random, rqvae]",
+        "--epochs",
+        "5",
+        "--steps",
+        "20",
+        "--set",
+        "train.eval_every=20",
+    ]
     assert main(["experiment", "ablation", "tiny", "--out", str(tmp_path), *args]) == 0
     variants = _read(tmp_path, "ablation")["variants"]
     assert list(variants) == ["random", "rqvae", "rqvae-no-user-token"]
     assert all(v["steps"] == 20 for v in variants.values())
-    ids = [(tmp_path / "ablation" / name / IDS_DIR / "semantic_ids.csv").read_text() for name in ("rqvae", "rqvae-no-user-token")]
+    ids = [
+        (tmp_path / "ablation" / name / IDS_DIR / "semantic_ids.csv").read_text()
+        for name in ("rqvae", "rqvae-no-user-token")
+    ]
     assert ids[0] == ids[1]  # the user-token rows share their IDs

@@ -21,13 +21,27 @@ from tigerrec.data.custom import is_custom_dir, read_custom
 # (user, item, time) in file order. u1's reviews are out of order with a tie
 # (i2, i3 at time 20: file order kept) and a repeat of i1; u3 has only 2 items.
 REVIEWS = [
-    ("u1", "i3", 20), ("u1", "i1", 30), ("u2", "i4", 5), ("u1", "i2", 20),
-    ("u1", "i0", 10), ("u2", "i2", 6), ("u3", "i5", 1), ("u2", "i1", 7),
-    ("u1", "i1", 40), ("u3", "i0", 2),
+    ("u1", "i3", 20),
+    ("u1", "i1", 30),
+    ("u2", "i4", 5),
+    ("u1", "i2", 20),
+    ("u1", "i0", 10),
+    ("u2", "i2", 6),
+    ("u3", "i5", 1),
+    ("u2", "i1", 7),
+    ("u1", "i1", 40),
+    ("u3", "i0", 2),
 ]
 META = [
-    {"asin": "i0", "title": "Tom &amp; Jerry Soap", "price": 3.5, "brand": "Acme",
-     "categories": [["Beauty", "Bath"]], "description": "", "imUrl": "http://x/y.jpg"},
+    {
+        "asin": "i0",
+        "title": "Tom &amp; Jerry Soap",
+        "price": 3.5,
+        "brand": "Acme",
+        "categories": [["Beauty", "Bath"]],
+        "description": "",
+        "imUrl": "http://x/y.jpg",
+    },
     {"asin": "i1", "title": "Lip Balm", "categories": [["Beauty"]], "salesRank": {"Beauty": 3}},
     {"asin": "i2", "title": "O'Brien's Shampoo", "brand": ""},
     {"asin": "i3", "title": "Comb"},
@@ -43,10 +57,13 @@ def write_gz(path, lines):
 
 def write_amazon(directory, category="Beauty", reviews=REVIEWS, extra_meta_lines=()):
     directory.mkdir(parents=True, exist_ok=True)
-    write_gz(directory / f"reviews_{category}_5.json.gz", [
-        json.dumps({"reviewerID": u, "asin": i, "unixReviewTime": t, "overall": 5.0, "reviewText": "ok"})
-        for u, i, t in reviews
-    ])
+    write_gz(
+        directory / f"reviews_{category}_5.json.gz",
+        [
+            json.dumps({"reviewerID": u, "asin": i, "unixReviewTime": t, "overall": 5.0, "reviewText": "ok"})
+            for u, i, t in reviews
+        ],
+    )
     # The real meta files hold Python dict literals (repr), not JSON.
     write_gz(directory / f"meta_{category}.json.gz", [repr(m) for m in META] + list(extra_meta_lines))
     return directory
@@ -57,6 +74,7 @@ def sequence_of(dataset, user):
 
 
 # ---------------------------------------------------------------- Amazon reader
+
 
 def test_amazon_order_ids_and_meta(tmp_path):
     path = write_amazon(tmp_path / "raw")
@@ -69,7 +87,12 @@ def test_amazon_order_ids_and_meta(tmp_path):
     assert data.user_ids == ["u1", "u2"]  # u3 has 2 items: dropped
     assert data.item_ids == ["i0", "i3", "i2", "i1", "i4"]  # order of first appearance
     meta = dict(zip(data.item_ids, data.item_meta))
-    assert meta["i0"] == {"title": "Tom &amp; Jerry Soap", "price": 3.5, "brand": "Acme", "categories": [["Beauty", "Bath"]]}
+    assert meta["i0"] == {
+        "title": "Tom &amp; Jerry Soap",
+        "price": 3.5,
+        "brand": "Acme",
+        "categories": [["Beauty", "Bath"]],
+    }
     assert meta["i1"] == {"title": "Lip Balm", "categories": [["Beauty"]]}
     assert meta["i2"] == {"title": "O'Brien's Shampoo"}  # empty brand dropped
 
@@ -94,7 +117,9 @@ def test_amazon_malformed_review_names_line(tmp_path):
 
 
 def test_amazon_malformed_meta_lines_skipped_and_counted(tmp_path, caplog):
-    path = write_amazon(tmp_path / "raw", extra_meta_lines=["{'asin': 'i5', 'title': ", "['not', 'a dict']", "__import__('os')"])
+    path = write_amazon(
+        tmp_path / "raw", extra_meta_lines=["{'asin': 'i5', 'title': ", "['not', 'a dict']", "__import__('os')"]
+    )
     with caplog.at_level(logging.WARNING, logger="tigerrec"):
         data = read_amazon(path, min_interactions=2)
     assert "skipped 3 malformed metadata lines" in caplog.text
@@ -111,6 +136,7 @@ def test_amazon_needs_one_category(tmp_path):
 
 
 # ---------------------------------------------------------------- custom reader
+
 
 def write_text(path, text):
     path.write_text(text, encoding="utf-8")
@@ -149,8 +175,18 @@ def test_custom_csv(tmp_path, caplog):
     assert sequence_of(data, "bob") == ["c", "a", "b"]
     assert data.item_ids == ["a", "b", "c"]
     meta = dict(zip(data.item_ids, data.item_meta))
-    assert meta["a"] == {"title": "Tom &amp; Jerry Mug", "price": 12.5, "categories": [["Home", "Kitchen"], ["Gifts"]], "color": "red"}
-    assert meta["b"] == {"title": "Plain Cup", "price": "about 10", "categories": [["Kitchen"]], "description": "A cup."}
+    assert meta["a"] == {
+        "title": "Tom &amp; Jerry Mug",
+        "price": 12.5,
+        "categories": [["Home", "Kitchen"], ["Gifts"]],
+        "color": "red",
+    }
+    assert meta["b"] == {
+        "title": "Plain Cup",
+        "price": "about 10",
+        "categories": [["Kitchen"]],
+        "description": "A cup.",
+    }
     assert meta["c"] == {"title": "Spoon"}
 
 
@@ -162,12 +198,15 @@ def test_custom_numeric_timestamps_and_missing_items(tmp_path, caplog):
     assert "no metadata" in caplog.text and "dropped 1 repeated" in caplog.text
 
 
-@pytest.mark.parametrize("table, message", [
-    ("user_id,item,timestamp\nu,x,1\n", r"interactions\.csv: missing column 'item_id'"),
-    ("user_id,item_id,timestamp\nu,x,1\nu,y,yesterday\n", r"interactions\.csv:3: timestamp 'yesterday'"),
-    ("user_id,item_id,timestamp\nu,x,1\nu,y,2021-01-01\n", "mix numbers"),
-    ("user_id,item_id,timestamp\nu,,1\n", r"interactions\.csv:2: empty item_id"),
-])
+@pytest.mark.parametrize(
+    "table, message",
+    [
+        ("user_id,item,timestamp\nu,x,1\n", r"interactions\.csv: missing column 'item_id'"),
+        ("user_id,item_id,timestamp\nu,x,1\nu,y,yesterday\n", r"interactions\.csv:3: timestamp 'yesterday'"),
+        ("user_id,item_id,timestamp\nu,x,1\nu,y,2021-01-01\n", "mix numbers"),
+        ("user_id,item_id,timestamp\nu,,1\n", r"interactions\.csv:2: empty item_id"),
+    ],
+)
 def test_custom_interaction_errors(tmp_path, table, message):
     write_text(tmp_path / "interactions.csv", table)
     with pytest.raises(DataError, match=message):
@@ -190,19 +229,33 @@ def test_custom_parquet(tmp_path):
 
     import pyarrow.parquet as pq
 
-    utc = dt.timezone.utc
-    pq.write_table(pa.table({
-        "user_id": [7, 7, 7, 8],
-        "item_id": [30, 10, 20, 10],
-        "timestamp": [dt.datetime(2020, 1, 3, tzinfo=utc), dt.datetime(2020, 1, 1, tzinfo=utc),
-                      dt.datetime(2020, 1, 2, tzinfo=utc), dt.datetime(2020, 1, 1, tzinfo=utc)],
-    }), tmp_path / "interactions.parquet")
-    pq.write_table(pa.table({
-        "item_id": [10, 20, 30],
-        "title": ["Ten", None, "Thirty"],
-        "price": [1.0, 2.0, None],
-        "categories": [[["A", "B"]], [], [["C"]]],
-    }), tmp_path / "items.parquet")
+    utc = dt.UTC
+    pq.write_table(
+        pa.table(
+            {
+                "user_id": [7, 7, 7, 8],
+                "item_id": [30, 10, 20, 10],
+                "timestamp": [
+                    dt.datetime(2020, 1, 3, tzinfo=utc),
+                    dt.datetime(2020, 1, 1, tzinfo=utc),
+                    dt.datetime(2020, 1, 2, tzinfo=utc),
+                    dt.datetime(2020, 1, 1, tzinfo=utc),
+                ],
+            }
+        ),
+        tmp_path / "interactions.parquet",
+    )
+    pq.write_table(
+        pa.table(
+            {
+                "item_id": [10, 20, 30],
+                "title": ["Ten", None, "Thirty"],
+                "price": [1.0, 2.0, None],
+                "categories": [[["A", "B"]], [], [["C"]]],
+            }
+        ),
+        tmp_path / "items.parquet",
+    )
     data = read_custom(tmp_path)
     assert data.user_ids == ["7"]
     assert sequence_of(data, "7") == ["10", "20", "30"]
@@ -221,6 +274,7 @@ def test_custom_both_formats_is_an_error(tmp_path):
 
 # ---------------------------------------------------------------- dispatch
 
+
 def test_load_dataset_dispatch(tmp_path):
     amazon_dir = write_amazon(tmp_path / "amazon")
     assert load_dataset(amazon_dir).name == "Beauty"
@@ -234,6 +288,7 @@ def test_load_dataset_dispatch(tmp_path):
 
 
 # ---------------------------------------------------------------- download
+
 
 @pytest.fixture
 def server(tmp_path):
@@ -287,8 +342,10 @@ def test_download_caches_and_repairs(tmp_path, server):
 
 def test_download_checks_sha256(tmp_path, server):
     base_url, served, _ = server
-    good = {name: hashlib.sha256((served / name).read_bytes()).hexdigest()
-            for name in ("reviews_Beauty_5.json.gz", "meta_Beauty.json.gz")}
+    good = {
+        name: hashlib.sha256((served / name).read_bytes()).hexdigest()
+        for name in ("reviews_Beauty_5.json.gz", "meta_Beauty.json.gz")
+    }
     download_amazon("beauty", tmp_path / "ok", base_url=base_url, sha256=good, timeout=10)
     bad = {**good, "meta_Beauty.json.gz": "0" * 64}
     with pytest.raises(DataError, match="corrupt.*sha256"):

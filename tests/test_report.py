@@ -20,8 +20,16 @@ def report(tiny_run):
 def test_report_has_every_section_and_plot(report, tiny_run):
     assert report == tiny_run / "report.html"
     page = report.read_text()
-    for section in ("Test metrics", "Training loss", "Learning rate", "Validation", "Codebook utilisation per level",
-                    "Items sharing the same first codes", "Semantic-ID prefix explorer", "TIGER paper, Table 1"):
+    for section in (
+        "Test metrics",
+        "Training loss",
+        "Learning rate",
+        "Validation",
+        "Codebook utilisation per level",
+        "Items sharing the same first codes",
+        "Semantic-ID prefix explorer",
+        "TIGER paper, Table 1",
+    ):
         assert section in page, section
     assert page.count("<svg") == 5 and page.count("<polyline") == 4  # loss + lr + NDCG@10 + Recall@10
     assert "Learning rate (adafactor, rsqrt schedule)" in page  # the schedule that was used
@@ -76,10 +84,21 @@ def test_report_renders_in_a_headless_browser(report, tmp_path):
     if not CHROMIUM.exists():
         pytest.skip("needs /usr/bin/chromium")
     shot = tmp_path / "report.png"
-    cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1200,2000",
-           report.resolve().as_uri()]
+    cmd = [
+        str(CHROMIUM),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        f"--screenshot={shot}",
+        "--window-size=1200,2000",
+        report.resolve().as_uri(),
+    ]
     subprocess.run(cmd, capture_output=True, timeout=120)
     assert shot.exists()
     png = shot.read_bytes()

@@ -7,8 +7,8 @@ import shutil
 import numpy as np
 import pytest
 import torch
-
 from conftest import run_and_check_memorised
+
 from tigerrec.cli import build_parser, load_config, main
 from tigerrec.config import EvalConfig, IDsConfig, ModelConfig, RunConfig
 from tigerrec.data import make_tiny
@@ -31,6 +31,7 @@ def clustered_embeddings(n=400, dim=48, seed=0):
 
 
 # ------------------------------------------------------------------ OPQ Semantic IDs
+
 
 @pytest.mark.parametrize("pca_dim", [0, 16])
 def test_opq_codes_round_trip_through_save_and_load(tmp_path, pca_dim):
@@ -72,21 +73,34 @@ def test_opq_needs_as_many_items_as_centroids_and_dimensions():
         make_quantizer("opq", 48, IDsConfig(scheme="opq", levels=8)).fit(clustered_embeddings(n=100))
     # faiss's OPQ would corrupt memory here; a PCA makes the catalogue fit
     small = IDsConfig(scheme="opq", levels=8, codebook_size=16)
-    with pytest.raises(ValueError, match=r"as many items as dimensions to rotate \(48\), got 40 items; set ids.pca_dim below 40"):
+    with pytest.raises(
+        ValueError, match=r"as many items as dimensions to rotate \(48\), got 40 items; set ids.pca_dim below 40"
+    ):
         make_quantizer("opq", 48, small).fit(clustered_embeddings(n=40))
     small.pca_dim = 16
-    assert make_quantizer("opq", 48, small).fit(clustered_embeddings(n=40)).encode(clustered_embeddings(n=40)).shape == (40, 8)
+    assert make_quantizer("opq", 48, small).fit(clustered_embeddings(n=40)).encode(
+        clustered_embeddings(n=40)
+    ).shape == (40, 8)
 
 
 # ------------------------------------------------------------------ the model and its scores
+
 
 def tiny_model(use_user_token=True, seed=0):
     torch.manual_seed(seed)
     codes = np.random.default_rng(seed).integers(0, 8, size=(30, 5))
     codes[7] = codes[3]  # two items sharing an ID
     tokenizer = Tokenizer(codes, 8, user_buckets=5, max_history=6, use_user_token=use_user_token, history="items")
-    cfg = ModelConfig(kind="rpg", history="items", d_model=16, num_heads=2, head_dim=8, d_ff=32, encoder_layers=2,
-                      use_user_token=use_user_token)
+    cfg = ModelConfig(
+        kind="rpg",
+        history="items",
+        d_model=16,
+        num_heads=2,
+        head_dim=8,
+        d_ff=32,
+        encoder_layers=2,
+        use_user_token=use_user_token,
+    )
     return RPGModel(cfg, tokenizer.vocab_size, tokenizer.item_codes, 8).eval(), tokenizer
 
 
@@ -185,9 +199,15 @@ def test_training_rows_predict_the_next_item_from_the_items_up_to_their_position
 
 # ------------------------------------------------------------------ settings
 
+
 def test_rpg_settings_are_one_flag_and_checked():
     beauty = preset_config("beauty", model="rpg").validate()
-    assert (beauty.model.kind, beauty.ids.scheme, beauty.ids.levels, beauty.model.history) == ("rpg", "opq", 16, "items")
+    assert (beauty.model.kind, beauty.ids.scheme, beauty.ids.levels, beauty.model.history) == (
+        "rpg",
+        "opq",
+        16,
+        "items",
+    )
     assert (beauty.model.input_dropout, beauty.train.epochs) == (0.5, 100.0)
     assert preset_config("toys", model="rpg").ids.levels == 16 and preset_config("sports", model="rpg").ids.levels == 16
     args = build_parser().parse_args(["run", "beauty", "--out", "x", "--model", "rpg", "--set", "train.max_minutes=60"])
@@ -216,6 +236,7 @@ def test_rpg_settings_are_one_flag_and_checked():
 
 # ------------------------------------------------------------------ a run, end to end
 
+
 @pytest.fixture(scope="module")
 def rpg_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("rpg_run")
@@ -238,8 +259,16 @@ def test_coldstart_experiment_scores_unseen_items_with_rpg(tmp_path):
     assert main(["experiment", "coldstart", "tiny", *args]) == 0
     result = json.loads((tmp_path / "coldstart.json").read_text())
     assert result["model"] == "rpg" and "generated_ids_with_unseen_siblings" not in result  # no prefix rule
-    reserved = [f"{method} reserved eps={e}" for method in ("RPG", "Semantic_KNN", "RPG guided") for e in ("0.1", "0.2", "0.4", "1")]
-    assert set(result["recall"]) == {"Semantic_KNN", *reserved, *(f"RPG scored eps={e}" for e in ("0", "0.1", "0.2", "0.4", "1"))}
+    reserved = [
+        f"{method} reserved eps={e}"
+        for method in ("RPG", "Semantic_KNN", "RPG guided")
+        for e in ("0.1", "0.2", "0.4", "1")
+    ]
+    assert set(result["recall"]) == {
+        "Semantic_KNN",
+        *reserved,
+        *(f"RPG scored eps={e}" for e in ("0", "0.1", "0.2", "0.4", "1")),
+    }
     assert all(v == 0 for v in result["recall"]["RPG scored eps=0"].values())
     assert result["mean_unseen_in_top10"]["RPG scored eps=0.2"] <= 2
     assert result["mean_unseen_in_top10"]["RPG reserved eps=0.1"] == 1  # RPG scores every unseen item
@@ -250,7 +279,9 @@ def test_rpg_scores_added_items_from_their_codes_and_decodes_by_graph(rpg_run, t
     run_dir = shutil.copytree(rpg_run[0], tmp_path / "run")
     recommender = Recommender.load(run_dir, device="cpu")
     twin = recommender.item("item4")
-    recommender.add_items({"twin": {key: value for key, value in twin.items() if key not in ("item_id", "semantic_id")}})
+    recommender.add_items(
+        {"twin": {key: value for key, value in twin.items() if key not in ("item_id", "semantic_id")}}
+    )
     assert recommender.item("twin")["semantic_id"] == twin["semantic_id"]  # RPG's IDs: no collision code
     both = recommender.recommend(["item1", "item2"], k=2, only=["twin", "item4"])
     assert {r["item_id"] for r in both} == {"twin", "item4"} and both[0]["score"] == pytest.approx(both[1]["score"])
@@ -286,7 +317,9 @@ def test_recommender_cli_http_and_report_take_an_rpg_run(rpg_run, capsys):
     assert sampled == recommender.recommend(history, k=8, temperature=1.5, seed=3) and len(sampled) == 8
     assert len(recommender.recommend(history, k=recommender.max_k, exclude_seen=False)) == recommender.max_k
 
-    assert main(["recommend", str(run_dir), "--history", ",".join(history), "-k", "3", "--json", "--device", "cpu"]) == 0
+    assert (
+        main(["recommend", str(run_dir), "--history", ",".join(history), "-k", "3", "--json", "--device", "cpu"]) == 0
+    )
     assert len(json.loads(capsys.readouterr().out)) == 3
 
     pytest.importorskip("fastapi")

@@ -7,21 +7,33 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import tiny_config
+
+from tigerrec import pipeline
 from tigerrec.cli import main
 from tigerrec.config import RunConfig
 from tigerrec.data import make_tiny
 from tigerrec.errors import TigerrecError
-from tigerrec import pipeline
 from tigerrec.pipeline import evaluate_examples, run
 from tigerrec.report import render_report
 from tigerrec.train import CHECKPOINT, read_csv
 
 BUDGET = {"steps": 20, "eval_every": 20, "checkpoint_every": 20, "log_every": 10}
 # The same settings on the command line: tiny_config is the tiny preset under the paper recipe with RQ-KMeans IDs.
-CLI_SETTINGS = ["--recipe", "paper", "--scheme", "rqkmeans", "--steps", "20", "--set", "train.eval_every=20",
-                "--set", "train.checkpoint_every=20", "--set", "train.log_every=10"]
+CLI_SETTINGS = [
+    "--recipe",
+    "paper",
+    "--scheme",
+    "rqkmeans",
+    "--steps",
+    "20",
+    "--set",
+    "train.eval_every=20",
+    "--set",
+    "train.checkpoint_every=20",
+    "--set",
+    "train.log_every=10",
+]
 MODEL_FILES = "checkpoint.pt, model.safetensors, train_log.csv, valid_log.csv, metrics.json, fingerprint.json"
 
 
@@ -44,8 +56,10 @@ def run_dir(finished, tmp_path):
 
 def snapshot(directory: Path) -> dict:
     """Every path under ``directory``, with the bytes and modification time of each file."""
-    return {str(path.relative_to(directory)): (path.read_bytes(), path.stat().st_mtime_ns) if path.is_file() else "dir"
-            for path in sorted(directory.rglob("*"))}
+    return {
+        str(path.relative_to(directory)): (path.read_bytes(), path.stat().st_mtime_ns) if path.is_file() else "dir"
+        for path in sorted(directory.rglob("*"))
+    }
 
 
 def error_line(capsys) -> str:
@@ -59,13 +73,16 @@ def error_line(capsys) -> str:
 
 # ------------------------------------------------------------------ run directories
 
+
 def test_changed_id_settings_are_refused_then_rebuilt_with_overwrite(run_dir):
     before = snapshot(run_dir)
     changed = small_config().override(["ids.seed=1"])
     with pytest.raises(TigerrecError) as refused:
         run("tiny", changed, run_dir)
-    assert str(refused.value) == (f"{run_dir} was built with ids.seed=0 (now 1); pass --overwrite (Python: overwrite=True) "
-                                  f"to rebuild it, which deletes ids/, {MODEL_FILES}")
+    assert str(refused.value) == (
+        f"{run_dir} was built with ids.seed=0 (now 1); pass --overwrite (Python: overwrite=True) "
+        f"to rebuild it, which deletes ids/, {MODEL_FILES}"
+    )
     assert snapshot(run_dir) == before  # refused before anything was written
 
     # A best score no model can reach: it must not survive the rebuild.
@@ -84,10 +101,14 @@ def test_changed_id_settings_are_refused_then_rebuilt_with_overwrite(run_dir):
     assert json.loads((run_dir / "config.json").read_text())["ids"]["seed"] == 1
 
 
-@pytest.mark.parametrize("dataset, difference, deleted", [
-    (make_tiny(seed=1), "dataset.interactions_sha256=", MODEL_FILES),  # the same 120 items, other users
-    (make_tiny(num_items=100), "dataset.items=120 (now 100)", f"ids/, {MODEL_FILES}"),
-], ids=["same-items", "other-items"])
+@pytest.mark.parametrize(
+    "dataset, difference, deleted",
+    [
+        (make_tiny(seed=1), "dataset.interactions_sha256=", MODEL_FILES),  # the same 120 items, other users
+        (make_tiny(num_items=100), "dataset.items=120 (now 100)", f"ids/, {MODEL_FILES}"),
+    ],
+    ids=["same-items", "other-items"],
+)
 def test_another_dataset_is_refused_and_the_directory_left_unchanged(run_dir, dataset, difference, deleted):
     before = snapshot(run_dir)
     with pytest.raises(TigerrecError) as refused:
@@ -102,12 +123,15 @@ def test_budgets_may_change_on_resume_but_the_recipe_may_not(run_dir):
     before = snapshot(run_dir)
     with pytest.raises(TigerrecError) as refused:
         run("tiny", small_config(lr=0.02).override(["model.dropout=0.2"]), run_dir)
-    assert (f"{run_dir} was built with model.dropout=0.1 (now 0.2), train.lr=0.01 (now 0.02); "
-            f"pass --overwrite (Python: overwrite=True) to rebuild it, which deletes {MODEL_FILES}") == str(refused.value)
+    assert (
+        f"{run_dir} was built with model.dropout=0.1 (now 0.2), train.lr=0.01 (now 0.02); "
+        f"pass --overwrite (Python: overwrite=True) to rebuild it, which deletes {MODEL_FILES}"
+    ) == str(refused.value)
     assert snapshot(run_dir) == before
     # Budget, cadence and precision (RESUMABLE_KEYS) and eval settings: the run goes on where it stopped.
-    longer = small_config(steps=30, eval_every=30, log_every=5, checkpoint_every=30, valid_users=100, max_minutes=30.0,
-                          bf16="off").override(["text.batch_size=16", "eval.beam_size=12"])
+    longer = small_config(
+        steps=30, eval_every=30, log_every=5, checkpoint_every=30, valid_users=100, max_minutes=30.0, bf16="off"
+    ).override(["text.batch_size=16", "eval.beam_size=12"])
     metrics = run("tiny", longer, run_dir)
     assert metrics["training"]["steps"] == 30 and metrics["training"]["steps_this_run"] == 10
 
@@ -137,7 +161,10 @@ def test_an_end_to_end_budget_cuts_training_and_keeps_its_minutes_on_resume(tmp_
     left = 60.0 - (budget["spent_seconds"] + budget["final_eval_forecast_seconds"]) / 60
     assert budget["train_minutes"] == pytest.approx(left, abs=0.01)
     assert metrics["config"]["train"]["max_minutes"] == pytest.approx(left, abs=0.01)
-    assert f"<dt>end-to-end budget</dt><dd>60 min: training at most {budget['train_minutes']:.1f} min after" in render_report(tmp_path)
+    assert (
+        f"<dt>end-to-end budget</dt><dd>60 min: training at most {budget['train_minutes']:.1f} min after"
+        in render_report(tmp_path)
+    )
     # Asked again, the finished run returns its metrics: the budget resolves as before.
     assert run("tiny", small_config(budget_minutes=60.0), tmp_path) == metrics
 
@@ -151,7 +178,9 @@ def test_an_end_to_end_budget_cuts_training_and_keeps_its_minutes_on_resume(tmp_
     assert metrics["budget"]["budget_minutes"] == 90.0 and metrics["config"]["train"]["max_minutes"] == 5.0
 
 
-def test_an_ensemble_trains_each_member_from_its_own_seed_and_every_reader_ranks_with_all(tmp_path, monkeypatch, caplog):
+def test_an_ensemble_trains_each_member_from_its_own_seed_and_every_reader_ranks_with_all(
+    tmp_path, monkeypatch, caplog
+):
     from safetensors.torch import load_file
 
     from tigerrec.model import TigerEnsemble
@@ -174,7 +203,9 @@ def test_an_ensemble_trains_each_member_from_its_own_seed_and_every_reader_ranks
     member = tmp_path / "members" / "1"
     assert [(m["steps"], m["steps_this_run"]) for m in metrics["training"]["members"]] == [(20, 0), (20, 20)]
     assert [row["step"] for row in read_csv(member / "valid_log.csv")] == [20]
-    assert not torch.equal(load_file(tmp_path / "model.safetensors")["head"], load_file(member / "model.safetensors")["head"])
+    assert not torch.equal(
+        load_file(tmp_path / "model.safetensors")["head"], load_file(member / "model.safetensors")["head"]
+    )
     # The metrics are the ensemble's, and a run read back or served ranks with both members.
     cfg_back, dataset, data, test, model = pipeline.load_trained_run(tmp_path)
     assert isinstance(model, TigerEnsemble) and len(model.members) == 2
@@ -199,8 +230,9 @@ def test_an_ensemble_trains_each_member_from_its_own_seed_and_every_reader_ranks
 
 
 @pytest.mark.parametrize("share, budget, second_trains", [(0.5, 30.0, True), (0.6, 30.0, False), (0.0, 20.0, False)])
-def test_a_later_member_trains_on_the_minutes_left_only_if_they_reach_its_share(tmp_path, monkeypatch, caplog,
-                                                                              share, budget, second_trains):
+def test_a_later_member_trains_on_the_minutes_left_only_if_they_reach_its_share(
+    tmp_path, monkeypatch, caplog, share, budget, second_trains
+):
     # Each member is made to report 20 minutes of training: under a 30-minute budget the second finds 10
     # left, half the first's time, and trains on them (its schedule ends within them) only if that is enough.
     # No minutes left train no member, whatever the share (a budget of 0 minutes would mean no limit).
@@ -213,7 +245,11 @@ def test_a_later_member_trains_on_the_minutes_left_only_if_they_reach_its_share(
     monkeypatch.setattr(pipeline, "train", took_20_minutes)
     metrics = run("tiny", small_config(members=2, max_minutes=budget, member_min_share=share), tmp_path)
     assert limits == ([budget, 10.0] if second_trains else [budget])
-    assert ("members" in metrics["training"]) == second_trains == (tmp_path / "members" / "1" / "model.safetensors").exists()
+    assert (
+        ("members" in metrics["training"])
+        == second_trains
+        == (tmp_path / "members" / "1" / "model.safetensors").exists()
+    )
     assert (f"less than {share:g} of the 20.0 the first member took" in caplog.text) != second_trains
     with pytest.raises(TigerrecError, match=r"train.member_min_share"):
         RunConfig().override(["train.member_min_share=1.5"]).validate()
@@ -237,8 +273,11 @@ def test_the_forecast_times_a_batch_of_typical_history_length(tmp_path, monkeypa
 
 
 def test_a_budget_spent_before_training_is_an_error_that_keeps_the_ids(tmp_path, capsys):
-    with pytest.raises(TigerrecError, match=r"train\.budget_minutes=0\.001 leaves no time to train: loading, "
-                                            r"Semantic IDs and timing the decoder took [0-9.]+ minutes and the final evaluation needs about"):
+    with pytest.raises(
+        TigerrecError,
+        match=r"train\.budget_minutes=0\.001 leaves no time to train: loading, "
+        r"Semantic IDs and timing the decoder took [0-9.]+ minutes and the final evaluation needs about",
+    ):
         run("tiny", small_config(budget_minutes=0.001), tmp_path)
     assert (tmp_path / "ids" / "ids_metrics.json").is_file() and not (tmp_path / CHECKPOINT).exists()
     # The CLI flag sets the same key; the IDs are reused, not rebuilt.
@@ -278,15 +317,23 @@ def test_a_model_without_any_record_is_refused(run_dir):
 
 # ------------------------------------------------------------------ corrupt artefacts
 
-@pytest.mark.parametrize("name, command, message", [
-    ("model.safetensors", "recommend", "model.safetensors is corrupt (Error while deserializing header"),
-    ("config.json", "recommend", "config.json is not valid JSON (Expecting value: line 1 column 1 (char 0))"),
-    ("items.jsonl", "recommend", "items.jsonl, line 1: expected a JSON object with an item_id, got 'not what it should be'"),
-    ("ids/semantic_ids.csv", "recommend", "semantic_ids.csv: expected a header 'item_id,c1,...'"),
-    ("checkpoint.pt", "run", "checkpoint.pt is corrupt or not a tigerrec checkpoint"),
-    ("fingerprint.json", "run", "fingerprint.json is not valid JSON"),
-    ("ids/ids_metrics.json", "run", "ids_metrics.json is not valid JSON"),
-])
+
+@pytest.mark.parametrize(
+    "name, command, message",
+    [
+        ("model.safetensors", "recommend", "model.safetensors is corrupt (Error while deserializing header"),
+        ("config.json", "recommend", "config.json is not valid JSON (Expecting value: line 1 column 1 (char 0))"),
+        (
+            "items.jsonl",
+            "recommend",
+            "items.jsonl, line 1: expected a JSON object with an item_id, got 'not what it should be'",
+        ),
+        ("ids/semantic_ids.csv", "recommend", "semantic_ids.csv: expected a header 'item_id,c1,...'"),
+        ("checkpoint.pt", "run", "checkpoint.pt is corrupt or not a tigerrec checkpoint"),
+        ("fingerprint.json", "run", "fingerprint.json is not valid JSON"),
+        ("ids/ids_metrics.json", "run", "ids_metrics.json is not valid JSON"),
+    ],
+)
 def test_corrupt_artefacts_are_one_line_naming_the_file(run_dir, capsys, name, command, message):
     (run_dir / name).write_text("not what it should be\n")
     if command == "recommend":
@@ -308,28 +355,38 @@ def test_a_model_of_other_settings_than_config_json_is_named(run_dir, capsys):
 
 # ------------------------------------------------------------------ settings
 
-@pytest.mark.parametrize("override, message", [
-    ("train.batch_size=0", "config train.batch_size must be >= 1, got 0"),
-    ("train.steps=0", "config train.steps must be >= 1, got 0"),
-    ("train.lr=0", "config train.lr must be > 0, got 0.0"),
-    ("train.lr=.nan", "config train.lr must be > 0, got nan"),
-    ("train.log_every=0", "config train.log_every must be >= 1, got 0"),
-    ("train.members=0", "config train.members must be >= 1, got 0"),
-    ("train.warmup_steps=0", "config train.warmup_steps must be >= 1 with train.schedule=rsqrt, got 0"),
-    ("train.seed=9223372036854775808", "config train.seed must be in [0, 2**63), got 9223372036854775808"),
-    ("model.dropout=1", "config model.dropout must be in [0, 1), got 1.0"),
-    ("model.history=tokens", "config model.history must be one of codes, items, causal-codes, pooled, got tokens"),
-    ("model.item_tokens=true", "config model.item_tokens=true needs model.history items or pooled, got model.history=codes"),
-    ("eval.top_k=30", "config eval.top_k must be <= eval.beam_size (20), got 30"),
-    ("eval.top_k=5", "config eval.top_k must be >= 10 (the metrics are Recall and NDCG at 5 and 10), got 5"),
-    ("ids.codebook_size=1", "config ids.codebook_size must be >= 2, got 1"),
-    ("ids.hidden_dims=[128, 0]", "config ids.hidden_dims must be a list of values >= 1, got [128, 0]"),
-    ("ids.scheme=pq", "config ids.scheme must be one of rqvae, rqkmeans, lsh, random, opq, got pq"),
-    ("text.template=''", 'config text.template must be text with plain {field} names such as {title}, got ""'),
-    ("sasrec.heads=3", "config sasrec.hidden must be a multiple of sasrec.heads (3), got 64"),
-    ("experiment.epsilons=[0.1, 2]", "config experiment.epsilons must be a list of values in [0, 1], got [0.1, 2.0]"),
-    ("train.steps=[", "override 'train.steps=[': the value is not valid YAML"),
-])
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.batch_size=0", "config train.batch_size must be >= 1, got 0"),
+        ("train.steps=0", "config train.steps must be >= 1, got 0"),
+        ("train.lr=0", "config train.lr must be > 0, got 0.0"),
+        ("train.lr=.nan", "config train.lr must be > 0, got nan"),
+        ("train.log_every=0", "config train.log_every must be >= 1, got 0"),
+        ("train.members=0", "config train.members must be >= 1, got 0"),
+        ("train.warmup_steps=0", "config train.warmup_steps must be >= 1 with train.schedule=rsqrt, got 0"),
+        ("train.seed=9223372036854775808", "config train.seed must be in [0, 2**63), got 9223372036854775808"),
+        ("model.dropout=1", "config model.dropout must be in [0, 1), got 1.0"),
+        ("model.history=tokens", "config model.history must be one of codes, items, causal-codes, pooled, got tokens"),
+        (
+            "model.item_tokens=true",
+            "config model.item_tokens=true needs model.history items or pooled, got model.history=codes",
+        ),
+        ("eval.top_k=30", "config eval.top_k must be <= eval.beam_size (20), got 30"),
+        ("eval.top_k=5", "config eval.top_k must be >= 10 (the metrics are Recall and NDCG at 5 and 10), got 5"),
+        ("ids.codebook_size=1", "config ids.codebook_size must be >= 2, got 1"),
+        ("ids.hidden_dims=[128, 0]", "config ids.hidden_dims must be a list of values >= 1, got [128, 0]"),
+        ("ids.scheme=pq", "config ids.scheme must be one of rqvae, rqkmeans, lsh, random, opq, got pq"),
+        ("text.template=''", 'config text.template must be text with plain {field} names such as {title}, got ""'),
+        ("sasrec.heads=3", "config sasrec.hidden must be a multiple of sasrec.heads (3), got 64"),
+        (
+            "experiment.epsilons=[0.1, 2]",
+            "config experiment.epsilons must be a list of values in [0, 1], got [0.1, 2.0]",
+        ),
+        ("train.steps=[", "override 'train.steps=[': the value is not valid YAML"),
+    ],
+)
 def test_bad_settings_name_the_key_the_value_and_what_is_allowed(override, message):
     with pytest.raises(TigerrecError) as info:
         RunConfig().override([override]).validate()
@@ -350,7 +407,9 @@ def test_scheme_flag_without_codewords_starts_code_embeddings_at_random():
     from tigerrec.cli import build_parser, load_config
 
     def embed_init(*flags):
-        return load_config(build_parser().parse_args(["run", "beauty", "--out", "x", *flags]), "beauty").model.embed_init
+        return load_config(
+            build_parser().parse_args(["run", "beauty", "--out", "x", *flags]), "beauty"
+        ).model.embed_init
 
     assert embed_init() == embed_init("--scheme", "rqkmeans") == "codebooks"
     assert embed_init("--scheme", "lsh") == embed_init("--scheme", "random") == "normal"
@@ -359,22 +418,46 @@ def test_scheme_flag_without_codewords_starts_code_embeddings_at_random():
 
 # ------------------------------------------------------------------ the command line
 
+
 def test_cli_errors_are_one_line_and_exit_code_2(run_dir, tmp_path, capsys):
     new = tmp_path / "new"
     cases = [
-        (["run", "tiny", "--out", str(new), "--set", "train.batch_size=0"], "config train.batch_size must be >= 1, got 0"),
+        (
+            ["run", "tiny", "--out", str(new), "--set", "train.batch_size=0"],
+            "config train.batch_size must be >= 1, got 0",
+        ),
         (["run", "tiny", "--out", str(new), "--steps", "many"], "argument --steps: invalid int value: 'many'"),
         (["run", "nowhere", "--out", str(new)], "'nowhere' is neither a preset"),
-        (["run", "tiny", "--out", str(run_dir), *CLI_SETTINGS, "--set", "ids.seed=1"],
-         f"{run_dir} was built with ids.seed=0 (now 1); pass --overwrite"),
-        (["recommend", str(run_dir), "--history", "item1", "--temperature", "1", "--seed", str(2**63), "--device", "cpu"],
-         "seed must be in [0, 2**63), got 9223372036854775808"),
-        (["recommend", str(run_dir), "--history", "item1", "--device", "tpu0"], "unknown device 'tpu0'; use cpu, cuda or cuda:N"),
+        (
+            ["run", "tiny", "--out", str(run_dir), *CLI_SETTINGS, "--set", "ids.seed=1"],
+            f"{run_dir} was built with ids.seed=0 (now 1); pass --overwrite",
+        ),
+        (
+            [
+                "recommend",
+                str(run_dir),
+                "--history",
+                "item1",
+                "--temperature",
+                "1",
+                "--seed",
+                str(2**63),
+                "--device",
+                "cpu",
+            ],
+            "seed must be in [0, 2**63), got 9223372036854775808",
+        ),
+        (
+            ["recommend", str(run_dir), "--history", "item1", "--device", "tpu0"],
+            "unknown device 'tpu0'; use cpu, cuda or cuda:N",
+        ),
         (["recommend", str(run_dir), "--history", "item1,nope", "--device", "cpu"], "unknown item id 'nope'"),
         (["recommend", str(tmp_path / "missing"), "--history", "item1"], "config.json is missing"),
     ]
     if not torch.cuda.is_available():
-        cases.append((["recommend", str(run_dir), "--history", "item1", "--device", "cuda"], "device 'cuda' is not available"))
+        cases.append(
+            (["recommend", str(run_dir), "--history", "item1", "--device", "cuda"], "device 'cuda' is not available")
+        )
     before = snapshot(run_dir)
     for args, message in cases:
         assert main(args) == 2, args
@@ -385,16 +468,33 @@ def test_cli_errors_are_one_line_and_exit_code_2(run_dir, tmp_path, capsys):
 
 def test_ids_command_refuses_other_settings_unless_overwrite(tmp_path, capsys):
     out = tmp_path / "ids"
-    args = ["ids", "tiny", "--out", str(out), "--recipe", "paper", "--scheme", "rqkmeans",
-            "--set", "text.encoder=all-MiniLM-L6-v2", "--set", "ids.codebook_size=16", "--set", "ids.hidden_dims=[128, 64]",
-            "--set", "ids.code_dim=16"]
+    args = [
+        "ids",
+        "tiny",
+        "--out",
+        str(out),
+        "--recipe",
+        "paper",
+        "--scheme",
+        "rqkmeans",
+        "--set",
+        "text.encoder=all-MiniLM-L6-v2",
+        "--set",
+        "ids.codebook_size=16",
+        "--set",
+        "ids.hidden_dims=[128, 64]",
+        "--set",
+        "ids.code_dim=16",
+    ]
     assert main(args) == 0
     capsys.readouterr()
     before = snapshot(out)
     assert main([*args, "--set", "ids.seed=1"]) == 2
-    assert error_line(capsys) == (f"tigerrec: error: {out} was built with ids.seed=0 (now 1); pass --overwrite "
-                                  "(Python: overwrite=True) to rebuild it, which deletes semantic_ids.csv, "
-                                  "quantizer.safetensors, ids_metrics.json")
+    assert error_line(capsys) == (
+        f"tigerrec: error: {out} was built with ids.seed=0 (now 1); pass --overwrite "
+        "(Python: overwrite=True) to rebuild it, which deletes semantic_ids.csv, "
+        "quantizer.safetensors, ids_metrics.json"
+    )
     assert snapshot(out) == before
     assert main([*args, "--set", "ids.seed=1", "--overwrite"]) == 0
     assert json.loads((out / "ids_metrics.json").read_text())["fingerprint"]["ids.seed"] == 1

@@ -7,7 +7,13 @@ from tigerrec.semantic_ids import CollisionError, SemanticIDs, add_collision_cod
 
 def test_collision_code_counts_within_each_prefix():
     codes = np.array([[7, 1, 4], [7, 1, 4], [2, 0, 0], [7, 1, 4], [7, 1, 5]])
-    assert add_collision_code(codes, 256).tolist() == [[7, 1, 4, 0], [7, 1, 4, 1], [2, 0, 0, 0], [7, 1, 4, 2], [7, 1, 5, 0]]
+    assert add_collision_code(codes, 256).tolist() == [
+        [7, 1, 4, 0],
+        [7, 1, 4, 1],
+        [2, 0, 0, 0],
+        [7, 1, 4, 2],
+        [7, 1, 5, 0],
+    ]
 
 
 def test_collision_group_larger_than_last_level_fails_clearly():
@@ -22,7 +28,8 @@ def test_ids_are_unique_and_roundtrip_through_csv(tmp_path):
     assert len(np.unique(ids.codes, axis=0)) == 200
     metrics = ids.metrics()
     assert metrics["unique_ids"] and metrics["max_collision_group"] == max(
-        int(c) for c in np.unique(codes, axis=0, return_counts=True)[1])
+        int(c) for c in np.unique(codes, axis=0, return_counts=True)[1]
+    )
     assert sum(int(size) * n for size, n in metrics["collision_group_sizes"].items()) == 200
     ids.save(tmp_path)
     header = (tmp_path / "semantic_ids.csv").read_text().splitlines()[0]
@@ -50,12 +57,15 @@ def test_load_rejects_malformed_files(tmp_path):
         SemanticIDs.load(tmp_path / "nothing")
 
 
-@pytest.mark.parametrize("rows, message", [
-    ("a,1,2\nb,-1,0\n", "row 2 (item 'b'): code c1=-1 is outside 0..15 (ids.codebook_size=16)"),
-    ("a,1,2\nb,3,16\n", "row 2 (item 'b'): code c2=16 is outside 0..15 (ids.codebook_size=16)"),
-    ("a,1,2\nb,3\n", "row 2 (item 'b'): 2 columns, expected 3"),
-    ("a,1,x\n", "row 1 (item 'a'): non-integer code c2='x'"),
-])
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        ("a,1,2\nb,-1,0\n", "row 2 (item 'b'): code c1=-1 is outside 0..15 (ids.codebook_size=16)"),
+        ("a,1,2\nb,3,16\n", "row 2 (item 'b'): code c2=16 is outside 0..15 (ids.codebook_size=16)"),
+        ("a,1,2\nb,3\n", "row 2 (item 'b'): 2 columns, expected 3"),
+        ("a,1,x\n", "row 1 (item 'a'): non-integer code c2='x'"),
+    ],
+)
 def test_load_checks_every_code_against_the_codebook(tmp_path, rows, message):
     (tmp_path / "semantic_ids.csv").write_text("item_id,c1,c2\n" + rows)
     with pytest.raises(TigerrecError) as info:

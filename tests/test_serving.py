@@ -32,6 +32,7 @@ def history():
 
 # ------------------------------------------------------------------ Python API
 
+
 def test_recommend_returns_k_distinct_unseen_items_with_titles(recommender, history):
     results = recommender.recommend(history, k=10)
     ids = [r["item_id"] for r in results]
@@ -59,10 +60,12 @@ def test_recommend_follows_the_learned_chain(recommender):
 
 def test_long_histories_use_the_most_recent_items(recommender):
     items = recommender.item_ids
-    long = items[:recommender.max_history + 10]
-    recent = long[-recommender.max_history:]
+    long = items[: recommender.max_history + 10]
+    recent = long[-recommender.max_history :]
     full = recommender.recommend(long, k=5, exclude_seen=False)
-    assert [r["item_id"] for r in full] == [r["item_id"] for r in recommender.recommend(recent, k=5, exclude_seen=False)]
+    assert [r["item_id"] for r in full] == [
+        r["item_id"] for r in recommender.recommend(recent, k=5, exclude_seen=False)
+    ]
     # exclude_seen still drops every item of the full history
     assert not {r["item_id"] for r in recommender.recommend(long, k=5)} & set(long)
 
@@ -98,8 +101,10 @@ def test_concurrent_calls_give_the_sequential_results(recommender):
 
 def test_micro_batcher_gives_each_query_its_own_results(recommender):
     histories = [recommender.item_ids[i : i + 1 + i % 15] for i in range(40)]  # beams differ with history length
-    queries = [recommender.query(h, k=3 + i % 4, seed=7 if i % 10 == 0 else None,
-                                 temperature=1.0 if i % 10 == 0 else None) for i, h in enumerate(histories)]
+    queries = [
+        recommender.query(h, k=3 + i % 4, seed=7 if i % 10 == 0 else None, temperature=1.0 if i % 10 == 0 else None)
+        for i, h in enumerate(histories)
+    ]
     batcher = MicroBatcher(recommender, max_batch=16)
     try:
         futures = [batcher.submit(q) for q in queries]
@@ -130,26 +135,29 @@ def test_filters_are_enforced_inside_decoding_and_still_fill_k(recommender, hist
     assert all(len(rows) == 4 for rows in batch)
 
 
-@pytest.mark.parametrize("history, kwargs, error, message", [
-    (["item1", "nope", "zzz"], {}, UnknownItemError, "unknown item ids 'nope', 'zzz'"),
-    ([], {}, RequestError, "history is empty"),
-    ("item1", {}, RequestError, "must be a list of item ids"),
-    (["item1", None], {}, RequestError, "item ids must be strings"),
-    (["item1"], {"k": 0}, RequestError, "k must be between 1 and 100"),
-    (["item1"], {"k": 101}, RequestError, "k must be between 1 and 100"),
-    (["item1"], {"k": "5"}, RequestError, "k must be an integer"),
-    (["item1"], {"k": True}, RequestError, "k must be an integer"),
-    (["item1"], {"temperature": 0}, RequestError, "temperature must be a finite number > 0"),
-    (["item1"], {"temperature": float("nan")}, RequestError, "temperature must be a finite number > 0"),
-    (["item1"], {"temperature": "hot"}, RequestError, "temperature must be a number"),
-    (["item1"], {"user_id": 1.5}, RequestError, "user ids must be strings"),
-    (["item1"], {"exclude_seen": "yes"}, RequestError, "exclude_seen must be true or false"),
-    (["item1"], {"exclude": ["item2", "nope"]}, UnknownItemError, "unknown item id 'nope'"),
-    (["item1"], {"only": []}, RequestError, "only is empty"),
-    (["item1"], {"only": "item2"}, RequestError, "only must be a list of item ids"),
-    (["item1"], {"category": "Socks"}, RequestError, "unknown category 'Socks'"),
-    (["item1"], {"category": 3}, RequestError, "category must be a string"),
-])
+@pytest.mark.parametrize(
+    "history, kwargs, error, message",
+    [
+        (["item1", "nope", "zzz"], {}, UnknownItemError, "unknown item ids 'nope', 'zzz'"),
+        ([], {}, RequestError, "history is empty"),
+        ("item1", {}, RequestError, "must be a list of item ids"),
+        (["item1", None], {}, RequestError, "item ids must be strings"),
+        (["item1"], {"k": 0}, RequestError, "k must be between 1 and 100"),
+        (["item1"], {"k": 101}, RequestError, "k must be between 1 and 100"),
+        (["item1"], {"k": "5"}, RequestError, "k must be an integer"),
+        (["item1"], {"k": True}, RequestError, "k must be an integer"),
+        (["item1"], {"temperature": 0}, RequestError, "temperature must be a finite number > 0"),
+        (["item1"], {"temperature": float("nan")}, RequestError, "temperature must be a finite number > 0"),
+        (["item1"], {"temperature": "hot"}, RequestError, "temperature must be a number"),
+        (["item1"], {"user_id": 1.5}, RequestError, "user ids must be strings"),
+        (["item1"], {"exclude_seen": "yes"}, RequestError, "exclude_seen must be true or false"),
+        (["item1"], {"exclude": ["item2", "nope"]}, UnknownItemError, "unknown item id 'nope'"),
+        (["item1"], {"only": []}, RequestError, "only is empty"),
+        (["item1"], {"only": "item2"}, RequestError, "only must be a list of item ids"),
+        (["item1"], {"category": "Socks"}, RequestError, "unknown category 'Socks'"),
+        (["item1"], {"category": 3}, RequestError, "category must be a string"),
+    ],
+)
 def test_bad_requests_raise_errors_naming_the_problem(recommender, history, kwargs, error, message):
     with pytest.raises(error) as info:
         recommender.recommend(history, **kwargs)
@@ -170,14 +178,29 @@ def test_cli_recommend_prints_a_table(tiny_run, history, capsys):
     assert lines[0].split() == ["rank", "item", "id", "score", "semantic", "id", "title"]
     assert len(lines) == 4 and lines[1].split()[0] == "1"
     assert main(["recommend", str(tiny_run), "--history", "item1,nope"]) == 2
-    assert main(["recommend", str(tiny_run), "--history", ",".join(history), "--only", "item7,item8", "--json",
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "recommend",
+                str(tiny_run),
+                "--history",
+                ",".join(history),
+                "--only",
+                "item7,item8",
+                "--json",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert sorted(r["item_id"] for r in json.loads(capsys.readouterr().out)) == ["item7", "item8"]
     assert main(["recommend", str(tiny_run), "--history", "item1", "--category", "Socks"]) == 2
     assert "unknown category 'Socks'" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------ HTTP API
+
 
 def test_health_items_and_docs(client, recommender):
     health = client.get("/health")
@@ -201,40 +224,55 @@ def test_http_recommend(client, history, recommender):
     filtered = client.post("/recommend", json={"history": history, "k": 3, "category": "Shampoo", "exclude": ["item0"]})
     assert filtered.status_code == 200
     assert [r["item_id"] for r in filtered.json()["recommendations"]] == [
-        r["item_id"] for r in recommender.recommend(history, k=3, category="Shampoo", exclude=["item0"])]
-    assert all(r["item_id"] != "item0" and ["Beauty", "Shampoo"] in r["categories"] for r in filtered.json()["recommendations"])
+        r["item_id"] for r in recommender.recommend(history, k=3, category="Shampoo", exclude=["item0"])
+    ]
+    assert all(
+        r["item_id"] != "item0" and ["Beauty", "Shampoo"] in r["categories"] for r in filtered.json()["recommendations"]
+    )
     only = client.post("/recommend", json={"history": history, "only": ["item7", "item8"]}).json()["recommendations"]
     assert sorted(r["item_id"] for r in only) == ["item7", "item8"]
 
 
-@pytest.mark.parametrize("body, message", [
-    ({"history": ["item1", "nope"]}, "unknown item id 'nope'"),
-    ({"history": []}, "history: List should have at least 1 item"),
-    ({"history": ["item1"] * 1001}, "history: List should have at most 1000 items"),
-    ({"k": 5}, "history: Field required"),
-    ({"history": "item1"}, "history: Input should be a valid list"),
-    ({"history": [1, 2]}, "history.0: Input should be a valid string"),
-    ({"history": ["item1"], "k": 0}, "k: Input should be greater than or equal to 1"),
-    ({"history": ["item1"], "k": 101}, "k: Input should be less than or equal to 100"),
-    ({"history": ["item1"], "k": "5"}, "k: Input should be a valid integer"),
-    ({"history": ["item1"], "k": 10**40}, "k: Input should be less than or equal to 100"),
-    ({"history": ["item1"], "temperature": -1}, "temperature: Input should be greater than 0"),
-    ({"history": ["item1"], "exclude_seen": "no"}, "exclude_seen: Input should be a valid boolean"),
-    ({"history": ["item1"], "user_id": 7}, "user_id: Input should be a valid string"),
-    ({"history": ["item1"], "histroy": []}, "histroy: Extra inputs are not permitted"),
-    ({"history": ["item1"], "category": "Socks"}, "unknown category 'Socks'"),
-    ({"history": ["item1"], "only": []}, "only: List should have at least 1 item"),
-    ({"history": ["item1"], "exclude": ["nope"]}, "unknown item id 'nope'"),
-    ([1, 2], "body: Input should be a valid dictionary"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"history": ["item1", "nope"]}, "unknown item id 'nope'"),
+        ({"history": []}, "history: List should have at least 1 item"),
+        ({"history": ["item1"] * 1001}, "history: List should have at most 1000 items"),
+        ({"k": 5}, "history: Field required"),
+        ({"history": "item1"}, "history: Input should be a valid list"),
+        ({"history": [1, 2]}, "history.0: Input should be a valid string"),
+        ({"history": ["item1"], "k": 0}, "k: Input should be greater than or equal to 1"),
+        ({"history": ["item1"], "k": 101}, "k: Input should be less than or equal to 100"),
+        ({"history": ["item1"], "k": "5"}, "k: Input should be a valid integer"),
+        ({"history": ["item1"], "k": 10**40}, "k: Input should be less than or equal to 100"),
+        ({"history": ["item1"], "temperature": -1}, "temperature: Input should be greater than 0"),
+        ({"history": ["item1"], "exclude_seen": "no"}, "exclude_seen: Input should be a valid boolean"),
+        ({"history": ["item1"], "user_id": 7}, "user_id: Input should be a valid string"),
+        ({"history": ["item1"], "histroy": []}, "histroy: Extra inputs are not permitted"),
+        ({"history": ["item1"], "category": "Socks"}, "unknown category 'Socks'"),
+        ({"history": ["item1"], "only": []}, "only: List should have at least 1 item"),
+        ({"history": ["item1"], "exclude": ["nope"]}, "unknown item id 'nope'"),
+        ([1, 2], "body: Input should be a valid dictionary"),
+    ],
+)
 def test_http_bad_input_is_a_4xx_naming_the_problem(client, body, message):
     response = client.post("/recommend", json=body)
     assert response.status_code == 422
     assert message in response.json()["message"]
 
 
-@pytest.mark.parametrize("raw", [b"{not json", b'{"history": ["item1"], "temperature": NaN}', b"\xff\xfe", b"[" * 50_000,
-                                 b'{"history": ["item1"], "user_id": "\\ud800"}', b'{"history": ["\\ud800x"]}'])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"{not json",
+        b'{"history": ["item1"], "temperature": NaN}',
+        b"\xff\xfe",
+        b"[" * 50_000,
+        b'{"history": ["item1"], "user_id": "\\ud800"}',
+        b'{"history": ["\\ud800x"]}',
+    ],
+)
 def test_http_malformed_bodies_are_4xx(client, raw):
     response = client.post("/recommend", content=raw, headers={"content-type": "application/json"})
     assert 400 <= response.status_code < 500 and response.json()["message"]

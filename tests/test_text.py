@@ -11,7 +11,11 @@ TEMPLATE = TextConfig().template
 
 
 def test_sentence_skips_missing_fields_and_unescapes_html():
-    meta = {"title": "Tom &amp; Jerry&#39;s Soap", "brand": "Acme", "categories": [["Beauty", "Bath"], ["Beauty", "Soap"]]}
+    meta = {
+        "title": "Tom &amp; Jerry&#39;s Soap",
+        "brand": "Acme",
+        "categories": [["Beauty", "Bath"], ["Beauty", "Soap"]],
+    }
     assert item_sentence(meta, TEMPLATE) == "Tom & Jerry's Soap. Brand: Acme. Categories: Beauty, Bath, Soap."
     assert item_sentence({"title": "X", "price": 3.5}, TEMPLATE) == "X. Price: $3.50."
     assert item_sentence({}, TEMPLATE) == ""

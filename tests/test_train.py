@@ -8,15 +8,15 @@ import sys
 
 import pytest
 import torch
+from conftest import run_and_check_memorised, tiny_config
 from safetensors.torch import load_file
 
-from conftest import run_and_check_memorised, tiny_config
 from tigerrec.data import leave_one_out, make_tiny
 from tigerrec.errors import TigerrecError
-from tigerrec.presets import preset_config
 from tigerrec.pipeline import QUANTIZER_FILE, build_semantic_ids, evaluate_examples, prepare
-from tigerrec.sequences import length_bucketed_batches
+from tigerrec.presets import preset_config
 from tigerrec.quantize import load_quantizer
+from tigerrec.sequences import length_bucketed_batches
 from tigerrec.train import CHECKPOINT, read_csv, train, validation_examples
 
 
@@ -58,9 +58,13 @@ def test_codebook_init_starts_code_embeddings_from_the_codewords(tmp_path):
         embed_distances = torch.cdist(rows, rows)[upper[0], upper[1]]
         assert torch.corrcoef(torch.stack([code_distances, embed_distances]))[0, 1] > 0.9, level
         assert not torch.allclose(rows, plain.embed.weight[tokenizer.code_tokens(level)])
-    untouched = torch.cat([torch.arange(tokenizer.code_tokens(0)[0]),  # special tokens
-                           tokenizer.code_tokens(len(codebooks)),  # the collision code
-                           torch.arange(tokenizer.user_offset, tokenizer.vocab_size)])
+    untouched = torch.cat(
+        [
+            torch.arange(tokenizer.code_tokens(0)[0]),  # special tokens
+            tokenizer.code_tokens(len(codebooks)),  # the collision code
+            torch.arange(tokenizer.user_offset, tokenizer.vocab_size),
+        ]
+    )
     assert torch.equal(weight[untouched], plain.embed.weight.detach()[untouched])
     assert torch.equal(model.head, plain.head)  # the output rows stay random
     # codebooks+head: the output rows of each level's codes start parallel to their input embeddings,
@@ -74,8 +78,10 @@ def test_codebook_init_starts_code_embeddings_from_the_codewords(tmp_path):
     assert torch.equal(tied.head[len(codebooks)], plain.head[len(codebooks)])
     with pytest.raises(TigerrecError, match="pass ids_dir"):
         prepare(dataset, ids, cfg)
-    with pytest.raises(TigerrecError, match="embed_init=codebooks needs .* got model.kind=tiger, ids.scheme=lsh; "
-                                            "set model.embed_init=normal"):
+    with pytest.raises(
+        TigerrecError,
+        match="embed_init=codebooks needs .* got model.kind=tiger, ids.scheme=lsh; set model.embed_init=normal",
+    ):
         tiny_config("tuned", ids={"scheme": "lsh"}).validate()  # the default recipe starts from the codewords
 
 
@@ -109,7 +115,9 @@ def test_backtest_logs_the_forward_targets_beside_validation(tiny_ids, tmp_path)
     forward = validation_examples(data.forward, cfg.train)
     assert forward.users.tolist() == users.tolist()
     again = evaluate_examples(model, data, forward, cfg, "forward")
-    assert rows[-1]["forward_users"] == 30 and rows[-1]["forward_recall@10"] == pytest.approx(again["recall@10"], abs=1e-9)
+    assert rows[-1]["forward_users"] == 30 and rows[-1]["forward_recall@10"] == pytest.approx(
+        again["recall@10"], abs=1e-9
+    )
     plain = tiny_config(train=settings)
     data, _, model = prepare(dataset, ids, plain)
     assert data.forward is None
@@ -141,7 +149,9 @@ def test_resume_gives_the_same_model_as_an_uninterrupted_run(tiny_ids, tmp_path,
 @pytest.mark.parametrize("epochs, steps", [(2.0, 1000), (2.5, 1000), (2.0, 7)])
 def test_a_pass_cap_ends_training_at_whichever_of_passes_and_steps_comes_first(tiny_ids, tmp_path, epochs, steps):
     dataset, ids, _ = tiny_ids
-    cfg = tiny_config(train={"steps": steps, "epochs": epochs, "eval_every": 1000, "checkpoint_every": 1000, "log_every": 1})
+    cfg = tiny_config(
+        train={"steps": steps, "epochs": epochs, "eval_every": 1000, "checkpoint_every": 1000, "log_every": 1}
+    )
     data, _, model = prepare(dataset, ids, cfg)
     batches_per_epoch = len(length_bucketed_batches(data.train.lengths, cfg.train.batch_size, cfg.train.seed, 0))
     assert 7 < 2 * batches_per_epoch < 1000  # both kinds of end are reachable
@@ -153,7 +163,9 @@ def test_a_pass_cap_ends_training_at_whichever_of_passes_and_steps_comes_first(t
 
 def test_patience_stops_training_and_a_restart_trains_no_further(tiny_ids, tmp_path):
     dataset, ids, _ = tiny_ids  # an lr too small to move validation: only the first evaluation is a new best
-    cfg = tiny_config(train={"steps": 1000, "lr": 1e-12, "eval_every": 5, "patience": 2, "checkpoint_every": 1000, "log_every": 5})
+    cfg = tiny_config(
+        train={"steps": 1000, "lr": 1e-12, "eval_every": 5, "patience": 2, "checkpoint_every": 1000, "log_every": 5}
+    )
     data, _, model = prepare(dataset, ids, cfg)
     summary = train(model, data, cfg.train, cfg.eval, tmp_path)
     assert [int(row["step"]) for row in read_csv(tmp_path / "valid_log.csv")] == [5, 10, 15]
@@ -162,7 +174,9 @@ def test_patience_stops_training_and_a_restart_trains_no_further(tiny_ids, tmp_p
 
 
 def test_the_tuned_recipe_caps_passes_and_the_tiny_preset_counts_steps():
-    assert preset_config("beauty", "tuned").train.epochs == 30.0 and preset_config("beauty", "paper").train.epochs == 0.0
+    assert (
+        preset_config("beauty", "tuned").train.epochs == 30.0 and preset_config("beauty", "paper").train.epochs == 0.0
+    )
     assert preset_config("beauty", "tuned").train.members == 2 and preset_config("beauty", "paper").train.members == 1
     assert preset_config("beauty", "tuned", "rpg").train.members == 1  # an ensemble is TIGER's
     assert preset_config("tiny", "tuned").train.epochs == 0.0  # its budget is in steps
@@ -208,8 +222,10 @@ def test_label_smoothing_spreads_that_share_of_each_target_over_the_codebook(tin
     """train.label_smoothing: the first step's loss is the cross-entropy against targets that put
     ``smoothing`` of their mass uniformly over the codes (no dropout, fp32: the step is deterministic)."""
     dataset, ids, _ = tiny_ids
-    cfg = tiny_config(model={"dropout": 0.0, "input_dropout": 0.0},
-                      train={"steps": 1, "log_every": 1, "bf16": "off", "label_smoothing": smoothing})
+    cfg = tiny_config(
+        model={"dropout": 0.0, "input_dropout": 0.0},
+        train={"steps": 1, "log_every": 1, "bf16": "off", "label_smoothing": smoothing},
+    )
     data, _, model = prepare(dataset, ids, cfg)
     first = length_bucketed_batches(data.train.lengths, cfg.train.batch_size, cfg.train.seed, 0)[0]
     tokens, decoder_tokens, targets = data.batch(first)
@@ -244,16 +260,42 @@ def test_resume_on_cuda_restores_the_gpu_random_state(tiny_ids, tmp_path):
     resumed = _train(dataset, ids, cfg, tmp_path / "split")
     scrambled = _train(dataset, ids, cfg, tmp_path / "scrambled")
     distance = lambda a, b: max((a[name].float() - b[name].float()).abs().max().item() for name in a)
-    assert distance(resumed, whole) <= distance(scrambled, whole) / 100, (distance(resumed, whole), distance(scrambled, whole))
+    assert distance(resumed, whole) <= distance(scrambled, whole) / 100, (
+        distance(resumed, whole),
+        distance(scrambled, whole),
+    )
 
 
 def test_ddp_with_two_cpu_processes(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-           "-m", "tigerrec.cli", "run", "tiny", "--out", str(tmp_path), "--scheme", "rqkmeans",
-           "--steps", "40", "--set", "train.eval_every=40", "--set", "train.log_every=10",
-           # a time budget with a cooldown: the processes share process 0's clock each step
-           "--set", "train.max_minutes=30", "--set", "train.cooldown_fraction=0.2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29533",
+        "-m",
+        "tigerrec.cli",
+        "run",
+        "tiny",
+        "--out",
+        str(tmp_path),
+        "--scheme",
+        "rqkmeans",
+        "--steps",
+        "40",
+        "--set",
+        "train.eval_every=40",
+        "--set",
+        "train.log_every=10",
+        # a time budget with a cooldown: the processes share process 0's clock each step
+        "--set",
+        "train.max_minutes=30",
+        "--set",
+        "train.cooldown_fraction=0.2",
+    ]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
@@ -317,9 +359,19 @@ def test_warmup_then_decay_to_zero_over_the_budget():
 
 def test_item_history_model_learns_the_tiny_dataset_to_recall_one(tmp_path):
     """history=items: a causal encoder over pooled item tokens, every position of a window a target."""
-    cfg = tiny_config(model={"history": "items"},
-                      train={"schedule": "constant", "warmup_steps": 20, "cooldown_fraction": 0.2, "batch_size": 32,
-                             "steps": 500, "lr": 0.02, "eval_every": 500, "checkpoint_every": 500})
+    cfg = tiny_config(
+        model={"history": "items"},
+        train={
+            "schedule": "constant",
+            "warmup_steps": 20,
+            "cooldown_fraction": 0.2,
+            "batch_size": 32,
+            "steps": 500,
+            "lr": 0.02,
+            "eval_every": 500,
+            "checkpoint_every": 500,
+        },
+    )
     metrics, data = run_and_check_memorised(cfg, tmp_path)
     assert metrics["test"]["recall@10"] >= 0.9 and metrics["valid"]["recall@10"] >= 0.9
     # Samples count targets: every item after a user's first training item is one per epoch.
@@ -335,4 +387,7 @@ def test_tuned_recipe_pooled_history_model_learns_the_tiny_dataset_to_recall_one
     assert cfg.model.history == "pooled" and cfg.model.embed_init == "codebooks" and cfg.train.cooldown_fraction == 0.2
     metrics, data = run_and_check_memorised(cfg, tmp_path)
     assert metrics["test"]["recall@10"] >= 0.95 and metrics["valid"]["recall@10"] >= 0.95
-    assert data.tokenizer.encoder_input(torch.from_numpy(data.train.histories[:3]), torch.zeros(3, dtype=torch.long)).dim() == 3
+    assert (
+        data.tokenizer.encoder_input(torch.from_numpy(data.train.histories[:3]), torch.zeros(3, dtype=torch.long)).dim()
+        == 3
+    )

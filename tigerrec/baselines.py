@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import SASRecConfig
-from .device import autocast, use_bf16
 from .data import Split
+from .device import autocast, use_bf16
 from .evaluate import metrics_by_popularity, ranking_metrics
 from .sequences import history_pairs, length_bucketed_batches, training_windows
 from .train import out_of_patience
@@ -53,8 +53,13 @@ def _in_chunks(histories: list[np.ndarray], rank_chunk, chunk: int = 1024) -> np
     return np.concatenate([rank_chunk(i, histories[i : i + chunk]) for i in range(0, len(histories), chunk)])
 
 
-def most_popular(train_sequences: list[np.ndarray], num_items: int, histories: list[np.ndarray], k: int = 10,
-                 exclude_history: bool = False) -> np.ndarray:
+def most_popular(
+    train_sequences: list[np.ndarray],
+    num_items: int,
+    histories: list[np.ndarray],
+    k: int = 10,
+    exclude_history: bool = False,
+) -> np.ndarray:
     """Items by how often they occur in the training parts (ties: lower index first).
 
     Without ``exclude_history`` every user gets the same list; with it, the items
@@ -66,8 +71,13 @@ def most_popular(train_sequences: list[np.ndarray], num_items: int, histories: l
     return _in_chunks(histories, lambda _, part: _top_k(scores.expand(len(part), -1).clone(), part, k, exclude_history))
 
 
-def markov(train_sequences: list[np.ndarray], num_items: int, histories: list[np.ndarray], k: int = 10,
-           exclude_history: bool = False) -> np.ndarray:
+def markov(
+    train_sequences: list[np.ndarray],
+    num_items: int,
+    histories: list[np.ndarray],
+    k: int = 10,
+    exclude_history: bool = False,
+) -> np.ndarray:
     """First-order Markov chain: items by how often they followed the user's last item in the
     training parts; items never seen after it are ranked by popularity (the fallback)."""
     from scipy.sparse import coo_matrix
@@ -77,7 +87,9 @@ def markov(train_sequences: list[np.ndarray], num_items: int, histories: list[np
     transitions = coo_matrix((np.ones(len(sources)), (sources, following)), shape=(num_items, num_items)).tocsr()
     counts = np.bincount(np.concatenate(train_sequences), minlength=num_items).astype(np.float64)
     # Popularity scaled below 1, minus tiny index offsets: breaks count ties, then popularity ties, by index.
-    fallback = torch.from_numpy(counts / (counts.max() + 1.0) - np.arange(num_items) / (num_items + 1.0) / (counts.max() + 1.0))
+    fallback = torch.from_numpy(
+        counts / (counts.max() + 1.0) - np.arange(num_items) / (num_items + 1.0) / (counts.max() + 1.0)
+    )
 
     def rank(_, part):
         last = np.array([h[-1] for h in part])
@@ -95,11 +107,19 @@ def user_profiles(embeddings: np.ndarray, histories: list[np.ndarray], max_histo
     """(N, dim) each user's profile: the unit-normalised mean of the unit embeddings of the user's last
     ``max_history`` items (what TIGER's encoder sees)."""
     unit = unit_rows(embeddings)
-    return F.normalize(torch.stack([unit[torch.from_numpy(h[-max_history:])].mean(0) for h in histories]), dim=1).numpy()
+    return F.normalize(
+        torch.stack([unit[torch.from_numpy(h[-max_history:])].mean(0) for h in histories]), dim=1
+    ).numpy()
 
 
-def rank_by_profile(embeddings: np.ndarray, profiles: np.ndarray, histories: list[np.ndarray], k: int = 10,
-                    exclude_history: bool = True, among: np.ndarray | None = None) -> np.ndarray:
+def rank_by_profile(
+    embeddings: np.ndarray,
+    profiles: np.ndarray,
+    histories: list[np.ndarray],
+    k: int = 10,
+    exclude_history: bool = True,
+    among: np.ndarray | None = None,
+) -> np.ndarray:
     """The ``k`` items of highest cosine similarity to each row of ``profiles`` (N, dim). Items anywhere in
     the row's history are excluded by default; ``among`` (a bool per item) restricts the ranking to the
     items it marks."""
@@ -115,15 +135,23 @@ def rank_by_profile(embeddings: np.ndarray, profiles: np.ndarray, histories: lis
     return _in_chunks(histories, rank)
 
 
-def semantic_knn(embeddings: np.ndarray, histories: list[np.ndarray], k: int = 10, max_history: int = 20,
-                 exclude_history: bool = True, among: np.ndarray | None = None) -> np.ndarray:
+def semantic_knn(
+    embeddings: np.ndarray,
+    histories: list[np.ndarray],
+    k: int = 10,
+    max_history: int = 20,
+    exclude_history: bool = True,
+    among: np.ndarray | None = None,
+) -> np.ndarray:
     """Items nearest to the user's profile (``user_profiles``) in the content-embedding space, by
     cosine similarity (``rank_by_profile``)."""
-    return rank_by_profile(embeddings, user_profiles(embeddings, histories, max_history), histories, k,
-                           exclude_history, among)
+    return rank_by_profile(
+        embeddings, user_profiles(embeddings, histories, max_history), histories, k, exclude_history, among
+    )
 
 
 # ------------------------------------------------------------------ SASRec
+
 
 class SASRec(nn.Module):
     """Self-attentive sequential recommendation (Kang & McAuley 2018).
@@ -147,8 +175,9 @@ class SASRec(nn.Module):
         with torch.no_grad():
             self.items.weight[0].zero_()
         self.positions = nn.Embedding(cfg.max_len, cfg.hidden)
-        layer = nn.TransformerEncoderLayer(cfg.hidden, cfg.heads, cfg.hidden, cfg.dropout, activation="relu",
-                                           batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            cfg.hidden, cfg.heads, cfg.hidden, cfg.dropout, activation="relu", batch_first=True, norm_first=True
+        )
         self.blocks = nn.TransformerEncoder(layer, cfg.blocks, enable_nested_tensor=False)
         self.dropout = nn.Dropout(cfg.dropout)
         self.norm = nn.LayerNorm(cfg.hidden)
@@ -174,8 +203,14 @@ def _pad(sequences: list[np.ndarray], length: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sasrec_recommend(model: SASRec, histories: list[np.ndarray], k: int = 10, batch_size: int = 1024, bf16: bool = False,
-                     exclude_history: bool = False) -> np.ndarray:
+def sasrec_recommend(
+    model: SASRec,
+    histories: list[np.ndarray],
+    k: int = 10,
+    batch_size: int = 1024,
+    bf16: bool = False,
+    exclude_history: bool = False,
+) -> np.ndarray:
     """Top-k items after each history; ``exclude_history`` as TIGER's ``eval.exclude_history``."""
     model.eval()
     device = next(model.parameters()).device
@@ -190,8 +225,14 @@ def sasrec_recommend(model: SASRec, histories: list[np.ndarray], k: int = 10, ba
     return np.concatenate(ranked)
 
 
-def train_sasrec(train_sequences: list[np.ndarray], num_items: int, valid_histories: list[np.ndarray],
-                 valid_targets: np.ndarray, cfg: SASRecConfig, device: str = "cpu") -> tuple[SASRec, dict]:
+def train_sasrec(
+    train_sequences: list[np.ndarray],
+    num_items: int,
+    valid_histories: list[np.ndarray],
+    valid_targets: np.ndarray,
+    cfg: SASRecConfig,
+    device: str = "cpu",
+) -> tuple[SASRec, dict]:
     """Train on every prefix of the training parts; keep the weights with the best validation NDCG@10.
 
     Stops at ``cfg.steps``, after ``cfg.max_minutes`` or ``cfg.patience`` validation runs without a new
@@ -225,8 +266,15 @@ def train_sasrec(train_sequences: list[np.ndarray], num_items: int, valid_histor
             stop = step >= cfg.steps or bool(cfg.max_minutes and minutes >= cfg.max_minutes)
             if step % cfg.eval_every == 0 or stop:
                 metrics = ranking_metrics(sasrec_recommend(model, valid_histories, 10, bf16=bf16), valid_targets)
-                history.append({"step": step, "minutes": round(minutes, 2), "samples": samples,
-                                "loss": round(loss.item(), 4), **metrics})
+                history.append(
+                    {
+                        "step": step,
+                        "minutes": round(minutes, 2),
+                        "samples": samples,
+                        "loss": round(loss.item(), 4),
+                        **metrics,
+                    }
+                )
                 log.info("SASRec step %d loss %.4f valid %s", step, loss.item(), metrics)
                 if metrics["ndcg@10"] > best:
                     best, best_step, evals_since_best = metrics["ndcg@10"], step, 0
@@ -238,7 +286,14 @@ def train_sasrec(train_sequences: list[np.ndarray], num_items: int, valid_histor
                 break
         epoch += 1
     model.load_state_dict(best_state)
-    summary = {"steps": step, "samples": samples, "best_step": best_step, "best_valid_ndcg@10": best,
-               "epochs": round(step * cfg.batch_size / len(windows), 2), "train_seconds": round(time.perf_counter() - start, 1),
-               "parameters": sum(p.numel() for p in model.parameters()), "history": history}
+    summary = {
+        "steps": step,
+        "samples": samples,
+        "best_step": best_step,
+        "best_valid_ndcg@10": best,
+        "epochs": round(step * cfg.batch_size / len(windows), 2),
+        "train_seconds": round(time.perf_counter() - start, 1),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "history": history,
+    }
     return model, summary

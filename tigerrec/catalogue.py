@@ -27,7 +27,16 @@ from pathlib import Path
 from .data.custom import read_items_table
 from .errors import TigerrecError
 from .io import read_json, write_bytes, write_json, write_text
-from .pipeline import IDS_DIR, IDS_METRICS, ITEMS_FILE, QUANTIZER_FILE, items_text, load_ids, read_items, read_run_config
+from .pipeline import (
+    IDS_DIR,
+    IDS_METRICS,
+    ITEMS_FILE,
+    QUANTIZER_FILE,
+    items_text,
+    load_ids,
+    read_items,
+    read_run_config,
+)
 from .quantize import load_quantizer
 from .semantic_ids import IDS_FILE, CollisionError
 from .text import TextEncoder, item_sentence
@@ -79,19 +88,25 @@ def add_items(run_dir: str | Path, items: str | Path | dict[str, dict]) -> dict:
     known = set(ids.item_ids)
     present = [item for item in new if item in known]
     if present:
-        raise TigerrecError(f"{len(present)} of the new items are already in the catalogue of {run_dir}: "
-                            f"{', '.join(map(repr, present[:5]))}{' ...' if len(present) > 5 else ''}")
+        raise TigerrecError(
+            f"{len(present)} of the new items are already in the catalogue of {run_dir}: "
+            f"{', '.join(map(repr, present[:5]))}{' ...' if len(present) > 5 else ''}"
+        )
     texts = [item_sentence(meta, cfg.text.template) for meta in new.values()]
     empty = [item for item, text in zip(new, texts) if not text]
     if empty:
-        raise TigerrecError(f"{len(empty)} new items have no text to embed (no {', '.join(_fields(cfg.text.template))}): "
-                            f"{', '.join(map(repr, empty[:5]))}{' ...' if len(empty) > 5 else ''}")
+        raise TigerrecError(
+            f"{len(empty)} new items have no text to embed (no {', '.join(_fields(cfg.text.template))}): "
+            f"{', '.join(map(repr, empty[:5]))}{' ...' if len(empty) > 5 else ''}"
+        )
 
     encoder = TextEncoder(cfg.text.encoder, cfg.text.batch_size)
     made_with = read_json(ids_dir / IDS_METRICS).get("encoder")
     if made_with and made_with != encoder.label:
-        raise TigerrecError(f"the IDs of {run_dir} were made with the encoder {made_with!r}, but text.encoder="
-                            f"{cfg.text.encoder!r} is {encoder.label!r} here; install or point to {made_with!r}")
+        raise TigerrecError(
+            f"the IDs of {run_dir} were made with the encoder {made_with!r}, but text.encoder="
+            f"{cfg.text.encoder!r} is {encoder.label!r} here; install or point to {made_with!r}"
+        )
     quantizer = load_quantizer(ids_dir / QUANTIZER_FILE)
     embeddings = encoder.encode(texts, use_cache=False)
     try:
@@ -103,12 +118,22 @@ def add_items(run_dir: str | Path, items: str | Path | dict[str, dict]) -> dict:
     # extra metadata is ignored until the IDs list the items; the IDs are the switch. An error on
     # the way puts back what was there.
     catalogue_path, items_path = run_dir / CATALOGUE_FILE, run_dir / ITEMS_FILE
-    before = {path: path.read_bytes() if path.is_file() else None for path in (catalogue_path, items_path, ids_dir / IDS_FILE)}
-    record = read_json(catalogue_path) if before[catalogue_path] is not None else {
-        "trained_items": len(ids.item_ids), "additions": []}
-    summary = {"added": len(new), "items": len(grown.item_ids), "trained_items": record["trained_items"],
-               "seconds": round(time.perf_counter() - start, 2), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-               "source": str(items) if isinstance(items, (str, Path)) else "python"}
+    before = {
+        path: path.read_bytes() if path.is_file() else None for path in (catalogue_path, items_path, ids_dir / IDS_FILE)
+    }
+    record = (
+        read_json(catalogue_path)
+        if before[catalogue_path] is not None
+        else {"trained_items": len(ids.item_ids), "additions": []}
+    )
+    summary = {
+        "added": len(new),
+        "items": len(grown.item_ids),
+        "trained_items": record["trained_items"],
+        "seconds": round(time.perf_counter() - start, 2),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "source": str(items) if isinstance(items, (str, Path)) else "python",
+    }
     try:
         write_json(catalogue_path, record)
         grown_items = {**catalogue, **new}

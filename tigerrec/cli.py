@@ -25,7 +25,9 @@ log = logging.getLogger("tigerrec")
 
 def load_config(args, preset: str | None = None) -> RunConfig:
     """Recipe < model kind < preset (if any) < config file < --set overrides < dedicated flags."""
-    cfg = recipe_config(getattr(args, "recipe", None) or DEFAULT_RECIPE, preset, getattr(args, "model", None) or "tiger")
+    cfg = recipe_config(
+        getattr(args, "recipe", None) or DEFAULT_RECIPE, preset, getattr(args, "model", None) or "tiger"
+    )
     if args.config:
         from .config import read_config_file
 
@@ -39,9 +41,14 @@ def load_config(args, preset: str | None = None) -> RunConfig:
         except TigerrecError as e:
             raise TigerrecError(f"{args.config}: {e}") from None
     overrides = list(args.set or [])
-    for flag, key in (("encoder", "text.encoder"), ("scheme", "ids.scheme"), ("epochs", "ids.epochs"),
-                      ("steps", "train.steps"), ("max_minutes", "train.max_minutes"),
-                      ("budget_minutes", "train.budget_minutes")):
+    for flag, key in (
+        ("encoder", "text.encoder"),
+        ("scheme", "ids.scheme"),
+        ("epochs", "ids.epochs"),
+        ("steps", "train.steps"),
+        ("max_minutes", "train.max_minutes"),
+        ("budget_minutes", "train.budget_minutes"),
+    ):
         value = getattr(args, flag, None)
         if value is not None:
             overrides.append(f"{key}={value}")
@@ -51,18 +58,29 @@ def load_config(args, preset: str | None = None) -> RunConfig:
 
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", choices=list(MODELS),
-                        help="model kind: tiger (default) or rpg (RPG, Hou et al. 2025: 16 unordered OPQ codes per item "
-                             "predicted in parallel, every item scored exactly; sets its IDs, model and training defaults)")
-    parser.add_argument("--recipe", choices=list(RECIPES),
-                        help="TIGER's training recipe under the preset and config file: tuned (default; the paper's model "
-                             "with one pooled token per history item, a final lr cooldown and code embeddings that start "
-                             "from the codewords) or paper (exact); --model rpg brings its own training settings")
-    parser.add_argument("--config", help="YAML or TOML config file (sections: data, text, ids, model, train, eval, sasrec, experiment)")
+    parser.add_argument(
+        "--model",
+        choices=list(MODELS),
+        help="model kind: tiger (default) or rpg (RPG, Hou et al. 2025: 16 unordered OPQ codes per item "
+        "predicted in parallel, every item scored exactly; sets its IDs, model and training defaults)",
+    )
+    parser.add_argument(
+        "--recipe",
+        choices=list(RECIPES),
+        help="TIGER's training recipe under the preset and config file: tuned (default; the paper's model "
+        "with one pooled token per history item, a final lr cooldown and code embeddings that start "
+        "from the codewords) or paper (exact); --model rpg brings its own training settings",
+    )
+    parser.add_argument(
+        "--config", help="YAML or TOML config file (sections: data, text, ids, model, train, eval, sasrec, experiment)"
+    )
     parser.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one setting (repeatable)")
     parser.add_argument("--encoder", help="sentence encoder: name, local folder, or 'auto' (offline all-mpnet-base-v2)")
-    parser.add_argument("--scheme", choices=["rqvae", "rqkmeans", "lsh", "random", "opq"],
-                        help="Semantic ID scheme (opq: RPG's, with --model rpg)")
+    parser.add_argument(
+        "--scheme",
+        choices=["rqvae", "rqkmeans", "lsh", "random", "opq"],
+        help="Semantic ID scheme (opq: RPG's, with --model rpg)",
+    )
     parser.add_argument("--epochs", type=int, help="quantiser training epochs")
 
 
@@ -75,10 +93,14 @@ def cmd_ids(args) -> None:
     ids = build_semantic_ids(dataset, cfg, args.out, args.overwrite)
     metrics = ids.metrics()
     levels = ids.quantized.shape[1]
-    unique = f"unique {levels}-code prefixes" if ids.collision_code else f"items with an ID ({levels} codes) of their own"
+    unique = (
+        f"unique {levels}-code prefixes" if ids.collision_code else f"items with an ID ({levels} codes) of their own"
+    )
     print(f"{len(ids.item_ids)} items -> {Path(args.out) / 'semantic_ids.csv'}")
-    print(f"utilisation per level: {metrics['utilization']}, {unique}: "
-          f"{metrics['unique_prefix_share']:.1%}, largest collision group: {metrics['max_collision_group']}")
+    print(
+        f"utilisation per level: {metrics['utilization']}, {unique}: "
+        f"{metrics['unique_prefix_share']:.1%}, largest collision group: {metrics['max_collision_group']}"
+    )
 
 
 def resolve_source(target: str, data_dir: str | None) -> tuple[str | None, str]:
@@ -105,7 +127,9 @@ def cmd_run(args) -> None:
     metrics = run(source, cfg, args.out, args.overwrite)
     if metrics:
         test = metrics["test"]
-        print(f"test  R@5 {test['recall@5']:.4f}  N@5 {test['ndcg@5']:.4f}  R@10 {test['recall@10']:.4f}  N@10 {test['ndcg@10']:.4f}")
+        print(
+            f"test  R@5 {test['recall@5']:.4f}  N@5 {test['ndcg@5']:.4f}  R@10 {test['recall@10']:.4f}  N@10 {test['ndcg@10']:.4f}"
+        )
         print(f"metrics written to {Path(args.out) / 'metrics.json'}")
 
 
@@ -128,19 +152,41 @@ def cmd_recommend(args) -> None:
         return None if text is None else [item.strip() for item in text.split(",") if item.strip()]
 
     recommender = Recommender.load(args.run_dir, args.device)
-    results = recommender.recommend(item_list(args.history), args.user, args.k, args.temperature, not args.include_seen,
-                                    args.seed, item_list(args.exclude), item_list(args.only), args.category,
-                                    args.max_new_share, args.reserve_new)
+    results = recommender.recommend(
+        item_list(args.history),
+        args.user,
+        args.k,
+        args.temperature,
+        not args.include_seen,
+        args.seed,
+        item_list(args.exclude),
+        item_list(args.only),
+        args.category,
+        args.max_new_share,
+        args.reserve_new,
+    )
     if args.json:
         print(json.dumps(results, indent=2))
         return
     # RPG's IDs have 16 or more codes: the table shows their start (--json has them all).
-    rows = [(str(rank), r["item_id"], f"{r['score']:.4f}", _shorten("(" + ", ".join(map(str, r["semantic_id"])) + ")", 40),
-             _shorten(r["title"] or "", 70)) for rank, r in enumerate(results, 1)]
+    rows = [
+        (
+            str(rank),
+            r["item_id"],
+            f"{r['score']:.4f}",
+            _shorten("(" + ", ".join(map(str, r["semantic_id"])) + ")", 40),
+            _shorten(r["title"] or "", 70),
+        )
+        for rank, r in enumerate(results, 1)
+    ]
     header = ("rank", "item id", "score", "semantic id", "title")
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
-        print("  ".join(cell.rjust(w) if i in (0, 2) else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))).rstrip())
+        print(
+            "  ".join(
+                cell.rjust(w) if i in (0, 2) else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))
+            ).rstrip()
+        )
 
 
 def _shorten(text: str, width: int) -> str:
@@ -153,7 +199,9 @@ def cmd_serve(args) -> None:
 
         from .serve import create_app
     except ImportError as e:
-        raise TigerrecError(f"tigerrec serve needs FastAPI and uvicorn ({e}); install them with: pip install 'tigerrec[serve]'") from None
+        raise TigerrecError(
+            f"tigerrec serve needs FastAPI and uvicorn ({e}); install them with: pip install 'tigerrec[serve]'"
+        ) from None
     app = create_app(args.run_dir, admin=args.admin)
 
     def reload_on_hangup(signum, frame) -> None:  # off the signal handler: loading takes seconds
@@ -174,8 +222,10 @@ def cmd_add_items(args) -> None:
     from .catalogue import add_items
 
     summary = add_items(args.run_dir, args.items)
-    print(f"added {summary['added']} items to {args.run_dir} ({summary['items']} in all, "
-          f"{summary['items'] - summary['trained_items']} since training) in {summary['seconds']:.1f} s")
+    print(
+        f"added {summary['added']} items to {args.run_dir} ({summary['items']} in all, "
+        f"{summary['items'] - summary['trained_items']} since training) in {summary['seconds']:.1f} s"
+    )
 
 
 def cmd_report(args) -> None:
@@ -192,12 +242,16 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-OVERWRITE_HELP = ("rebuild the stages of OUT built from other data or settings, and delete everything made from them "
-                  "(the trained model too); without it such a directory is an error")
+OVERWRITE_HELP = (
+    "rebuild the stages of OUT built from other data or settings, and delete everything made from them "
+    "(the trained model too); without it such a directory is an error"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(prog="tigerrec", description="Generative retrieval recommenders with Semantic IDs (TIGER, RPG).")
+    parser = ArgumentParser(
+        prog="tigerrec", description="Generative retrieval recommenders with Semantic IDs (TIGER, RPG)."
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -211,24 +265,35 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="the whole pipeline: embeddings -> Semantic IDs -> training -> evaluation")
     run.add_argument("target", help="preset (beauty, sports, toys, tiny) or a dataset directory")
     run.add_argument("--data-dir", help="local dataset directory for a preset (otherwise it is downloaded)")
-    run.add_argument("--out", required=True, help="run directory (stages built from the same inputs are skipped; training resumes)")
+    run.add_argument(
+        "--out", required=True, help="run directory (stages built from the same inputs are skipped; training resumes)"
+    )
     run.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     run.add_argument("--steps", type=int, help="training steps")
-    run.add_argument("--max-minutes", type=float,
-                     help="stop training after this many minutes (0: only --budget-minutes limits it)")
-    run.add_argument("--budget-minutes", type=float,
-                     help="end the whole run (IDs, training, final evaluation) within this many minutes: "
-                          "training stops early enough")
+    run.add_argument(
+        "--max-minutes", type=float, help="stop training after this many minutes (0: only --budget-minutes limits it)"
+    )
+    run.add_argument(
+        "--budget-minutes",
+        type=float,
+        help="end the whole run (IDs, training, final evaluation) within this many minutes: "
+        "training stops early enough",
+    )
     add_config_options(run)
     run.set_defaults(func=cmd_run)
 
-    exp = commands.add_parser("experiment", help="the paper's further experiments: coldstart, diversity, ablation, baselines")
+    exp = commands.add_parser(
+        "experiment", help="the paper's further experiments: coldstart, diversity, ablation, baselines"
+    )
     exp.add_argument("name", choices=["coldstart", "diversity", "ablation", "baselines"], help="which experiment")
     exp.add_argument("target", help="preset (beauty, sports, toys, tiny) or a dataset directory")
     exp.add_argument("--data-dir", help="local dataset directory for a preset (otherwise it is downloaded)")
     exp.add_argument("--out", required=True, help="output directory: NAME.json, NAME.md and the runs it trains")
-    exp.add_argument("--run-dir", help="diversity: sample this trained run instead of training one; "
-                                       "baselines: add its TIGER metrics to the table")
+    exp.add_argument(
+        "--run-dir",
+        help="diversity: sample this trained run instead of training one; "
+        "baselines: add its TIGER metrics to the table",
+    )
     exp.add_argument("--steps", type=int, help="training steps of every model it trains")
     exp.add_argument("--max-minutes", type=float, help="training budget of every model it trains")
     exp.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP.replace("OUT", "the runs under OUT"))
@@ -246,16 +311,23 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--exclude", help="comma-separated item ids to leave out of the results")
     rec.add_argument("--only", help="comma-separated item ids: recommend only among these")
     rec.add_argument("--category", help="recommend only items with this category name, e.g. 'Nail Polish'")
-    rec.add_argument("--max-new-share", type=float, help="cap on the share of the results for items added after training")
-    rec.add_argument("--reserve-new", action="store_true",
-                     help="give the --max-new-share slots to the best new items even when older items score higher")
+    rec.add_argument(
+        "--max-new-share", type=float, help="cap on the share of the results for items added after training"
+    )
+    rec.add_argument(
+        "--reserve-new",
+        action="store_true",
+        help="give the --max-new-share slots to the best new items even when older items score higher",
+    )
     rec.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     rec.add_argument("--json", action="store_true", help="print JSON instead of a table")
     rec.set_defaults(func=cmd_recommend)
 
     add = commands.add_parser("add-items", help="give new items Semantic IDs in a trained run, without retraining")
     add.add_argument("run_dir", help="run directory written by `tigerrec run`")
-    add.add_argument("items", help="items table (.csv or .parquet): an item_id column and text columns (title, brand, ...)")
+    add.add_argument(
+        "items", help="items table (.csv or .parquet): an item_id column and text columns (title, brand, ...)"
+    )
     add.set_defaults(func=cmd_add_items)
 
     serve = commands.add_parser("serve", help="HTTP API (FastAPI) for recommendations; docs at /docs")
@@ -263,8 +335,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     serve.add_argument("--no-access-log", action="store_true", help="do not log every request")
-    serve.add_argument("--admin", action="store_true",
-                       help="serve POST /admin/reload (to loopback clients only); SIGHUP reloads in any case")
+    serve.add_argument(
+        "--admin",
+        action="store_true",
+        help="serve POST /admin/reload (to loopback clients only); SIGHUP reloads in any case",
+    )
     serve.set_defaults(func=cmd_serve)
 
     report = commands.add_parser("report", help="self-contained HTML report of a run (curves, IDs, metrics)")
@@ -279,8 +354,11 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # usage errors (2, printed by ArgumentParser.error) and --help (0)
         return e.code
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     try:
         with logging_redirect_tqdm():
             args.func(args)

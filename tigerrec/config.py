@@ -14,9 +14,10 @@ import json
 import math
 import string
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, get_type_hints
+from typing import Any, get_type_hints
 
 import yaml
 
@@ -267,14 +268,14 @@ class RunConfig:
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "RunConfig":
+    def from_dict(cls, values: dict[str, Any]) -> RunConfig:
         return _build(cls, values, "")
 
     @classmethod
-    def load(cls, path: str | Path) -> "RunConfig":
+    def load(cls, path: str | Path) -> RunConfig:
         return cls.from_dict(read_config_file(path))
 
-    def override(self, assignments: list[str]) -> "RunConfig":
+    def override(self, assignments: list[str]) -> RunConfig:
         """Apply ``section.key=value`` strings; values are parsed as YAML scalars."""
         values = self.to_dict()
         for assignment in assignments:
@@ -293,7 +294,7 @@ class RunConfig:
                 raise TigerrecError(f"override {assignment!r}: the value is not valid YAML ({brief(e)})") from None
         return RunConfig.from_dict(values)
 
-    def validate(self) -> "RunConfig":
+    def validate(self) -> RunConfig:
         """Check every value (TigerrecError naming the key, the value and what is allowed); returns self."""
         values = self.to_dict()
         for key, (allowed, requirement) in _rules().items():
@@ -307,55 +308,84 @@ class RunConfig:
                 raise TigerrecError(f"config {key} must be {requirement}, got {show_value(value)}")
         # Rules between keys.
         if self.train.schedule == "rsqrt" and self.train.warmup_steps < 1:  # lr * sqrt(warmup_steps / step)
-            raise TigerrecError(f"config train.warmup_steps must be >= 1 with train.schedule=rsqrt, got {self.train.warmup_steps}")
+            raise TigerrecError(
+                f"config train.warmup_steps must be >= 1 with train.schedule=rsqrt, got {self.train.warmup_steps}"
+            )
         if self.eval.top_k > self.eval.beam_size:  # the top_k results are the best of beam_size beams
-            raise TigerrecError(f"config eval.top_k must be <= eval.beam_size ({self.eval.beam_size}), got {self.eval.top_k}")
+            raise TigerrecError(
+                f"config eval.top_k must be <= eval.beam_size ({self.eval.beam_size}), got {self.eval.top_k}"
+            )
         # Both count back from the newest item of a whole history, which causal histories do not have;
         # recency slots count code tokens.
-        for key, value in (("train.recent_repeats", self.train.recent_repeats), ("model.recency_positions", self.model.recency_positions)):
+        for key, value in (
+            ("train.recent_repeats", self.train.recent_repeats),
+            ("model.recency_positions", self.model.recency_positions),
+        ):
             if value and self.model.history != "codes":
                 raise TigerrecError(f"config {key} needs model.history=codes, got model.history={self.model.history}")
         from .model import POOLED_HISTORIES  # imported here: model imports this module
 
         if self.model.item_tokens and self.model.history not in POOLED_HISTORIES:
-            raise TigerrecError(f"config model.item_tokens=true needs model.history items or pooled, got model.history={self.model.history}")
+            raise TigerrecError(
+                f"config model.item_tokens=true needs model.history items or pooled, got model.history={self.model.history}"
+            )
         # T5's buckets: half per direction, half of those exact, the rest log-spaced up to max_distance.
         if self.model.relative_max_distance <= self.model.relative_buckets // 2:
-            raise TigerrecError(f"config model.relative_max_distance must be > model.relative_buckets // 2 "
-                                f"({self.model.relative_buckets // 2}), got {self.model.relative_max_distance}")
+            raise TigerrecError(
+                f"config model.relative_max_distance must be > model.relative_buckets // 2 "
+                f"({self.model.relative_buckets // 2}), got {self.model.relative_max_distance}"
+            )
         # lsh: one code = log2(size) sign bits; opq: faiss quantises each subspace to log2(size) bits.
         if self.ids.scheme in ("lsh", "opq") and self.ids.codebook_size & (self.ids.codebook_size - 1):
-            raise TigerrecError(f"config ids.codebook_size must be a power of two with ids.scheme={self.ids.scheme}, "
-                                f"got {self.ids.codebook_size}")
+            raise TigerrecError(
+                f"config ids.codebook_size must be a power of two with ids.scheme={self.ids.scheme}, "
+                f"got {self.ids.codebook_size}"
+            )
         if self.ids.pca_dim and self.ids.scheme != "opq":
-            raise TigerrecError(f"config ids.pca_dim={self.ids.pca_dim} applies to ids.scheme=opq only, "
-                                f"got ids.scheme={self.ids.scheme}; set ids.pca_dim=0")
+            raise TigerrecError(
+                f"config ids.pca_dim={self.ids.pca_dim} applies to ids.scheme=opq only, "
+                f"got ids.scheme={self.ids.scheme}; set ids.pca_dim=0"
+            )
         self._check_model_kind()
         if self.sasrec.hidden % self.sasrec.heads:
-            raise TigerrecError(f"config sasrec.hidden must be a multiple of sasrec.heads ({self.sasrec.heads}), got {self.sasrec.hidden}")
+            raise TigerrecError(
+                f"config sasrec.hidden must be a multiple of sasrec.heads ({self.sasrec.heads}), got {self.sasrec.hidden}"
+            )
         return self
 
     def _check_model_kind(self) -> None:
         """RPG reads pooled item tokens and scores long unordered IDs; TIGER's beam search needs IDs made unique
         by a collision code."""
         model, ids = self.model, self.ids
-        hint = "; pass --model rpg (Python: presets.recipe_config(model=\"rpg\")) for RPG's settings"
+        hint = '; pass --model rpg (Python: presets.recipe_config(model="rpg")) for RPG\'s settings'
         if model.kind == "rpg" and ids.scheme != "opq":
-            raise TigerrecError(f"config model.kind=rpg needs ids.scheme=opq (long unordered IDs), got ids.scheme={ids.scheme}{hint}")
+            raise TigerrecError(
+                f"config model.kind=rpg needs ids.scheme=opq (long unordered IDs), got ids.scheme={ids.scheme}{hint}"
+            )
         if model.kind == "rpg" and model.history != "items":
-            raise TigerrecError(f"config model.kind=rpg needs model.history=items (one pooled token per history item), "
-                                f"got model.history={model.history}{hint}")
+            raise TigerrecError(
+                f"config model.kind=rpg needs model.history=items (one pooled token per history item), "
+                f"got model.history={model.history}{hint}"
+            )
         if model.kind == "tiger" and self.eval.decoding != "exact":
-            raise TigerrecError(f"config eval.decoding={self.eval.decoding} is for model.kind=rpg; TIGER decodes by beam search")
+            raise TigerrecError(
+                f"config eval.decoding={self.eval.decoding} is for model.kind=rpg; TIGER decodes by beam search"
+            )
         if model.embed_init in CODEBOOK_INITS and (model.kind != "tiger" or ids.scheme not in CODEWORD_SCHEMES):
-            raise TigerrecError(f"config model.embed_init={model.embed_init} needs model.kind=tiger and ids.scheme {' or '.join(CODEWORD_SCHEMES)} "
-                                f"(codewords per level), got model.kind={model.kind}, ids.scheme={ids.scheme}; set model.embed_init=normal "
-                                f"(the tuned recipe sets codebooks)")
+            raise TigerrecError(
+                f"config model.embed_init={model.embed_init} needs model.kind=tiger and ids.scheme {' or '.join(CODEWORD_SCHEMES)} "
+                f"(codewords per level), got model.kind={model.kind}, ids.scheme={ids.scheme}; set model.embed_init=normal "
+                f"(the tuned recipe sets codebooks)"
+            )
         if model.kind != "tiger" and self.train.members > 1:
-            raise TigerrecError(f"config train.members={self.train.members} (an ensemble) needs model.kind=tiger, got model.kind={model.kind}")
+            raise TigerrecError(
+                f"config train.members={self.train.members} (an ensemble) needs model.kind=tiger, got model.kind={model.kind}"
+            )
         if model.kind == "tiger" and ids.scheme == "opq":
-            raise TigerrecError(f"config ids.scheme=opq (unordered IDs without a collision code) is for model.kind=rpg, "
-                                f"got model.kind=tiger{hint}")
+            raise TigerrecError(
+                f"config ids.scheme=opq (unordered IDs without a collision code) is for model.kind=rpg, "
+                f"got model.kind=tiger{hint}"
+            )
 
     def fingerprint(self, *sections: str) -> dict[str, Any]:
         """The settings of ``sections`` that decide what a stage builds (``fingerprint``)."""
@@ -374,9 +404,23 @@ class RunConfig:
 RESUMABLE_KEYS: dict[str, frozenset[str]] = {
     "text": frozenset({"batch_size"}),
     "ids": frozenset({"eval_every"}),
-    "train": frozenset({"steps", "epochs", "max_minutes", "patience", "eval_every", "eval_every_minutes", "valid_users",
-                        "checkpoint_every", "log_every", "bf16", "budget_minutes", "members",
-                        "member_min_share"}),
+    "train": frozenset(
+        {
+            "steps",
+            "epochs",
+            "max_minutes",
+            "patience",
+            "eval_every",
+            "eval_every_minutes",
+            "valid_users",
+            "checkpoint_every",
+            "log_every",
+            "bf16",
+            "budget_minutes",
+            "members",
+            "member_min_share",
+        }
+    ),
 }
 
 
@@ -387,7 +431,7 @@ def fingerprint(values: dict[str, Any], sections) -> dict[str, Any]:
     flat = {}
     for section in sections:
         settings = values.get(section)
-        for name, value in (settings.items() if isinstance(settings, dict) else ()):
+        for name, value in settings.items() if isinstance(settings, dict) else ():
             if name not in RESUMABLE_KEYS.get(section, ()):
                 flat[f"{section}.{name}"] = value
     return flat
@@ -434,8 +478,9 @@ def _template(template: str) -> bool:
         fields = list(string.Formatter().parse(template))
     except ValueError:  # an unmatched brace
         return False
-    return bool(template.strip()) and all(name is None or (name.isidentifier() and not spec and not conversion)
-                                          for _, name, spec, conversion in fields)
+    return bool(template.strip()) and all(
+        name is None or (name.isidentifier() and not spec and not conversion) for _, name, spec, conversion in fields
+    )
 
 
 SEED: Rule = (lambda v: 0 <= v < 2**63), "in [0, 2**63)"
@@ -468,8 +513,19 @@ def _rules() -> dict[str, Rule]:
         "ids.pca_dim": _at_least(0),
         "ids.seed": SEED,
         "model.kind": _one_of(MODEL_KINDS),
-        **{f"model.{name}": COUNT for name in ("d_model", "num_heads", "head_dim", "d_ff", "encoder_layers",
-                                                "decoder_layers", "user_buckets", "relative_max_distance")},
+        **{
+            f"model.{name}": COUNT
+            for name in (
+                "d_model",
+                "num_heads",
+                "head_dim",
+                "d_ff",
+                "encoder_layers",
+                "decoder_layers",
+                "user_buckets",
+                "relative_max_distance",
+            )
+        },
         "model.dropout": _within(0, 1, high_open=True),
         "model.input_dropout": _within(0, 1, high_open=True),
         "model.attention_dropout": _within(0, 1, high_open=True),
@@ -510,7 +566,10 @@ def _rules() -> dict[str, Rule]:
         "eval.graph_steps": COUNT,
         "eval.top_k": (_at_least(10)[0], ">= 10 (the metrics are Recall and NDCG at 5 and 10)"),
         "eval.batch_size": COUNT,
-        **{f"sasrec.{name}": COUNT for name in ("hidden", "blocks", "heads", "max_len", "batch_size", "steps", "eval_every")},
+        **{
+            f"sasrec.{name}": COUNT
+            for name in ("hidden", "blocks", "heads", "max_len", "batch_size", "steps", "eval_every")
+        },
         "sasrec.dropout": _within(0, 1, high_open=True),
         "sasrec.lr": POSITIVE,
         "sasrec.weight_decay": _at_least(0),

@@ -49,16 +49,18 @@ class PrefixTrie:
             raise ValueError("item Semantic IDs are not unique; the trie needs one item per ID")
         self.table = torch.from_numpy(table)
         self.num_nodes = num_nodes
-        self.item_prefixes = torch.from_numpy(np.stack(prefixes, axis=1))  # (n, length): each item's prefix nodes, root first
+        self.item_prefixes = torch.from_numpy(
+            np.stack(prefixes, axis=1)
+        )  # (n, length): each item's prefix nodes, root first
         self.log_mass: tuple[torch.Tensor, torch.Tensor] | None = None  # see penalize_popularity
 
-    def to(self, device) -> "PrefixTrie":
+    def to(self, device) -> PrefixTrie:
         self.table, self.item_prefixes = self.table.to(device), self.item_prefixes.to(device)
         if self.log_mass is not None:
             self.log_mass = tuple(t.to(device) for t in self.log_mass)
         return self
 
-    def penalize_popularity(self, counts: np.ndarray, weight: float) -> "PrefixTrie":
+    def penalize_popularity(self, counts: np.ndarray, weight: float) -> PrefixTrie:
         """Rank items by log p(item) - ``weight`` * log(1 + count): a logit adjustment against the
         training popularity ``counts`` (one per item), so rarely seen items rank higher.
 
@@ -73,7 +75,9 @@ class PrefixTrie:
         if mass.shape != (len(self.item_prefixes),):
             raise ValueError(f"counts hold {mass.shape[0]} items, the trie {len(self.item_prefixes)}")
         node_mass = torch.zeros(self.num_nodes, dtype=torch.float64, device=self.table.device)
-        node_mass.index_add_(0, self.item_prefixes.flatten(), mass.to(node_mass.device).repeat_interleave(self.id_length))
+        node_mass.index_add_(
+            0, self.item_prefixes.flatten(), mass.to(node_mass.device).repeat_interleave(self.id_length)
+        )
         self.log_mass = (weight * node_mass.log()).float(), (weight * mass.log()).float().to(node_mass.device)
         return self
 
@@ -153,8 +157,15 @@ def new_item_cap(share: float, k: int) -> int:
     return math.ceil(share * k - 1e-9)
 
 
-def merge_capped(items: np.ndarray, scores: np.ndarray, extra_items: np.ndarray, extra_scores: np.ndarray,
-                 cap: int | np.ndarray, k: int, reserve: bool | np.ndarray = False) -> tuple[np.ndarray, np.ndarray]:
+def merge_capped(
+    items: np.ndarray,
+    scores: np.ndarray,
+    extra_items: np.ndarray,
+    extra_scores: np.ndarray,
+    cap: int | np.ndarray,
+    k: int,
+    reserve: bool | np.ndarray = False,
+) -> tuple[np.ndarray, np.ndarray]:
     """The best ``k`` of two ranked lists per row (N, *) by score, with at most ``cap`` (an int, or one
     per row) taken from the second, the best of it first. Items -1 are no items; rows short of ``k``
     end in -1 with score -inf. Used to admit new items into a ranking under a cap (cold start).
@@ -173,12 +184,17 @@ def merge_capped(items: np.ndarray, scores: np.ndarray, extra_items: np.ndarray,
     reserved = np.where(reserve[:, None] & np.isfinite(extra_scores), np.inf, extra_scores)
     key = np.concatenate([pool_scores[:, : items.shape[1]], reserved], axis=1)
     chosen = np.argsort(-key, axis=1, kind="stable")[:, :k]
-    order = np.take_along_axis(chosen, np.argsort(-np.take_along_axis(pool_scores, chosen, 1), axis=1, kind="stable"), 1)
+    order = np.take_along_axis(
+        chosen, np.argsort(-np.take_along_axis(pool_scores, chosen, 1), axis=1, kind="stable"), 1
+    )
     best_items, best_scores = np.take_along_axis(pool_items, order, 1), np.take_along_axis(pool_scores, order, 1)
     best_items = np.where(np.isfinite(best_scores), best_items, -1)
     if best_items.shape[1] < k:
         pad = ((0, 0), (0, k - best_items.shape[1]))
-        best_items, best_scores = np.pad(best_items, pad, constant_values=-1), np.pad(best_scores, pad, constant_values=-np.inf)
+        best_items, best_scores = (
+            np.pad(best_items, pad, constant_values=-1),
+            np.pad(best_scores, pad, constant_values=-np.inf),
+        )
     return best_items, best_scores
 
 

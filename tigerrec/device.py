@@ -28,7 +28,9 @@ def check_device(device: str) -> str:
             why = "this PyTorch build has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
             raise TigerrecError(f"device {device!r} is not available: {why}; use --device cpu")
         if parsed.index is not None and parsed.index >= torch.cuda.device_count():
-            raise TigerrecError(f"device {device!r} is not available: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+            raise TigerrecError(
+                f"device {device!r} is not available: this machine has {torch.cuda.device_count()} CUDA GPU(s)"
+            )
     elif parsed.type == "mps":
         if not torch.backends.mps.is_available():
             raise TigerrecError(f"device {device!r} is not available on this machine; use --device cpu")
@@ -72,8 +74,10 @@ def machine_name() -> str:
     except (OSError, subprocess.SubprocessError, StopIteration):
         cpu = platform.processor() or platform.machine()
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return (f"{cpu} ({platform.machine()}), bf16 {'yes' if bf16_supported('cpu') else 'no'}, "
-            f"{torch.get_num_threads()} threads, torch {torch.__version__}{gpu}")
+    return (
+        f"{cpu} ({platform.machine()}), bf16 {'yes' if bf16_supported('cpu') else 'no'}, "
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}{gpu}"
+    )
 
 
 def provenance() -> dict[str, str]:

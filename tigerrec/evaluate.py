@@ -45,11 +45,16 @@ POPULARITY_EDGES = (5, 20)
 
 def item_counts(sequences: list[np.ndarray], num_items: int) -> np.ndarray:
     """(num_items,) occurrences of each item in ``sequences``."""
-    return np.bincount(np.concatenate(sequences), minlength=num_items) if sequences else np.zeros(num_items, dtype=np.int64)
+    return (
+        np.bincount(np.concatenate(sequences), minlength=num_items)
+        if sequences
+        else np.zeros(num_items, dtype=np.int64)
+    )
 
 
-def metrics_by_popularity(ranked: np.ndarray, targets: np.ndarray, counts: np.ndarray,
-                          edges: tuple[int, ...] = POPULARITY_EDGES) -> dict[str, dict]:
+def metrics_by_popularity(
+    ranked: np.ndarray, targets: np.ndarray, counts: np.ndarray, edges: tuple[int, ...] = POPULARITY_EDGES
+) -> dict[str, dict]:
     """``ranking_metrics`` of each popularity group of the targets ("0-4", "5-19", "20+" for the
     default edges), with its number of users; ``counts`` is ``item_counts`` of the training sequences."""
     group = np.searchsorted(edges, counts[targets], side="right")
@@ -100,7 +105,9 @@ def recommend_examples(
     num_items = len(trie.item_prefixes) if trie is not None else model.num_items
     for begin in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False, mininterval=2):
         index = order[begin : begin + batch_size]
-        tokens = tokenizer.encoder_input(torch.from_numpy(examples.histories[index]), torch.from_numpy(user_tokens[index]))
+        tokens = tokenizer.encoder_input(
+            torch.from_numpy(examples.histories[index]), torch.from_numpy(user_tokens[index])
+        )
         keep = None if allowed is None else allowed.expand(len(index), -1)
         if exclude_history:
             keep = _without_history(keep, examples.seen_items(index), num_items, device)
@@ -119,13 +126,38 @@ def _without_history(keep: torch.Tensor | None, histories: list[np.ndarray], num
     return keep
 
 
-def evaluate(model, tokenizer, trie, examples, user_tokens, beam_size=20, top_k=10, batch_size=512, bf16=False, constrained=True,
-             desc="eval", exclude_history=False, counts: np.ndarray | None = None) -> dict:
+def evaluate(
+    model,
+    tokenizer,
+    trie,
+    examples,
+    user_tokens,
+    beam_size=20,
+    top_k=10,
+    batch_size=512,
+    bf16=False,
+    constrained=True,
+    desc="eval",
+    exclude_history=False,
+    counts: np.ndarray | None = None,
+) -> dict:
     """``ranking_metrics`` of the model's top-k for ``examples``; given the training ``counts`` of every
     item, also per popularity group of the targets (``by_popularity``)."""
     start = time.perf_counter()
-    ranked, _, _ = recommend_examples(model, tokenizer, trie, examples, user_tokens, beam_size, top_k, batch_size, constrained, bf16, desc,
-                                      exclude_history=exclude_history)
+    ranked, _, _ = recommend_examples(
+        model,
+        tokenizer,
+        trie,
+        examples,
+        user_tokens,
+        beam_size,
+        top_k,
+        batch_size,
+        constrained,
+        bf16,
+        desc,
+        exclude_history=exclude_history,
+    )
     metrics = ranking_metrics(ranked, examples.targets)
     if counts is not None:
         metrics["by_popularity"] = metrics_by_popularity(ranked, examples.targets, counts)

@@ -38,8 +38,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .baselines import (markov, most_popular, rank_by_profile, sasrec_recommend, semantic_knn, split_metrics, train_sasrec,
-                        unit_rows, user_profiles)
+from .baselines import (
+    markov,
+    most_popular,
+    rank_by_profile,
+    sasrec_recommend,
+    semantic_knn,
+    split_metrics,
+    train_sasrec,
+    unit_rows,
+    user_profiles,
+)
 from .config import RunConfig, show_value
 from .data import Dataset, leave_one_out, load_dataset
 from .decoding import PrefixTrie, merge_capped, new_item_cap
@@ -47,8 +56,18 @@ from .device import provenance, use_bf16
 from .errors import TigerrecError
 from .evaluate import METRICS, ranking_metrics, recommend_examples
 from .io import read_json, write_json, write_text
-from .pipeline import (IDS_DIR, QUANTIZER_FILE, embed_items, load_best_model, load_ids, make_model, make_tokenizer,
-                       prepare, read_run_config, run)
+from .pipeline import (
+    IDS_DIR,
+    QUANTIZER_FILE,
+    embed_items,
+    load_best_model,
+    load_ids,
+    make_model,
+    make_tokenizer,
+    prepare,
+    read_run_config,
+    run,
+)
 from .presets import paper_table1
 from .quantize import load_quantizer
 from .semantic_ids import IDS_FILE, SemanticIDs
@@ -58,8 +77,12 @@ from .train import save_model, training_device
 log = logging.getLogger(__name__)
 
 # Further figures of the paper (TIGER_SPEC.md), shown next to ours.
-PAPER_ABLATION = {"random": {"recall@5": .0296}, "lsh": {"recall@5": .0379},
-                  "rqvae": {"recall@5": .0454, "ndcg@10": .0384}, "rqvae-no-user-token": {"ndcg@10": .0367}}
+PAPER_ABLATION = {
+    "random": {"recall@5": 0.0296},
+    "lsh": {"recall@5": 0.0379},
+    "rqvae": {"recall@5": 0.0454, "ndcg@10": 0.0384},
+    "rqvae-no-user-token": {"ndcg@10": 0.0367},
+}
 PAPER_ENTROPY = {1.0: 0.76, 1.5: 1.14, 2.0: 1.38}  # Beauty, Entropy@10
 
 
@@ -75,6 +98,7 @@ def _device_and_bf16(cfg: RunConfig) -> tuple[str, bool]:
 
 
 # ------------------------------------------------------------------ cold start
+
 
 def pick_unseen(test_targets: np.ndarray, share: float, seed: int) -> np.ndarray:
     """A seeded ``share`` of the distinct test-target items (at least one), sorted."""
@@ -99,8 +123,13 @@ def without_items(dataset: Dataset, items: np.ndarray) -> Dataset:
             users.append(user)
             sequences.append(kept)
     keep = np.flatnonzero(~drop)
-    return Dataset(f"{dataset.name}-seen", users, [dataset.item_ids[i] for i in keep], sequences,
-                   [dataset.item_meta[i] for i in keep])
+    return Dataset(
+        f"{dataset.name}-seen",
+        users,
+        [dataset.item_ids[i] for i in keep],
+        sequences,
+        [dataset.item_meta[i] for i in keep],
+    )
 
 
 def cold_start_ids(dataset: Dataset, unseen: np.ndarray, cfg: RunConfig, run_dir: Path):
@@ -190,7 +219,9 @@ GUIDED_RULE = (
 def predicted_profiles(embeddings: np.ndarray, predicted: np.ndarray, log_probs: np.ndarray) -> np.ndarray:
     """(N, dim) unit profiles of the model's ``predicted`` items (N, P; -1 = none), each item weighted by its
     probability among them."""
-    weights = torch.as_tensor(np.where(predicted >= 0, log_probs, -np.inf), dtype=torch.float32).softmax(1).nan_to_num(0.0)
+    weights = (
+        torch.as_tensor(np.where(predicted >= 0, log_probs, -np.inf), dtype=torch.float32).softmax(1).nan_to_num(0.0)
+    )
     ahead = (weights[..., None] * unit_rows(embeddings)[torch.as_tensor(np.maximum(predicted, 0))]).sum(1)
     return F.normalize(ahead, dim=1).numpy()
 
@@ -201,14 +232,21 @@ def guided_profiles(history: np.ndarray, ahead: np.ndarray, pull: float) -> np.n
     return (1 - pull) * history + pull * ahead  # the ranking needs no unit length
 
 
-def choose_pull(embeddings, histories, predicted, log_probs, targets, pulls, among, max_history) -> tuple[float, dict[str, float]]:
+def choose_pull(
+    embeddings, histories, predicted, log_probs, targets, pulls, among, max_history
+) -> tuple[float, dict[str, float]]:
     """The pull of ``pulls`` whose guided ranking of the ``among`` items has the best NDCG@10 on (validation)
     ``targets``, and the NDCG@10 of each; ties go to the smaller pull."""
-    history, ahead = user_profiles(embeddings, histories, max_history), predicted_profiles(embeddings, predicted, log_probs)
+    history, ahead = (
+        user_profiles(embeddings, histories, max_history),
+        predicted_profiles(embeddings, predicted, log_probs),
+    )
 
     def ndcg(pull):
         profiles = guided_profiles(history, ahead, pull)
-        return ranking_metrics(rank_by_profile(embeddings, profiles, histories, 10, among=among), targets, (10,))["ndcg@10"]
+        return ranking_metrics(rank_by_profile(embeddings, profiles, histories, 10, among=among), targets, (10,))[
+            "ndcg@10"
+        ]
 
     by_pull = {f"{p:g}": ndcg(p) for p in sorted(pulls)}
     best = max(by_pull, key=lambda p: (by_pull[p], -float(p)))
@@ -226,7 +264,9 @@ class ColdUsers(NamedTuple):
 def coldstart(source, cfg: RunConfig, out_dir: Path, overwrite: bool = False) -> tuple[dict, str]:
     exp = cfg.experiment
     if cfg.data.backtest:  # it holds out test items of its own; the two would cut sequences differently
-        raise TigerrecError(f"the cold-start experiment does not take data.backtest (got {cfg.data.backtest}); set it to 0")
+        raise TigerrecError(
+            f"the cold-start experiment does not take data.backtest (got {cfg.data.backtest}); set it to 0"
+        )
     dataset = load_dataset(source, cfg.data.min_interactions)
     split = leave_one_out(dataset)
     unseen = pick_unseen(split.test_target, exp.unseen_share, exp.seed)
@@ -245,7 +285,9 @@ def coldstart(source, cfg: RunConfig, out_dir: Path, overwrite: bool = False) ->
         users = np.flatnonzero(np.isin(targets, unseen))
         histories = [to_row[histories_of[u]] for u in users]
         examples = Examples.from_histories(histories, to_row[targets[users]], users, cfg.data.max_history)
-        return ColdUsers(histories, examples, np.array([tokenizer.user_token(dataset.user_ids[u]) for u in users], dtype=np.int64))
+        return ColdUsers(
+            histories, examples, np.array([tokenizer.user_token(dataset.user_ids[u]) for u in users], dtype=np.int64)
+        )
 
     # Test users whose target is unseen; their histories keep any unseen items (now with IDs).
     histories, examples, _ = cold = cold_users(split.test_target, split.test_history)
@@ -258,11 +300,25 @@ def coldstart(source, cfg: RunConfig, out_dir: Path, overwrite: bool = False) ->
     beam = cfg.eval.beam_size
 
     def decode(allowed=None, users=cold):
-        return recommend_examples(model, tokenizer, trie, users.examples, users.user_tokens, beam, beam, cfg.eval.batch_size, True,
-                                  bf16, "cold start", allowed=allowed)
+        return recommend_examples(
+            model,
+            tokenizer,
+            trie,
+            users.examples,
+            users.user_tokens,
+            beam,
+            beam,
+            cfg.eval.batch_size,
+            True,
+            bf16,
+            "cold start",
+            allowed=allowed,
+        )
 
     ks = range(1, 11)
-    profiles = user_profiles(embeddings, histories, cfg.data.max_history)  # Semantic_KNN's, shared by its three rankings
+    profiles = user_profiles(
+        embeddings, histories, cfg.data.max_history
+    )  # Semantic_KNN's, shared by its three rankings
     knn = ranking_metrics(rank_by_profile(embeddings, profiles, histories, 10), examples.targets, ks)
     recall = {"Semantic_KNN": {k: knn[f"recall@{k}"] for k in ks}}
     unseen_in_top10, prefix_rule = {}, {}
@@ -276,8 +332,10 @@ def coldstart(source, cfg: RunConfig, out_dir: Path, overwrite: bool = False) ->
         """Rows for two ranked lists (items, scores) merged under each epsilon's cap (``merge_capped``)."""
         # With epsilon 0 reserving gives the same list as capping: no row of its own.
         for epsilon in (e for e in exp.epsilons if e > 0 or not reserve):
-            add_rows(f"{name} eps={epsilon:g}", lambda k, e=epsilon: merge_capped(
-                *seen_lists, *unseen_lists, new_item_cap(e, k), k, reserve)[0])
+            add_rows(
+                f"{name} eps={epsilon:g}",
+                lambda k, e=epsilon: merge_capped(*seen_lists, *unseen_lists, new_item_cap(e, k), k, reserve)[0],
+            )
 
     # Semantic_KNN under the reserved rule, the content-only reference for it: the ceil(epsilon * K)
     # unseen items nearest to the profile, then the nearest seen ones (ranks stand in for scores).
@@ -304,35 +362,58 @@ def coldstart(source, cfg: RunConfig, out_dir: Path, overwrite: bool = False) ->
     # how far is chosen on the validation users whose target is unseen (never on these test users).
     valid_users = cold_users(split.valid_target, split.valid_history)
     if not len(valid_users.histories):
-        raise ValueError("no validation user has an unseen target to tune the guided rule on; raise experiment.unseen_share")
+        raise ValueError(
+            "no validation user has an unseen target to tune the guided rule on; raise experiment.unseen_share"
+        )
     top = exp.guide_items
     valid_best, _, valid_scores = decode(seen, valid_users)
-    pull, by_pull = choose_pull(embeddings, valid_users.histories, valid_best[:, :top], valid_scores[:, :top],
-                                valid_users.examples.targets, exp.guide_pulls, ~seen, cfg.data.max_history)
+    pull, by_pull = choose_pull(
+        embeddings,
+        valid_users.histories,
+        valid_best[:, :top],
+        valid_scores[:, :top],
+        valid_users.examples.targets,
+        exp.guide_pulls,
+        ~seen,
+        cfg.data.max_history,
+    )
     guided = guided_profiles(profiles, predicted_profiles(embeddings, seen_best[:, :top], seen_scores[:, :top]), pull)
     guided = rank_by_profile(embeddings, guided, histories, 10, among=~seen)
     add_merged(f"{kind} guided reserved", (seen_best, seen_scores), (guided, by_rank), True)
 
     result = {
-        "model": model.kind, "unseen_items": len(unseen), "seen_items": num_seen, "cold_test_users": len(histories), **prefix_rule,
-        "recall": recall, "mean_unseen_in_top10": unseen_in_top10,
-        "guided": {"pull": pull, "guide_items": top, "validation_cold_users": len(valid_users.histories),
-                   "validation_unseen_ndcg@10_by_pull": by_pull},
-        "seen_test_metrics": seen_metrics["test"], "training": seen_metrics["training"],
+        "model": model.kind,
+        "unseen_items": len(unseen),
+        "seen_items": num_seen,
+        "cold_test_users": len(histories),
+        **prefix_rule,
+        "recall": recall,
+        "mean_unseen_in_top10": unseen_in_top10,
+        "guided": {
+            "pull": pull,
+            "guide_items": top,
+            "validation_cold_users": len(valid_users.histories),
+            "validation_unseen_ndcg@10_by_pull": by_pull,
+        },
+        "seen_test_metrics": seen_metrics["test"],
+        "training": seen_metrics["training"],
         "fill_rule": (EPSILON_RULE + " " if model.kind == "tiger" else "") + SCORED_RULE + " " + GUIDED_RULE,
     }
     header = ["K", *recall]
     rows = [[k, *(recall[name][k] for name in recall)] for k in ks]
     rows.append(["unseen in top 10", None, *unseen_in_top10.values()])
-    intro = (f"Recall@K on the {len(histories)} test users whose target is one of {len(unseen)} unseen items "
-             f"({exp.unseen_share:.0%} of the distinct test targets). Paper: TIGER beats Semantic_KNN at every K for eps >= 0.1.\n\n"
-             f"{result['fill_rule']} Semantic_KNN ranks all items, seen and unseen, by cosine similarity to the mean embedding "
-             "of the user's last items, history excluded; Semantic_KNN reserved applies the reserved rule to its "
-             "nearest unseen and nearest seen items.\n\n")
+    intro = (
+        f"Recall@K on the {len(histories)} test users whose target is one of {len(unseen)} unseen items "
+        f"({exp.unseen_share:.0%} of the distinct test targets). Paper: TIGER beats Semantic_KNN at every K for eps >= 0.1.\n\n"
+        f"{result['fill_rule']} Semantic_KNN ranks all items, seen and unseen, by cosine similarity to the mean embedding "
+        "of the user's last items, history excluded; Semantic_KNN reserved applies the reserved rule to its "
+        "nearest unseen and nearest seen items.\n\n"
+    )
     return result, intro + markdown_table(header, rows)
 
 
 # ------------------------------------------------------------------ diversity
+
 
 def item_categories(item_meta: list[dict], level: int) -> np.ndarray:
     """Category index of every item: the ``level``-th name (1 = root) of its first category path,
@@ -356,8 +437,9 @@ def category_entropy(categories: np.ndarray) -> np.ndarray:
     return -(p * np.log(np.where(p > 0, p, 1))).sum(1)
 
 
-def diversity(source, cfg: RunConfig, out_dir: Path, run_dir: str | Path | None = None,
-              overwrite: bool = False) -> tuple[dict, str]:
+def diversity(
+    source, cfg: RunConfig, out_dir: Path, run_dir: str | Path | None = None, overwrite: bool = False
+) -> tuple[dict, str]:
     exp = cfg.experiment
     if run_dir is None:
         run_dir = out_dir / "diversity"
@@ -374,27 +456,68 @@ def diversity(source, cfg: RunConfig, out_dir: Path, run_dir: str | Path | None 
     rows = []
     for temperature in [None, *exp.temperatures]:
         generator = torch.Generator(device=device).manual_seed(exp.seed)
-        ranked, _, _ = recommend_examples(model, data.tokenizer, data.trie, test, data.user_tokens[test.users], cfg.eval.beam_size,
-                                       cfg.eval.top_k, cfg.eval.batch_size, True, bf16, "diversity", temperature, generator)
-        row = {"decoding": "beam search" if temperature is None else f"sampling T={temperature:g}", "temperature": temperature,
-               **ranking_metrics(ranked, test.targets)}
+        ranked, _, _ = recommend_examples(
+            model,
+            data.tokenizer,
+            data.trie,
+            test,
+            data.user_tokens[test.users],
+            cfg.eval.beam_size,
+            cfg.eval.top_k,
+            cfg.eval.batch_size,
+            True,
+            bf16,
+            "diversity",
+            temperature,
+            generator,
+        )
+        row = {
+            "decoding": "beam search" if temperature is None else f"sampling T={temperature:g}",
+            "temperature": temperature,
+            **ranking_metrics(ranked, test.targets),
+        }
         for name, cats in categories.items():
             for k in (5, 10):
-                row[f"entropy@{k} ({name})"] = float(category_entropy(np.where(ranked[:, :k] >= 0, cats[ranked[:, :k]], -1)).mean())
+                row[f"entropy@{k} ({name})"] = float(
+                    category_entropy(np.where(ranked[:, :k] >= 0, cats[ranked[:, :k]], -1)).mean()
+                )
         rows.append(row)
         log.info("diversity %s", row)
     name = next(iter(categories))
-    header = ["decoding", f"Entropy@10 ({name})", "Entropy@10 (leaf)", "Recall@10", "NDCG@10", "paper Entropy@10 (Beauty)"]
-    table = [[r["decoding"], r[f"entropy@10 ({name})"], r["entropy@10 (leaf)"], r["recall@10"], r["ndcg@10"],
-              PAPER_ENTROPY.get(r["temperature"])] for r in rows]
-    result = {"rows": rows, "run_dir": str(run_dir), "categories": {n: int(c.max()) + 1 for n, c in categories.items()},
-              "entropy": "natural log (nats) of the category distribution among a user's top-K items, averaged over test users"}
-    intro = (f"Test users ({len(test)}); categories: the {name} name of each item's first category path "
-             f"({result['categories'][name]} distinct) and the deepest ({result['categories']['leaf']}). Entropy in nats.\n\n")
+    header = [
+        "decoding",
+        f"Entropy@10 ({name})",
+        "Entropy@10 (leaf)",
+        "Recall@10",
+        "NDCG@10",
+        "paper Entropy@10 (Beauty)",
+    ]
+    table = [
+        [
+            r["decoding"],
+            r[f"entropy@10 ({name})"],
+            r["entropy@10 (leaf)"],
+            r["recall@10"],
+            r["ndcg@10"],
+            PAPER_ENTROPY.get(r["temperature"]),
+        ]
+        for r in rows
+    ]
+    result = {
+        "rows": rows,
+        "run_dir": str(run_dir),
+        "categories": {n: int(c.max()) + 1 for n, c in categories.items()},
+        "entropy": "natural log (nats) of the category distribution among a user's top-K items, averaged over test users",
+    }
+    intro = (
+        f"Test users ({len(test)}); categories: the {name} name of each item's first category path "
+        f"({result['categories'][name]} distinct) and the deepest ({result['categories']['leaf']}). Entropy in nats.\n\n"
+    )
     return result, intro + markdown_table(header, table)
 
 
 # ------------------------------------------------------------------ ablation
+
 
 def ablation(source, cfg: RunConfig, out_dir: Path, overwrite: bool = False) -> tuple[dict, str]:
     exp = cfg.experiment
@@ -414,14 +537,28 @@ def ablation(source, cfg: RunConfig, out_dir: Path, overwrite: bool = False) -> 
                 shutil.rmtree(copied, ignore_errors=True)
                 shutil.copytree(rqvae_ids, copied)
         metrics = run(source, cfg.override(overrides), run_dir, overwrite)
-        results[name] = {**{m: metrics["test"][m] for m in METRICS}, "valid_ndcg@10": metrics["valid"]["ndcg@10"],
-                         "steps": metrics["training"]["steps"], "train_seconds": metrics["training"]["train_seconds"],
-                         "unique_prefix_share": metrics["semantic_ids"].get("unique_prefix_share")}
+        results[name] = {
+            **{m: metrics["test"][m] for m in METRICS},
+            "valid_ndcg@10": metrics["valid"]["ndcg@10"],
+            "steps": metrics["training"]["steps"],
+            "train_seconds": metrics["training"]["train_seconds"],
+            "unique_prefix_share": metrics["semantic_ids"].get("unique_prefix_share"),
+        }
     header = ["IDs", "R@5", "N@5", "R@10", "N@10", "steps", "paper R@5", "paper N@10"]
-    rows = [[name, *(r[m] for m in METRICS), r["steps"], PAPER_ABLATION.get(name, {}).get("recall@5"),
-             PAPER_ABLATION.get(name, {}).get("ndcg@10")] for name, r in results.items()]
-    intro = (f"Test metrics, the same model and budget (train.steps={cfg.train.steps}, train.max_minutes={cfg.train.max_minutes}) "
-             "for each ID scheme. Paper figures are for Beauty.\n\n")
+    rows = [
+        [
+            name,
+            *(r[m] for m in METRICS),
+            r["steps"],
+            PAPER_ABLATION.get(name, {}).get("recall@5"),
+            PAPER_ABLATION.get(name, {}).get("ndcg@10"),
+        ]
+        for name, r in results.items()
+    ]
+    intro = (
+        f"Test metrics, the same model and budget (train.steps={cfg.train.steps}, train.max_minutes={cfg.train.max_minutes}) "
+        "for each ID scheme. Paper figures are for Beauty.\n\n"
+    )
     return {"variants": results}, intro + markdown_table(header, rows)
 
 
@@ -430,6 +567,7 @@ def _file_changed(source: Path, copy: Path) -> bool:
 
 
 # ------------------------------------------------------------------ baselines
+
 
 def baselines(source, cfg: RunConfig, out_dir: Path, run_dir: str | Path | None = None) -> tuple[dict, str]:
     # The run's row, read and checked before SASRec trains: it must share the split and ranking rule.
@@ -462,7 +600,9 @@ def baselines(source, cfg: RunConfig, out_dir: Path, run_dir: str | Path | None 
     rows = [[name, *(r["test"][m] for m in METRICS)] for name, r in results.items()]
     rows += [[f"{name} (paper)", *values] for name, values in paper.items()]
     intro = f"Test metrics over all {dataset.num_users} users, full catalogue of {n} items.\n\n"
-    return {"methods": results, "sasrec_training": sasrec_summary}, intro + markdown_table(["method", "R@5", "N@5", "R@10", "N@10"], rows)
+    return {"methods": results, "sasrec_training": sasrec_summary}, intro + markdown_table(
+        ["method", "R@5", "N@5", "R@10", "N@10"], rows
+    )
 
 
 def _same_protocol_metrics(run_dir: Path, cfg: RunConfig) -> dict:
@@ -473,16 +613,19 @@ def _same_protocol_metrics(run_dir: Path, cfg: RunConfig) -> dict:
     for section, key in (("data", "backtest"), ("eval", "exclude_history")):
         theirs, ours = recorded.get(section, {}).get(key), getattr(getattr(cfg, section), key)
         if theirs is not None and theirs != ours:
-            raise TigerrecError(f"{run_dir} was evaluated with {section}.{key}={show_value(theirs)}, these baselines "
-                                f"with {show_value(ours)}; pass --set {section}.{key}={show_value(theirs)}")
+            raise TigerrecError(
+                f"{run_dir} was evaluated with {section}.{key}={show_value(theirs)}, these baselines "
+                f"with {show_value(ours)}; pass --set {section}.{key}={show_value(theirs)}"
+            )
     return metrics
 
 
 EXPERIMENTS = {"coldstart": coldstart, "diversity": diversity, "ablation": ablation, "baselines": baselines}
 
 
-def run_experiment(name: str, source, cfg: RunConfig, out_dir: str | Path, run_dir: str | Path | None = None,
-                   overwrite: bool = False) -> dict:
+def run_experiment(
+    name: str, source, cfg: RunConfig, out_dir: str | Path, run_dir: str | Path | None = None, overwrite: bool = False
+) -> dict:
     """Run one experiment; writes ``out_dir/<name>.json`` and ``out_dir/<name>.md`` and returns the result.
 
     ``overwrite`` is ``pipeline.run``'s, for the runs the experiment trains under ``out_dir``."""
@@ -492,8 +635,10 @@ def run_experiment(name: str, source, cfg: RunConfig, out_dir: str | Path, run_d
         raise TigerrecError("--run-dir applies to diversity (the model to sample) and baselines (a TIGER row)")
     cfg.validate()
     if name == "ablation" and cfg.model.kind != "tiger":
-        raise TigerrecError(f"experiment ablation is TIGER's (it compares TIGER's ID schemes and its user token); "
-                            f"got model.kind={cfg.model.kind}")
+        raise TigerrecError(
+            f"experiment ablation is TIGER's (it compares TIGER's ID schemes and its user token); "
+            f"got model.kind={cfg.model.kind}"
+        )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -501,8 +646,15 @@ def run_experiment(name: str, source, cfg: RunConfig, out_dir: str | Path, run_d
     if name in ("coldstart", "diversity", "ablation"):  # the experiments that train runs of their own
         extra["overwrite"] = overwrite
     result, table = EXPERIMENTS[name](source, cfg, out_dir, **extra)
-    result = {"experiment": name, "source": str(source), **result, "seconds": round(time.perf_counter() - start, 1),
-              **provenance(), "config": cfg.to_dict(), "table": table}
+    result = {
+        "experiment": name,
+        "source": str(source),
+        **result,
+        "seconds": round(time.perf_counter() - start, 1),
+        **provenance(),
+        "config": cfg.to_dict(),
+        "table": table,
+    }
     write_json(out_dir / f"{name}.json", result)
     write_text(out_dir / f"{name}.md", f"# {name}\n\n{table}")
     return result

@@ -40,7 +40,9 @@ CAUSAL_HISTORIES = ("items", "causal-codes")  # every position of a sequence a t
 POOLED_HISTORIES = ("items", "pooled")  # one encoder token per history item
 
 
-def relative_position_bucket(relative: torch.Tensor, bidirectional: bool, num_buckets: int, max_distance: int) -> torch.Tensor:
+def relative_position_bucket(
+    relative: torch.Tensor, bidirectional: bool, num_buckets: int, max_distance: int
+) -> torch.Tensor:
     """T5's bucketing of (key - query) distances: exact for small ones, log-spaced up to max_distance."""
     bucket = torch.zeros_like(relative)
     if bidirectional:
@@ -50,9 +52,12 @@ def relative_position_bucket(relative: torch.Tensor, bidirectional: bool, num_bu
     else:
         distance = (-relative).clamp(min=0)
     exact = num_buckets // 2
-    log_scaled = exact + (
-        torch.log(distance.float().clamp(min=1) / exact) / math.log(max_distance / exact) * (num_buckets - exact)
-    ).long()
+    log_scaled = (
+        exact
+        + (
+            torch.log(distance.float().clamp(min=1) / exact) / math.log(max_distance / exact) * (num_buckets - exact)
+        ).long()
+    )
     return bucket + torch.where(distance < exact, distance, log_scaled.clamp(max=num_buckets - 1))
 
 
@@ -90,7 +95,9 @@ class RelativeBias(nn.Module):
         """Bias (1, heads, q_len, k_len) for queries at positions q_offset.. over keys at 0..k_len-1."""
         queries = torch.arange(q_offset, q_offset + q_len, device=device)
         relative = torch.arange(k_len, device=device)[None, :] - queries[:, None]
-        buckets = relative_position_bucket(relative, self.bidirectional, self.cfg.relative_buckets, self.cfg.relative_max_distance)
+        buckets = relative_position_bucket(
+            relative, self.bidirectional, self.cfg.relative_buckets, self.cfg.relative_max_distance
+        )
         return self.embedding(buckets).permute(2, 0, 1)[None]  # (1, heads, q, k)
 
 
@@ -120,7 +127,11 @@ class Attention(nn.Module):
         rows, heads, length, dim = q.shape
         groups = rows // k.shape[0]
         if groups > 1:
-            q = q.view(k.shape[0], groups, heads, length, dim).transpose(1, 2).reshape(k.shape[0], heads, groups * length, dim)
+            q = (
+                q.view(k.shape[0], groups, heads, length, dim)
+                .transpose(1, 2)
+                .reshape(k.shape[0], heads, groups * length, dim)
+            )
         # Plain matmul attention: for these short sequences it beats the fused CPU kernels,
         # whose backward pass with an additive bias is slow.
         scores = (q @ k.transpose(-1, -2)) * self.head_dim**-0.5 + mask
@@ -133,7 +144,9 @@ class Attention(nn.Module):
 class FeedForward(nn.Sequential):
     def __init__(self, cfg: ModelConfig):
         # No dropout on the 1024-wide hidden layer: its masks cost more than the matmuls on a CPU.
-        super().__init__(nn.Linear(cfg.d_model, cfg.d_ff, bias=False), nn.ReLU(), nn.Linear(cfg.d_ff, cfg.d_model, bias=False))
+        super().__init__(
+            nn.Linear(cfg.d_model, cfg.d_ff, bias=False), nn.ReLU(), nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
+        )
 
 
 class EncoderLayer(nn.Module):
@@ -289,8 +302,9 @@ class TigerModel(SequenceModel):
         memory_kv, memory_mask = self.encode(tokens)
         if self.causal:
             positions = decoder_tokens.shape[0] // tokens.shape[0]
-            memory_mask = memory_mask + self.prefix_mask(tokens.shape[1], positions, self.tokens_per_item,
-                                                         decoder_tokens.shape[1], tokens.device)
+            memory_mask = memory_mask + self.prefix_mask(
+                tokens.shape[1], positions, self.tokens_per_item, decoder_tokens.shape[1], tokens.device
+            )
         return self.decode(decoder_tokens, memory_kv, memory_mask)
 
     @staticmethod
@@ -321,7 +335,12 @@ class TigerEnsemble(nn.Module):
         first = members[0]
         for m in members[1:]:
             if (m.id_length, m.codebook_size, m.embed.num_embeddings, m.cfg.history, m.cfg.use_user_token) != (
-                    first.id_length, first.codebook_size, first.embed.num_embeddings, first.cfg.history, first.cfg.use_user_token):
+                first.id_length,
+                first.codebook_size,
+                first.embed.num_embeddings,
+                first.cfg.history,
+                first.cfg.use_user_token,
+            ):
                 raise ValueError("ensemble members must share Semantic IDs, vocabulary, history kind and user token")
         self.members = nn.ModuleList(members)
         self.cfg, self.id_length, self.codebook_size = first.cfg, first.id_length, first.codebook_size

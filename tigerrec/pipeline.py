@@ -28,9 +28,10 @@ import logging
 import resource
 import shutil
 import time
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,8 +51,19 @@ from .rpg import RPGModel
 from .semantic_ids import IDS_FILE, SemanticIDs, has_collision_code
 from .sequences import Examples, Tokenizer
 from .text import TextEncoder, item_sentence, read_titles, with_titles
-from .train import (BEST_MODEL, CHECKPOINT, TRAIN_LOG, VALID_LOG, TrainData, distributed_context, evaluate_data, from_rank0, train,
-                    training_device, validation_examples)
+from .train import (
+    BEST_MODEL,
+    CHECKPOINT,
+    TRAIN_LOG,
+    VALID_LOG,
+    TrainData,
+    distributed_context,
+    evaluate_data,
+    from_rank0,
+    train,
+    training_device,
+    validation_examples,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +78,17 @@ REPORT_FILE = "report.html"
 BUDGET_FILE = "budget.json"
 # Everything trained from the Semantic IDs: one model, kept or deleted together.
 MEMBERS_DIR = "members"  # an ensemble's models after the first (train.members), one folder each
-MODEL_FILES = (CHECKPOINT, BEST_MODEL, TRAIN_LOG, VALID_LOG, METRICS_FILE, REPORT_FILE, FINGERPRINT_FILE, BUDGET_FILE, MEMBERS_DIR)
+MODEL_FILES = (
+    CHECKPOINT,
+    BEST_MODEL,
+    TRAIN_LOG,
+    VALID_LOG,
+    METRICS_FILE,
+    REPORT_FILE,
+    FINGERPRINT_FILE,
+    BUDGET_FILE,
+    MEMBERS_DIR,
+)
 MODEL_SECTIONS = ("data", "model", "train")  # the config sections the model is trained from
 
 
@@ -108,22 +130,31 @@ def build_semantic_ids(dataset: Dataset, cfg: RunConfig, out_dir: str | Path, ov
     start = time.perf_counter()
     quantizer = make_quantizer(cfg.ids.scheme, embeddings.shape[1], cfg.ids).fit(embeddings)
     fit_seconds = time.perf_counter() - start
-    ids = SemanticIDs.from_codes(dataset.item_ids, quantizer.encode(embeddings), cfg.ids.codebook_size,
-                                 has_collision_code(cfg.ids.scheme))
+    ids = SemanticIDs.from_codes(
+        dataset.item_ids, quantizer.encode(embeddings), cfg.ids.codebook_size, has_collision_code(cfg.ids.scheme)
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     quantizer.save(out_dir / QUANTIZER_FILE)
     ids.save(out_dir)
     metrics = {
         **ids.metrics(),
-        "scheme": cfg.ids.scheme, "encoder": encoder_label, "embedding_dim": int(embeddings.shape[1]),
+        "scheme": cfg.ids.scheme,
+        "encoder": encoder_label,
+        "embedding_dim": int(embeddings.shape[1]),
         "reconstruction": quantizer.history[-1].get("reconstruction") if quantizer.history else None,
-        "embed_seconds": round(embed_seconds, 1), "quantizer_seconds": round(fit_seconds, 1),
-        "history": quantizer.history, "fingerprint": inputs,
+        "embed_seconds": round(embed_seconds, 1),
+        "quantizer_seconds": round(fit_seconds, 1),
+        "history": quantizer.history,
+        "fingerprint": inputs,
     }
     write_json(metrics_path, metrics)
-    log.info("Semantic IDs: utilisation %s, %s %.1f%%, largest collision group %d", metrics["utilization"],
-             "unique prefixes" if ids.collision_code else "items with an ID of their own",
-             100 * metrics["unique_prefix_share"], metrics["max_collision_group"])
+    log.info(
+        "Semantic IDs: utilisation %s, %s %.1f%%, largest collision group %d",
+        metrics["utilization"],
+        "unique prefixes" if ids.collision_code else "items with an ID of their own",
+        100 * metrics["unique_prefix_share"],
+        metrics["max_collision_group"],
+    )
     return ids
 
 
@@ -155,7 +186,9 @@ def read_items(path: str | Path) -> dict[str, dict]:
                 record = json.loads(line)
                 items[str(record.pop("item_id"))] = record
             except (ValueError, KeyError, AttributeError, TypeError):
-                raise TigerrecError(f"{path}, line {number}: expected a JSON object with an item_id, got {line[:80]!r}") from None
+                raise TigerrecError(
+                    f"{path}, line {number}: expected a JSON object with an item_id, got {line[:80]!r}"
+                ) from None
     return items
 
 
@@ -174,14 +207,20 @@ def read_run_config(run_dir: str | Path) -> RunConfig:
 
 # ------------------------------------------------------------------ what each stage is built from
 
+
 def items_fingerprint(dataset: Dataset) -> dict[str, Any]:
     """The dataset's items: ids and metadata, as items.jsonl holds them."""
-    return {"dataset.items": dataset.num_items, "dataset.items_sha256": _sha256(items_text(dataset.item_ids, dataset.item_meta))}
+    return {
+        "dataset.items": dataset.num_items,
+        "dataset.items_sha256": _sha256(items_text(dataset.item_ids, dataset.item_meta)),
+    }
 
 
 def dataset_fingerprint(dataset: Dataset) -> dict[str, Any]:
     """The dataset's identity: its items and its interactions."""
-    interactions = "".join(json.dumps([user, seq.tolist()]) + "\n" for user, seq in zip(dataset.user_ids, dataset.sequences))
+    interactions = "".join(
+        json.dumps([user, seq.tolist()]) + "\n" for user, seq in zip(dataset.user_ids, dataset.sequences)
+    )
     return {**items_fingerprint(dataset), "dataset.interactions_sha256": _sha256(interactions)}
 
 
@@ -193,8 +232,11 @@ def ids_inputs(dataset: Dataset, cfg: RunConfig) -> dict[str, Any]:
 def model_inputs(dataset: Dataset, cfg: RunConfig, ids_dir: Path) -> dict[str, Any]:
     """What the sequence model is trained from: the dataset, the Semantic IDs in ``ids_dir`` (whichever
     settings made them) and the data, model and train settings."""
-    return {**dataset_fingerprint(dataset), "semantic_ids.sha256": file_sha256(ids_dir / IDS_FILE)[:16],
-            **cfg.fingerprint(*MODEL_SECTIONS)}
+    return {
+        **dataset_fingerprint(dataset),
+        "semantic_ids.sha256": file_sha256(ids_dir / IDS_FILE)[:16],
+        **cfg.fingerprint(*MODEL_SECTIONS),
+    }
 
 
 def read_ids_fingerprint(ids_dir: Path) -> dict[str, Any] | None:
@@ -238,7 +280,9 @@ def check_run_dir(run_dir: str | Path, dataset: Dataset, cfg: RunConfig, overwri
         if not ((ids_dir / IDS_METRICS).is_file() and (ids_dir / IDS_FILE).is_file()):
             problems.append(f"holds a trained model but no finished Semantic IDs ({IDS_DIR}/{IDS_METRICS})")
         elif recorded is None:
-            problems.append(f"holds a trained model but no record of its settings ({FINGERPRINT_FILE} or {CONFIG_FILE})")
+            problems.append(
+                f"holds a trained model but no record of its settings ({FINGERPRINT_FILE} or {CONFIG_FILE})"
+            )
         else:
             differences += _differences(recorded, model_inputs(dataset, cfg, ids_dir))
     if differences or problems:
@@ -263,8 +307,11 @@ def _differences(recorded: dict | None, current: dict) -> list[str]:
     """``key=recorded (now current)`` for each key whose value changed; keys the record lacks are not compared."""
     if recorded is None:
         return []
-    return [f"{key}={show_value(recorded[key])} (now {show_value(value)})" for key, value in current.items()
-            if key in recorded and recorded[key] != value]
+    return [
+        f"{key}={show_value(recorded[key])} (now {show_value(value)})"
+        for key, value in current.items()
+        if key in recorded and recorded[key] != value
+    ]
 
 
 def _refusal(directory: Path, differences: list[str], problems: list[str], stale: list[Path]) -> str:
@@ -273,8 +320,10 @@ def _refusal(directory: Path, differences: list[str], problems: list[str], stale
         shown = ", ".join(differences[:8]) + (f" and {len(differences) - 8} more" if len(differences) > 8 else "")
         reasons.insert(0, f"was built with {shown}")
     deleted = ", ".join(path.name + "/" * path.is_dir() for path in stale)
-    return (f"{directory} {' and '.join(reasons)}; pass --overwrite (Python: overwrite=True) to rebuild it, "
-            f"which deletes {deleted}")
+    return (
+        f"{directory} {' and '.join(reasons)}; pass --overwrite (Python: overwrite=True) to rebuild it, "
+        f"which deletes {deleted}"
+    )
 
 
 def _sha256(text: str) -> str:
@@ -285,8 +334,16 @@ def make_tokenizer(ids: SemanticIDs, cfg: RunConfig, trained_items: int | None =
     """The tokenizer for ``ids``; with ``model.item_tokens`` the first ``trained_items`` items (default:
     all) have a token of their own, so IDs added after training leave the vocabulary as it was."""
     item_tokens = (len(ids.item_ids) if trained_items is None else trained_items) if cfg.model.item_tokens else 0
-    return Tokenizer(ids.codes, ids.codebook_size, cfg.model.user_buckets, cfg.data.max_history, cfg.model.use_user_token,
-                     history=cfg.model.history, item_tokens=item_tokens, anonymous_token=cfg.model.anonymous_share > 0)
+    return Tokenizer(
+        ids.codes,
+        ids.codebook_size,
+        cfg.model.user_buckets,
+        cfg.data.max_history,
+        cfg.model.use_user_token,
+        history=cfg.model.history,
+        item_tokens=item_tokens,
+        anonymous_token=cfg.model.anonymous_share > 0,
+    )
 
 
 def make_model(tokenizer: Tokenizer, cfg: RunConfig) -> SequenceModel:
@@ -297,8 +354,9 @@ def make_model(tokenizer: Tokenizer, cfg: RunConfig) -> SequenceModel:
     return TigerModel(cfg.model, tokenizer.vocab_size, tokenizer.id_length, tokenizer.codebook_size)
 
 
-def init_code_embeddings(model: TigerModel, tokenizer: Tokenizer, codebooks: torch.Tensor, std: float,
-                         head: bool = False) -> None:
+def init_code_embeddings(
+    model: TigerModel, tokenizer: Tokenizer, codebooks: torch.Tensor, std: float, head: bool = False
+) -> None:
     """Start each level's code tokens from the quantiser's codewords (levels, codebook_size, dim): centred,
     carried to d_model by one fixed random projection per level and scaled to ``std``, so the geometry
     of the codewords (which codes are close) is what the model starts from (ModelConfig.embed_init).
@@ -338,13 +396,16 @@ def training_examples(train_sequences: list[np.ndarray], cfg: RunConfig) -> Exam
     return examples
 
 
-def prepare(dataset: Dataset, ids: SemanticIDs, cfg: RunConfig,
-            ids_dir: str | Path | None = None) -> tuple[TrainData, Examples, SequenceModel]:
+def prepare(
+    dataset: Dataset, ids: SemanticIDs, cfg: RunConfig, ids_dir: str | Path | None = None
+) -> tuple[TrainData, Examples, SequenceModel]:
     """Tokenizer, examples for train / valid / test, trie (TIGER only) and a fresh model. ``ids_dir``
     (where ``ids`` were read) holds the quantiser whose codewords model.embed_init=codebooks starts from."""
     if ids.item_ids != dataset.item_ids:
-        raise TigerrecError(f"the Semantic IDs list other items than the dataset ({len(ids.item_ids)} vs {dataset.num_items} "
-                            "items); they were built for another dataset")
+        raise TigerrecError(
+            f"the Semantic IDs list other items than the dataset ({len(ids.item_ids)} vs {dataset.num_items} "
+            "items); they were built for another dataset"
+        )
     split = leave_one_out(dataset, cfg.data.backtest)
     tokenizer = make_tokenizer(ids, cfg)
     user_tokens = np.array([tokenizer.user_token(u) for u in dataset.user_ids], dtype=np.int64)
@@ -368,10 +429,17 @@ def initial_model(tokenizer: Tokenizer, cfg: RunConfig, ids_dir: str | Path | No
     model = make_model(tokenizer, cfg)
     if cfg.model.embed_init in CODEBOOK_INITS:
         if ids_dir is None:
-            raise TigerrecError(f"config model.embed_init={cfg.model.embed_init} needs the Semantic IDs' quantiser: "
-                                "pass ids_dir to prepare")
-        init_code_embeddings(model, tokenizer, load_quantizer(Path(ids_dir) / QUANTIZER_FILE).codebooks, cfg.model.embed_init_std,
-                             head=cfg.model.embed_init == "codebooks+head")
+            raise TigerrecError(
+                f"config model.embed_init={cfg.model.embed_init} needs the Semantic IDs' quantiser: "
+                "pass ids_dir to prepare"
+            )
+        init_code_embeddings(
+            model,
+            tokenizer,
+            load_quantizer(Path(ids_dir) / QUANTIZER_FILE).codebooks,
+            cfg.model.embed_init_std,
+            head=cfg.model.embed_init == "codebooks+head",
+        )
     return model
 
 
@@ -403,17 +471,28 @@ def load_best_model(model: SequenceModel, run_dir: str | Path, members: int = 1)
     return (model if trained == 1 else TigerEnsemble(models)).eval()
 
 
-def evaluate_splits(model: SequenceModel, data: TrainData, test: Examples, cfg: RunConfig, counts: np.ndarray | None = None) -> dict:
+def evaluate_splits(
+    model: SequenceModel, data: TrainData, test: Examples, cfg: RunConfig, counts: np.ndarray | None = None
+) -> dict:
     """Metrics of every validation and test example, decoded as ``cfg.eval`` says (per popularity group
     of the targets too, given the training ``counts`` of every item: ``evaluate.item_counts``)."""
-    evals = {name: evaluate_examples(model, data, examples, cfg, name, counts) for name, examples in (("valid", data.valid), ("test", test))}
+    evals = {
+        name: evaluate_examples(model, data, examples, cfg, name, counts)
+        for name, examples in (("valid", data.valid), ("test", test))
+    }
     for name, metrics in evals.items():
         log.info("%s: %s", name, metrics)
     return evals
 
 
-def evaluate_examples(model: SequenceModel, data: TrainData, examples: Examples, cfg: RunConfig, desc: str,
-                      counts: np.ndarray | None = None) -> dict:
+def evaluate_examples(
+    model: SequenceModel,
+    data: TrainData,
+    examples: Examples,
+    cfg: RunConfig,
+    desc: str,
+    counts: np.ndarray | None = None,
+) -> dict:
     """Metrics of ``examples``, decoded as ``cfg.eval`` says."""
     configure_decoding(model, cfg.eval)
     bf16 = use_bf16(str(next(model.parameters()).device), cfg.train.bf16)
@@ -441,8 +520,9 @@ def forecast_eval_seconds(model: SequenceModel, data: TrainData, test: Examples,
     return FORECAST_MARGIN * seconds / len(sample) * decoded * cfg.train.members
 
 
-def fit_to_budget(cfg: RunConfig, run_dir: Path, model: SequenceModel, data: TrainData, test: Examples,
-                  started: float) -> tuple[RunConfig, dict]:
+def fit_to_budget(
+    cfg: RunConfig, run_dir: Path, model: SequenceModel, data: TrainData, test: Examples, started: float
+) -> tuple[RunConfig, dict]:
     """``cfg`` with ``train.max_minutes`` cut so that the run ends within ``train.budget_minutes``, and the
     ``budget.json`` record of it: what the time since ``started`` (``time.perf_counter()`` at the run's start: loading, Semantic IDs,
     the forecast itself) leaves, less the forecast of the final evaluation.
@@ -458,12 +538,18 @@ def fit_to_budget(cfg: RunConfig, run_dir: Path, model: SequenceModel, data: Tra
         spent_seconds = from_rank0(time.perf_counter() - started, world, device)
         minutes = budget - (spent_seconds + eval_seconds) / 60
         if minutes <= 0:
-            raise TigerrecError(f"train.budget_minutes={show_value(budget)} leaves no time to train: loading, Semantic "
-                                f"IDs and timing the decoder took {spent_seconds / 60:.1f} minutes and the final evaluation needs about "
-                                f"{eval_seconds / 60:.1f}; raise the budget (the IDs are kept for the next run)")
+            raise TigerrecError(
+                f"train.budget_minutes={show_value(budget)} leaves no time to train: loading, Semantic "
+                f"IDs and timing the decoder took {spent_seconds / 60:.1f} minutes and the final evaluation needs about "
+                f"{eval_seconds / 60:.1f}; raise the budget (the IDs are kept for the next run)"
+            )
         minutes = round(min(minutes, cfg.train.max_minutes) if cfg.train.max_minutes else minutes, 3)
-        recorded = {"budget_minutes": budget, "spent_seconds": round(spent_seconds, 3),
-                    "final_eval_forecast_seconds": round(eval_seconds, 3), "train_minutes": minutes}
+        recorded = {
+            "budget_minutes": budget,
+            "spent_seconds": round(spent_seconds, 3),
+            "final_eval_forecast_seconds": round(eval_seconds, 3),
+            "train_minutes": minutes,
+        }
         if rank == 0:
             write_json(run_dir / BUDGET_FILE, recorded)
     minutes = float(recorded["train_minutes"])
@@ -477,12 +563,15 @@ def training_counts(dataset: Dataset, cfg: RunConfig) -> np.ndarray:
     return item_counts(leave_one_out(dataset, cfg.data.backtest).train, dataset.num_items)
 
 
-def load_trained_run(run_dir: str | Path, source: str | Path | None = None) -> tuple[RunConfig, Dataset, TrainData, Examples, SequenceModel]:
+def load_trained_run(
+    run_dir: str | Path, source: str | Path | None = None
+) -> tuple[RunConfig, Dataset, TrainData, Examples, SequenceModel]:
     """A trained run directory, ready to decode again: its config, dataset (from ``source``, by default
     the one config.json records), data with the validation examples, test examples and best model."""
     cfg = read_run_config(run_dir)
-    dataset = load_dataset(source if source is not None else read_json(Path(run_dir) / CONFIG_FILE)["source"],
-                           cfg.data.min_interactions)
+    dataset = load_dataset(
+        source if source is not None else read_json(Path(run_dir) / CONFIG_FILE)["source"], cfg.data.min_interactions
+    )
     ids_dir = Path(run_dir) / IDS_DIR
     data, test, model = prepare(dataset, load_ids(ids_dir, cfg), cfg, ids_dir)
     return cfg, dataset, data, test, load_best_model(model, run_dir, cfg.train.members)
@@ -512,7 +601,9 @@ def run(source: str | Dataset, cfg: RunConfig, run_dir: str | Path, overwrite: b
     _barrier()  # every process has checked the directory before process 0 changes it
     if rank == 0:
         if stale:
-            log.warning("deleting from %s what was built from other inputs: %s", run_dir, ", ".join(p.name for p in stale))
+            log.warning(
+                "deleting from %s what was built from other inputs: %s", run_dir, ", ".join(p.name for p in stale)
+            )
         for path in stale:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
         write_json(run_dir / CONFIG_FILE, {"source": str(source), **cfg.to_dict()})
@@ -548,9 +639,14 @@ def run(source: str | Dataset, cfg: RunConfig, run_dir: str | Path, overwrite: b
     evals = evaluate_splits(load_best_model(model, run_dir, cfg.train.members), data, test, cfg)
     timings["eval_seconds"] = round(evals["valid"]["seconds"] + evals["test"]["seconds"], 1)
     metrics = {
-        "dataset": dataset.name, **evals, "training": summary, "timings": timings,
+        "dataset": dataset.name,
+        **evals,
+        "training": summary,
+        "timings": timings,
         **budget,
-        "semantic_ids": {k: v for k, v in read_json(ids_dir / IDS_METRICS).items() if k not in ("history", "fingerprint")},
+        "semantic_ids": {
+            k: v for k, v in read_json(ids_dir / IDS_METRICS).items() if k not in ("history", "fingerprint")
+        },
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         **provenance(),
         "config": cfg.to_dict(),
@@ -579,9 +675,16 @@ def train_members(model: SequenceModel, data: TrainData, cfg: RunConfig, run_dir
         left = minutes - spent if minutes else 0.0
         first = from_rank0(summaries[0]["train_seconds"] / 60, world, training_device()) if summaries else 0.0
         if member and minutes and (left <= 0 or left < cfg.train.member_min_share * first):
-            log.warning("ensemble member %d of %d not trained: train.max_minutes leaves %.1f minutes, less than %g of "
-                        "the %.1f the first member took; ranking with %d", member + 1, members, left,
-                        cfg.train.member_min_share, first, member)
+            log.warning(
+                "ensemble member %d of %d not trained: train.max_minutes leaves %.1f minutes, less than %g of "
+                "the %.1f the first member took; ranking with %d",
+                member + 1,
+                members,
+                left,
+                cfg.train.member_min_share,
+                first,
+                member,
+            )
             break
         member_cfg = replace(cfg, train=replace(cfg.train, seed=cfg.train.seed + member, max_minutes=round(left, 3)))
         member_model = model if member == 0 else initial_model(data.tokenizer, member_cfg, ids_dir)

@@ -13,8 +13,23 @@ PRESETS: dict[str, dict] = {
     "tiny": {
         "text": {"encoder": "all-MiniLM-L6-v2"},
         "ids": {"epochs": 150, "codebook_size": 16, "hidden_dims": [128, 64], "code_dim": 16},
-        "model": {"encoder_layers": 2, "decoder_layers": 2, "d_ff": 256, "num_heads": 4, "head_dim": 32, "user_buckets": 50},
-        "train": {"steps": 600, "epochs": 0.0, "batch_size": 64, "warmup_steps": 100, "eval_every": 200, "checkpoint_every": 200, "log_every": 50},
+        "model": {
+            "encoder_layers": 2,
+            "decoder_layers": 2,
+            "d_ff": 256,
+            "num_heads": 4,
+            "head_dim": 32,
+            "user_buckets": 50,
+        },
+        "train": {
+            "steps": 600,
+            "epochs": 0.0,
+            "batch_size": 64,
+            "warmup_steps": 100,
+            "eval_every": 200,
+            "checkpoint_every": 200,
+            "log_every": 50,
+        },
         "eval": {"beam_size": 10, "batch_size": 256},
     },
 }
@@ -54,8 +69,12 @@ PRESETS: dict[str, dict] = {
 #   `--set train.members=1` trains one model.
 RECIPES: dict[str, dict] = {
     "paper": {},
-    "tuned": {"ids": {"scheme": "rqkmeans"}, "model": {"use_user_token": False, "embed_init": "codebooks", "history": "pooled"},
-              "train": {"cooldown_fraction": 0.2, "epochs": 30.0, "members": 2}, "eval": {"exclude_history": True}},
+    "tuned": {
+        "ids": {"scheme": "rqkmeans"},
+        "model": {"use_user_token": False, "embed_init": "codebooks", "history": "pooled"},
+        "train": {"cooldown_fraction": 0.2, "epochs": 30.0, "members": 2},
+        "eval": {"exclude_history": True},
+    },
 }
 DEFAULT_RECIPE = "tuned"
 
@@ -82,30 +101,52 @@ MODELS: dict[str, dict] = {
     "tiger": {},
     "rpg": {
         "ids": {"scheme": "opq", "levels": 16, "codebook_size": 256, "pca_dim": 128},
-        "model": {"kind": "rpg", "history": "items", "use_user_token": False, "anonymous_share": 0.0, "embed_init": "normal",
-                  "d_model": 256, "num_heads": 4, "head_dim": 64, "d_ff": 1024, "encoder_layers": 2, "dropout": 0.1,
-                  "input_dropout": 0.5},
-        "train": {"optimizer": "adafactor", "lr": 0.01, "schedule": "constant", "warmup_steps": 200, "cooldown_fraction": 0.2,
-                  "batch_size": 64, "epochs": 100.0, "eval_every": 1000, "members": 1},
+        "model": {
+            "kind": "rpg",
+            "history": "items",
+            "use_user_token": False,
+            "anonymous_share": 0.0,
+            "embed_init": "normal",
+            "d_model": 256,
+            "num_heads": 4,
+            "head_dim": 64,
+            "d_ff": 1024,
+            "encoder_layers": 2,
+            "dropout": 0.1,
+            "input_dropout": 0.5,
+        },
+        "train": {
+            "optimizer": "adafactor",
+            "lr": 0.01,
+            "schedule": "constant",
+            "warmup_steps": 200,
+            "cooldown_fraction": 0.2,
+            "batch_size": 64,
+            "epochs": 100.0,
+            "eval_every": 1000,
+            "members": 1,
+        },
     },
 }
 MODEL_PRESETS: dict[tuple[str, str], dict] = {
     # 120 items: 8 codes of 16 values (the preset's codebook), a 64-d PCA (OPQ needs more items than
     # dimensions), a step budget and light dropout: 500 steps must learn it by heart.
-    ("rpg", "tiny"): {"ids": {"levels": 8, "pca_dim": 64}, "model": {"d_model": 128, "input_dropout": 0.1},
-                      "train": {"batch_size": 32, "steps": 500, "warmup_steps": 20, "eval_every": 250,
-                                "lr": 0.02}},
+    ("rpg", "tiny"): {
+        "ids": {"levels": 8, "pca_dim": 64},
+        "model": {"d_model": 128, "input_dropout": 0.1},
+        "train": {"batch_size": 32, "steps": 500, "warmup_steps": 20, "eval_every": 250, "lr": 0.02},
+    },
 }
 
 
 # TIGER, Rajput et al. 2023, Table 1 (TIGER_SPEC.md): dataset -> method -> R@5, N@5, R@10, N@10.
 PAPER_TABLE1: dict[str, dict[str, tuple[float, float, float, float]]] = {
-    "beauty": {"SASRec": (.0387, .0249, .0605, .0318), "TIGER": (.0454, .0321, .0648, .0384)},
-    "sports": {"SASRec": (.0233, .0154, .0350, .0192), "TIGER": (.0264, .0181, .0400, .0225)},
-    "toys": {"SASRec": (.0463, .0306, .0675, .0374), "TIGER": (.0521, .0371, .0712, .0432)},
+    "beauty": {"SASRec": (0.0387, 0.0249, 0.0605, 0.0318), "TIGER": (0.0454, 0.0321, 0.0648, 0.0384)},
+    "sports": {"SASRec": (0.0233, 0.0154, 0.0350, 0.0192), "TIGER": (0.0264, 0.0181, 0.0400, 0.0225)},
+    "toys": {"SASRec": (0.0463, 0.0306, 0.0675, 0.0374), "TIGER": (0.0521, 0.0371, 0.0712, 0.0432)},
 }
 # RPG, Hou et al. 2025: NDCG@10 on the same three benchmarks.
-RPG_PAPER_NDCG10: dict[str, float] = {"beauty": .0464, "sports": .0263, "toys": .0490}
+RPG_PAPER_NDCG10: dict[str, float] = {"beauty": 0.0464, "sports": 0.0263, "toys": 0.0490}
 
 
 def paper_table1(dataset_name: str) -> dict[str, tuple[float, float, float, float]]:

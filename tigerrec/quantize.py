@@ -89,7 +89,7 @@ class Quantizer(nn.Module):
         self.config = config
         self.history: list[dict] = []  # metrics logged while fitting
 
-    def fit(self, embeddings: np.ndarray) -> "Quantizer":
+    def fit(self, embeddings: np.ndarray) -> Quantizer:
         raise NotImplementedError
 
     @torch.no_grad()
@@ -132,6 +132,7 @@ def make_quantizer(scheme: str, input_dim: int, config: IDsConfig) -> Quantizer:
 
 
 # ------------------------------------------------------------------ RQ-VAE
+
 
 def mlp(dims: list[int]) -> nn.Sequential:
     layers = []
@@ -193,7 +194,7 @@ class RQVAE(Quantizer):
             residual = residual - centroids[nearest]
         self.initialized.fill_(True)
 
-    def fit(self, embeddings: np.ndarray) -> "RQVAE":
+    def fit(self, embeddings: np.ndarray) -> RQVAE:
         cfg = self.config
         raw = self._check_input(embeddings)
         if cfg.standardize:
@@ -230,7 +231,9 @@ class RQVAE(Quantizer):
             if epoch % log_every == 0 or epoch == cfg.epochs:
                 row = {"epoch": epoch, "seconds": round(time.perf_counter() - start, 1), **self.evaluate(raw)}
                 self.history.append(row)
-                progress.set_postfix(rec=f"{row['reconstruction']:.4f}", util=row["utilization"], unique=row["unique_prefix_share"])
+                progress.set_postfix(
+                    rec=f"{row['reconstruction']:.4f}", util=row["utilization"], unique=row["unique_prefix_share"]
+                )
                 log.info("RQ-VAE %s", row)
                 self.train()
         self.eval()
@@ -251,7 +254,10 @@ class RQVAE(Quantizer):
         self.eval()
         _, x_hat, codes, _ = self((embeddings - self.mean) / self.std)
         reconstruction = (embeddings - (x_hat * self.std + self.mean)).pow(2).sum(-1).mean()
-        return {"reconstruction": round(float(reconstruction), 5), **code_metrics(codes.cpu().numpy(), self.config.codebook_size)}
+        return {
+            "reconstruction": round(float(reconstruction), 5),
+            **code_metrics(codes.cpu().numpy(), self.config.codebook_size),
+        }
 
     @torch.no_grad()
     def encode(self, embeddings: np.ndarray) -> np.ndarray:
@@ -262,6 +268,7 @@ class RQVAE(Quantizer):
 
 # ------------------------------------------------------------------ alternatives
 
+
 class RQKMeans(Quantizer):
     """Residual k-means directly on the embeddings: fast, no gradient training."""
 
@@ -271,7 +278,7 @@ class RQKMeans(Quantizer):
         super().__init__(input_dim, config)
         self.register_buffer("codebooks", torch.zeros(config.levels, config.codebook_size, input_dim))
 
-    def fit(self, embeddings: np.ndarray) -> "RQKMeans":
+    def fit(self, embeddings: np.ndarray) -> RQKMeans:
         residual = self._check_input(embeddings).cpu().numpy()
         for level in tqdm(range(self.config.levels), desc="RQ-KMeans", unit="level"):
             centroids = kmeans(residual, self.config.codebook_size, self.config.seed + level)
@@ -279,7 +286,12 @@ class RQKMeans(Quantizer):
             nearest = residual_quantize(torch.from_numpy(residual), self.codebooks[level : level + 1])[0][:, 0].numpy()
             residual = residual - centroids[nearest]
         reconstruction = float((residual**2).sum(-1).mean())
-        self.history.append({"reconstruction": round(reconstruction, 5), **code_metrics(self.encode(embeddings), self.config.codebook_size)})
+        self.history.append(
+            {
+                "reconstruction": round(reconstruction, 5),
+                **code_metrics(self.encode(embeddings), self.config.codebook_size),
+            }
+        )
         return self
 
     @torch.no_grad()
@@ -301,7 +313,7 @@ class LSH(Quantizer):
         self.register_buffer("planes", torch.randn(config.levels, input_dim, bits, generator=generator))
         self.register_buffer("center", torch.zeros(input_dim))
 
-    def fit(self, embeddings: np.ndarray) -> "LSH":
+    def fit(self, embeddings: np.ndarray) -> LSH:
         self.center.copy_(self._check_input(embeddings).mean(0))
         self.history.append(code_metrics(self.encode(embeddings), self.config.codebook_size))
         return self
@@ -319,7 +331,7 @@ class RandomCodes(Quantizer):
 
     scheme = "random"
 
-    def fit(self, embeddings: np.ndarray) -> "RandomCodes":
+    def fit(self, embeddings: np.ndarray) -> RandomCodes:
         self.history.append(code_metrics(self.encode(embeddings), self.config.codebook_size))
         return self
 
@@ -357,7 +369,7 @@ class OPQ(Quantizer):
         self.register_buffer("offset", torch.zeros(rotated))
         self.register_buffer("centroids", torch.zeros(config.levels, config.codebook_size, self.sub_dim))
 
-    def fit(self, embeddings: np.ndarray) -> "OPQ":
+    def fit(self, embeddings: np.ndarray) -> OPQ:
         try:
             import faiss
         except ImportError as e:
@@ -366,12 +378,16 @@ class OPQ(Quantizer):
         x = np.ascontiguousarray(self._check_input(embeddings).cpu().numpy(), dtype=np.float32)
         n, levels, size = len(x), cfg.levels, cfg.codebook_size
         if n < size:
-            raise ValueError(f"OPQ needs at least ids.codebook_size={size} items to fit the centroids of a subspace, got {n}")
+            raise ValueError(
+                f"OPQ needs at least ids.codebook_size={size} items to fit the centroids of a subspace, got {n}"
+            )
         projection, offset = np.eye(self.input_dim, dtype=np.float32), np.zeros(self.input_dim, dtype=np.float32)
         if cfg.pca_dim:
             if not cfg.pca_dim < min(n, self.input_dim + 1):
-                raise ValueError(f"ids.pca_dim={cfg.pca_dim} must be at most the embedding size ({self.input_dim}) "
-                                 f"and below the number of items ({n})")
+                raise ValueError(
+                    f"ids.pca_dim={cfg.pca_dim} must be at most the embedding size ({self.input_dim}) "
+                    f"and below the number of items ({n})"
+                )
             pca = faiss.PCAMatrix(self.input_dim, cfg.pca_dim, -0.5)  # eigen_power -1/2: whitened
             pca.train(x)
             projection = faiss.vector_to_array(pca.A).reshape(cfg.pca_dim, self.input_dim)
@@ -379,8 +395,10 @@ class OPQ(Quantizer):
             x = pca.apply(x)
         rotated = self.sub_dim * levels
         if n < rotated:  # faiss's OPQ training corrupts memory with fewer points than dimensions
-            raise ValueError(f"OPQ needs at least as many items as dimensions to rotate ({rotated}), got {n} items; "
-                             f"set ids.pca_dim below {n}")
+            raise ValueError(
+                f"OPQ needs at least as many items as dimensions to rotate ({rotated}), got {n} items; "
+                f"set ids.pca_dim below {n}"
+            )
         opq = faiss.OPQMatrix(x.shape[1], levels, rotated)
         # The quantiser OPQ alternates with (faiss's default has 8 bits). opq.pq does not own it: the
         # Python name keeps it alive while opq trains.
@@ -409,8 +427,11 @@ class OPQ(Quantizer):
         """Codes (N, levels) of raw embeddings and the mean squared error of their reconstruction in the
         rotated (and whitened) space."""
         y = (x @ self.projection.T + self.offset).view(len(x), self.config.levels, self.sub_dim)
-        distances = (y.pow(2).sum(-1, keepdim=True) - 2 * torch.einsum("nld,lkd->nlk", y, self.centroids)
-                     + self.centroids.pow(2).sum(-1))
+        distances = (
+            y.pow(2).sum(-1, keepdim=True)
+            - 2 * torch.einsum("nld,lkd->nlk", y, self.centroids)
+            + self.centroids.pow(2).sum(-1)
+        )
         codes = distances.argmin(-1)
         error = (y - self.centroids[torch.arange(self.config.levels), codes]).pow(2).sum((1, 2)).mean()
         return codes.cpu().numpy(), float(error)

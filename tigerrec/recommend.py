@@ -36,7 +36,16 @@ from .decoding import PrefixTrie, configure_decoding, merge_capped, new_item_cap
 from .device import autocast, check_device, default_device, use_bf16
 from .errors import TigerrecError
 from .model import SequenceModel
-from .pipeline import IDS_DIR, ITEMS_FILE, load_best_model, load_ids, make_model, make_tokenizer, read_items, read_run_config
+from .pipeline import (
+    IDS_DIR,
+    ITEMS_FILE,
+    load_best_model,
+    load_ids,
+    make_model,
+    make_tokenizer,
+    read_items,
+    read_run_config,
+)
 from .semantic_ids import IDS_FILE, SemanticIDs
 from .sequences import Examples
 from .train import BEST_MODEL
@@ -93,8 +102,16 @@ class Recommender:
     request's ``max_new_share`` caps their share of the top k, and ``reserve_new`` fills that share.
     """
 
-    def __init__(self, model: SequenceModel, ids: SemanticIDs, items: dict[str, dict], cfg: RunConfig,
-                 max_k: int = MAX_K, run_dir: str | Path | None = None, trained_items: int | None = None):
+    def __init__(
+        self,
+        model: SequenceModel,
+        ids: SemanticIDs,
+        items: dict[str, dict],
+        cfg: RunConfig,
+        max_k: int = MAX_K,
+        run_dir: str | Path | None = None,
+        trained_items: int | None = None,
+    ):
         self.model = model.eval()
         self.device = str(next(model.parameters()).device)
         self.cfg = cfg
@@ -120,12 +137,14 @@ class Recommender:
         self.categories = _category_index(ids.item_ids, items)  # category name -> item indices
 
     @classmethod
-    def load(cls, run_dir: str | Path, device: str | None = None, max_k: int = MAX_K) -> "Recommender":
+    def load(cls, run_dir: str | Path, device: str | None = None, max_k: int = MAX_K) -> Recommender:
         """Load the best model of a ``tigerrec run`` directory (on CUDA when available), of either kind."""
         run_dir = Path(run_dir)
         for name in ("config.json", f"{IDS_DIR}/{IDS_FILE}", ITEMS_FILE, BEST_MODEL):
             if not (run_dir / name).is_file():
-                raise FileNotFoundError(f"{run_dir / name} is missing; is {run_dir} a finished `tigerrec run` directory?")
+                raise FileNotFoundError(
+                    f"{run_dir / name} is missing; is {run_dir} a finished `tigerrec run` directory?"
+                )
         device = check_device(device or default_device())
         cfg = read_run_config(run_dir)
         ids = load_ids(run_dir / IDS_DIR, cfg)
@@ -134,10 +153,19 @@ class Recommender:
         if missing:
             log.warning("%d items have no metadata in %s (e.g. %s)", len(missing), ITEMS_FILE, missing[:3])
         trained = catalogue.trained_items(run_dir)
-        model = load_best_model(make_model(make_tokenizer(ids, cfg, trained), cfg).to(device), run_dir, cfg.train.members)
+        model = load_best_model(
+            make_model(make_tokenizer(ids, cfg, trained), cfg).to(device), run_dir, cfg.train.members
+        )
         configure_decoding(model, cfg.eval)
-        log.info("loaded %s: %s, %d items (%d new since training), %.2fM parameters, on %s", run_dir, model.kind,
-                 len(ids.item_ids), len(ids.item_ids) - (trained or len(ids.item_ids)), model.num_parameters() / 1e6, device)
+        log.info(
+            "loaded %s: %s, %d items (%d new since training), %.2fM parameters, on %s",
+            run_dir,
+            model.kind,
+            len(ids.item_ids),
+            len(ids.item_ids) - (trained or len(ids.item_ids)),
+            model.num_parameters() / 1e6,
+            device,
+        )
         return cls(model, ids, items, cfg, max_k, run_dir, trained)
 
     def add_items(self, items: str | Path | dict[str, dict]) -> dict:
@@ -169,10 +197,20 @@ class Recommender:
             raise UnknownItemError([item_id])
         return {"item_id": item_id, "semantic_id": self.ids.codes[index].tolist(), **self.items.get(item_id, {})}
 
-    def recommend(self, history: list[str], user_id: str | None = None, k: int = 10, temperature: float | None = None,
-                  exclude_seen: bool = True, seed: int | None = None, exclude: list[str] | None = None,
-                  only: list[str] | None = None, category: str | None = None,
-                  max_new_share: float | None = None, reserve_new: bool = False) -> list[dict]:
+    def recommend(
+        self,
+        history: list[str],
+        user_id: str | None = None,
+        k: int = 10,
+        temperature: float | None = None,
+        exclude_seen: bool = True,
+        seed: int | None = None,
+        exclude: list[str] | None = None,
+        only: list[str] | None = None,
+        category: str | None = None,
+        max_new_share: float | None = None,
+        reserve_new: bool = False,
+    ) -> list[dict]:
         """The ``k`` most likely next items after ``history`` (item ids, oldest first).
 
         Only the most recent ``max_history`` items (the training setting, see
@@ -197,14 +235,38 @@ class Recommender:
 
         Returns dicts with item_id, score (log-probability), semantic_id, title, categories.
         """
-        return self.run([self.query(history, user_id, k, temperature, exclude_seen, seed, exclude, only, category,
-                                    max_new_share, reserve_new)])[0]
+        return self.run(
+            [
+                self.query(
+                    history,
+                    user_id,
+                    k,
+                    temperature,
+                    exclude_seen,
+                    seed,
+                    exclude,
+                    only,
+                    category,
+                    max_new_share,
+                    reserve_new,
+                )
+            ]
+        )[0]
 
-    def recommend_batch(self, histories: list[list[str]], user_ids: list[str | None] | None = None, k: int = 10,
-                        temperature: float | None = None, exclude_seen: bool = True, seed: int | None = None,
-                        exclude: list[str] | None = None, only: list[str] | None = None,
-                        category: str | None = None, max_new_share: float | None = None,
-                        reserve_new: bool = False) -> list[list[dict]]:
+    def recommend_batch(
+        self,
+        histories: list[list[str]],
+        user_ids: list[str | None] | None = None,
+        k: int = 10,
+        temperature: float | None = None,
+        exclude_seen: bool = True,
+        seed: int | None = None,
+        exclude: list[str] | None = None,
+        only: list[str] | None = None,
+        category: str | None = None,
+        max_new_share: float | None = None,
+        reserve_new: bool = False,
+    ) -> list[list[dict]]:
         """``recommend`` for many histories at once (one model call per ``eval.batch_size`` rows); the
         filters apply to every history."""
         if not isinstance(histories, (list, tuple)) or not histories:
@@ -213,15 +275,40 @@ class Recommender:
             user_ids = [None] * len(histories)
         if not isinstance(user_ids, (list, tuple)) or len(user_ids) != len(histories):
             raise RequestError(f"user_ids must be None or a list of {len(histories)} user ids")
-        queries = [self.query(h, u, k, temperature, exclude_seen, seed, exclude, only, category, max_new_share,
-                              reserve_new, where=f"history {n}")
-                   for n, (h, u) in enumerate(zip(histories, user_ids))]
+        queries = [
+            self.query(
+                h,
+                u,
+                k,
+                temperature,
+                exclude_seen,
+                seed,
+                exclude,
+                only,
+                category,
+                max_new_share,
+                reserve_new,
+                where=f"history {n}",
+            )
+            for n, (h, u) in enumerate(zip(histories, user_ids))
+        ]
         return self.run(queries)
 
-    def query(self, history: list[str], user_id: str | None = None, k: int = 10, temperature: float | None = None,
-              exclude_seen: bool = True, seed: int | None = None, exclude: list[str] | None = None,
-              only: list[str] | None = None, category: str | None = None, max_new_share: float | None = None,
-              reserve_new: bool = False, where: str = "history") -> Query:
+    def query(
+        self,
+        history: list[str],
+        user_id: str | None = None,
+        k: int = 10,
+        temperature: float | None = None,
+        exclude_seen: bool = True,
+        seed: int | None = None,
+        exclude: list[str] | None = None,
+        only: list[str] | None = None,
+        category: str | None = None,
+        max_new_share: float | None = None,
+        reserve_new: bool = False,
+        where: str = "history",
+    ) -> Query:
         """Check a request and look its items up; raises RequestError or UnknownItemError naming the problem."""
         k, temperature = self._check_options(k, temperature, exclude_seen, seed)
         indices = self._item_indices(history, where)
@@ -245,8 +332,18 @@ class Recommender:
             cap = new_item_cap(max_new_share, k)
             # None: nothing to merge (no new items, or a cap that neither limits nor reserves)
             new_cap = cap if (cap < k or reserve_new) and self.trained_items < self.num_items else None
-        return Query(indices, self._user_token(user_id), k, temperature, frozenset(excluded), seed, beam,
-                     None if allowed is None else frozenset(allowed), new_cap, reserve_new)
+        return Query(
+            indices,
+            self._user_token(user_id),
+            k,
+            temperature,
+            frozenset(excluded),
+            seed,
+            beam,
+            None if allowed is None else frozenset(allowed),
+            new_cap,
+            reserve_new,
+        )
 
     def run(self, queries: list[Query]) -> list[list[dict]]:
         """Results of checked queries; those with the same settings share model calls."""
@@ -273,9 +370,12 @@ class Recommender:
         A query with a cap on new items is decoded twice, once among the trained-with items and once
         among the new ones, and the two lists merge by score with at most ``new_cap`` new items
         (exactly that many, as far as there are, with ``reserve_new``)."""
-        examples = Examples.from_histories([q.indices for q in chunk], np.full(len(chunk), -1),
-                                           np.zeros(len(chunk)), self.max_history)  # keeps the most recent items
-        tokens = self.tokenizer.encoder_input(torch.from_numpy(examples.histories), torch.tensor([q.user_token for q in chunk]))
+        examples = Examples.from_histories(
+            [q.indices for q in chunk], np.full(len(chunk), -1), np.zeros(len(chunk)), self.max_history
+        )  # keeps the most recent items
+        tokens = self.tokenizer.encoder_input(
+            torch.from_numpy(examples.histories), torch.tensor([q.user_token for q in chunk])
+        )
         allowed = self._allowed(chunk)
         capped = [row for row, q in enumerate(chunk) if q.new_cap is not None]
         if capped:
@@ -284,15 +384,29 @@ class Recommender:
             allowed = torch.cat([allowed, allowed[capped] & new])
             allowed[capped] &= ~new
         with autocast(self.device, self.bf16):
-            out = rank(self.model, tokens.to(self.device), beam, self.trie, beam, temperature=temperature,
-                       generator=generator, allowed=allowed.to(self.device))
+            out = rank(
+                self.model,
+                tokens.to(self.device),
+                beam,
+                self.trie,
+                beam,
+                temperature=temperature,
+                generator=generator,
+                allowed=allowed.to(self.device),
+            )
         items, scores = out.items.cpu().numpy(), out.scores.float().cpu().numpy()
         if capped:
             extra = slice(len(chunk), None)
             k = min(chunk[0].k, items.shape[1])  # a chunk shares k (``run``); reserved slots must fall within it
-            merged = merge_capped(items[capped], scores[capped], items[extra], scores[extra],
-                                  np.array([chunk[row].new_cap for row in capped]), k,
-                                  np.array([chunk[row].reserve_new for row in capped]))
+            merged = merge_capped(
+                items[capped],
+                scores[capped],
+                items[extra],
+                scores[extra],
+                np.array([chunk[row].new_cap for row in capped]),
+                k,
+                np.array([chunk[row].reserve_new for row in capped]),
+            )
             items[capped], scores[capped] = -1, -np.inf
             items[capped, :k], scores[capped, :k] = merged
         return items[: len(chunk)], scores[: len(chunk)]
@@ -312,8 +426,10 @@ class Recommender:
         if not isinstance(category, str):
             raise RequestError(f"category must be a string, got {category!r}")
         if category not in self.categories:
-            raise RequestError(f"unknown category {category!r}; the catalogue has {len(self.categories)} "
-                               f"(e.g. {', '.join(repr(c) for c in list(self.categories)[:5])})")
+            raise RequestError(
+                f"unknown category {category!r}; the catalogue has {len(self.categories)} "
+                f"(e.g. {', '.join(repr(c) for c in list(self.categories)[:5])})"
+            )
         return self.categories[category]
 
     def _results(self, items: np.ndarray, scores: np.ndarray, k: int) -> list[dict]:
@@ -323,8 +439,15 @@ class Recommender:
                 continue
             item_id = self.ids.item_ids[index]
             meta = self.items.get(item_id, {})
-            out.append({"item_id": item_id, "score": score, "semantic_id": self.ids.codes[index].tolist(),
-                        "title": meta.get("title"), "categories": meta.get("categories")})
+            out.append(
+                {
+                    "item_id": item_id,
+                    "score": score,
+                    "semantic_id": self.ids.codes[index].tolist(),
+                    "title": meta.get("title"),
+                    "categories": meta.get("categories"),
+                }
+            )
             if len(out) == k:
                 break
         return out
@@ -383,6 +506,7 @@ class Recommender:
 def _category_index(item_ids: list[str], items: dict[str, dict]) -> dict[str, set[int]]:
     """Category name -> indices of the items with that name anywhere in their ``categories``
     (a name, a list of names, or Amazon's list of category paths)."""
+
     def names(value):
         if isinstance(value, str):
             yield value

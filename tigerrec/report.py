@@ -36,6 +36,7 @@ def esc(value) -> str:
 
 # ------------------------------------------------------------------ SVG plots
 
+
 def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
     """About ``count`` round tick values covering [lo, hi] (steps of 1, 2 or 5 x 10^n)."""
     if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
@@ -68,32 +69,54 @@ class Axes:
         return self.left + (value - self.x0) / ((self.x1 - self.x0) or 1) * (self.width - self.left - self.right)
 
     def y(self, value):
-        return self.height - self.bottom - (value - self.y0) / ((self.y1 - self.y0) or 1) * (self.height - self.top - self.bottom)
+        return (
+            self.height
+            - self.bottom
+            - (value - self.y0) / ((self.y1 - self.y0) or 1) * (self.height - self.top - self.bottom)
+        )
 
     def frame(self, title, x_label, y_label, x_tick_labels=None) -> list[str]:
         out = [f'<text x="{self.left}" y="18" class="title">{esc(title)}</text>']
         for value in self.y_ticks:
             y = self.y(value)
-            out.append(f'<line x1="{self.left}" x2="{self.width - self.right}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>')
+            out.append(
+                f'<line x1="{self.left}" x2="{self.width - self.right}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>'
+            )
             out.append(f'<text x="{self.left - 6}" y="{y + 4:.1f}" class="tick" text-anchor="end">{fmt(value)}</text>')
         labels = x_tick_labels or [(value, fmt(value)) for value in self.x_ticks]
         for value, label in labels:
-            out.append(f'<text x="{self.x(value):.1f}" y="{self.height - self.bottom + 16}" class="tick" text-anchor="middle">{esc(label)}</text>')
+            out.append(
+                f'<text x="{self.x(value):.1f}" y="{self.height - self.bottom + 16}" class="tick" text-anchor="middle">{esc(label)}</text>'
+            )
         bottom = self.height - self.bottom
         out.append(f'<line x1="{self.left}" x2="{self.width - self.right}" y1="{bottom}" y2="{bottom}" class="axis"/>')
         out.append(f'<line x1="{self.left}" x2="{self.left}" y1="{self.top}" y2="{bottom}" class="axis"/>')
-        out.append(f'<text x="{(self.left + self.width - self.right) / 2}" y="{self.height - 8}" class="label">{esc(x_label)}</text>')
-        out.append(f'<text transform="translate(14 {(self.top + bottom) / 2}) rotate(-90)" class="label">{esc(y_label)}</text>')
+        out.append(
+            f'<text x="{(self.left + self.width - self.right) / 2}" y="{self.height - 8}" class="label">{esc(x_label)}</text>'
+        )
+        out.append(
+            f'<text transform="translate(14 {(self.top + bottom) / 2}) rotate(-90)" class="label">{esc(y_label)}</text>'
+        )
         return out
 
 
 def svg(width: int, height: int, body: list[str], label: str) -> str:
-    return (f'<svg class="plot" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
-            f'aria-label="{esc(label)}" xmlns="http://www.w3.org/2000/svg">' + "".join(body) + "</svg>")
+    return (
+        f'<svg class="plot" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
+        f'aria-label="{esc(label)}" xmlns="http://www.w3.org/2000/svg">' + "".join(body) + "</svg>"
+    )
 
 
-def line_chart(series: list[tuple[str, list[float], list[float]]], title: str, x_label: str, y_label: str,
-               width: int = 560, height: int = 320, marker: float | None = None, y_min: float | None = None) -> str:
+def line_chart(
+    series: list[tuple[str, list[float], list[float]]],
+    title: str,
+    x_label: str,
+    y_label: str,
+    width: int = 560,
+    height: int = 320,
+    marker: float | None = None,
+    y_min: float | None = None,
+) -> str:
     """Lines for ``(name, xs, ys)`` series; ``marker`` draws a dashed vertical line at that x."""
     xs = [x for _, sx, _ in series for x in sx]
     ys = [y for _, _, sy in series for y in sy if math.isfinite(y)]
@@ -104,24 +127,41 @@ def line_chart(series: list[tuple[str, list[float], list[float]]], title: str, x
     body = axes.frame(title, x_label, y_label)
     if marker is not None:
         x = axes.x(marker)
-        body.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{axes.top}" y2="{height - axes.bottom}" class="marker">'
-                    f'<title>best step {fmt(marker)}</title></line>')
+        body.append(
+            f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{axes.top}" y2="{height - axes.bottom}" class="marker">'
+            f"<title>best step {fmt(marker)}</title></line>"
+        )
     for n, (name, sx, sy) in enumerate(series):
         color = COLORS[n % len(COLORS)]
         points = " ".join(f"{axes.x(x):.1f},{axes.y(y):.1f}" for x, y in zip(sx, sy) if math.isfinite(y))
         body.append(f'<polyline points="{points}" fill="none" stroke="{color}" stroke-width="2"/>')
         if len(sx) <= 40:  # dots (with hover values) while they stay readable
-            body += [f'<circle cx="{axes.x(x):.1f}" cy="{axes.y(y):.1f}" r="3" fill="{color}"><title>{esc(name)} '
-                     f'at {fmt(x)}: {y:.4f}</title></circle>' for x, y in zip(sx, sy) if math.isfinite(y)]
+            body += [
+                f'<circle cx="{axes.x(x):.1f}" cy="{axes.y(y):.1f}" r="3" fill="{color}"><title>{esc(name)} '
+                f"at {fmt(x)}: {y:.4f}</title></circle>"
+                for x, y in zip(sx, sy)
+                if math.isfinite(y)
+            ]
         if len(series) > 1:  # legend in the top margin, right-aligned, clear of the lines
             x = width - axes.right - 90 * (len(series) - n)
-            body.append(f'<rect x="{x}" y="{axes.top - 9}" width="12" height="3" fill="{color}"/>'
-                        f'<text x="{x + 16}" y="{axes.top - 4}" class="legend">{esc(name)}</text>')
+            body.append(
+                f'<rect x="{x}" y="{axes.top - 9}" width="12" height="3" fill="{color}"/>'
+                f'<text x="{x + 16}" y="{axes.top - 4}" class="legend">{esc(name)}</text>'
+            )
     return svg(width, height, body, title)
 
 
-def bar_chart(labels: list[str], values: list[float], title: str, x_label: str, y_label: str,
-              width: int = 560, height: int = 320, value_format=fmt, y_max: float | None = None) -> str:
+def bar_chart(
+    labels: list[str],
+    values: list[float],
+    title: str,
+    x_label: str,
+    y_label: str,
+    width: int = 560,
+    height: int = 320,
+    value_format=fmt,
+    y_max: float | None = None,
+) -> str:
     if not values:
         return f'<p class="missing">{esc(title)}: no data</p>'
     top = max(max(values), y_max or 0)
@@ -134,14 +174,19 @@ def bar_chart(labels: list[str], values: list[float], title: str, x_label: str, 
     slot = axes.x(1) - axes.x(0)
     for i, (label, value) in enumerate(zip(labels, values)):
         x, y = axes.x(i) + slot * 0.15, axes.y(value)
-        body.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{slot * 0.7:.1f}" height="{axes.y(0) - y:.1f}" fill="{COLORS[0]}">'
-                    f'<title>{esc(label)}: {esc(value_format(value))}</title></rect>')
+        body.append(
+            f'<rect x="{x:.1f}" y="{y:.1f}" width="{slot * 0.7:.1f}" height="{axes.y(0) - y:.1f}" fill="{COLORS[0]}">'
+            f"<title>{esc(label)}: {esc(value_format(value))}</title></rect>"
+        )
         if labelled:
-            body.append(f'<text x="{x + slot * 0.35:.1f}" y="{y - 4:.1f}" class="tick" text-anchor="middle">{esc(value_format(value))}</text>')
+            body.append(
+                f'<text x="{x + slot * 0.35:.1f}" y="{y - 4:.1f}" class="tick" text-anchor="middle">{esc(value_format(value))}</text>'
+            )
     return svg(width, height, body, title)
 
 
 # ------------------------------------------------------------------ sections
+
 
 def metrics_table(metrics: dict | None) -> str:
     if not metrics or "test" not in metrics:
@@ -166,21 +211,45 @@ def metrics_table(metrics: dict | None) -> str:
 def training_plots(run_dir: Path, metrics: dict | None) -> str:
     train_log, valid_log = read_csv(run_dir / TRAIN_LOG), read_csv(run_dir / VALID_LOG)
     best = (metrics or {}).get("training", {}).get("best_step")
-    loss = line_chart([("loss", [r["step"] for r in train_log], [r["loss"] for r in train_log])],
-                      "Training loss", "step", "cross-entropy per code")
+    loss = line_chart(
+        [("loss", [r["step"] for r in train_log], [r["loss"] for r in train_log])],
+        "Training loss",
+        "step",
+        "cross-entropy per code",
+    )
     train_cfg = (metrics or {}).get("config", {}).get("train", {})
     schedule = f" ({train_cfg['optimizer']}, {train_cfg['schedule']} schedule)" if "schedule" in train_cfg else ""
-    lr = line_chart([("lr", [r["step"] for r in train_log], [r["lr"] for r in train_log])],
-                    "Learning rate" + schedule, "step", "learning rate", y_min=0)
+    lr = line_chart(
+        [("lr", [r["step"] for r in train_log], [r["lr"] for r in train_log])],
+        "Learning rate" + schedule,
+        "step",
+        "learning rate",
+        y_min=0,
+    )
     steps = [r["step"] for r in valid_log]
-    series = [(name, steps, [r.get(key, float("nan")) for r in valid_log]) for name, key in (("NDCG@10", "ndcg@10"), ("Recall@10", "recall@10"))]
+    series = [
+        (name, steps, [r.get(key, float("nan")) for r in valid_log])
+        for name, key in (("NDCG@10", "ndcg@10"), ("Recall@10", "recall@10"))
+    ]
     # An ensemble's other members (train.members): their own validation curves; loss and lr are the first one's.
     members = int((metrics or {}).get("config", {}).get("train", {}).get("members", 1))
     for number, directory in enumerate(member_dirs(run_dir, members)[1:], start=2):
         log_rows = read_csv(directory / VALID_LOG)
-        series.append((f"NDCG@10, member {number}", [r["step"] for r in log_rows], [r.get("ndcg@10", float("nan")) for r in log_rows]))
-    valid = line_chart(series, "Validation" + (f" (each member; the ensemble ranks with all {members})" if members > 1 else ""),
-                       "step", "metric", marker=best, y_min=0)
+        series.append(
+            (
+                f"NDCG@10, member {number}",
+                [r["step"] for r in log_rows],
+                [r.get("ndcg@10", float("nan")) for r in log_rows],
+            )
+        )
+    valid = line_chart(
+        series,
+        "Validation" + (f" (each member; the ensemble ranks with all {members})" if members > 1 else ""),
+        "step",
+        "metric",
+        marker=best,
+        y_min=0,
+    )
     return f'<div class="plots">{loss}{lr}{valid}</div>'
 
 
@@ -188,19 +257,36 @@ def id_plots(ids_metrics: dict | None) -> str:
     if not ids_metrics:
         return '<p class="missing">No ids/ids_metrics.json.</p>'
     utilisation = ids_metrics.get("utilization", [])
-    usage = bar_chart([f"c{i + 1}" for i in range(len(utilisation))], utilisation, "Codebook utilisation per level",
-                      "level", "share of codes used", value_format=lambda v: f"{v:.0%}", y_max=1.0)
+    usage = bar_chart(
+        [f"c{i + 1}" for i in range(len(utilisation))],
+        utilisation,
+        "Codebook utilisation per level",
+        "level",
+        "share of codes used",
+        value_format=lambda v: f"{v:.0%}",
+        y_max=1.0,
+    )
     sizes = sorted((int(size), count) for size, count in ids_metrics.get("collision_group_sizes", {}).items())
     # Without a collision code (RPG's OPQ IDs) the group is of items sharing their whole ID, which tie in score.
     shared = "first codes" if has_collision_code(ids_metrics.get("scheme", "")) else "whole ID"
-    groups = bar_chart([str(size) for size, _ in sizes], [count for _, count in sizes],
-                       f"Items sharing the same {shared}", "group size (items per code tuple)", "code tuples")
-    facts = [("items", ids_metrics.get("items")), ("scheme", ids_metrics.get("scheme")),
-             ("encoder", ids_metrics.get("encoder")),
-             (f"items with a unique {'prefix' if shared == 'first codes' else 'ID'}",
-              f"{ids_metrics.get('unique_prefix_share', 0):.1%}"),
-             ("largest collision group", ids_metrics.get("max_collision_group")),
-             ("reconstruction error", ids_metrics.get("reconstruction"))]
+    groups = bar_chart(
+        [str(size) for size, _ in sizes],
+        [count for _, count in sizes],
+        f"Items sharing the same {shared}",
+        "group size (items per code tuple)",
+        "code tuples",
+    )
+    facts = [
+        ("items", ids_metrics.get("items")),
+        ("scheme", ids_metrics.get("scheme")),
+        ("encoder", ids_metrics.get("encoder")),
+        (
+            f"items with a unique {'prefix' if shared == 'first codes' else 'ID'}",
+            f"{ids_metrics.get('unique_prefix_share', 0):.1%}",
+        ),
+        ("largest collision group", ids_metrics.get("max_collision_group")),
+        ("reconstruction error", ids_metrics.get("reconstruction")),
+    ]
     facts_html = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in facts if v is not None)
     return f'<div class="plots">{usage}{groups}</div><dl class="facts">{facts_html}</dl>'
 
@@ -216,7 +302,9 @@ def words(title: str) -> list[str]:
     return [w for w in re.findall(r"[^\W\d_]{3,}", title.lower()) if w not in STOPWORDS]
 
 
-def prefix_explorer(ids: SemanticIDs, items: dict[str, dict], top_c1: int = 12, max_c2: int = 24, max_titles: int = 12) -> str:
+def prefix_explorer(
+    ids: SemanticIDs, items: dict[str, dict], top_c1: int = 12, max_c2: int = 24, max_titles: int = 12
+) -> str:
     """Collapsible lists of item titles under the most populated c1 values and their (c1, c2) prefixes."""
     titles = [str(items.get(item, {}).get("title") or "(no title)") for item in ids.item_ids]
     document_frequency = Counter(w for t in titles for w in set(words(t)))
@@ -242,14 +330,18 @@ def prefix_explorer(ids: SemanticIDs, items: dict[str, dict], top_c1: int = 12, 
         inner = []
         for n, (c2, group) in enumerate(c2_groups[:max_c2]):
             rest = f"<li class='more'>... {len(group) - max_titles} more</li>" if len(group) > max_titles else ""
-            inner.append(f"<details class='c2'{opened if n == 0 else ''}><summary><code>({c1}, {c2}, ...)</code> {len(group)} items {label(group)}</summary>"
-                         f"<ul>{''.join(entry(i) for i in group[:max_titles])}{rest}</ul></details>")
+            inner.append(
+                f"<details class='c2'{opened if n == 0 else ''}><summary><code>({c1}, {c2}, ...)</code> {len(group)} items {label(group)}</summary>"
+                f"<ul>{''.join(entry(i) for i in group[:max_titles])}{rest}</ul></details>"
+            )
         if len(c2_groups) > max_c2:
             inner.append(f"<p class='more'>... {len(c2_groups) - max_c2} smaller (c1, c2) groups</p>")
-        sections.append(f"<details class='c1'{opened}><summary><code>({c1}, ...)</code> {len(members)} items, "
-                        f"{len(c2_groups)} second codes {label(members)}</summary>"
-                        f"<p class='note'>A sample of the titles under c1 = {c1}:</p><ul>{''.join(entry(i) for i in sample)}</ul>"
-                        f"<p class='note'>By second code:</p>{''.join(inner)}</details>")
+        sections.append(
+            f"<details class='c1'{opened}><summary><code>({c1}, ...)</code> {len(members)} items, "
+            f"{len(c2_groups)} second codes {label(members)}</summary>"
+            f"<p class='note'>A sample of the titles under c1 = {c1}:</p><ul>{''.join(entry(i) for i in sample)}</ul>"
+            f"<p class='note'>By second code:</p>{''.join(inner)}</details>"
+        )
     return "".join(sections)
 
 
@@ -289,8 +381,11 @@ def render_report(run_dir: str | Path) -> str:
     explorer = '<p class="missing">No Semantic IDs in this run directory.</p>'
     ids_config = config.get("ids", {})
     if (run_dir / IDS_DIR / IDS_FILE).is_file():
-        ids = SemanticIDs.load(run_dir / IDS_DIR, ids_config.get("codebook_size", 256),
-                               has_collision_code(ids_config.get("scheme", "rqvae")))
+        ids = SemanticIDs.load(
+            run_dir / IDS_DIR,
+            ids_config.get("codebook_size", 256),
+            has_collision_code(ids_config.get("scheme", "rqvae")),
+        )
         items = read_items(run_dir / ITEMS_FILE) if (run_dir / ITEMS_FILE).is_file() else {}
         explorer = prefix_explorer(ids, items)
 
@@ -298,12 +393,21 @@ def render_report(run_dir: str | Path) -> str:
     kind = config.get("model", {}).get("kind", "tiger")
     members = config.get("train", {}).get("members", 1)
     model_name = kind.upper() + (f", an ensemble of {members} (train.members)" if members > 1 else "")
-    summary = [("dataset", dataset), ("model", model_name), ("ID scheme", ids_config.get("scheme")),
-               ("parameters", f"{training['parameters'] / 1e6:.2f}M" if "parameters" in training else None),
-               ("training steps", training.get("steps")), ("best validation step", training.get("best_step")),
-               ("timings (s)", ", ".join(f"{k.removesuffix('_seconds')} {v}" for k, v in metrics.get("timings", {}).items()) or None),
-               ("end-to-end budget", _budget_line(metrics.get("budget"))),
-               ("machine", metrics.get("machine")), ("date", metrics.get("date"))]
+    summary = [
+        ("dataset", dataset),
+        ("model", model_name),
+        ("ID scheme", ids_config.get("scheme")),
+        ("parameters", f"{training['parameters'] / 1e6:.2f}M" if "parameters" in training else None),
+        ("training steps", training.get("steps")),
+        ("best validation step", training.get("best_step")),
+        (
+            "timings (s)",
+            ", ".join(f"{k.removesuffix('_seconds')} {v}" for k, v in metrics.get("timings", {}).items()) or None,
+        ),
+        ("end-to-end budget", _budget_line(metrics.get("budget"))),
+        ("machine", metrics.get("machine")),
+        ("date", metrics.get("date")),
+    ]
     summary_html = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in summary if v is not None)
 
     return f"""<!DOCTYPE html>
@@ -315,7 +419,9 @@ def render_report(run_dir: str | Path) -> str:
 <dl class="facts">{summary_html}</dl>
 
 <h2 id="metrics">Test metrics</h2>
-<p class="note">Leave-one-out, full catalogue, {"every item scored exactly (RPG)" if kind == "rpg" else "constrained beam search"}. The paper row is TIGER's Table 1 (Rajput et al. 2023).</p>
+<p class="note">Leave-one-out, full catalogue, {
+        "every item scored exactly (RPG)" if kind == "rpg" else "constrained beam search"
+    }. The paper row is TIGER's Table 1 (Rajput et al. 2023).</p>
 {metrics_table(metrics)}
 
 <h2 id="training">Training</h2>
@@ -327,7 +433,10 @@ def render_report(run_dir: str | Path) -> str:
 <h2 id="explorer">Semantic-ID prefix explorer</h2>
 <p class="note">Items whose IDs start with the same codes, for the most populated first codes. Blue words are the
 ones that most distinguish a group's titles from the rest of the catalogue: similar items share prefixes.{
-" RPG's codes are unordered: c1 and c2 are the codes of the first two subspaces, each as telling as any other." if kind == "rpg" else ""}</p>
+        " RPG's codes are unordered: c1 and c2 are the codes of the first two subspaces, each as telling as any other."
+        if kind == "rpg"
+        else ""
+    }</p>
 {explorer}
 
 <h2 id="config">Configuration</h2>
@@ -352,6 +461,8 @@ def _budget_line(budget: dict | None) -> str | None:
     """How ``train.budget_minutes`` was shared out, or None without a budget."""
     if not budget:
         return None
-    return (f"{budget['budget_minutes']:g} min: training at most {budget['train_minutes']:.1f} min after "
-            f"{budget['spent_seconds'] / 60:.1f} min of loading, Semantic IDs and timing the decoder, final evaluation forecast "
-            f"{budget['final_eval_forecast_seconds'] / 60:.1f} min")
+    return (
+        f"{budget['budget_minutes']:g} min: training at most {budget['train_minutes']:.1f} min after "
+        f"{budget['spent_seconds'] / 60:.1f} min of loading, Semantic IDs and timing the decoder, final evaluation forecast "
+        f"{budget['final_eval_forecast_seconds'] / 60:.1f} min"
+    )

@@ -86,7 +86,9 @@ class RPGModel(SequenceModel):
         codes = self.embed.weight[NUM_SPECIAL : NUM_SPECIAL + m * size].view(m, size, d)
         # In fp32: 1 / temperature (~33) would magnify bf16's rounding of the cosines to ~0.1 per logit.
         with torch.autocast(states.device.type, enabled=False):
-            cosines = torch.einsum("rmd,mkd->rmk", F.normalize(heads.float(), dim=-1), F.normalize(codes.float(), dim=-1))
+            cosines = torch.einsum(
+                "rmd,mkd->rmk", F.normalize(heads.float(), dim=-1), F.normalize(codes.float(), dim=-1)
+            )
         return cosines / self.cfg.logit_temperature
 
     def forward(self, tokens: torch.Tensor, decoder_tokens: torch.Tensor) -> torch.Tensor:
@@ -130,14 +132,18 @@ class RPGModel(SequenceModel):
             rows = torch.arange(begin, min(begin + block, n), device=codes.device)
             total = torch.zeros(len(rows), n, device=codes.device)
             for position in range(m):  # sum over positions of the similarity of the two items' codes
-                total += similarity[position].index_select(0, self.item_codes[rows, position]).index_select(
-                    1, self.item_codes[:, position])
+                total += (
+                    similarity[position]
+                    .index_select(0, self.item_codes[rows, position])
+                    .index_select(1, self.item_codes[:, position])
+                )
             total[torch.arange(len(rows)), rows] = float("-inf")  # no self-loops
             graph[rows] = total.topk(keep, dim=1).indices
         self.graph, self.graph_steps = graph, steps
 
-    def graph_search(self, log_probs: torch.Tensor, beam: int, allowed: torch.Tensor | None,
-                     generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def graph_search(
+        self, log_probs: torch.Tensor, beam: int, allowed: torch.Tensor | None, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The ``beam`` best items (B, beam) and their scores that graph propagation finds: from random items,
         ``graph_steps`` times score the beam and its neighbours and keep the best ``beam`` distinct ones."""
         beam = min(beam, self.num_items)
@@ -158,9 +164,15 @@ class RPGModel(SequenceModel):
         return current, top
 
     @torch.no_grad()
-    def rank(self, tokens: torch.Tensor, k: int, temperature: float | None = None,
-             generator: torch.Generator | None = None, allowed: torch.Tensor | None = None,
-             beam_size: int | None = None) -> Generated:
+    def rank(
+        self,
+        tokens: torch.Tensor,
+        k: int,
+        temperature: float | None = None,
+        generator: torch.Generator | None = None,
+        allowed: torch.Tensor | None = None,
+        beam_size: int | None = None,
+    ) -> Generated:
         """The ``k`` best items of the catalogue for each history, by exact scores (``item_scores``), or
         among the ``max(k, beam_size)`` items that graph decoding finds (``use_graph_decoding``).
 

@@ -65,8 +65,9 @@ class SemanticIDs:
     collision_code: bool = True  # False: IDs are the quantiser codes as they are, and may repeat
 
     @classmethod
-    def from_codes(cls, item_ids: list[str], codes: np.ndarray, codebook_size: int,
-                   collision_code: bool = True) -> "SemanticIDs":
+    def from_codes(
+        cls, item_ids: list[str], codes: np.ndarray, codebook_size: int, collision_code: bool = True
+    ) -> SemanticIDs:
         if len(item_ids) != len(codes):
             raise ValueError(f"{len(item_ids)} items but {len(codes)} code rows")
         codes = np.asarray(codes, dtype=np.int64)
@@ -83,7 +84,7 @@ class SemanticIDs:
         """The quantiser's codes of every item: the IDs less the collision code."""
         return self.codes[:, :-1] if self.collision_code else self.codes
 
-    def add_items(self, item_ids: list[str], codes: np.ndarray) -> "SemanticIDs":
+    def add_items(self, item_ids: list[str], codes: np.ndarray) -> SemanticIDs:
         """IDs for new (e.g. cold-start) items: same quantiser codes, next free collision codes."""
         known = set(self.item_ids)
         clash = [i for i in item_ids if i in known]
@@ -92,8 +93,9 @@ class SemanticIDs:
         new = np.asarray(codes, dtype=np.int64)
         if self.collision_code:
             new = add_collision_code(new, self.codebook_size, Counter(map(tuple, self.quantized.tolist())))
-        return SemanticIDs(self.item_ids + list(item_ids), np.concatenate([self.codes, new]), self.codebook_size,
-                           self.collision_code)
+        return SemanticIDs(
+            self.item_ids + list(item_ids), np.concatenate([self.codes, new]), self.codebook_size, self.collision_code
+        )
 
     def collision_groups(self) -> Counter:
         """Histogram: group size -> number of prefixes (quantiser code tuples) with that many items."""
@@ -108,7 +110,9 @@ class SemanticIDs:
         per_item = np.array([sizes[p] for p in map(tuple, prefixes.tolist())])
         return {
             "items": len(self.item_ids),
-            "utilization": [round(len(np.unique(prefixes[:, l])) / self.codebook_size, 4) for l in range(prefixes.shape[1])],
+            "utilization": [
+                round(len(np.unique(prefixes[:, l])) / self.codebook_size, 4) for l in range(prefixes.shape[1])
+            ],
             "unique_prefix_share": round(float((per_item == 1).mean()), 4),
             "max_collision_group": int(per_item.max()),
             "collision_group_sizes": {str(k): v for k, v in sorted(self.collision_groups().items())},
@@ -126,7 +130,7 @@ class SemanticIDs:
         return path
 
     @classmethod
-    def load(cls, directory: str | Path, codebook_size: int = 256, collision_code: bool = True) -> "SemanticIDs":
+    def load(cls, directory: str | Path, codebook_size: int = 256, collision_code: bool = True) -> SemanticIDs:
         """The table ``save`` wrote; IDs with a ``collision_code`` must be unique."""
         path = Path(directory) / IDS_FILE if Path(directory).is_dir() else Path(directory)
         if not path.is_file():
@@ -154,8 +158,10 @@ class SemanticIDs:
                 except ValueError:
                     raise TigerrecError(f"{where}: non-integer code c{c + 1}={value!r}") from None
                 if not 0 <= code < codebook_size:
-                    raise TigerrecError(f"{where}: code c{c + 1}={code} is outside 0..{codebook_size - 1} "
-                                        f"(ids.codebook_size={codebook_size})")
+                    raise TigerrecError(
+                        f"{where}: code c{c + 1}={code} is outside 0..{codebook_size - 1} "
+                        f"(ids.codebook_size={codebook_size})"
+                    )
                 codes[r - 1, c] = code
         ids = cls([row[0] for row in rows[1:]], codes, codebook_size, collision_code)
         if collision_code and len(np.unique(codes, axis=0)) != len(codes):

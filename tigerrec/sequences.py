@@ -28,9 +28,17 @@ def user_bucket(user_id: str, buckets: int) -> int:
 
 
 class Tokenizer:
-    def __init__(self, item_codes: np.ndarray, codebook_size: int, user_buckets: int, max_history: int,
-                 use_user_token: bool = True, history: str = "codes", item_tokens: int = 0,
-                 anonymous_token: bool = False):
+    def __init__(
+        self,
+        item_codes: np.ndarray,
+        codebook_size: int,
+        user_buckets: int,
+        max_history: int,
+        use_user_token: bool = True,
+        history: str = "codes",
+        item_tokens: int = 0,
+        anonymous_token: bool = False,
+    ):
         """``item_tokens``: the first that many items get a token of their own (ModelConfig.item_tokens);
         items added after training come later and have none. ``anonymous_token``: reserve a user token
         for requests without a user id (ModelConfig.anonymous_share); without it they get PAD (masked)."""
@@ -108,8 +116,9 @@ class Examples:
         return len(self.targets)
 
     @classmethod
-    def from_histories(cls, histories: list[np.ndarray], targets, users, max_history: int,
-                       keep_seen: bool = False) -> "Examples":
+    def from_histories(
+        cls, histories: list[np.ndarray], targets, users, max_history: int, keep_seen: bool = False
+    ) -> Examples:
         """The last ``max_history`` items of each history as the model's input; ``keep_seen`` also keeps
         every history whole (``seen``), as the held-out examples do."""
         n = len(histories)
@@ -129,7 +138,7 @@ class Examples:
         return cls(padded, lengths, np.asarray(targets, dtype=np.int64), np.asarray(users, dtype=np.int64), seen)
 
     @classmethod
-    def training(cls, train_sequences: list[np.ndarray], max_history: int) -> "Examples":
+    def training(cls, train_sequences: list[np.ndarray], max_history: int) -> Examples:
         """Every prefix of every user's training part: history s[:t] -> target s[t], t >= 1."""
         histories, targets, users = [], [], []
         for user, seq in enumerate(train_sequences):
@@ -140,7 +149,7 @@ class Examples:
         return cls.from_histories(histories, targets, users, max_history)
 
     @classmethod
-    def windows(cls, train_sequences: list[np.ndarray], max_history: int) -> "Examples":
+    def windows(cls, train_sequences: list[np.ndarray], max_history: int) -> Examples:
         """The ``training_windows`` of every user, window w as history w[:-1] and target w[-1]; with
         every history position a target (a causal ``model.history``) each target occurs once."""
         histories, targets, users = [], [], []
@@ -158,9 +167,14 @@ class Examples:
         following[np.arange(len(self)), self.lengths - 1] = self.targets
         return following
 
-    def subset(self, index: np.ndarray) -> "Examples":
-        return Examples(self.histories[index], self.lengths[index], self.targets[index], self.users[index],
-                        None if self.seen is None else self.seen[index])
+    def subset(self, index: np.ndarray) -> Examples:
+        return Examples(
+            self.histories[index],
+            self.lengths[index],
+            self.targets[index],
+            self.users[index],
+            None if self.seen is None else self.seen[index],
+        )
 
     def seen_items(self, index: np.ndarray) -> list[np.ndarray]:
         """The items that the examples ``index`` have seen: their whole histories, not only the input window."""
@@ -188,7 +202,9 @@ def training_windows(train_sequences: list[np.ndarray], max_len: int) -> list[np
     return windows
 
 
-def length_bucketed_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, chunk_batches: int = 64) -> list[np.ndarray]:
+def length_bucketed_batches(
+    lengths: np.ndarray, batch_size: int, seed: int, epoch: int, chunk_batches: int = 64
+) -> list[np.ndarray]:
     """Shuffled batches of similar-length examples, deterministic in (seed, epoch).
 
     Shuffle, cut into chunks of ``chunk_batches`` batches, sort each chunk by

@@ -22,7 +22,7 @@ import logging
 import threading
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any, Optional, Union
+from typing import Annotated, Any
 
 try:
     from fastapi import FastAPI, Request
@@ -56,7 +56,7 @@ class Recommendation(BaseModel):
     item_id: str
     score: float = Field(description="log-probability of the item's Semantic ID given the history")
     semantic_id: list[int]
-    title: Optional[str] = None
+    title: str | None = None
     categories: Any = None
 
 
@@ -68,7 +68,7 @@ class Item(BaseModel):
     model_config = ConfigDict(extra="allow")  # whatever metadata the dataset has (brand, price, ...)
     item_id: str
     semantic_id: list[int]
-    title: Optional[str] = None
+    title: str | None = None
 
 
 class Health(BaseModel):
@@ -79,7 +79,7 @@ class Health(BaseModel):
     max_history: int
     max_history_items: int
     device: str
-    run_dir: Optional[str]
+    run_dir: str | None
     new_items: int = Field(0, description="items added after training (tigerrec add-items)")
 
 
@@ -89,8 +89,12 @@ class Reloaded(BaseModel):
     new_items: int
 
 
-def create_app(source: Union[str, Path, Recommender], max_history_items: int = MAX_HISTORY_ITEMS,
-               max_batch: int = 64, admin: bool = False) -> FastAPI:
+def create_app(
+    source: str | Path | Recommender,
+    max_history_items: int = MAX_HISTORY_ITEMS,
+    max_batch: int = 64,
+    admin: bool = False,
+) -> FastAPI:
     """The API for a run directory (loaded once, here) or an already loaded Recommender.
 
     Concurrent requests share model calls (up to ``max_batch`` per call, see MicroBatcher).
@@ -102,31 +106,61 @@ def create_app(source: Union[str, Path, Recommender], max_history_items: int = M
 
     class RecommendRequest(BaseModel):
         # strict: "5" is not a number and 1 is not true; forbid: a misspelt field is an error, not a default.
-        model_config = ConfigDict(strict=True, extra="forbid", json_schema_extra={
-            "examples": [{"history": recommender.item_ids[:3], "k": min(10, max_k)}]})
-        history: list[ItemId] = Field(min_length=1, max_length=max_history_items,
-                                      description=f"item ids, oldest first; the model reads the last {recommender.max_history}")
-        user_id: Optional[Annotated[str, StringConstraints(max_length=MAX_ID_LENGTH)]] = Field(
-            None, description="selects the user's hashed token, as in training; omit for an anonymous user; "
-                           "ignored by models without a user token (the tuned default)")
+        model_config = ConfigDict(
+            strict=True,
+            extra="forbid",
+            json_schema_extra={"examples": [{"history": recommender.item_ids[:3], "k": min(10, max_k)}]},
+        )
+        history: list[ItemId] = Field(
+            min_length=1,
+            max_length=max_history_items,
+            description=f"item ids, oldest first; the model reads the last {recommender.max_history}",
+        )
+        user_id: Annotated[str, StringConstraints(max_length=MAX_ID_LENGTH)] | None = Field(
+            None,
+            description="selects the user's hashed token, as in training; omit for an anonymous user; "
+            "ignored by models without a user token (the tuned default)",
+        )
         k: int = Field(min(10, max_k), ge=1, le=max_k, description="number of recommendations")
-        temperature: Optional[float] = Field(None, gt=0, le=100, allow_inf_nan=False,
-                                             description="sample the beams at this temperature (diverse results)")
+        temperature: float | None = Field(
+            None,
+            gt=0,
+            le=100,
+            allow_inf_nan=False,
+            description="sample the beams at this temperature (diverse results)",
+        )
         exclude_seen: bool = Field(True, description="leave the history's items out of the results")
-        seed: Optional[int] = Field(None, ge=0, le=2**63 - 1, description="random seed for temperature sampling")
-        max_new_share: Optional[float] = Field(None, ge=0, le=1, allow_inf_nan=False,
-                                               description="cap on the share of the top k for items added after training")
-        reserve_new: bool = Field(False, description="give the max_new_share slots to the best new items even when "
-                                                     "items the model was trained with score higher")
-        exclude: list[ItemId] = Field([], max_length=MAX_FILTER_ITEMS,
-                                      description="item ids to leave out of the results (in the basket, out of stock)")
-        only: Optional[list[ItemId]] = Field(None, min_length=1, max_length=MAX_FILTER_ITEMS,
-                                             description="recommend only among these item ids")
-        category: Optional[Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH)]] = Field(
-            None, description="recommend only items with this category name anywhere in their categories")
+        seed: int | None = Field(None, ge=0, le=2**63 - 1, description="random seed for temperature sampling")
+        max_new_share: float | None = Field(
+            None,
+            ge=0,
+            le=1,
+            allow_inf_nan=False,
+            description="cap on the share of the top k for items added after training",
+        )
+        reserve_new: bool = Field(
+            False,
+            description="give the max_new_share slots to the best new items even when "
+            "items the model was trained with score higher",
+        )
+        exclude: list[ItemId] = Field(
+            [],
+            max_length=MAX_FILTER_ITEMS,
+            description="item ids to leave out of the results (in the basket, out of stock)",
+        )
+        only: list[ItemId] | None = Field(
+            None, min_length=1, max_length=MAX_FILTER_ITEMS, description="recommend only among these item ids"
+        )
+        category: Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH)] | None = Field(
+            None, description="recommend only items with this category name anywhere in their categories"
+        )
 
-    app = FastAPI(title="tigerrec", summary="Next-item recommendations by generative retrieval with Semantic IDs (TIGER, RPG)",
-                  default_response_class=ASCIIJSONResponse, lifespan=_closing)
+    app = FastAPI(
+        title="tigerrec",
+        summary="Next-item recommendations by generative retrieval with Semantic IDs (TIGER, RPG)",
+        default_response_class=ASCIIJSONResponse,
+        lifespan=_closing,
+    )
     state = app.state
     state.recommender, state.batcher = recommender, MicroBatcher(recommender, max_batch)
     reload_lock = threading.Lock()
@@ -149,15 +183,20 @@ def create_app(source: Union[str, Path, Recommender], max_history_items: int = M
     @app.exception_handler(RequestValidationError)
     def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         # The default body echoes the input (possibly megabytes); keep where and what.
-        errors = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
-                  for e in exc.errors()]
+        errors = [
+            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+            for e in exc.errors()
+        ]
         return ASCIIJSONResponse({"message": "; ".join(map(_describe, errors)), "detail": errors}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         # Same shape as the other errors (a body that is no JSON at all, unknown routes, ...).
-        return ASCIIJSONResponse({"message": str(exc.detail), "detail": exc.detail}, status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
+        return ASCIIJSONResponse(
+            {"message": str(exc.detail), "detail": exc.detail},
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
 
     @app.exception_handler(RequestError)
     def request_error(request: Request, exc: RequestError) -> JSONResponse:
@@ -167,7 +206,9 @@ def create_app(source: Union[str, Path, Recommender], max_history_items: int = M
     def unknown_item(request: Request, exc: UnknownItemError) -> JSONResponse:
         # In a request body an unknown id is invalid input (422); as a path it is a missing resource (404).
         status = 404 if request.url.path.startswith("/items/") else 422
-        return ASCIIJSONResponse({"message": str(exc), "detail": str(exc), "unknown_item_ids": exc.item_ids}, status_code=status)
+        return ASCIIJSONResponse(
+            {"message": str(exc), "detail": str(exc), "unknown_item_ids": exc.item_ids}, status_code=status
+        )
 
     @app.get("/", include_in_schema=False)
     def root():
@@ -176,18 +217,35 @@ def create_app(source: Union[str, Path, Recommender], max_history_items: int = M
     @app.get("/health", response_model=Health)
     def health():
         current = state.recommender
-        return Health(status="ok", model=current.model.kind, items=current.num_items, max_k=max_k, max_history=current.max_history,
-                      max_history_items=max_history_items, device=current.device,
-                      run_dir=str(current.run_dir) if current.run_dir else None,
-                      new_items=current.num_items - current.trained_items)
+        return Health(
+            status="ok",
+            model=current.model.kind,
+            items=current.num_items,
+            max_k=max_k,
+            max_history=current.max_history,
+            max_history_items=max_history_items,
+            device=current.device,
+            run_dir=str(current.run_dir) if current.run_dir else None,
+            new_items=current.num_items - current.trained_items,
+        )
 
     @app.post("/recommend", response_model=RecommendResponse)
     async def recommend(request: RecommendRequest):
         current, batcher = state.recommender, state.batcher  # one catalogue for the whole request
         # Checking is cheap dictionary work; errors surface here, before any model time is spent.
-        query = current.query(request.history, request.user_id, request.k, request.temperature, request.exclude_seen,
-                              request.seed, request.exclude, request.only, request.category, request.max_new_share,
-                              request.reserve_new)
+        query = current.query(
+            request.history,
+            request.user_id,
+            request.k,
+            request.temperature,
+            request.exclude_seen,
+            request.seed,
+            request.exclude,
+            request.only,
+            request.category,
+            request.max_new_share,
+            request.reserve_new,
+        )
         results = await asyncio.wrap_future(batcher.submit(query))
         return {"recommendations": results}
 
@@ -196,6 +254,7 @@ def create_app(source: Union[str, Path, Recommender], max_history_items: int = M
         return state.recommender.item(item_id)
 
     if admin:
+
         @app.post("/admin/reload", response_model=Reloaded, responses={403: {"description": "not a loopback client"}})
         async def admin_reload(request: Request):
             if not _is_loopback(request.client.host if request.client else ""):

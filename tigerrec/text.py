@@ -40,6 +40,7 @@ def cache_dir() -> Path:
 
 # ---------------------------------------------------------------- item sentences
 
+
 def item_sentence(meta: dict, template: str) -> str:
     """Fill ``template`` from item metadata, dropping the parts whose field is missing.
 
@@ -79,7 +80,7 @@ def read_titles(path: str | Path) -> dict[str, str]:
     if not path.is_file():
         raise DataError(f"titles file {path} does not exist")
     titles = {}
-    with (gzip.open(path, "rt") if path.suffix == ".gz" else open(path)) as f:
+    with gzip.open(path, "rt") if path.suffix == ".gz" else open(path) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -110,6 +111,7 @@ def with_titles(item_ids: list[str], item_meta: list[dict], titles: dict[str, st
 
 
 # ---------------------------------------------------------------- encoders
+
 
 def resolve_encoder(name: str) -> str:
     """Map an encoder name to something SentenceTransformer can load.
@@ -235,7 +237,9 @@ class TextEncoder:
         order = np.argsort([-len(t) for t in texts], kind="stable")
         with torch.inference_mode(), autocast(self.device):
             out = self.model.encode(
-                [texts[i] for i in order], batch_size=self.batch_size, show_progress_bar=True,
+                [texts[i] for i in order],
+                batch_size=self.batch_size,
+                show_progress_bar=True,
                 convert_to_numpy=True,
             )
         embeddings = np.empty_like(out, dtype=np.float32)

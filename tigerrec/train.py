@@ -83,6 +83,7 @@ def validation_examples(valid: Examples, cfg: TrainConfig) -> Examples:
 
 # ------------------------------------------------------------------ distributed
 
+
 def distributed_context() -> tuple[int, int]:
     """(rank, world size); joins the process group when launched by torchrun."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -101,6 +102,7 @@ def training_device() -> str:
 
 
 # ------------------------------------------------------------------ logs
+
 
 def append_csv(path: Path, row: dict) -> None:
     new = not path.exists()
@@ -181,8 +183,10 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig):
     if cfg.optimizer == "adamw":
         # Weight decay on matrices only (embeddings and weights), not on norm gains.
         params = list(model.parameters())
-        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
         return torch.optim.AdamW(groups, lr=cfg.lr)
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}; use adafactor or adamw")
 
@@ -246,10 +250,18 @@ def train(model: SequenceModel, data: TrainData, cfg: TrainConfig, eval_cfg: Eva
     # The bar counts the share of the budget spent, by steps or minutes, whichever ends training first
     # (counting to the 200k steps of the paper under a time limit would show an ETA of days). The step
     # count is in the postfix.
-    progress = tqdm(total=100, initial=100 * budget_spent(step, cfg, state["seconds"] / 60), desc="train", disable=rank != 0,
-                    mininterval=2, bar_format="{l_bar}{bar}| {n:.1f}% of the budget [{elapsed}<{remaining}{postfix}]")
+    progress = tqdm(
+        total=100,
+        initial=100 * budget_spent(step, cfg, state["seconds"] / 60),
+        desc="train",
+        disable=rank != 0,
+        mininterval=2,
+        bar_format="{l_bar}{bar}| {n:.1f}% of the budget [{elapsed}<{remaining}{postfix}]",
+    )
     # A run resumed after its budget is spent (a finished run started again) trains no further step.
-    stop = budget_spent(step, cfg, state["seconds"] / 60) >= 1.0 or out_of_patience(state["evals_since_best"], cfg.patience)
+    stop = budget_spent(step, cfg, state["seconds"] / 60) >= 1.0 or out_of_patience(
+        state["evals_since_best"], cfg.patience
+    )
     while not stop:
         epoch, position = divmod(step, batches_per_epoch)
         batches = length_bucketed_batches(data.train.lengths, local_batch, cfg.seed, epoch)
@@ -259,8 +271,12 @@ def train(model: SequenceModel, data: TrainData, cfg: TrainConfig, eval_cfg: Eva
             tokens, decoder_tokens, targets = data.batch(index)
             with autocast(device, bf16):
                 logits = net(tokens.to(device), decoder_tokens.to(device))
-            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.to(device).flatten(), ignore_index=-100,
-                                   label_smoothing=cfg.label_smoothing)
+            loss = F.cross_entropy(
+                logits.float().flatten(0, 1),
+                targets.to(device).flatten(),
+                ignore_index=-100,
+                label_smoothing=cfg.label_smoothing,
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.optimizer == "adamw":
@@ -284,12 +300,21 @@ def train(model: SequenceModel, data: TrainData, cfg: TrainConfig, eval_cfg: Eva
             if step % cfg.log_every == 0 or step == cfg.steps:
                 elapsed = time.perf_counter() - window_start
                 row = {
-                    "step": step, "samples": state["samples"], "epoch": round(step / batches_per_epoch, 3),
+                    "step": step,
+                    "samples": state["samples"],
+                    "epoch": round(step / batches_per_epoch, 3),
                     "loss": round(window_loss / max(1, step % cfg.log_every or cfg.log_every), 5),
-                    "lr": lr, "samples_per_s": round(window_samples / elapsed, 1),
+                    "lr": lr,
+                    "samples_per_s": round(window_samples / elapsed, 1),
                 }
-                progress.set_postfix({"step": f"{step}/{cfg.steps}", "loss": row["loss"], "lr": f"{row['lr']:.2g}",
-                                      "sps": f"{row['samples_per_s']:.0f}"})
+                progress.set_postfix(
+                    {
+                        "step": f"{step}/{cfg.steps}",
+                        "loss": row["loss"],
+                        "lr": f"{row['lr']:.2g}",
+                        "sps": f"{row['samples_per_s']:.0f}",
+                    }
+                )
                 if rank == 0:
                     append_csv(run_dir / TRAIN_LOG, row)
                 window_loss, window_samples, window_start = 0.0, 0, time.perf_counter()
@@ -309,7 +334,10 @@ def train(model: SequenceModel, data: TrainData, cfg: TrainConfig, eval_cfg: Eva
                     minutes_so_far = round((time.perf_counter() - started) / 60, 2)
                     row = {"step": step, "samples": state["samples"], "minutes": minutes_so_far, **metrics}
                     if forward is not None:
-                        row |= {"forward_" + k: v for k, v in evaluate_data(kept, data, forward, eval_cfg, bf16, "forward").items()}
+                        row |= {
+                            "forward_" + k: v
+                            for k, v in evaluate_data(kept, data, forward, eval_cfg, bf16, "forward").items()
+                        }
                     append_csv(run_dir / VALID_LOG, row)
                     log.info("step %d valid %s", step, metrics)
                     if metrics[SELECTION_METRIC] > state["best"]:
@@ -329,18 +357,43 @@ def train(model: SequenceModel, data: TrainData, cfg: TrainConfig, eval_cfg: Eva
                 break
     progress.close()
     summary = {
-        "steps": step, "steps_this_run": step - start_step, "samples": state["samples"], "best_step": state["best_step"],
-        "best_valid_" + SELECTION_METRIC: state["best"], "train_seconds": round(time.perf_counter() - started, 1),
-        "bf16": bf16, "world_size": world, "parameters": model.num_parameters(),
+        "steps": step,
+        "steps_this_run": step - start_step,
+        "samples": state["samples"],
+        "best_step": state["best_step"],
+        "best_valid_" + SELECTION_METRIC: state["best"],
+        "train_seconds": round(time.perf_counter() - started, 1),
+        "bf16": bf16,
+        "world_size": world,
+        "parameters": model.num_parameters(),
     }
     return summary
 
 
-def evaluate_data(model: SequenceModel, data: TrainData, examples: Examples, eval_cfg: EvalConfig, bf16: bool, desc: str,
-                  counts: np.ndarray | None = None) -> dict:
+def evaluate_data(
+    model: SequenceModel,
+    data: TrainData,
+    examples: Examples,
+    eval_cfg: EvalConfig,
+    bf16: bool,
+    desc: str,
+    counts: np.ndarray | None = None,
+) -> dict:
     """Metrics of ``examples`` of ``data``, each user with its own token, decoded as ``eval_cfg`` says."""
-    return evaluate(model, data.tokenizer, data.trie, examples, data.user_tokens[examples.users], eval_cfg.beam_size,
-                    eval_cfg.top_k, eval_cfg.batch_size, bf16, desc=desc, exclude_history=eval_cfg.exclude_history, counts=counts)
+    return evaluate(
+        model,
+        data.tokenizer,
+        data.trie,
+        examples,
+        data.user_tokens[examples.users],
+        eval_cfg.beam_size,
+        eval_cfg.top_k,
+        eval_cfg.batch_size,
+        bf16,
+        desc=desc,
+        exclude_history=eval_cfg.exclude_history,
+        counts=counts,
+    )
 
 
 def _next_multiple(value: float, every: float) -> float:
@@ -364,8 +417,10 @@ def _agree(flag: bool, world: int, device: str) -> bool:
 
 def _save_checkpoint(path: Path, model, optimizer, average, state: dict, device: str) -> None:
     checkpoint = {
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-        "rng": torch.get_rng_state(), "state": dict(state),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "rng": torch.get_rng_state(),
+        "state": dict(state),
     }
     if average is not None:
         checkpoint["average"] = average.state_dict()
@@ -384,8 +439,10 @@ def _load_checkpoint(path: Path, model, optimizer, average, device: str) -> dict
     except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
         raise TigerrecError(f"{path} is corrupt or not a tigerrec checkpoint ({type(e).__name__}); {remedy}") from None
     if average is not None and isinstance(checkpoint, dict) and "average" not in checkpoint:
-        raise TigerrecError(f"{path} was saved without a weight average (train.ema_decay=0); "
-                            f"resume it with train.ema_decay=0, or {remedy}")
+        raise TigerrecError(
+            f"{path} was saved without a weight average (train.ema_decay=0); "
+            f"resume it with train.ema_decay=0, or {remedy}"
+        )
     try:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])

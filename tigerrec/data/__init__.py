@@ -12,10 +12,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import p5
-from .dataset import META_FIELDS, Dataset, DataError, Split, from_sequences, leave_one_out
+from .dataset import META_FIELDS, DataError, Dataset, Split, from_sequences, leave_one_out
 from .synthetic import make_tiny
 
-__all__ = ["Dataset", "DataError", "Split", "META_FIELDS", "from_sequences", "leave_one_out", "load_dataset", "make_tiny"]
+__all__ = [
+    "Dataset",
+    "DataError",
+    "Split",
+    "META_FIELDS",
+    "from_sequences",
+    "leave_one_out",
+    "load_dataset",
+    "make_tiny",
+]
 
 
 def load_dataset(source: str | Path, min_interactions: int = 3) -> Dataset:

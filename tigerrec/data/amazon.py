@@ -30,7 +30,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..io import atomic_path
-from .dataset import META_FIELDS, Dataset, DataError, from_sequences
+from .dataset import META_FIELDS, DataError, Dataset, from_sequences
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,7 @@ def is_amazon_dir(path: Path) -> bool:
 
 
 # ---------------------------------------------------------------- reading
+
 
 def read_amazon(path: str | Path, category: str | None = None, min_interactions: int = 3) -> Dataset:
     path = Path(path)
@@ -172,6 +173,7 @@ def _non_empty(value) -> bool:
 
 # ---------------------------------------------------------------- downloading
 
+
 def download_amazon(
     category: str,
     cache_dir: str | Path,
@@ -222,7 +224,9 @@ def _download(url: str, file: Path, expected_sha256: str | None, timeout: float,
             ) from None
         problem = _check_file(tmp, expected_sha256)
         if problem is not None:
-            raise DataError(f"downloaded {url} is corrupt ({problem}); try again, or download it by hand and pass --data-dir DIR")
+            raise DataError(
+                f"downloaded {url} is corrupt ({problem}); try again, or download it by hand and pass --data-dir DIR"
+            )
 
 
 def _check_file(file: Path, expected_sha256: str | None) -> str | None:

@@ -29,12 +29,12 @@ import csv
 import datetime as dt
 import logging
 import math
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from tqdm.auto import tqdm
 
-from .dataset import Dataset, DataError, from_sequences
+from .dataset import DataError, Dataset, from_sequences
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ def _timestamp(value, where: str) -> tuple[float, str]:
 
 def _seconds(time: dt.datetime) -> float:
     if time.tzinfo is None:
-        time = time.replace(tzinfo=dt.timezone.utc)
+        time = time.replace(tzinfo=dt.UTC)
     return time.timestamp()
 
 
@@ -191,7 +191,9 @@ def _parquet_rows(file: Path, required: tuple[str, ...]) -> Iterator[tuple[str, 
     try:
         import pyarrow.parquet as pq
     except ImportError:
-        raise DataError(f"{file}: reading Parquet needs pyarrow (`pip install pyarrow`), or convert the table to CSV") from None
+        raise DataError(
+            f"{file}: reading Parquet needs pyarrow (`pip install pyarrow`), or convert the table to CSV"
+        ) from None
     try:
         table = pq.read_table(file)
     except Exception as e:  # pyarrow raises its own error types for unreadable files

@@ -109,7 +109,9 @@ def from_sequences(
     item_ids = list(item_index)
     missing = [i for i in item_ids if i not in item_meta]
     if missing:
-        log.warning("%s: %d items have no metadata (e.g. %s); their text will be empty", name, len(missing), missing[:3])
+        log.warning(
+            "%s: %d items have no metadata (e.g. %s); their text will be empty", name, len(missing), missing[:3]
+        )
     return Dataset(
         name=name,
         user_ids=list(kept),
@@ -146,12 +148,18 @@ def leave_one_out(dataset: Dataset, backtest: int = 0) -> Split:
     short = [u for u, s in zip(dataset.user_ids, dataset.sequences) if len(s) < needed]
     if short:
         why = f"3 plus data.backtest={backtest}; set data.min_interactions={needed} to skip them" if backtest else "3"
-        raise DataError(f"{dataset.name}: {len(short)} users have fewer than {needed} items (e.g. {short[:3]}); "
-                        f"leave-one-out needs {why}")
+        raise DataError(
+            f"{dataset.name}: {len(short)} users have fewer than {needed} items (e.g. {short[:3]}); "
+            f"leave-one-out needs {why}"
+        )
     if backtest:
-        log.info("%s: backtest: every user's last %d items are left out; validation and test are %d steps early",
-                 dataset.name, backtest, backtest)
-    sequences = [s[:len(s) - backtest] for s in dataset.sequences]
+        log.info(
+            "%s: backtest: every user's last %d items are left out; validation and test are %d steps early",
+            dataset.name,
+            backtest,
+            backtest,
+        )
+    sequences = [s[: len(s) - backtest] for s in dataset.sequences]
     return Split(
         train=[s[:-2] for s in sequences],
         valid_target=np.array([s[-2] for s in sequences], dtype=np.int64),

@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 
 from ..io import atomic_path
-from .dataset import META_FIELDS, Dataset, DataError, from_sequences
+from .dataset import META_FIELDS, DataError, Dataset, from_sequences
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,9 @@ def write_p5(dataset: Dataset, path: str | Path) -> None:
     """Write ``dataset`` as a P5 directory (used for generated and converted data)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    lines = [" ".join([user] + [dataset.item_ids[i] for i in seq]) for user, seq in zip(dataset.user_ids, dataset.sequences)]
+    lines = [
+        " ".join([user] + [dataset.item_ids[i] for i in seq]) for user, seq in zip(dataset.user_ids, dataset.sequences)
+    ]
     with atomic_path(path / SEQUENCES_FILE) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
     with atomic_path(path / META_FILE) as tmp, gzip.open(tmp, "wt") as f:

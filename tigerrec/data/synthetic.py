@@ -30,12 +30,14 @@ def make_tiny(
     meta = []
     for i in range(num_items):
         cat = CATEGORIES[category[i]]
-        meta.append({
-            "title": f"{ADJECTIVES[(i // len(CATEGORIES)) % len(ADJECTIVES)]} {cat.lower()} no. {i}",
-            "brand": BRANDS[i % len(BRANDS)],
-            "categories": [["Beauty", cat]],
-            "price": float(5 + (i * 7) % 40),
-        })
+        meta.append(
+            {
+                "title": f"{ADJECTIVES[(i // len(CATEGORIES)) % len(ADJECTIVES)]} {cat.lower()} no. {i}",
+                "brand": BRANDS[i % len(BRANDS)],
+                "categories": [["Beauty", cat]],
+                "price": float(5 + (i * 7) % 40),
+            }
+        )
     # A fixed successor for every item, mostly within its category.
     successor = rng.permutation(num_items)
     sequences, user_ids = [], []
