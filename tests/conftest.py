@@ -16,6 +16,13 @@ def _isolated_cache(tmp_path_factory):
     yield
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _test_ledger(tmp_path_factory):
+    """Test evaluations made by the suite go to a ledger of its own, never the checkout's."""
+    os.environ["TIGERREC_TEST_LEDGER"] = str(tmp_path_factory.mktemp("ledger") / "test_ledger.jsonl")
+    yield
+
+
 def run_and_check_memorised(cfg, run_dir):
     """Run the pipeline on the tiny data; every training example (or window) must be recalled."""
     from safetensors.torch import load_file

@@ -140,12 +140,12 @@ def test_training_windows_cover_every_target_once():
 def test_sasrec_overfits_the_tiny_dataset():
     dataset = make_tiny()
     split = leave_one_out(dataset)
-    cfg = SASRecConfig(hidden=32, dropout=0.0, steps=200, eval_every=100, batch_size=64, lr=0.01, bf16="off")
+    cfg = SASRecConfig(hidden=32, dropout=0.0, epochs=60, batch_size=64, lr=0.01, negatives=16, bf16="off")
     model, summary = train_sasrec(split.train, dataset.num_items, split.valid_history, split.valid_target, cfg)
     train = Examples.training(split.train, cfg.max_len)
     histories = [h[:n] for h, n in zip(train.histories, train.lengths)]
     assert ranking_metrics(sasrec_recommend(model, histories, 10), train.targets)["recall@10"] >= 0.95
-    assert summary["best_valid_ndcg@10"] > 0.8 and summary["steps"] == 200
+    assert summary["best_valid_ndcg@10"] > 0.8 and summary["selection_metric"] == "ndcg@10"
 
 
 def test_untrained_sasrec_scores_items_almost_uniformly():
@@ -165,11 +165,11 @@ def test_sasrec_stops_after_patience_and_records_its_curve():
     dataset = make_tiny()
     split = leave_one_out(dataset)
     # A rate too small to move the ranking: no validation after the first is a new best.
-    cfg = SASRecConfig(hidden=32, dropout=0.0, steps=1000, eval_every=10, patience=2, lr=1e-12, bf16="off")
+    cfg = SASRecConfig(hidden=32, dropout=0.0, epochs=100, patience=2, lr=1e-12, bf16="off")
     _, summary = train_sasrec(split.train, dataset.num_items, split.valid_history, split.valid_target, cfg)
-    assert summary["steps"] == 30 and summary["best_step"] == 10
+    assert summary["epochs"] == 3 and summary["best_epoch"] == 1 and summary["stopped_by"] == "patience"
     curve = summary["history"]
-    assert [row["step"] for row in curve] == [10, 20, 30]
+    assert [row["epoch"] for row in curve] == [1, 2, 3]
     assert [row["samples"] for row in curve] == sorted({row["samples"] for row in curve}) and curve[0]["samples"] > 0
     assert all(row["minutes"] >= 0 for row in curve)
 
@@ -290,23 +290,30 @@ def test_baselines_command(tmp_path, tiny_tiger, exclude_history):
     with_run = ["--run-dir", str(tiny_tiger)] if exclude_history else []
     args = [
         "--set",
-        "sasrec.steps=40",
-        "--set",
-        "sasrec.eval_every=20",
+        "sasrec.epochs=3",
         *with_run,
         "--set",
         f"eval.exclude_history={str(exclude_history).lower()}",
     ]
     assert main(["experiment", "baselines", "tiny", "--out", str(tmp_path), *args]) == 0
     methods = _read(tmp_path, "baselines")["methods"]
-    extra = {"TIGER"} if exclude_history else {"MostPop (history excluded)"}  # MostPop itself excludes it then
+    extra = {"TIGER"} if exclude_history else set()
     assert set(methods) == {"MostPop", "Markov (last item)", "Semantic_KNN", "SASRec"} | extra
-    assert all(0 <= m["test"]["recall@10"] <= 1 for m in methods.values())
+    protocol = "history_excluded" if exclude_history else "history_ranked"
+    for name, m in methods.items():
+        assert set(m["test_protocols"]) == {"history_excluded", "history_ranked"}
+        assert m["test"] == m["test_protocols"][protocol]
+        assert all(0 <= v <= 1 for v in m["test_protocols"]["history_ranked"].values())
+    if exclude_history:  # the run kept its test target ranks: a paired interval against every baseline
+        intervals = methods["TIGER"]["paired_ci95_run_minus"]
+        assert set(intervals) == {"MostPop", "Markov (last item)", "Semantic_KNN", "SASRec"}
+        low, high = intervals["MostPop"]["history_excluded"]["recall@10"]
+        assert low <= high
 
 
 @pytest.mark.parametrize("setting", ["eval.exclude_history=false", "data.backtest=1"])
 def test_baselines_refuse_a_run_from_another_split_or_ranking_rule(tmp_path, tiny_tiger, capsys, setting):
-    args = ["--set", "sasrec.steps=40", "--run-dir", str(tiny_tiger), "--set", setting]
+    args = ["--set", "sasrec.epochs=2", "--run-dir", str(tiny_tiger), "--set", setting]
     assert main(["experiment", "baselines", "tiny", "--out", str(tmp_path), *args]) == 2
     key, value = setting.split("=")
     recorded = {"false": "true", "1": "0"}[value]

@@ -14,27 +14,50 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from .config import SASRecConfig
 from .data import Split
 from .device import autocast, use_bf16
-from .evaluate import metrics_by_popularity, ranking_metrics
+from .evaluate import (
+    PROTOCOLS,
+    metrics_by_popularity,
+    per_user_metrics,
+    protocol_name,
+    ranking_metrics,
+    target_ranks,
+)
 from .sequences import history_pairs, length_bucketed_batches, training_windows
-from .train import out_of_patience
+from .train import SELECTION_METRIC, out_of_patience
 
 log = logging.getLogger(__name__)
 
 
-def split_metrics(rank, split: Split, counts: np.ndarray | None = None) -> dict:
-    """A baseline's metrics on the validation and test parts of ``split``; ``rank(histories)`` gives its
-    (N, k) rankings. Given the training ``counts`` of every item (``evaluate.item_counts``), also per
-    popularity group of the targets (``by_popularity``)."""
-    parts = {"valid": (split.valid_history, split.valid_target), "test": (split.test_history, split.test_target)}
-    ranked = {part: (rank(histories), targets) for part, (histories, targets) in parts.items()}
-    metrics = {part: ranking_metrics(*ranking) for part, ranking in ranked.items()}
+def split_metrics(rank, split: Split, exclude_history: bool, counts: np.ndarray | None = None) -> tuple[dict, dict]:
+    """A baseline's metrics on the validation and test parts of ``split``; ``rank(histories,
+    exclude_history=...)`` gives its (N, k) rankings with or without each user's history items.
+
+    Validation and ``test`` rank as ``exclude_history`` says; ``test_protocols`` holds the test scored
+    both ways (``evaluate.PROTOCOLS``). Also returns the test ``target_ranks`` per protocol, for
+    paired comparisons. Given the training ``counts`` of every item (``evaluate.item_counts``), also
+    per popularity group of the targets (``by_popularity``)."""
+    valid_ranked = rank(split.valid_history, exclude_history=exclude_history)
+    test_ranked = {name: rank(split.test_history, exclude_history=exclude) for name, exclude in PROTOCOLS.items()}
+    ranks = {name: target_ranks(ranked, split.test_target) for name, ranked in test_ranked.items()}
+    protocols = {name: {m: float(v.mean()) for m, v in per_user_metrics(r).items()} for name, r in ranks.items()}
+    chosen = protocol_name(exclude_history)
+    metrics = {
+        "valid": ranking_metrics(valid_ranked, split.valid_target),
+        "test": protocols[chosen],
+        "protocol": chosen,
+        "test_protocols": protocols,
+    }
     if counts is not None:
-        metrics["by_popularity"] = {part: metrics_by_popularity(*ranking, counts) for part, ranking in ranked.items()}
-    return metrics
+        metrics["by_popularity"] = {
+            "valid": metrics_by_popularity(valid_ranked, split.valid_target, counts),
+            "test": metrics_by_popularity(test_ranked[chosen], split.test_target, counts),
+        }
+    return metrics, ranks
 
 
 def _top_k(scores: torch.Tensor, histories: list[np.ndarray], k: int, exclude_history: bool) -> np.ndarray:
@@ -225,6 +248,30 @@ def sasrec_recommend(
     return np.concatenate(ranked)
 
 
+def sampled_softmax_loss(
+    model: SASRec, states: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor
+) -> torch.Tensor:
+    """Cross-entropy of each target against ``negatives`` (B, M) items drawn for its sequence.
+
+    ``states`` (B, L, hidden) and ``targets`` (B, L, item index, -1 = padding). Each position scores
+    its own target and its sequence's M negatives; a negative that is the position's target (an
+    accidental hit) is left out, so the loss never pushes an item against itself."""
+    table = model.items.weight
+    positive = (states * table[targets.clamp(min=0) + 1]).sum(-1, keepdim=True)  # (B, L, 1)
+    negative = torch.einsum("bld,bmd->blm", states, table[negatives + 1])  # (B, L, M)
+    negative = negative.masked_fill(negatives[:, None, :] == targets[..., None], float("-inf"))
+    logits = torch.cat([positive, negative], dim=-1).float()
+    real = targets >= 0
+    zeros = torch.zeros(int(real.sum()), dtype=torch.long, device=logits.device)  # the target is column 0
+    return F.cross_entropy(logits[real], zeros)
+
+
+def full_softmax_loss(model: SASRec, states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of each target against the whole catalogue."""
+    real = targets >= 0
+    return F.cross_entropy(model.logits(states[real]).float(), targets[real])
+
+
 def train_sasrec(
     train_sequences: list[np.ndarray],
     num_items: int,
@@ -232,67 +279,86 @@ def train_sasrec(
     valid_targets: np.ndarray,
     cfg: SASRecConfig,
     device: str = "cpu",
+    exclude_history: bool = True,
 ) -> tuple[SASRec, dict]:
-    """Train on every prefix of the training parts; keep the weights with the best validation NDCG@10.
+    """Train on every prefix of the training parts, validate after every epoch and keep the weights
+    with the best validation ``SELECTION_METRIC`` (the one TIGER's checkpoints are picked by too).
 
-    Stops at ``cfg.steps``, after ``cfg.max_minutes`` or ``cfg.patience`` validation runs without a new
-    best, whichever comes first. The summary's ``history`` is the validation curve (steps, minutes,
-    samples = training targets seen)."""
+    Validation ranks as the test will (``exclude_history``). Stops after ``cfg.epochs``, after
+    ``cfg.patience`` epochs without a new best, or after ``cfg.max_minutes`` when that is set,
+    whichever comes first; ``summary["stopped_by"]`` says which. The summary's ``history`` is the
+    validation curve (epoch, minutes, samples = training targets seen)."""
     torch.manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
     model = SASRec(num_items, cfg).to(device)
     bf16 = use_bf16(device, cfg.bf16)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
     windows = training_windows(train_sequences, cfg.max_len)
     tokens = _pad(windows, cfg.max_len + 1)  # inputs are [:, :-1], targets [:, 1:]
     lengths = np.array([len(w) - 1 for w in windows])
-    best, best_state, best_step, evals_since_best = -1.0, None, 0, 0
-    step, epoch, samples, start = 0, 0, 0, time.perf_counter()
-    history, stop = [], False
-    while not stop:
+    best, best_state, best_epoch, since_best = -1.0, None, 0, 0
+    step, samples, start, stopped_by = 0, 0, time.perf_counter(), "epochs"
+    history = []
+    progress = tqdm(range(cfg.epochs), desc="SASRec", unit="epoch", disable=None)
+    for epoch in progress:
+        model.train()
         for index in length_bucketed_batches(lengths, cfg.batch_size, cfg.seed, epoch):
             batch = tokens[index, : lengths[index].max() + 1].to(device)
             inputs, targets = batch[:, :-1], batch[:, 1:] - 1  # target -1 = padding
-            real = targets >= 0
-            model.train()
             with autocast(device, bf16):
-                states = model(inputs)[real]  # only real positions pay for the full-catalogue softmax
-                loss = F.cross_entropy(model.logits(states).float(), targets[real])
+                states = model(inputs)
+                if cfg.negatives:
+                    drawn = torch.randint(0, num_items, (len(index), cfg.negatives), generator=generator)
+                    loss = sampled_softmax_loss(model, states, targets, drawn.to(device))
+                else:
+                    loss = full_softmax_loss(model, states, targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             step += 1
             samples += int(lengths[index].sum())
-            minutes = (time.perf_counter() - start) / 60
-            stop = step >= cfg.steps or bool(cfg.max_minutes and minutes >= cfg.max_minutes)
-            if step % cfg.eval_every == 0 or stop:
-                metrics = ranking_metrics(sasrec_recommend(model, valid_histories, 10, bf16=bf16), valid_targets)
-                history.append(
-                    {
-                        "step": step,
-                        "minutes": round(minutes, 2),
-                        "samples": samples,
-                        "loss": round(loss.item(), 4),
-                        **metrics,
-                    }
-                )
-                log.info("SASRec step %d loss %.4f valid %s", step, loss.item(), metrics)
-                if metrics["ndcg@10"] > best:
-                    best, best_step, evals_since_best = metrics["ndcg@10"], step, 0
-                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                else:
-                    evals_since_best += 1
-                    stop = stop or out_of_patience(evals_since_best, cfg.patience)
-            if stop:
+        minutes = (time.perf_counter() - start) / 60
+        ranked = sasrec_recommend(model, valid_histories, 10, bf16=bf16, exclude_history=exclude_history)
+        metrics = ranking_metrics(ranked, valid_targets)
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "step": step,
+                "minutes": round(minutes, 3),
+                "samples": samples,
+                "loss": round(loss.item(), 4),
+                **metrics,
+            }
+        )
+        progress.set_postfix(loss=f"{loss.item():.3f}", **{SELECTION_METRIC: f"{metrics[SELECTION_METRIC]:.4f}"})
+        log.info("SASRec epoch %d loss %.4f valid %s", epoch + 1, loss.item(), metrics)
+        if metrics[SELECTION_METRIC] > best:
+            best, best_epoch, since_best = metrics[SELECTION_METRIC], epoch + 1, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            since_best += 1
+            if out_of_patience(since_best, cfg.patience):
+                stopped_by = "patience"
                 break
-        epoch += 1
+        if cfg.max_minutes and minutes >= cfg.max_minutes:
+            stopped_by = "max_minutes"
+            log.warning(
+                "SASRec stopped by its %.1f-minute cap (sasrec.max_minutes), not by convergence", cfg.max_minutes
+            )
+            break
+    progress.close()
     model.load_state_dict(best_state)
+    seconds = time.perf_counter() - start
     summary = {
         "steps": step,
         "samples": samples,
-        "best_step": best_step,
-        "best_valid_ndcg@10": best,
-        "epochs": round(step * cfg.batch_size / len(windows), 2),
-        "train_seconds": round(time.perf_counter() - start, 1),
+        "epochs": len(history),
+        "best_epoch": best_epoch,
+        f"best_valid_{SELECTION_METRIC}": best,
+        "selection_metric": SELECTION_METRIC,
+        "stopped_by": stopped_by,
+        "train_seconds": round(seconds, 1),
+        "samples_per_s": round(samples / seconds, 1),
         "parameters": sum(p.numel() for p in model.parameters()),
         "history": history,
     }

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.stats import bootstrap
 from tqdm.auto import tqdm
 
 from .decoding import PrefixTrie, rank
 from .device import autocast
+from .io import atomic_path
 from .model import SequenceModel
 from .sequences import Examples, Tokenizer, history_pairs
 
@@ -19,21 +22,83 @@ log = logging.getLogger(__name__)
 METRICS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")  # the paper's Table 1 columns, in its order
 
 
-def ranking_metrics(ranked: np.ndarray, targets: np.ndarray, ks=(5, 10)) -> dict[str, float]:
-    """ranked: (N, >=max(ks)) item indices best first (-1 = no item); targets: (N,)."""
+# The two ways a test is scored: with the user's own history items ranked like any other (the TIGER
+# paper's protocol) or kept out of every ranking (RecTools' and the eSASRec benchmark's).
+PROTOCOLS = {"history_ranked": False, "history_excluded": True}  # name -> exclude_history
+
+
+def protocol_name(exclude_history: bool) -> str:
+    return "history_excluded" if exclude_history else "history_ranked"
+
+
+MISS = -1  # target_ranks' entry for a target outside the top k
+
+
+def target_ranks(ranked: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """(N,) the 0-based position of each target in its row of ``ranked`` (N, k), or ``MISS``.
+
+    Every per-user metric follows from these ranks, so a run can keep them (a few bytes a user) and
+    later compare itself with another model user by user (``paired_bootstrap_ci``)."""
     if len(ranked) != len(targets):
         raise ValueError(f"{len(ranked)} rankings for {len(targets)} targets")
-    hits = ranked == targets[:, None]
-    # Rank of the target (0-based), or a large number when it is missing.
-    rank = np.where(hits.any(1), hits.argmax(1), np.iinfo(np.int64).max)
+    hits = ranked == np.asarray(targets)[:, None]
+    return np.where(hits.any(1), hits.argmax(1), MISS).astype(np.int32)
+
+
+def per_user_metrics(ranks: np.ndarray, ks=(5, 10)) -> dict[str, np.ndarray]:
+    """Recall@k (0 or 1) and NDCG@k of each user, from ``target_ranks``."""
+    found = ranks != MISS
     metrics = {}
+    for k in ks:
+        hit = found & (ranks < k)
+        metrics[f"recall@{k}"] = hit.astype(np.float64)
+        metrics[f"ndcg@{k}"] = np.where(hit, 1.0 / np.log2(np.where(hit, ranks, 0) + 2.0), 0.0)
+    return metrics
+
+
+def ranking_metrics(ranked: np.ndarray, targets: np.ndarray, ks=(5, 10)) -> dict[str, float]:
+    """Recall@k and NDCG@k averaged over all users. ranked: (N, >=max(ks)) item indices best first
+    (-1 = no item); targets: (N,). A target that is not ranked (e.g. one the user has already seen,
+    with history items excluded) counts as a miss: no user is dropped."""
     for k in ks:
         if ranked.shape[1] < k:
             raise ValueError(f"need at least {k} recommendations per user, got {ranked.shape[1]}")
-        hit = rank < k
-        metrics[f"recall@{k}"] = float(hit.mean())
-        metrics[f"ndcg@{k}"] = float(np.where(hit, 1.0 / np.log2(np.minimum(rank, k) + 2.0), 0.0).mean())
-    return metrics
+    return {name: float(values.mean()) for name, values in per_user_metrics(target_ranks(ranked, targets), ks).items()}
+
+
+TARGET_RANKS_FILE = "test_target_ranks.npz"  # a run's test target_ranks per protocol
+
+
+def save_target_ranks(path: str | Path, ranks: dict[str, np.ndarray]) -> None:
+    """``target_ranks`` by name (e.g. per protocol) as one .npz, written atomically."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, **ranks)
+
+
+def load_target_ranks(path: str | Path) -> dict[str, np.ndarray] | None:
+    """What ``save_target_ranks`` wrote, or None when there is no such file (plain arrays only: no pickles)."""
+    if not Path(path).exists():
+        return None
+    with np.load(path, allow_pickle=False) as saved:
+        return {name: saved[name] for name in saved.files}
+
+
+def paired_bootstrap_ci(
+    ranks_a: np.ndarray, ranks_b: np.ndarray, metric: str, resamples: int = 2000, seed: int = 0
+) -> list[float]:
+    """95% percentile bootstrap interval of mean(metric of A) - mean(metric of B) over users.
+
+    Paired: ``ranks_a`` and ``ranks_b`` are ``target_ranks`` of two models on the same users and the
+    same targets, so each resample draws users, not models' results, and the users' shared
+    difficulty cancels out."""
+    if len(ranks_a) != len(ranks_b):
+        raise ValueError(f"a paired interval needs the same users: {len(ranks_a)} against {len(ranks_b)}")
+    k = int(metric.split("@")[1])
+    difference = per_user_metrics(ranks_a, (k,))[metric] - per_user_metrics(ranks_b, (k,))[metric]
+    result = bootstrap(
+        (difference,), np.mean, confidence_level=0.95, n_resamples=resamples, method="percentile", random_state=seed
+    )
+    return [float(result.confidence_interval.low), float(result.confidence_interval.high)]
 
 
 # Targets grouped by how often their item occurs in the training sequences: the tail (0-4), the

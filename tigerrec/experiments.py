@@ -31,6 +31,7 @@ import shutil
 import time
 from collections import defaultdict
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
@@ -54,8 +55,19 @@ from .data import Dataset, leave_one_out, load_dataset
 from .decoding import PrefixTrie, merge_capped, new_item_cap
 from .device import provenance, use_bf16
 from .errors import TigerrecError
-from .evaluate import METRICS, ranking_metrics, recommend_examples
+from .evaluate import (
+    METRICS,
+    PROTOCOLS,
+    TARGET_RANKS_FILE,
+    load_target_ranks,
+    paired_bootstrap_ci,
+    protocol_name,
+    ranking_metrics,
+    recommend_examples,
+    save_target_ranks,
+)
 from .io import read_json, write_json, write_text
+from .ledger import record_test
 from .pipeline import (
     IDS_DIR,
     QUANTIZER_FILE,
@@ -570,6 +582,9 @@ def _file_changed(source: Path, copy: Path) -> bool:
 
 
 def baselines(source, cfg: RunConfig, out_dir: Path, run_dir: str | Path | None = None) -> tuple[dict, str]:
+    """MostPop, Markov, Semantic_KNN and SASRec on the run's split, each test scored under both
+    protocols; beside them the row of a finished run (``run_dir``) with paired bootstrap intervals of
+    its difference to each baseline when the run kept its test target ranks."""
     # The run's row, read and checked before SASRec trains: it must share the split and ranking rule.
     tiger = None if run_dir is None else _same_protocol_metrics(Path(run_dir), cfg)
     dataset = load_dataset(source, cfg.data.min_interactions)
@@ -578,31 +593,59 @@ def baselines(source, cfg: RunConfig, out_dir: Path, run_dir: str | Path | None 
     embeddings, _, _ = embed_items(dataset, cfg)
     device, _ = _device_and_bf16(cfg)
     bf16 = use_bf16(device, cfg.sasrec.bf16)
-    sasrec, sasrec_summary = train_sasrec(split.train, n, split.valid_history, split.valid_target, cfg.sasrec, device)
+    exclude = cfg.eval.exclude_history  # validation ranks as the run's does: its checkpoint is picked the same way
+    sasrec, sasrec_summary = train_sasrec(
+        split.train, n, split.valid_history, split.valid_target, cfg.sasrec, device, exclude_history=exclude
+    )
     save_model(sasrec, out_dir / "baselines" / "sasrec.safetensors")
-    exclude = cfg.eval.exclude_history  # ranked as the TIGER row is: with or without the history's items
     rankers = {
-        "MostPop": lambda h: most_popular(split.train, n, h, k, exclude),
-        "Markov (last item)": lambda h: markov(split.train, n, h, k, exclude),
-        "Semantic_KNN": lambda h: semantic_knn(embeddings, h, k, cfg.data.max_history),
-        "SASRec": lambda h: sasrec_recommend(sasrec, h, k, bf16=bf16, exclude_history=exclude),
+        "MostPop": partial(most_popular, split.train, n, k=k),
+        "Markov (last item)": partial(markov, split.train, n, k=k),
+        "Semantic_KNN": partial(semantic_knn, embeddings, k=k, max_history=cfg.data.max_history),
+        "SASRec": partial(sasrec_recommend, sasrec, k=k, bf16=bf16),
     }
-    if not exclude:  # the cheapest personalisation there is, shown beside the plain ranking
-        rankers["MostPop (history excluded)"] = lambda h: most_popular(split.train, n, h, k, exclude_history=True)
-    results = {}
+    results, ranks = {}, {}
     for name, rank in rankers.items():
-        results[name] = split_metrics(rank, split)
-        log.info("%s test %s", name, results[name]["test"])
+        results[name], ranks[name] = split_metrics(rank, split, exclude)
+        if not cfg.data.backtest:
+            record_test(dataset.name, cfg.to_dict(), name, results[name]["test_protocols"])
+        log.info("%s test %s", name, results[name]["test_protocols"])
+    save_target_ranks(
+        out_dir / "baselines" / TARGET_RANKS_FILE,
+        {f"{name}/{protocol}": r for name, by_protocol in ranks.items() for protocol, r in by_protocol.items()},
+    )
     if tiger is not None:
         kind = tiger.get("config", {}).get("model", {}).get("kind", "tiger")  # the row is named after the run's model
-        results[kind.upper()] = {"valid": tiger["valid"], "test": tiger["test"], "run_dir": str(run_dir)}
-    paper = paper_table1(dataset.name)
-    rows = [[name, *(r["test"][m] for m in METRICS)] for name, r in results.items()]
-    rows += [[f"{name} (paper)", *values] for name, values in paper.items()]
-    intro = f"Test metrics over all {dataset.num_users} users, full catalogue of {n} items.\n\n"
-    return {"methods": results, "sasrec_training": sasrec_summary}, intro + markdown_table(
-        ["method", "R@5", "N@5", "R@10", "N@10"], rows
-    )
+        results[kind.upper()] = _run_row(Path(run_dir), tiger, ranks)
+    tables = [f"Test metrics over all {dataset.num_users} users, full catalogue of {n} items.\n"]
+    for protocol in PROTOCOLS:
+        rows = [[name, *(r["test_protocols"].get(protocol, {}).get(m) for m in METRICS)] for name, r in results.items()]
+        if protocol == "history_ranked":  # the TIGER paper's protocol
+            rows += [[f"{name} (paper)", *values] for name, values in paper_table1(dataset.name).items()]
+        tables.append(f"### {protocol.replace('_', ' ')}\n\n" + markdown_table(["method", *METRIC_LABELS], rows))
+    return {"methods": results, "sasrec_training": sasrec_summary}, "\n".join(tables)
+
+
+METRIC_LABELS = ["R@5", "N@5", "R@10", "N@10"]
+
+
+def _run_row(run_dir: Path, metrics: dict, baseline_ranks: dict[str, dict[str, np.ndarray]]) -> dict:
+    """A finished run's row for the baselines table; with its saved test target ranks, the paired
+    bootstrap 95% interval of (run - baseline) for every baseline, protocol and metric."""
+    protocol = protocol_name(metrics.get("config", {}).get("eval", {}).get("exclude_history", False))
+    row = {"valid": metrics["valid"], "test": metrics["test"], "run_dir": str(run_dir)}
+    row["test_protocols"] = metrics.get("test_protocols", {protocol: metrics["test"]})  # older runs: their own only
+    run_ranks = load_target_ranks(run_dir / TARGET_RANKS_FILE)
+    if run_ranks is not None:
+        row["paired_ci95_run_minus"] = {
+            name: {
+                protocol: {m: paired_bootstrap_ci(run_ranks[protocol], theirs, m) for m in METRICS}
+                for protocol, theirs in by_protocol.items()
+                if protocol in run_ranks
+            }
+            for name, by_protocol in baseline_ranks.items()
+        }
+    return row
 
 
 def _same_protocol_metrics(run_dir: Path, cfg: RunConfig) -> dict:
