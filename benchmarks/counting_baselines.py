@@ -23,6 +23,17 @@ from tigerrec.evaluate import METRICS, item_counts
 from tigerrec.io import write_json
 
 
+def rankers(train: list, n: int) -> dict:
+    """The counting baselines over the training sequences ``train`` of ``n`` items, top 10 each."""
+    return {
+        "MostPop": lambda h: most_popular(train, n, h, 10),
+        "Markov (last item)": lambda h: markov(train, n, h, 10),
+        # As TIGER with eval.exclude_history: the user's own items left out of the ranking.
+        "MostPop (history excluded)": lambda h: most_popular(train, n, h, 10, exclude_history=True),
+        "Markov (history excluded)": lambda h: markov(train, n, h, 10, exclude_history=True),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data_dirs", nargs="+", type=Path)
@@ -38,16 +49,9 @@ def main() -> None:
         dataset = load_dataset(data_dir, 3 + args.backtest)
         split = leave_one_out(dataset, args.backtest)
         n = dataset.num_items
-        rankers = {
-            "MostPop": lambda h: most_popular(split.train, n, h, 10),
-            "Markov (last item)": lambda h: markov(split.train, n, h, 10),
-            # As TIGER with eval.exclude_history: the user's own items left out of the ranking.
-            "MostPop (history excluded)": lambda h: most_popular(split.train, n, h, 10, exclude_history=True),
-            "Markov (history excluded)": lambda h: markov(split.train, n, h, 10, exclude_history=True),
-        }
         counts = item_counts(split.train, n) if args.by_popularity else None
         methods = {}
-        for name, rank in rankers.items():
+        for name, rank in rankers(split.train, n).items():
             methods[name] = split_metrics(rank, split, counts)
             print(
                 f"| {data_dir.name} | {name} | " + " | ".join(f"{methods[name]['test'][m]:.4f}" for m in METRICS) + " |"

@@ -524,8 +524,8 @@ def fit_to_budget(
     cfg: RunConfig, run_dir: Path, model: SequenceModel, data: TrainData, test: Examples, started: float
 ) -> tuple[RunConfig, dict]:
     """``cfg`` with ``train.max_minutes`` cut so that the run ends within ``train.budget_minutes``, and the
-    ``budget.json`` record of it: what the time since ``started`` (``time.perf_counter()`` at the run's start: loading, Semantic IDs,
-    the forecast itself) leaves, less the forecast of the final evaluation.
+    ``budget.json`` record of it: what the time since ``started`` (``time.perf_counter()`` at the run's
+    start: loading, Semantic IDs, the forecast itself) leaves, less the forecast of the final evaluation.
     A run directory that began training under the same budget keeps the minutes it began with
     (``budget.json``), so a resumed run keeps its schedule and a finished run its metrics."""
     budget = cfg.train.budget_minutes
@@ -540,7 +540,8 @@ def fit_to_budget(
         if minutes <= 0:
             raise TigerrecError(
                 f"train.budget_minutes={show_value(budget)} leaves no time to train: loading, Semantic "
-                f"IDs and timing the decoder took {spent_seconds / 60:.1f} minutes and the final evaluation needs about "
+                f"IDs and timing the decoder took {spent_seconds / 60:.1f} minutes and the final evaluation "
+                f"needs about "
                 f"{eval_seconds / 60:.1f}; raise the budget (the IDs are kept for the next run)"
             )
         minutes = round(min(minutes, cfg.train.max_minutes) if cfg.train.max_minutes else minutes, 3)
@@ -695,7 +696,8 @@ def train_members(model: SequenceModel, data: TrainData, cfg: RunConfig, run_dir
 
 
 def _run_settings(config: dict) -> dict:
-    """The sections of a config that a run's metrics depend on (not ``experiment`` or ``sasrec``), as JSON reads them."""
+    """The sections of a config that a run's metrics depend on (not ``experiment`` or ``sasrec``), as JSON
+    reads them."""
     return json.loads(json.dumps({key: value for key, value in config.items() if key not in ("experiment", "sasrec")}))
 
 
