@@ -22,7 +22,8 @@ import torch
 from tigerrec.device import provenance, use_bf16
 from tigerrec.evaluate import ranking_metrics, recommend_examples
 from tigerrec.io import write_json
-from tigerrec.pipeline import load_trained_run, read_run_config
+from tigerrec.pipeline import load_trained_run
+from tigerrec.rundir import read_run_config
 
 
 def decode(model, data, test, cfg, beam: int, bf16: bool) -> tuple[np.ndarray, float]:

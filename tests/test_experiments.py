@@ -33,8 +33,9 @@ from tigerrec.experiments import (
     unseen_siblings,
     without_items,
 )
-from tigerrec.pipeline import IDS_DIR, QUANTIZER_FILE, build_semantic_ids, embed_items
+from tigerrec.pipeline import build_semantic_ids, embed_items
 from tigerrec.quantize import load_quantizer
+from tigerrec.rundir import IDS_DIR, QUANTIZER_FILE
 from tigerrec.sequences import Examples, training_windows
 
 # Fast settings for the smoke runs of the commands (tiny data, a few dozen steps).

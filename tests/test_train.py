@@ -13,11 +13,12 @@ from safetensors.torch import load_file
 
 from tigerrec.data import leave_one_out, make_tiny
 from tigerrec.errors import TigerrecError
-from tigerrec.pipeline import QUANTIZER_FILE, build_semantic_ids, evaluate_examples, prepare
+from tigerrec.pipeline import build_semantic_ids, prepare
 from tigerrec.presets import preset_config
 from tigerrec.quantize import load_quantizer
+from tigerrec.rundir import CHECKPOINT, QUANTIZER_FILE
 from tigerrec.sequences import length_bucketed_batches
-from tigerrec.train import CHECKPOINT, read_csv, train, validation_examples
+from tigerrec.train import evaluate_examples, read_csv, train, validation_examples
 
 
 @pytest.fixture(scope="module")

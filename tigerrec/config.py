@@ -178,7 +178,7 @@ class TrainConfig:
     # rank with all of them as one ensemble (model.TigerEnsemble: the mean of their log-probabilities
     # at every decoding step). Under max_minutes a member trains on the minutes the ones before it
     # left (its schedule compressed into them), and only if they are at least member_min_share of the
-    # first one's training time (pipeline.train_members). 1 = one model. TIGER only.
+    # first one's training time (members.train_members). 1 = one model. TIGER only.
     members: int = 1
     member_min_share: float = 0.5
     max_minutes: float = 0.0  # wall-clock budget for training; 0 = none

@@ -56,20 +56,12 @@ from .device import provenance, use_bf16
 from .errors import TigerrecError
 from .evaluate import METRICS, ranking_metrics, recommend_examples
 from .io import read_json, write_json, write_text
-from .pipeline import (
-    IDS_DIR,
-    QUANTIZER_FILE,
-    embed_items,
-    load_best_model,
-    load_ids,
-    make_model,
-    make_tokenizer,
-    prepare,
-    read_run_config,
-    run,
-)
+from .members import load_best_model
+from .pipeline import embed_items, prepare, run
 from .presets import paper_table1
 from .quantize import load_quantizer
+from .registry import make_model, make_tokenizer
+from .rundir import IDS_DIR, QUANTIZER_FILE, load_ids, read_run_config
 from .semantic_ids import IDS_FILE, SemanticIDs
 from .sequences import Examples
 from .train import save_model, training_device

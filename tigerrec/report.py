@@ -19,10 +19,10 @@ from pathlib import Path
 
 from .evaluate import METRICS
 from .io import read_json, write_text
-from .pipeline import IDS_DIR, IDS_METRICS, ITEMS_FILE, REPORT_FILE, member_dirs, read_items
 from .presets import paper_table1
+from .rundir import IDS_DIR, IDS_METRICS, ITEMS_FILE, REPORT_FILE, TRAIN_LOG, VALID_LOG, member_dirs, read_items
 from .semantic_ids import IDS_FILE, SemanticIDs, has_collision_code
-from .train import TRAIN_LOG, VALID_LOG, read_csv
+from .train import read_csv
 
 log = logging.getLogger(__name__)
 
