@@ -27,8 +27,8 @@ from tigerrec.config import RunConfig
 from tigerrec.data import load_dataset
 from tigerrec.device import autocast, bf16_supported, provenance
 from tigerrec.io import write_json
-from tigerrec.pipeline import QUANTIZER_FILE
 from tigerrec.quantize import load_quantizer
+from tigerrec.rundir import QUANTIZER_FILE
 from tigerrec.text import TextEncoder, item_sentence
 
 RESULTS = Path(__file__).parent / "results" / "embedding_precision.json"

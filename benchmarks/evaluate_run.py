@@ -26,16 +26,11 @@ import numpy as np
 from tigerrec.device import provenance
 from tigerrec.errors import TigerrecError
 from tigerrec.io import write_json
+from tigerrec.members import load_best_model
 from tigerrec.model import TigerEnsemble
-from tigerrec.pipeline import (
-    IDS_DIR,
-    evaluate_splits,
-    load_best_model,
-    load_ids,
-    load_trained_run,
-    read_run_config,
-    training_counts,
-)
+from tigerrec.pipeline import load_trained_run, training_counts
+from tigerrec.rundir import IDS_DIR, load_ids, read_run_config
+from tigerrec.train import evaluate_splits
 
 
 def models_of(model) -> list:

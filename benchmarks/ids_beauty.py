@@ -22,7 +22,8 @@ from tigerrec.config import RunConfig
 from tigerrec.data import load_dataset
 from tigerrec.device import provenance
 from tigerrec.io import read_json, write_json
-from tigerrec.pipeline import IDS_METRICS, build_semantic_ids
+from tigerrec.pipeline import build_semantic_ids
+from tigerrec.rundir import IDS_METRICS
 from tigerrec.text import cache_dir
 
 RESULTS = Path(__file__).parent / "results"

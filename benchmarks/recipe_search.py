@@ -35,9 +35,11 @@ from tigerrec.data import leave_one_out, load_dataset
 from tigerrec.device import provenance, use_bf16
 from tigerrec.evaluate import evaluate
 from tigerrec.io import read_json, write_json
-from tigerrec.pipeline import IDS_DIR, held_out_examples, load_best_model, load_ids, prepare
+from tigerrec.members import load_best_model
+from tigerrec.pipeline import held_out_examples, prepare
 from tigerrec.presets import preset_config
-from tigerrec.train import VALID_LOG, read_csv, train, validation_examples
+from tigerrec.rundir import IDS_DIR, VALID_LOG, load_ids
+from tigerrec.train import read_csv, train, validation_examples
 
 # The settings the search varies, on top of the paper's recipe; its entry "paper" adds the 20%
 # cooldown that every later search run kept.

@@ -22,7 +22,8 @@ import torch
 from tigerrec.device import provenance, use_bf16
 from tigerrec.evaluate import ranking_metrics, recommend_examples
 from tigerrec.io import write_json
-from tigerrec.pipeline import load_trained_run, read_run_config
+from tigerrec.pipeline import load_trained_run
+from tigerrec.rundir import read_run_config
 
 
 def decode(model, data, test, cfg, beam: int, bf16: bool) -> tuple[np.ndarray, float]:
@@ -61,7 +62,7 @@ def main() -> None:
     kind = read_run_config(args.run_dir).model.kind  # before loading anything: fail fast
     if kind != "rpg":
         parser.error(f"{args.run_dir} holds a {kind} model; graph decoding is RPG's")
-    cfg, _, data, test, model = load_trained_run(args.run_dir, args.data_dir)
+    cfg, dataset, data, test, model = load_trained_run(args.run_dir, args.data_dir)
     bf16 = use_bf16(str(next(model.parameters()).device), cfg.train.bf16)
     torch.set_grad_enabled(False)
 

@@ -100,7 +100,7 @@ def main(argv=None) -> dict:
 
     client = make_client(args.run_dir, args.url)
     health = client.get("/health").json()
-    from tigerrec.pipeline import ITEMS_FILE, read_items
+    from tigerrec.rundir import ITEMS_FILE, read_items
 
     item_ids = list(read_items(args.run_dir / ITEMS_FILE))
     statuses: dict[str, Counter] = {"json": Counter(), "raw": Counter(), "items": Counter()}

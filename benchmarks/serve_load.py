@@ -29,7 +29,7 @@ import httpx
 import numpy as np
 
 from tigerrec.device import provenance
-from tigerrec.pipeline import ITEMS_FILE, read_items
+from tigerrec.rundir import ITEMS_FILE, read_items
 
 log = logging.getLogger("serve_load")
 

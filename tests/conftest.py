@@ -29,7 +29,8 @@ def run_and_check_memorised(cfg, run_dir):
 
     from tigerrec.data import make_tiny
     from tigerrec.evaluate import evaluate
-    from tigerrec.pipeline import load_ids, prepare, run
+    from tigerrec.pipeline import prepare, run
+    from tigerrec.rundir import load_ids
 
     metrics = run("tiny", cfg, run_dir)
     data, _, model = prepare(make_tiny(), load_ids(run_dir / "ids", cfg), cfg, ids_dir=run_dir / "ids")

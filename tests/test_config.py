@@ -55,7 +55,7 @@ def test_public_api_is_importable_from_the_package():
 
     assert tigerrec.__version__ and set(tigerrec.__all__) >= {"Recommender", "RunConfig", "load_dataset", "run"}
     with pytest.raises(AttributeError):
-        tigerrec.not_a_name
+        _ = tigerrec.not_a_name
 
 
 def test_atomic_writes_respect_the_umask(tmp_path):

@@ -47,7 +47,7 @@ def test_trie_follows_only_real_ids():
     trie = PrefixTrie(codes, 4)
     nodes = torch.zeros(1, dtype=torch.long)
     assert trie.allowed(nodes)[0].tolist() == [True, False, False, True]
-    for step, code in enumerate([0, 1, 2, 1]):
+    for code in [0, 1, 2, 1]:
         nodes = trie.step(nodes, torch.tensor([code]))
     assert nodes.item() == 1  # the item index
     dead = trie.step(torch.zeros(1, dtype=torch.long), torch.tensor([2]))

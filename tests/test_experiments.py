@@ -33,8 +33,9 @@ from tigerrec.experiments import (
     unseen_siblings,
     without_items,
 )
-from tigerrec.pipeline import IDS_DIR, QUANTIZER_FILE, build_semantic_ids, embed_items
+from tigerrec.pipeline import build_semantic_ids, embed_items
 from tigerrec.quantize import load_quantizer
+from tigerrec.rundir import IDS_DIR, QUANTIZER_FILE
 from tigerrec.sequences import Examples, training_windows
 
 # Fast settings for the smoke runs of the commands (tiny data, a few dozen steps).
@@ -269,9 +270,11 @@ def test_guided_profiles_move_from_the_history_towards_the_predicted_items():
     ahead = np.array([[0.0, 0.25, 0.75]]) / np.hypot(0.25, 0.75)
     assert guided_profiles(history, predicted_profile, 1.0) == pytest.approx(ahead)
     among = np.array([False, False, False, True, True])
-    rank = lambda pull: rank_by_profile(
-        embeddings, guided_profiles(history, predicted_profile, pull), histories, 2, among=among
-    )[0].tolist()
+
+    def rank(pull):
+        profiles = guided_profiles(history, predicted_profile, pull)
+        return rank_by_profile(embeddings, profiles, histories, 2, among=among)[0].tolist()
+
     assert rank(0.0) == [4, 3] and rank(1.0) == [3, 4]
     pull, by_pull = choose_pull(embeddings, histories, predicted, log_probs, np.array([3]), [0.0, 0.5, 1.0], among, 20)
     assert pull == 1.0 and by_pull["1"] == 1.0 and by_pull["0"] < 1.0

@@ -9,14 +9,15 @@ import pytest
 import torch
 from conftest import tiny_config
 
-from tigerrec import pipeline
+from tigerrec import members, pipeline
 from tigerrec.cli import main
 from tigerrec.config import RunConfig
 from tigerrec.data import make_tiny
 from tigerrec.errors import TigerrecError
-from tigerrec.pipeline import evaluate_examples, run
+from tigerrec.pipeline import run
 from tigerrec.report import render_report
-from tigerrec.train import CHECKPOINT, read_csv
+from tigerrec.rundir import CHECKPOINT
+from tigerrec.train import evaluate_examples, read_csv
 
 BUDGET = {"steps": 20, "eval_every": 20, "checkpoint_every": 20, "log_every": 10}
 # The same settings on the command line: tiny_config is the tiny preset under the paper recipe with RQ-KMeans IDs.
@@ -186,13 +187,13 @@ def test_an_ensemble_trains_each_member_from_its_own_seed_and_every_reader_ranks
     from tigerrec.model import TigerEnsemble
     from tigerrec.recommend import Recommender
 
-    trained, real_train = [], pipeline.train
+    trained, real_train = [], members.train
 
     def spy(model, data, cfg, eval_cfg, directory):
         trained.append((cfg.seed, cfg.max_minutes, Path(directory).relative_to(tmp_path)))
         return real_train(model, data, cfg, eval_cfg, directory)
 
-    monkeypatch.setattr(pipeline, "train", spy)
+    monkeypatch.setattr(members, "train", spy)
     run("tiny", small_config(seed=4, max_minutes=30.0), tmp_path)  # one model first
     cfg = small_config(members=2, seed=4, max_minutes=30.0)
     metrics = run("tiny", cfg, tmp_path)  # grown into an ensemble: the trained model stays
@@ -236,13 +237,13 @@ def test_a_later_member_trains_on_the_minutes_left_only_if_they_reach_its_share(
     # Each member is made to report 20 minutes of training: under a 30-minute budget the second finds 10
     # left, half the first's time, and trains on them (its schedule ends within them) only if that is enough.
     # No minutes left train no member, whatever the share (a budget of 0 minutes would mean no limit).
-    limits, real_train = [], pipeline.train
+    limits, real_train = [], members.train
 
     def took_20_minutes(model, data, cfg, eval_cfg, directory):
         limits.append(cfg.max_minutes)
         return {**real_train(model, data, cfg, eval_cfg, directory), "train_seconds": 1200.0}
 
-    monkeypatch.setattr(pipeline, "train", took_20_minutes)
+    monkeypatch.setattr(members, "train", took_20_minutes)
     metrics = run("tiny", small_config(members=2, max_minutes=budget, member_min_share=share), tmp_path)
     assert limits == ([budget, 10.0] if second_trains else [budget])
     assert (
@@ -265,7 +266,7 @@ def test_the_forecast_times_a_batch_of_typical_history_length(tmp_path, monkeypa
             timed.append((examples.lengths, data.valid.lengths))
         return evaluate_examples(model, data, examples, cfg, desc, *args)
 
-    monkeypatch.setattr(pipeline, "evaluate_examples", spy)
+    monkeypatch.setattr(members, "evaluate_examples", spy)
     run("tiny", small_config(budget_minutes=60.0).override(["eval.batch_size=8"]), tmp_path)
     (sample, lengths), _ = timed  # two passes over the same batch
     assert len(sample) == 8 and lengths.max() > lengths.mean() + 2

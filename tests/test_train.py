@@ -13,11 +13,12 @@ from safetensors.torch import load_file
 
 from tigerrec.data import leave_one_out, make_tiny
 from tigerrec.errors import TigerrecError
-from tigerrec.pipeline import QUANTIZER_FILE, build_semantic_ids, evaluate_examples, prepare
+from tigerrec.pipeline import build_semantic_ids, prepare
 from tigerrec.presets import preset_config
 from tigerrec.quantize import load_quantizer
+from tigerrec.rundir import CHECKPOINT, QUANTIZER_FILE
 from tigerrec.sequences import length_bucketed_batches
-from tigerrec.train import CHECKPOINT, read_csv, train, validation_examples
+from tigerrec.train import evaluate_examples, read_csv, train, validation_examples
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +190,10 @@ def test_ema_decay_validates_and_keeps_the_moving_average_of_the_weights(tiny_id
     dataset, ids, _ = tiny_ids
     decay = 0.9
     settings = {"eval_every": 20, "checkpoint_every": 1, "log_every": 1, "ema_decay": decay}
-    unwrapped = lambda average: {k.removeprefix("module."): v for k, v in average.items()}  # AveragedModel's keys
+
+    def unwrapped(average):  # AveragedModel's keys
+        return {k.removeprefix("module."): v for k, v in average.items()}
+
     run_dir = tmp_path / "run"
     _train(dataset, ids, tiny_config(train={**settings, "steps": 19}), run_dir)
     before = torch.load(run_dir / CHECKPOINT, weights_only=True)["average"]
@@ -259,7 +263,10 @@ def test_resume_on_cuda_restores_the_gpu_random_state(tiny_ids, tmp_path):
     torch.save(checkpoint, tmp_path / "scrambled" / CHECKPOINT)
     resumed = _train(dataset, ids, cfg, tmp_path / "split")
     scrambled = _train(dataset, ids, cfg, tmp_path / "scrambled")
-    distance = lambda a, b: max((a[name].float() - b[name].float()).abs().max().item() for name in a)
+
+    def distance(a, b):
+        return max((a[name].float() - b[name].float()).abs().max().item() for name in a)
+
     assert distance(resumed, whole) <= distance(scrambled, whole) / 100, (
         distance(resumed, whole),
         distance(scrambled, whole),

@@ -27,17 +27,8 @@ from pathlib import Path
 from .data.custom import read_items_table
 from .errors import TigerrecError
 from .io import read_json, write_bytes, write_json, write_text
-from .pipeline import (
-    IDS_DIR,
-    IDS_METRICS,
-    ITEMS_FILE,
-    QUANTIZER_FILE,
-    items_text,
-    load_ids,
-    read_items,
-    read_run_config,
-)
 from .quantize import load_quantizer
+from .rundir import IDS_DIR, IDS_METRICS, ITEMS_FILE, QUANTIZER_FILE, items_text, load_ids, read_items, read_run_config
 from .semantic_ids import IDS_FILE, CollisionError
 from .text import TextEncoder, item_sentence
 

@@ -128,7 +128,8 @@ def cmd_run(args) -> None:
     if metrics:
         test = metrics["test"]
         print(
-            f"test  R@5 {test['recall@5']:.4f}  N@5 {test['ndcg@5']:.4f}  R@10 {test['recall@10']:.4f}  N@10 {test['ndcg@10']:.4f}"
+            f"test  R@5 {test['recall@5']:.4f}  N@5 {test['ndcg@5']:.4f}  "
+            f"R@10 {test['recall@10']:.4f}  N@10 {test['ndcg@10']:.4f}"
         )
         print(f"metrics written to {Path(args.out) / 'metrics.json'}")
 

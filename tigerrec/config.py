@@ -178,7 +178,7 @@ class TrainConfig:
     # rank with all of them as one ensemble (model.TigerEnsemble: the mean of their log-probabilities
     # at every decoding step). Under max_minutes a member trains on the minutes the ones before it
     # left (its schedule compressed into them), and only if they are at least member_min_share of the
-    # first one's training time (pipeline.train_members). 1 = one model. TIGER only.
+    # first one's training time (members.train_members). 1 = one model. TIGER only.
     members: int = 1
     member_min_share: float = 0.5
     max_minutes: float = 0.0  # wall-clock budget for training; 0 = none
@@ -326,7 +326,8 @@ class RunConfig:
 
         if self.model.item_tokens and self.model.history not in POOLED_HISTORIES:
             raise TigerrecError(
-                f"config model.item_tokens=true needs model.history items or pooled, got model.history={self.model.history}"
+                "config model.item_tokens=true needs model.history items or pooled, "
+                f"got model.history={self.model.history}"
             )
         # T5's buckets: half per direction, half of those exact, the rest log-spaced up to max_distance.
         if self.model.relative_max_distance <= self.model.relative_buckets // 2:
@@ -348,7 +349,8 @@ class RunConfig:
         self._check_model_kind()
         if self.sasrec.hidden % self.sasrec.heads:
             raise TigerrecError(
-                f"config sasrec.hidden must be a multiple of sasrec.heads ({self.sasrec.heads}), got {self.sasrec.hidden}"
+                f"config sasrec.hidden must be a multiple of sasrec.heads ({self.sasrec.heads}), "
+                f"got {self.sasrec.hidden}"
             )
         return self
 
@@ -372,13 +374,15 @@ class RunConfig:
             )
         if model.embed_init in CODEBOOK_INITS and (model.kind != "tiger" or ids.scheme not in CODEWORD_SCHEMES):
             raise TigerrecError(
-                f"config model.embed_init={model.embed_init} needs model.kind=tiger and ids.scheme {' or '.join(CODEWORD_SCHEMES)} "
-                f"(codewords per level), got model.kind={model.kind}, ids.scheme={ids.scheme}; set model.embed_init=normal "
+                f"config model.embed_init={model.embed_init} needs model.kind=tiger and ids.scheme "
+                f"{' or '.join(CODEWORD_SCHEMES)} (codewords per level), got model.kind={model.kind}, "
+                f"ids.scheme={ids.scheme}; set model.embed_init=normal "
                 f"(the tuned recipe sets codebooks)"
             )
         if model.kind != "tiger" and self.train.members > 1:
             raise TigerrecError(
-                f"config train.members={self.train.members} (an ensemble) needs model.kind=tiger, got model.kind={model.kind}"
+                f"config train.members={self.train.members} (an ensemble) needs model.kind=tiger, "
+                f"got model.kind={model.kind}"
             )
         if model.kind == "tiger" and ids.scheme == "opq":
             raise TigerrecError(

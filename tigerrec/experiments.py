@@ -68,20 +68,12 @@ from .evaluate import (
 )
 from .io import read_json, write_json, write_text
 from .ledger import record_test
-from .pipeline import (
-    IDS_DIR,
-    QUANTIZER_FILE,
-    embed_items,
-    load_best_model,
-    load_ids,
-    make_model,
-    make_tokenizer,
-    prepare,
-    read_run_config,
-    run,
-)
+from .members import load_best_model
+from .pipeline import embed_items, prepare, run
 from .presets import paper_table1
 from .quantize import load_quantizer
+from .registry import make_model, make_tokenizer
+from .rundir import IDS_DIR, QUANTIZER_FILE, load_ids, read_run_config
 from .semantic_ids import IDS_FILE, SemanticIDs
 from .sequences import Examples
 from .train import save_model, training_device
@@ -99,7 +91,10 @@ PAPER_ENTROPY = {1.0: 0.76, 1.5: 1.14, 2.0: 1.38}  # Beauty, Entropy@10
 
 
 def markdown_table(header: list[str], rows: list[list]) -> str:
-    cell = lambda v: "" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    def cell(v) -> str:
+        return "" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]) + "\n"
 
@@ -416,9 +411,10 @@ def coldstart(source, cfg: RunConfig, out_dir: Path, overwrite: bool = False) ->
     rows.append(["unseen in top 10", None, *unseen_in_top10.values()])
     intro = (
         f"Recall@K on the {len(histories)} test users whose target is one of {len(unseen)} unseen items "
-        f"({exp.unseen_share:.0%} of the distinct test targets). Paper: TIGER beats Semantic_KNN at every K for eps >= 0.1.\n\n"
-        f"{result['fill_rule']} Semantic_KNN ranks all items, seen and unseen, by cosine similarity to the mean embedding "
-        "of the user's last items, history excluded; Semantic_KNN reserved applies the reserved rule to its "
+        f"({exp.unseen_share:.0%} of the distinct test targets). "
+        "Paper: TIGER beats Semantic_KNN at every K for eps >= 0.1.\n\n"
+        f"{result['fill_rule']} Semantic_KNN ranks all items, seen and unseen, by cosine similarity to the mean "
+        "embedding of the user's last items, history excluded; Semantic_KNN reserved applies the reserved rule to its "
         "nearest unseen and nearest seen items.\n\n"
     )
     return result, intro + markdown_table(header, rows)
@@ -519,11 +515,13 @@ def diversity(
         "rows": rows,
         "run_dir": str(run_dir),
         "categories": {n: int(c.max()) + 1 for n, c in categories.items()},
-        "entropy": "natural log (nats) of the category distribution among a user's top-K items, averaged over test users",
+        "entropy": "natural log (nats) of the category distribution among a user's top-K items, "
+        "averaged over test users",
     }
     intro = (
         f"Test users ({len(test)}); categories: the {name} name of each item's first category path "
-        f"({result['categories'][name]} distinct) and the deepest ({result['categories']['leaf']}). Entropy in nats.\n\n"
+        f"({result['categories'][name]} distinct) and the deepest ({result['categories']['leaf']}). "
+        "Entropy in nats.\n\n"
     )
     return result, intro + markdown_table(header, table)
 
@@ -568,8 +566,8 @@ def ablation(source, cfg: RunConfig, out_dir: Path, overwrite: bool = False) -> 
         for name, r in results.items()
     ]
     intro = (
-        f"Test metrics, the same model and budget (train.steps={cfg.train.steps}, train.max_minutes={cfg.train.max_minutes}) "
-        "for each ID scheme. Paper figures are for Beauty.\n\n"
+        f"Test metrics, the same model and budget (train.steps={cfg.train.steps}, "
+        f"train.max_minutes={cfg.train.max_minutes}) for each ID scheme. Paper figures are for Beauty.\n\n"
     )
     return {"variants": results}, intro + markdown_table(header, rows)
 

@@ -53,7 +53,8 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def read_json(path: str | Path) -> Any:
-    """The JSON in ``path``; TigerrecError naming the file when it is not valid JSON (FileNotFoundError when missing)."""
+    """The JSON in ``path``; TigerrecError naming the file when it is not valid JSON (FileNotFoundError
+    when missing)."""
     path = Path(path)
     try:
         return json.loads(path.read_text())

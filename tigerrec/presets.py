@@ -55,11 +55,13 @@ PRESETS: dict[str, dict] = {
 #   bf16 CPU"). Held out, the cap gained 10-15% on Toys' test and cost 8-13% on Sports', whose larger
 #   training set still gained from 55 passes.
 #   At the cap, dropout 0.05 and 0.2 and an item embedding per history item (model.item_tokens) were each
-#   behind on Beauty validation data (BENCHMARKS.md, "More levers at the 30-pass cap"): dropout stays 0.1, item tokens off.
+#   behind on Beauty validation data (BENCHMARKS.md, "More levers at the 30-pass cap"): dropout stays 0.1,
+#   item tokens off.
 #   Two such models (train.members=2, seeds 0 and 1; the second only when the minutes allow it), ranked as one
 #   ensemble by the mean of their log-probabilities at each decoding step: on Beauty backtest data,
 #   +6-10% on validation and +7-10% one step forward over one model, whose two seeds were within 1.3%
-#   of each other (BENCHMARKS.md, "Two models as one ensemble"), at twice the training time and 1.7-2x the decoding time.
+#   of each other (BENCHMARKS.md, "Two models as one ensemble"), at twice the training time and 1.7-2x the
+#   decoding time.
 #   Two members of 15 passes (one 30-pass model's compute) were 3-8% behind one model of 30 one step forward,
 #   so the first member always gets its full length. A second member of 15 passes beside it gained +4-6% one
 #   step forward, one of 10 passes +1-3% (within twice the seed spread): so a second member trains where the
@@ -150,7 +152,8 @@ RPG_PAPER_NDCG10: dict[str, float] = {"beauty": 0.0464, "sports": 0.0263, "toys"
 
 
 def paper_table1(dataset_name: str) -> dict[str, tuple[float, float, float, float]]:
-    """The paper's rows for a dataset whose name contains one of its benchmarks ("beauty", "amazon-Beauty", ...); {} otherwise."""
+    """The paper's rows for a dataset whose name contains one of its benchmarks ("beauty", "amazon-Beauty",
+    ...); {} otherwise."""
     name = dataset_name.lower()
     return next((rows for key, rows in PAPER_TABLE1.items() if key in name), {})
 

@@ -35,20 +35,12 @@ from .config import RunConfig
 from .decoding import PrefixTrie, configure_decoding, merge_capped, new_item_cap, rank
 from .device import autocast, check_device, default_device, use_bf16
 from .errors import TigerrecError
+from .members import load_best_model
 from .model import SequenceModel
-from .pipeline import (
-    IDS_DIR,
-    ITEMS_FILE,
-    load_best_model,
-    load_ids,
-    make_model,
-    make_tokenizer,
-    read_items,
-    read_run_config,
-)
+from .registry import make_model, make_tokenizer
+from .rundir import BEST_MODEL, IDS_DIR, ITEMS_FILE, load_ids, read_items, read_run_config
 from .semantic_ids import IDS_FILE, SemanticIDs
 from .sequences import Examples
-from .train import BEST_MODEL
 
 log = logging.getLogger(__name__)
 

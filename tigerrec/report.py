@@ -19,10 +19,10 @@ from pathlib import Path
 
 from .evaluate import METRICS
 from .io import read_json, write_text
-from .pipeline import IDS_DIR, IDS_METRICS, ITEMS_FILE, REPORT_FILE, member_dirs, read_items
 from .presets import paper_table1
+from .rundir import IDS_DIR, IDS_METRICS, ITEMS_FILE, REPORT_FILE, TRAIN_LOG, VALID_LOG, member_dirs, read_items
 from .semantic_ids import IDS_FILE, SemanticIDs, has_collision_code
-from .train import TRAIN_LOG, VALID_LOG, read_csv
+from .train import read_csv
 
 log = logging.getLogger(__name__)
 
@@ -86,13 +86,15 @@ class Axes:
         labels = x_tick_labels or [(value, fmt(value)) for value in self.x_ticks]
         for value, label in labels:
             out.append(
-                f'<text x="{self.x(value):.1f}" y="{self.height - self.bottom + 16}" class="tick" text-anchor="middle">{esc(label)}</text>'
+                f'<text x="{self.x(value):.1f}" y="{self.height - self.bottom + 16}" class="tick" '
+                f'text-anchor="middle">{esc(label)}</text>'
             )
         bottom = self.height - self.bottom
         out.append(f'<line x1="{self.left}" x2="{self.width - self.right}" y1="{bottom}" y2="{bottom}" class="axis"/>')
         out.append(f'<line x1="{self.left}" x2="{self.left}" y1="{self.top}" y2="{bottom}" class="axis"/>')
         out.append(
-            f'<text x="{(self.left + self.width - self.right) / 2}" y="{self.height - 8}" class="label">{esc(x_label)}</text>'
+            f'<text x="{(self.left + self.width - self.right) / 2}" y="{self.height - 8}" '
+            f'class="label">{esc(x_label)}</text>'
         )
         out.append(
             f'<text transform="translate(14 {(self.top + bottom) / 2}) rotate(-90)" class="label">{esc(y_label)}</text>'
@@ -180,7 +182,8 @@ def bar_chart(
         )
         if labelled:
             body.append(
-                f'<text x="{x + slot * 0.35:.1f}" y="{y - 4:.1f}" class="tick" text-anchor="middle">{esc(value_format(value))}</text>'
+                f'<text x="{x + slot * 0.35:.1f}" y="{y - 4:.1f}" class="tick" '
+                f'text-anchor="middle">{esc(value_format(value))}</text>'
             )
     return svg(width, height, body, title)
 
@@ -331,7 +334,8 @@ def prefix_explorer(
         for n, (c2, group) in enumerate(c2_groups[:max_c2]):
             rest = f"<li class='more'>... {len(group) - max_titles} more</li>" if len(group) > max_titles else ""
             inner.append(
-                f"<details class='c2'{opened if n == 0 else ''}><summary><code>({c1}, {c2}, ...)</code> {len(group)} items {label(group)}</summary>"
+                f"<details class='c2'{opened if n == 0 else ''}><summary><code>({c1}, {c2}, ...)</code> "
+                f"{len(group)} items {label(group)}</summary>"
                 f"<ul>{''.join(entry(i) for i in group[:max_titles])}{rest}</ul></details>"
             )
         if len(c2_groups) > max_c2:
@@ -346,18 +350,20 @@ def prefix_explorer(
 
 
 STYLE = """
-body { font-family: system-ui, -apple-system, Segoe UI, Helvetica, Arial, sans-serif; margin: 2rem auto; max-width: 1180px;
-       padding: 0 1rem; color: #1f2937; line-height: 1.45; }
+body { font-family: system-ui, -apple-system, Segoe UI, Helvetica, Arial, sans-serif;
+       margin: 2rem auto; max-width: 1180px; padding: 0 1rem; color: #1f2937; line-height: 1.45; }
 h1 { margin-bottom: .2rem; } h2 { margin-top: 2.2rem; border-bottom: 1px solid #e5e7eb; padding-bottom: .3rem; }
 .sub, .note, .more, .missing { color: #6b7280; } .missing { font-style: italic; }
 table.metrics { border-collapse: collapse; margin: .8rem 0; }
 table.metrics th, table.metrics td { border: 1px solid #e5e7eb; padding: .35rem .8rem; text-align: right; }
 table.metrics th:first-child { text-align: left; } table.metrics tr:first-child th { background: #f3f4f6; }
 tr.ratio td { color: #6b7280; }
-.plots { display: flex; flex-wrap: wrap; gap: 1rem; } .plot { background: #fff; border: 1px solid #e5e7eb; border-radius: 6px; }
+.plots { display: flex; flex-wrap: wrap; gap: 1rem; }
+.plot { background: #fff; border: 1px solid #e5e7eb; border-radius: 6px; }
 .plot .title { font-size: 14px; font-weight: 600; } .plot .tick { font-size: 11px; fill: #4b5563; }
 .plot .label { font-size: 12px; fill: #374151; text-anchor: middle; } .plot .legend { font-size: 12px; fill: #374151; }
-.plot .grid { stroke: #f0f0f0; } .plot .axis { stroke: #9ca3af; } .plot .marker { stroke: #9ca3af; stroke-dasharray: 4 3; }
+.plot .grid { stroke: #f0f0f0; } .plot .axis { stroke: #9ca3af; }
+.plot .marker { stroke: #9ca3af; stroke-dasharray: 4 3; }
 dl.facts { display: grid; grid-template-columns: max-content auto; gap: .2rem 1rem; }
 dl.facts dt { color: #6b7280; } dl.facts dd { margin: 0; }
 details { margin: .3rem 0; } details.c1 { border: 1px solid #e5e7eb; border-radius: 6px; padding: .4rem .8rem; }
@@ -463,6 +469,7 @@ def _budget_line(budget: dict | None) -> str | None:
         return None
     return (
         f"{budget['budget_minutes']:g} min: training at most {budget['train_minutes']:.1f} min after "
-        f"{budget['spent_seconds'] / 60:.1f} min of loading, Semantic IDs and timing the decoder, final evaluation forecast "
+        f"{budget['spent_seconds'] / 60:.1f} min of loading, Semantic IDs and timing the decoder, "
+        "final evaluation forecast "
         f"{budget['final_eval_forecast_seconds'] / 60:.1f} min"
     )

@@ -111,7 +111,7 @@ class SemanticIDs:
         return {
             "items": len(self.item_ids),
             "utilization": [
-                round(len(np.unique(prefixes[:, l])) / self.codebook_size, 4) for l in range(prefixes.shape[1])
+                round(len(np.unique(prefixes[:, level])) / self.codebook_size, 4) for level in range(prefixes.shape[1])
             ],
             "unique_prefix_share": round(float((per_item == 1).mean()), 4),
             "max_collision_group": int(per_item.max()),

@@ -25,21 +25,18 @@ from safetensors.torch import save_file
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
-from .config import EvalConfig, TrainConfig
-from .decoding import PrefixTrie
+from .config import EvalConfig, RunConfig, TrainConfig
+from .decoding import PrefixTrie, configure_decoding
 from .device import autocast, use_bf16
 from .errors import TigerrecError, brief
 from .evaluate import evaluate
 from .io import atomic_path, write_text
 from .model import SequenceModel
+from .rundir import BEST_MODEL, CHECKPOINT, TRAIN_LOG, VALID_LOG
 from .sequences import Examples, Tokenizer, length_bucketed_batches
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = "checkpoint.pt"
-BEST_MODEL = "model.safetensors"
-TRAIN_LOG = "train_log.csv"
-VALID_LOG = "valid_log.csv"
 SELECTION_METRIC = "ndcg@10"
 
 
@@ -205,7 +202,7 @@ def save_model(model: torch.nn.Module, path: Path) -> None:
 
 def train(model: SequenceModel, data: TrainData, cfg: TrainConfig, eval_cfg: EvalConfig, run_dir: str | Path) -> dict:
     """Train for ``cfg.steps`` steps (resuming from ``run_dir/checkpoint.pt`` if present; that it was
-    trained from the same inputs is the caller's to check, see ``pipeline.check_run_dir``).
+    trained from the same inputs is the caller's to check, see ``rundir.check_run_dir``).
 
     Returns a summary: steps done, best validation metrics and step, timings.
     The best model by validation NDCG@10 is at ``run_dir/model.safetensors``.
@@ -394,6 +391,34 @@ def evaluate_data(
         exclude_history=eval_cfg.exclude_history,
         counts=counts,
     )
+
+
+def evaluate_splits(
+    model: SequenceModel, data: TrainData, test: Examples, cfg: RunConfig, counts: np.ndarray | None = None
+) -> dict:
+    """Metrics of every validation and test example, decoded as ``cfg.eval`` says (per popularity group
+    of the targets too, given the training ``counts`` of every item: ``evaluate.item_counts``)."""
+    evals = {
+        name: evaluate_examples(model, data, examples, cfg, name, counts)
+        for name, examples in (("valid", data.valid), ("test", test))
+    }
+    for name, metrics in evals.items():
+        log.info("%s: %s", name, metrics)
+    return evals
+
+
+def evaluate_examples(
+    model: SequenceModel,
+    data: TrainData,
+    examples: Examples,
+    cfg: RunConfig,
+    desc: str,
+    counts: np.ndarray | None = None,
+) -> dict:
+    """Metrics of ``examples``, decoded as ``cfg.eval`` says."""
+    configure_decoding(model, cfg.eval)
+    bf16 = use_bf16(str(next(model.parameters()).device), cfg.train.bf16)
+    return evaluate_data(model, data, examples, cfg.eval, bf16, desc, counts)
 
 
 def _next_multiple(value: float, every: float) -> float:
