@@ -63,7 +63,7 @@ def main() -> None:
         model = TigerEnsemble(members)
         logging.info("decoding %d models from %d runs as one ensemble", len(members), len(args.run_dirs))
     counts = training_counts(dataset, cfg) if args.by_popularity else None
-    evals = evaluate_splits(model, data, test, cfg, counts)
+    evals, _ = evaluate_splits(model, data, test, cfg, counts, dataset_name=dataset.name)
     if args.out:
         write_json(
             args.out,

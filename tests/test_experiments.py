@@ -303,7 +303,7 @@ def test_baselines_command(tmp_path, tiny_tiger, exclude_history):
     extra = {"TIGER"} if exclude_history else set()
     assert set(methods) == {"MostPop", "Markov (last item)", "Semantic_KNN", "SASRec"} | extra
     protocol = "history_excluded" if exclude_history else "history_ranked"
-    for name, m in methods.items():
+    for m in methods.values():
         assert set(m["test_protocols"]) == {"history_excluded", "history_ranked"}
         assert m["test"] == m["test_protocols"][protocol]
         assert all(0 <= v <= 1 for v in m["test_protocols"]["history_ranked"].values())

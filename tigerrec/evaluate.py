@@ -66,9 +66,6 @@ def ranking_metrics(ranked: np.ndarray, targets: np.ndarray, ks=(5, 10)) -> dict
     return {name: float(values.mean()) for name, values in per_user_metrics(target_ranks(ranked, targets), ks).items()}
 
 
-TARGET_RANKS_FILE = "test_target_ranks.npz"  # a run's test target_ranks per protocol
-
-
 def save_target_ranks(path: str | Path, ranks: dict[str, np.ndarray]) -> None:
     """``target_ranks`` by name (e.g. per protocol) as one .npz, written atomically."""
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
@@ -231,3 +228,51 @@ def evaluate(
     metrics["users"] = len(examples)
     metrics["seconds"] = round(time.perf_counter() - start, 2)
     return metrics
+
+
+def evaluate_protocols(
+    model,
+    tokenizer,
+    trie,
+    examples,
+    user_tokens,
+    beam_size=20,
+    top_k=10,
+    batch_size=512,
+    bf16=False,
+    exclude_history=False,
+    counts: np.ndarray | None = None,
+    desc="test",
+) -> tuple[dict, dict[str, np.ndarray]]:
+    """``evaluate`` under both protocols (``PROTOCOLS``): one decode with the users' history items
+    ranked, one with them excluded.
+
+    Returns the metrics of the protocol ``exclude_history`` names, with ``test_protocols`` holding
+    both, and each protocol's ``target_ranks`` (for paired comparisons with other models)."""
+    chosen = protocol_name(exclude_history)
+    protocols, ranks, by_popularity = {}, {}, None
+    for name, exclude in PROTOCOLS.items():
+        start = time.perf_counter()
+        ranked, _, _ = recommend_examples(
+            model,
+            tokenizer,
+            trie,
+            examples,
+            user_tokens,
+            beam_size,
+            top_k,
+            batch_size,
+            True,
+            bf16,
+            f"{desc} ({name.replace('_', ' ')})",
+            exclude_history=exclude,
+        )
+        ranks[name] = target_ranks(ranked, examples.targets)
+        protocols[name] = {m: float(v.mean()) for m, v in per_user_metrics(ranks[name]).items()}
+        protocols[name]["seconds"] = round(time.perf_counter() - start, 2)
+        if name == chosen and counts is not None:
+            by_popularity = metrics_by_popularity(ranked, examples.targets, counts)
+    metrics = {**protocols[chosen], "users": len(examples), "protocol": chosen, "test_protocols": protocols}
+    if by_popularity is not None:
+        metrics["by_popularity"] = by_popularity
+    return metrics, ranks

@@ -58,7 +58,6 @@ from .errors import TigerrecError
 from .evaluate import (
     METRICS,
     PROTOCOLS,
-    TARGET_RANKS_FILE,
     load_target_ranks,
     paired_bootstrap_ci,
     protocol_name,
@@ -73,7 +72,7 @@ from .pipeline import embed_items, prepare, run
 from .presets import paper_table1
 from .quantize import load_quantizer
 from .registry import make_model, make_tokenizer
-from .rundir import IDS_DIR, QUANTIZER_FILE, load_ids, read_run_config
+from .rundir import IDS_DIR, QUANTIZER_FILE, TARGET_RANKS_FILE, load_ids, read_run_config
 from .semantic_ids import IDS_FILE, SemanticIDs
 from .sequences import Examples
 from .train import save_model, training_device

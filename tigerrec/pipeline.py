@@ -25,7 +25,7 @@ from .data import Dataset, Split, leave_one_out, load_dataset
 from .decoding import PrefixTrie
 from .device import provenance
 from .errors import TigerrecError
-from .evaluate import item_counts
+from .evaluate import item_counts, save_target_ranks
 from .io import read_json, write_json
 from .members import fit_to_budget, load_best_model, train_members
 from .model import CAUSAL_HISTORIES, SequenceModel
@@ -39,6 +39,7 @@ from .rundir import (
     ITEMS_FILE,
     METRICS_FILE,
     QUANTIZER_FILE,
+    TARGET_RANKS_FILE,
     changed_settings,
     check_run_dir,
     ids_inputs,
@@ -250,8 +251,11 @@ def run(source: str | Dataset, cfg: RunConfig, run_dir: str | Path, overwrite: b
         return finished
 
     # Test metrics once, on the checkpoint selected by validation.
-    evals = evaluate_splits(load_best_model(model, run_dir, cfg.train.members), data, test, cfg)
-    timings["eval_seconds"] = round(evals["valid"]["seconds"] + evals["test"]["seconds"], 1)
+    best = load_best_model(model, run_dir, cfg.train.members)
+    evals, ranks = evaluate_splits(best, data, test, cfg, dataset_name=dataset.name)
+    save_target_ranks(run_dir / TARGET_RANKS_FILE, ranks)  # for paired comparisons with other models
+    test_seconds = sum(p["seconds"] for p in evals["test"]["test_protocols"].values())
+    timings["eval_seconds"] = round(evals["valid"]["seconds"] + test_seconds, 1)
     metrics = {
         "dataset": dataset.name,
         **evals,

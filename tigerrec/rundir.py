@@ -47,6 +47,7 @@ VALID_LOG = "valid_log.csv"
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.html"
 BUDGET_FILE = "budget.json"
+TARGET_RANKS_FILE = "test_target_ranks.npz"  # the test target ranks per protocol, for paired comparisons
 MEMBERS_DIR = "members"  # an ensemble's models after the first (train.members), one folder each
 # Everything trained from the Semantic IDs: one model, kept or deleted together.
 MODEL_FILES = (
@@ -58,6 +59,7 @@ MODEL_FILES = (
     REPORT_FILE,
     FINGERPRINT_FILE,
     BUDGET_FILE,
+    TARGET_RANKS_FILE,
     MEMBERS_DIR,
 )
 

@@ -29,8 +29,9 @@ from .config import EvalConfig, RunConfig, TrainConfig
 from .decoding import PrefixTrie, configure_decoding
 from .device import autocast, use_bf16
 from .errors import TigerrecError, brief
-from .evaluate import evaluate
+from .evaluate import evaluate, evaluate_protocols
 from .io import atomic_path, write_text
+from .ledger import record_test
 from .model import SequenceModel
 from .rundir import BEST_MODEL, CHECKPOINT, TRAIN_LOG, VALID_LOG
 from .sequences import Examples, Tokenizer, length_bucketed_batches
@@ -394,17 +395,40 @@ def evaluate_data(
 
 
 def evaluate_splits(
-    model: SequenceModel, data: TrainData, test: Examples, cfg: RunConfig, counts: np.ndarray | None = None
-) -> dict:
+    model: SequenceModel,
+    data: TrainData,
+    test: Examples,
+    cfg: RunConfig,
+    counts: np.ndarray | None = None,
+    dataset_name: str = "",
+) -> tuple[dict, dict[str, np.ndarray]]:
     """Metrics of every validation and test example, decoded as ``cfg.eval`` says (per popularity group
-    of the targets too, given the training ``counts`` of every item: ``evaluate.item_counts``)."""
-    evals = {
-        name: evaluate_examples(model, data, examples, cfg, name, counts)
-        for name, examples in (("valid", data.valid), ("test", test))
-    }
+    of the targets too, given the training ``counts`` of every item: ``evaluate.item_counts``).
+
+    The test is scored under both protocols (``evaluate.evaluate_protocols``), and recorded in the
+    test ledger unless it is a backtest's; also returns its target ranks per protocol."""
+    evals = {"valid": evaluate_examples(model, data, data.valid, cfg, "valid", counts)}
+    configure_decoding(model, cfg.eval)
+    bf16 = use_bf16(str(next(model.parameters()).device), cfg.train.bf16)
+    evals["test"], ranks = evaluate_protocols(
+        model,
+        data.tokenizer,
+        data.trie,
+        test,
+        data.user_tokens[test.users],
+        cfg.eval.beam_size,
+        cfg.eval.top_k,
+        cfg.eval.batch_size,
+        bf16,
+        cfg.eval.exclude_history,
+        counts,
+    )
+    if not cfg.data.backtest:
+        members = f" x{cfg.train.members}" if cfg.train.members > 1 else ""
+        record_test(dataset_name, cfg.to_dict(), f"{cfg.model.kind}{members}", evals["test"]["test_protocols"])
     for name, metrics in evals.items():
         log.info("%s: %s", name, metrics)
-    return evals
+    return evals, ranks
 
 
 def evaluate_examples(
