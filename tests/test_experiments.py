@@ -1,5 +1,7 @@
+import importlib.util
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +22,7 @@ from tigerrec.baselines import (
 from tigerrec.cli import main
 from tigerrec.config import SASRecConfig
 from tigerrec.data import leave_one_out, make_tiny
-from tigerrec.evaluate import ranking_metrics
+from tigerrec.evaluate import METRICS, ranking_metrics
 from tigerrec.experiments import (
     category_entropy,
     choose_pull,
@@ -305,13 +307,29 @@ def test_baselines_command(tmp_path, tiny_tiger, exclude_history):
     protocol = "history_excluded" if exclude_history else "history_ranked"
     for m in methods.values():
         assert set(m["test_protocols"]) == {"history_excluded", "history_ranked"}
-        assert m["test"] == m["test_protocols"][protocol]
+        assert all(m["test"][k] == m["test_protocols"][protocol][k] for k in METRICS)
         assert all(0 <= v <= 1 for v in m["test_protocols"]["history_ranked"].values())
     if exclude_history:  # the run kept its test target ranks: a paired interval against every baseline
         intervals = methods["TIGER"]["paired_ci95_run_minus"]
         assert set(intervals) == {"MostPop", "Markov (last item)", "Semantic_KNN", "SASRec"}
         low, high = intervals["MostPop"]["history_excluded"]["recall@10"]
         assert low <= high
+        # The frontier summary pairs the run with SASRec on the same users.
+        spec = importlib.util.spec_from_file_location(
+            "frontier", Path(__file__).parents[1] / "benchmarks" / "frontier.py"
+        )
+        frontier = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(frontier)
+        summary = frontier.frontier(tiny_tiger, tmp_path)
+        assert summary["sasrec"]["history_excluded"] == {
+            m: methods["SASRec"]["test_protocols"]["history_excluded"][m] for m in METRICS
+        }
+        assert (
+            summary["default"]["history_ranked"]["recall@10"]
+            == methods["TIGER"]["test_protocols"]["history_ranked"]["recall@10"]
+        )
+        low, high = summary["paired_ci95_default_minus_sasrec"]["ndcg@10"]
+        assert -1 <= low <= high <= 1
 
 
 @pytest.mark.parametrize("setting", ["eval.exclude_history=false", "data.backtest=1"])

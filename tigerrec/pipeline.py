@@ -254,7 +254,7 @@ def run(source: str | Dataset, cfg: RunConfig, run_dir: str | Path, overwrite: b
     best = load_best_model(model, run_dir, cfg.train.members)
     evals, ranks = evaluate_splits(best, data, test, cfg, dataset_name=dataset.name)
     save_target_ranks(run_dir / TARGET_RANKS_FILE, ranks)  # for paired comparisons with other models
-    test_seconds = sum(p["seconds"] for p in evals["test"]["test_protocols"].values())
+    test_seconds = sum(p["seconds"] for p in evals["test_protocols"].values())
     timings["eval_seconds"] = round(evals["valid"]["seconds"] + test_seconds, 1)
     metrics = {
         "dataset": dataset.name,

@@ -423,11 +423,12 @@ def evaluate_splits(
         cfg.eval.exclude_history,
         counts,
     )
+    evals["test_protocols"] = evals["test"].pop("test_protocols")  # beside "test", as the baselines keep it
     if not cfg.data.backtest:
         members = f" x{cfg.train.members}" if cfg.train.members > 1 else ""
-        record_test(dataset_name, cfg.to_dict(), f"{cfg.model.kind}{members}", evals["test"]["test_protocols"])
-    for name, metrics in evals.items():
-        log.info("%s: %s", name, metrics)
+        record_test(dataset_name, cfg.to_dict(), f"{cfg.model.kind}{members}", evals["test_protocols"])
+    for name in ("valid", "test"):
+        log.info("%s: %s", name, evals[name])
     return evals, ranks
 
 
