@@ -7,7 +7,8 @@ users get the same recommendations when new items are kept out (``max_new_share=
 reports how many new items enter the top 10 with no cap and with the paper's 10% cap.
 
     python benchmarks/add_items.py runs/beauty --data-dir ../shared/data/beauty \\
-        --new-items-from ../shared/data/toys --count 1000 --out benchmarks/results/add_items_beauty.json
+        --new-items-from ../shared/data/toys --count 1000 \\
+        --out benchmarks/results/2026-11-30-add-items/add_items_beauty.json
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from tigerrec.ledger import record_test
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data_dirs", nargs="+", type=Path)
-    parser.add_argument("--out", default="benchmarks/results/counting_baselines.json")
+    parser.add_argument("--out", default="benchmarks/results/2026-12-03-counting-baselines/counting_baselines.json")
     parser.add_argument(
         "--backtest", type=int, default=0, help="leave out each user's last N items first (data.backtest)"
     )

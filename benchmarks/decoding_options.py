@@ -2,9 +2,9 @@
 excluded, a popularity penalty.
 
     python benchmarks/decoding_options.py runs/beauty --data-dir ../shared/data/beauty --beams 20 40 \
-        --out benchmarks/results/decoding_options_beauty.json
+        --out benchmarks/results/STUDY/decoding_options_beauty.json
     python benchmarks/decoding_options.py runs/beauty --exclude-history on --penalties 0 0.1 0.2 --by-popularity \
-        --out benchmarks/results/popularity_penalty_beauty.json
+        --out benchmarks/results/2026-12-04-backtests/popularity_penalty_beauty.json
 
 Decodes the run's best checkpoint for every user's validation target (never the test split),
 once per (beam size, exclude_history, penalty) setting, so the choice of decoding settings is

@@ -9,7 +9,7 @@ uses there), with its linear layers dynamically quantised to int8 by torch
 (``Int8DynamicActivationInt8WeightConfig``). Each is compared with fp32: cosine similarity of
 the embeddings, overlap of every item's 10 nearest neighbours among the sampled items and, with
 --ids-dir, the Semantic IDs that run's quantiser gives them (share of items whose first code and
-whose whole ID match fp32's). Writes benchmarks/results/embedding_precision.json.
+whose whole ID match fp32's). Writes benchmarks/results/2026-11-30-embedding-precision/embedding_precision.json.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from tigerrec.quantize import load_quantizer
 from tigerrec.rundir import QUANTIZER_FILE
 from tigerrec.text import TextEncoder, item_sentence
 
-RESULTS = Path(__file__).parent / "results" / "embedding_precision.json"
+RESULTS = Path(__file__).parent / "results" / "2026-11-30-embedding-precision" / "embedding_precision.json"
 
 
 def neighbours(embeddings: np.ndarray, k: int = 10) -> np.ndarray:

@@ -1,6 +1,7 @@
 """Valid and test metrics of a finished run, decoded again with its own settings by the current code.
 
-    python benchmarks/evaluate_run.py runs/toys --out benchmarks/results/run_toys_reevaluated.json
+    python benchmarks/evaluate_run.py runs/toys \
+        --out benchmarks/results/2026-12-03-user-token-full-budget/run_toys_reevaluated.json
 
 For a run made before a change to how evaluation ranks (its metrics.json keeps what was measured
 then): the same best checkpoint and eval settings, every user of both splits, as ``tigerrec run``

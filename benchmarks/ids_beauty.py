@@ -3,7 +3,7 @@
     python benchmarks/ids_beauty.py --scheme rqvae [--epochs N] [--no-cache] [--threads T]
 
 Runs the same stage as `tigerrec ids` (pipeline.build_semantic_ids) and writes a summary
-to benchmarks/results/ids_beauty.json (rqvae) or ids_beauty_<scheme>.json. With
+to benchmarks/results/2026-11-28-semantic-ids/ids_beauty.json (rqvae) or ids_beauty_<scheme>.json. With
 --no-cache the embeddings are computed again (into a fresh cache) so the embedding
 time is measured; otherwise they come from the cache.
 """
@@ -26,7 +26,7 @@ from tigerrec.pipeline import build_semantic_ids
 from tigerrec.rundir import IDS_METRICS
 from tigerrec.text import cache_dir
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).parent / "results" / "2026-11-28-semantic-ids"
 
 
 def main() -> None:

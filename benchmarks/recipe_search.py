@@ -300,7 +300,7 @@ def main() -> None:
         default=5,
         help="SASRec: validations without a new best before stopping; 0 = never",
     )
-    parser.add_argument("--results", default="benchmarks/results/recipe_search.json")
+    parser.add_argument("--results", default="benchmarks/results/2026-11-30-recipe-search/recipe_search.json")
     parser.add_argument("--list", action="store_true", help="print the recipes and exit")
     parser.add_argument("--table", action="store_true", help="print --results as Markdown and exit")
     args = parser.parse_args()

@@ -5,7 +5,7 @@ the share of exact scoring's top 10 that graph decoding also returns (overlap@10
 metrics of both. One process, one setting after another, so the speeds compare as ratios.
 
     python benchmarks/rpg_decoding.py runs/beauty-rpg --data-dir ../shared/data/beauty \\
-        --neighbors 50 --steps 1 2 3 --beams 20 50 --out benchmarks/results/rpg_decoding_beauty.json
+        --neighbors 50 --steps 1 2 3 --beams 20 50 --out benchmarks/results/2026-11-30-rpg/rpg_decoding_beauty.json
 """
 
 from __future__ import annotations

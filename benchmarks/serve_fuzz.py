@@ -7,7 +7,8 @@ arbitrary JSON documents, raw bytes and odd item paths. Runs in-process with
 FastAPI's TestClient (or against --url) and prints status counts as JSON.
 
     pip install hypothesis
-    python benchmarks/serve_fuzz.py runs/beauty --examples 2000 --out benchmarks/results/serve_fuzz_beauty.json
+    python benchmarks/serve_fuzz.py runs/beauty --examples 2000 \
+        --out benchmarks/results/2026-11-28-serving/serve_fuzz_beauty.json
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ sends --requests POST /recommend requests from --concurrency clients, and prints
 throughput, latency percentiles and the error count as JSON (also to --out).
 
     python benchmarks/serve_load.py runs/beauty --requests 10000 --concurrency 50 \\
-        --out benchmarks/results/serve_load_beauty.json
+        --out benchmarks/results/2026-11-28-serving/serve_load_beauty.json
     python benchmarks/serve_load.py runs/beauty runs/beauty-rpg --requests 3000   # two models, one after the other
 """
 

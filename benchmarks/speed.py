@@ -8,7 +8,7 @@ torch.utils.flop_counter on real batches) against the bf16 matmul throughput of 
 machine, for a large square matmul and for the model's own shapes (d_model 128).
 
     python benchmarks/speed.py --data-dir ../shared/data/beauty --ids-dir runs/beauty/ids \
-        --out benchmarks/results/speed.json [--set model.history=pooled ...]
+        --out benchmarks/results/2026-11-29-speed/speed.json [--set model.history=pooled ...]
 """
 
 from __future__ import annotations

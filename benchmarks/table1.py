@@ -1,6 +1,7 @@
 """Table 1 across datasets: the test metrics of finished runs next to the paper's rows.
 
-    python benchmarks/table1.py benchmarks/results/run_beauty.json benchmarks/results/run_toys.json ...
+    python benchmarks/table1.py benchmarks/results/2026-12-06-ensemble/run_beauty_ensemble.json \
+        benchmarks/results/2026-12-06-ensemble/run_toys_ensemble.json ...
 
 Each argument is a run's ``metrics.json`` (as written by ``tigerrec run``). Prints a
 Markdown table per dataset with the model kind, the training budget, the machine and the
