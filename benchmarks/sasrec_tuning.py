@@ -4,7 +4,7 @@
 
 Same split (leave-one-out), metrics and training code as ``tigerrec experiment baselines``; the test
 split is never read. Validation ranks with the user's history items excluded, as the baselines
-experiment does. Writes ``benchmarks/results/sasrec/tuning_<dataset>_<name>.json``: the settings,
+experiment does. Writes ``benchmarks/results/2026-12-07-sasrec/tuning_<dataset>_<name>.json``: the settings,
 the curve (validation metrics after each epoch, against minutes) and the machine.
 """
 
@@ -26,7 +26,7 @@ def main() -> None:
     parser.add_argument("data_dir", type=Path)
     parser.add_argument("--name", required=True, help="names the result file: tuning_<dataset>_<name>.json")
     parser.add_argument("--set", action="append", default=[], help="a config override, e.g. sasrec.hidden=256")
-    parser.add_argument("--out-dir", type=Path, default=Path("benchmarks/results/sasrec"))
+    parser.add_argument("--out-dir", type=Path, default=Path("benchmarks/results/2026-12-07-sasrec"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     cfg = RunConfig().override(args.set)

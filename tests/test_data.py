@@ -114,3 +114,21 @@ def test_beauty_matches_published_statistics():
         "max_len": 204,
     }
     assert np.mean([bool(m.get("title")) for m in ds.item_meta]) == 1.0
+
+
+def test_html_entities_are_unescaped_once_when_metadata_are_read():
+    from tigerrec.data.dataset import from_sequences
+    from tigerrec.text import item_sentence
+
+    meta = {
+        "a": {"title": "Tom &amp; Jerry&#39;s Balm", "categories": [["Beauty", "Skin &amp; Care"]]},
+        "b": {"title": "Literal &amp;amp; stays one level"},
+    }
+    dataset = from_sequences("shop", {"u": ["a", "b", "a"]}, meta)
+    first, second = dataset.item_meta
+    assert first == {"title": "Tom & Jerry's Balm", "categories": [["Beauty", "Skin & Care"]]}
+    assert second["title"] == "Literal &amp; stays one level"  # unescaped once, not until nothing is left
+    assert (
+        item_sentence(first, "{title}. Categories: {categories}.")
+        == "Tom & Jerry's Balm. Categories: Beauty, Skin & Care."
+    )

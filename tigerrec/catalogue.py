@@ -25,8 +25,9 @@ import time
 from pathlib import Path
 
 from .data.custom import read_items_table
+from .data.dataset import unescape_meta
 from .errors import TigerrecError
-from .io import read_json, write_bytes, write_json, write_text
+from .io import RunLock, read_json, write_bytes, write_json, write_text
 from .quantize import load_quantizer
 from .rundir import IDS_DIR, IDS_METRICS, ITEMS_FILE, QUANTIZER_FILE, items_text, load_ids, read_items, read_run_config
 from .semantic_ids import IDS_FILE, CollisionError
@@ -57,7 +58,7 @@ def read_new_items(path: str | Path) -> dict[str, dict]:
         raise TigerrecError(f"{path} is not UTF-8 text ({e})") from None
     if not items:
         raise TigerrecError(f"{path} holds no items")
-    return items
+    return {item: unescape_meta(meta) for item, meta in items.items()}
 
 
 def add_items(run_dir: str | Path, items: str | Path | dict[str, dict]) -> dict:
@@ -65,8 +66,14 @@ def add_items(run_dir: str | Path, items: str | Path | dict[str, dict]) -> dict:
 
     ``items`` is an items table's path or {item id: metadata}. Raises TigerrecError, with nothing
     written, for items already in the catalogue, items with no text at all, an encoder other than
-    the one the run's IDs were made with, or a prefix whose collision codes would overflow.
+    the one the run's IDs were made with, or a prefix whose collision codes would overflow, and
+    when another process is writing the run directory (``io.RunLock``).
     """
+    with RunLock(run_dir, "add-items"):
+        return _add_items(run_dir, items)
+
+
+def _add_items(run_dir: str | Path, items: str | Path | dict[str, dict]) -> dict:
     start = time.perf_counter()
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir)

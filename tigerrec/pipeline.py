@@ -10,6 +10,7 @@ members are ``members``'.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import resource
@@ -26,7 +27,7 @@ from .decoding import PrefixTrie
 from .device import provenance
 from .errors import TigerrecError
 from .evaluate import item_counts, save_target_ranks
-from .io import read_json, write_json
+from .io import RunLock, read_json, write_json
 from .members import fit_to_budget, load_best_model, train_members
 from .model import CAUSAL_HISTORIES, SequenceModel
 from .quantize import make_quantizer
@@ -202,10 +203,17 @@ def run(source: str | Dataset, cfg: RunConfig, run_dir: str | Path, overwrite: b
     settings returns its ``metrics.json`` without decoding anything. A stage built
     from other inputs stops the run before anything is written (``check_run_dir``),
     unless ``overwrite``: then it is deleted with everything after it and built again.
+
+    One writer per run directory: a second ``run`` or ``add-items`` on it fails at once
+    (``io.RunLock``, held by process 0 under DDP).
     """
     cfg.validate()
-    run_dir = Path(run_dir)
     rank, _ = distributed_context()
+    with RunLock(run_dir, "run") if rank == 0 else contextlib.nullcontext():
+        return _run(source, cfg, Path(run_dir), overwrite, rank)
+
+
+def _run(source: str | Dataset, cfg: RunConfig, run_dir: Path, overwrite: bool, rank: int) -> dict:
     timings = {}
     start = run_start = time.perf_counter()
     dataset = source if isinstance(source, Dataset) else load_dataset(source, cfg.data.min_interactions)

@@ -46,7 +46,7 @@ def item_sentence(meta: dict, template: str) -> str:
 
     The template is split into sentences at ``". "``; a part that names a missing
     field (``{price}`` when there is no price) is left out, so no item reads
-    "Price: None". HTML entities in the raw Amazon strings are unescaped.
+    "Price: None". The metadata hold real text: readers unescape HTML entities (``unescape_meta``).
     """
     values = {key: _field_text(key, value) for key, value in meta.items()}
     parts = []
@@ -68,10 +68,10 @@ def _field_text(key: str, value) -> str:
             for name in path if isinstance(path, list) else [path]:
                 if name and name not in names:
                     names.append(name)
-        return ", ".join(html.unescape(str(n)) for n in names)
+        return ", ".join(str(n) for n in names)
     if key == "price" and isinstance(value, (int, float)):
         return f"${value:.2f}"
-    return html.unescape(str(value)).strip()
+    return str(value).strip()
 
 
 def read_titles(path: str | Path) -> dict[str, str]:
@@ -87,7 +87,7 @@ def read_titles(path: str | Path) -> dict[str, str]:
             key, _, text = line.strip().partition(" ")
             if not text.strip():
                 raise DataError(f"{path}:{lineno}: expected 'KEY TEXT', got {line.strip()!r}")
-            titles[key] = text.strip()
+            titles[key] = html.unescape(text.strip())  # real text, as the metadata readers keep it
     return titles
 
 

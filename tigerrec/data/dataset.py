@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import logging
 from dataclasses import dataclass, field
 
@@ -78,6 +79,21 @@ class Dataset:
         }
 
 
+def unescape_meta(meta: dict) -> dict:
+    """Item metadata with HTML entities (``&amp;``, ``&#39;``: the raw Amazon strings hold them) turned
+    into the characters they stand for, in strings and lists of strings. Readers call it once, when the
+    metadata enter tigerrec, so every later use (sentences, items.jsonl, the API, the report) holds real text."""
+
+    def plain(value):
+        if isinstance(value, str):
+            return html.unescape(value)
+        if isinstance(value, list):
+            return [plain(v) for v in value]
+        return value
+
+    return {key: plain(value) for key, value in meta.items()}
+
+
 def from_sequences(
     name: str,
     sequences: dict[str, list[str]],
@@ -117,7 +133,7 @@ def from_sequences(
         user_ids=list(kept),
         item_ids=item_ids,
         sequences=[np.array([item_index[i] for i in items], dtype=np.int64) for items in kept.values()],
-        item_meta=[dict(item_meta.get(i, {})) for i in item_ids],
+        item_meta=[unescape_meta(item_meta.get(i, {})) for i in item_ids],
     )
 
 
