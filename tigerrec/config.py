@@ -178,6 +178,9 @@ MODEL_KINDS: dict[str, ModelKind] = {
 }
 
 
+SCHEDULES = ("rsqrt", "constant", "linear", "cosine")  # TrainConfig.schedule, as train.lr_factor reads it
+
+
 @dataclass
 class TrainConfig:
     steps: int = 200_000  # paper: 200k Beauty/Sports, 100k Toys
@@ -535,8 +538,6 @@ COUNT, POSITIVE = _at_least(1), _above(0)
 
 def _rules() -> dict[str, Rule]:
     """What each key allows (keys between which a rule holds are checked in ``RunConfig.validate``)."""
-    from .train import SCHEDULES
-
     return {
         "data.max_history": COUNT,
         "data.min_interactions": _at_least(3),  # leave-one-out needs a training, a validation and a test item

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
-from .config import EvalConfig, RunConfig, TrainConfig
+from .config import SCHEDULES, EvalConfig, RunConfig, TrainConfig
 from .decoding import PrefixTrie
 from .device import autocast, use_bf16
 from .errors import TigerrecError, brief
@@ -127,8 +127,6 @@ def truncate_csv(path: Path, last_step: int) -> None:
 
 
 # ------------------------------------------------------------------ training
-
-SCHEDULES = ("rsqrt", "constant", "linear", "cosine")
 
 
 def budget_spent(step: int, cfg: TrainConfig, elapsed_minutes: float = 0.0) -> float:
