@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tigerrec.config import MODEL_KINDS
 from tigerrec.device import provenance, use_bf16
 from tigerrec.evaluate import ranking_metrics, recommend_examples
 from tigerrec.io import write_json
@@ -60,8 +61,8 @@ def main() -> None:
     )
 
     kind = read_run_config(args.run_dir).model.kind  # before loading anything: fail fast
-    if kind != "rpg":
-        parser.error(f"{args.run_dir} holds a {kind} model; graph decoding is RPG's")
+    if "graph" not in MODEL_KINDS[kind].decodings:
+        parser.error(f"{args.run_dir} holds a {kind} model, which has no graph decoding (RPG's)")
     cfg, dataset, data, test, model = load_trained_run(args.run_dir, args.data_dir)
     bf16 = use_bf16(str(next(model.parameters()).device), cfg.train.bf16)
     torch.set_grad_enabled(False)

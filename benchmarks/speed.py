@@ -28,10 +28,9 @@ from tigerrec.config import RunConfig
 from tigerrec.data import load_dataset
 from tigerrec.device import autocast, bf16_supported, provenance
 from tigerrec.evaluate import evaluate
-from tigerrec.model import PAD
 from tigerrec.pipeline import prepare
 from tigerrec.semantic_ids import SemanticIDs
-from tigerrec.sequences import length_bucketed_batches
+from tigerrec.sequences import PAD, length_bucketed_batches
 from tigerrec.train import make_optimizer
 
 

@@ -7,8 +7,8 @@ from tigerrec.config import ModelConfig
 from tigerrec.decoding import PrefixTrie, generate, merge_capped
 from tigerrec.errors import TigerrecError
 from tigerrec.evaluate import evaluate, item_counts, metrics_by_popularity, ranking_metrics, recommend_examples
-from tigerrec.model import PAD, TigerEnsemble, TigerModel
-from tigerrec.sequences import Examples, Tokenizer, length_bucketed_batches, user_bucket
+from tigerrec.model import TigerEnsemble, TigerModel
+from tigerrec.sequences import PAD, Examples, Tokenizer, length_bucketed_batches, user_bucket
 
 
 def test_ranking_metrics_hand_computed():

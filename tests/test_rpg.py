@@ -12,7 +12,7 @@ from conftest import run_and_check_memorised
 from tigerrec.cli import build_parser, load_config, main
 from tigerrec.config import EvalConfig, IDsConfig, ModelConfig, RunConfig
 from tigerrec.data import make_tiny
-from tigerrec.decoding import configure_decoding, rank
+from tigerrec.decoding import rank
 from tigerrec.errors import TigerrecError
 from tigerrec.experiments import run_experiment
 from tigerrec.presets import preset_config
@@ -218,19 +218,21 @@ def test_rpg_settings_are_one_flag_and_checked():
         RunConfig().override(["model.kind=rpg"]).validate()
     with pytest.raises(TigerrecError, match="model.kind=rpg needs model.history=items"):
         RunConfig().override(["model.kind=rpg", "ids.scheme=opq"]).validate()
-    with pytest.raises(TigerrecError, match="ids.scheme=opq .* is for model.kind=rpg"):
+    with pytest.raises(
+        TigerrecError, match="model.kind=tiger needs ids.scheme rqvae, rqkmeans, lsh or random .* got ids.scheme=opq"
+    ):
         RunConfig().override(["ids.scheme=opq"]).validate()
     with pytest.raises(TigerrecError, match="model.kind must be one of tiger, rpg"):
         RunConfig().override(["model.kind=gpt"]).validate()
     with pytest.raises(TigerrecError, match="ids.codebook_size must be a power of two with ids.scheme=opq"):
         beauty.override(["ids.codebook_size=200"]).validate()
-    with pytest.raises(TigerrecError, match="eval.decoding=graph is for model.kind=rpg"):
+    with pytest.raises(TigerrecError, match="eval.decoding=graph is not for model.kind=tiger"):
         RunConfig().override(["eval.decoding=graph"]).validate()
     with pytest.raises(TigerrecError, match="eval.decoding"):
         preset_config("tiny", model="rpg").override(["eval.decoding=beam"]).validate()
     with pytest.raises(TigerrecError, match="ids.pca_dim=128 applies to ids.scheme=opq only"):
         RunConfig().override(["ids.pca_dim=128"]).validate()
-    with pytest.raises(TigerrecError, match="experiment ablation is TIGER's"):
+    with pytest.raises(TigerrecError, match="experiment ablation trains model.kind=rpg on each ID scheme"):
         run_experiment("ablation", "tiny", preset_config("tiny", model="rpg"), "unused")
 
 
@@ -286,7 +288,7 @@ def test_rpg_scores_added_items_from_their_codes_and_decodes_by_graph(rpg_run, t
     both = recommender.recommend(["item1", "item2"], k=2, only=["twin", "item4"])
     assert {r["item_id"] for r in both} == {"twin", "item4"} and both[0]["score"] == pytest.approx(both[1]["score"])
     exact = [r["item_id"] for r in recommender.recommend(["item1", "item2"], k=10)]
-    configure_decoding(recommender.model, EvalConfig(decoding="graph", graph_neighbors=30, graph_steps=3))
+    recommender.model.configure_decoding(EvalConfig(decoding="graph", graph_neighbors=30, graph_steps=3))
     assert recommender.model.graph.shape == (recommender.num_items, 30)
     graph = [r["item_id"] for r in recommender.recommend(["item1", "item2"], k=10)]
     assert len(set(graph) & set(exact)) >= 8  # 121 items: the walk finds nearly all of the exact top 10

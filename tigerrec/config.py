@@ -136,6 +136,51 @@ class ModelConfig:
     logit_temperature: float = 0.03
 
 
+# How the encoder reads the history (ModelConfig.history).
+HISTORIES = ("codes", "items", "causal-codes", "pooled")
+CAUSAL_HISTORIES = ("items", "causal-codes")  # every position of a sequence a target, in one pass
+POOLED_HISTORIES = ("items", "pooled")  # one encoder token per history item
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    """What ``RunConfig.validate`` needs to know of a model kind (model.kind): the settings it works with.
+    Its class, which builds, trains and ranks, is registered under the same name (``registry.register``)."""
+
+    name: str
+    id_schemes: tuple[str, ...]  # the ids.scheme values it reads
+    ids: str  # what those IDs are like, for error messages
+    histories: tuple[str, ...]  # the model.history values it reads
+    ranking: str  # how it ranks the catalogue, for messages and reports
+    decodings: tuple[str, ...] = ("exact",)  # the eval.decoding values it takes
+    ensembles: bool = False  # train.members > 1 ranks several of its models as one
+    codeword_init: bool = False  # model.embed_init=codebooks starts its code embeddings from the codewords
+
+
+MODEL_KINDS: dict[str, ModelKind] = {
+    "tiger": ModelKind(
+        "tiger",
+        id_schemes=("rqvae", "rqkmeans", "lsh", "random"),
+        ids="ordered codes made unique by a collision code",
+        histories=("codes", "items", "causal-codes", "pooled"),
+        ranking="constrained beam search",
+        ensembles=True,
+        codeword_init=True,
+    ),
+    "rpg": ModelKind(
+        "rpg",
+        id_schemes=("opq",),
+        ids="long unordered IDs",
+        histories=("items",),
+        ranking="every item scored exactly",
+        decodings=("exact", "graph"),
+    ),
+}
+
+
+SCHEDULES = ("rsqrt", "constant", "linear", "cosine")  # TrainConfig.schedule, as train.lr_factor reads it
+
+
 @dataclass
 class TrainConfig:
     steps: int = 200_000  # paper: 200k Beauty/Sports, 100k Toys
@@ -324,8 +369,6 @@ class RunConfig:
         ):
             if value and self.model.history != "codes":
                 raise TigerrecError(f"config {key} needs model.history=codes, got model.history={self.model.history}")
-        from .model import POOLED_HISTORIES  # imported here: model imports this module
-
         if self.model.item_tokens and self.model.history not in POOLED_HISTORIES:
             raise TigerrecError(
                 "config model.item_tokens=true needs model.history items or pooled, "
@@ -357,39 +400,37 @@ class RunConfig:
         return self
 
     def _check_model_kind(self) -> None:
-        """RPG reads pooled item tokens and scores long unordered IDs; TIGER's beam search needs IDs made unique
-        by a collision code."""
+        """The settings model.kind works with (its ``ModelKind`` in ``MODEL_KINDS``)."""
         model, ids = self.model, self.ids
-        hint = '; pass --model rpg (Python: presets.recipe_config(model="rpg")) for RPG\'s settings'
-        if model.kind == "rpg" and ids.scheme != "opq":
+        kind = MODEL_KINDS[model.kind]
+        hint = f'; pass --model {kind.name} (Python: presets.recipe_config(model="{kind.name}")) for its settings'
+        if ids.scheme not in kind.id_schemes:
             raise TigerrecError(
-                f"config model.kind=rpg needs ids.scheme=opq (long unordered IDs), got ids.scheme={ids.scheme}{hint}"
+                f"config model.kind={kind.name} needs {_setting('ids.scheme', kind.id_schemes)} ({kind.ids}), "
+                f"got ids.scheme={ids.scheme}{hint}"
             )
-        if model.kind == "rpg" and model.history != "items":
+        if model.history not in kind.histories:
             raise TigerrecError(
-                f"config model.kind=rpg needs model.history=items (one pooled token per history item), "
+                f"config model.kind={kind.name} needs {_setting('model.history', kind.histories)}, "
                 f"got model.history={model.history}{hint}"
             )
-        if model.kind == "tiger" and self.eval.decoding != "exact":
+        if self.eval.decoding not in kind.decodings:
             raise TigerrecError(
-                f"config eval.decoding={self.eval.decoding} is for model.kind=rpg; TIGER decodes by beam search"
+                f"config eval.decoding={self.eval.decoding} is not for model.kind={kind.name}, which ranks by "
+                f"{kind.ranking}; it takes {_setting('eval.decoding', kind.decodings)}"
             )
-        if model.embed_init in CODEBOOK_INITS and (model.kind != "tiger" or ids.scheme not in CODEWORD_SCHEMES):
+        starts_from_codewords = [name for name, k in MODEL_KINDS.items() if k.codeword_init]
+        if model.embed_init in CODEBOOK_INITS and (not kind.codeword_init or ids.scheme not in CODEWORD_SCHEMES):
             raise TigerrecError(
-                f"config model.embed_init={model.embed_init} needs model.kind=tiger and ids.scheme "
-                f"{' or '.join(CODEWORD_SCHEMES)} (codewords per level), got model.kind={model.kind}, "
-                f"ids.scheme={ids.scheme}; set model.embed_init=normal "
-                f"(the tuned recipe sets codebooks)"
+                f"config model.embed_init={model.embed_init} needs {_setting('model.kind', starts_from_codewords)} "
+                f"and {_setting('ids.scheme', CODEWORD_SCHEMES)} (codewords per level), got model.kind={model.kind}, "
+                f"ids.scheme={ids.scheme}; set model.embed_init=normal (the tuned recipe sets codebooks)"
             )
-        if model.kind != "tiger" and self.train.members > 1:
+        if self.train.members > 1 and not kind.ensembles:
+            ensembles = [name for name, k in MODEL_KINDS.items() if k.ensembles]
             raise TigerrecError(
-                f"config train.members={self.train.members} (an ensemble) needs model.kind=tiger, "
+                f"config train.members={self.train.members} (an ensemble) needs {_setting('model.kind', ensembles)}, "
                 f"got model.kind={model.kind}"
-            )
-        if model.kind == "tiger" and ids.scheme == "opq":
-            raise TigerrecError(
-                f"config ids.scheme=opq (unordered IDs without a collision code) is for model.kind=rpg, "
-                f"got model.kind=tiger{hint}"
             )
 
     def fingerprint(self, *sections: str) -> dict[str, Any]:
@@ -442,13 +483,11 @@ def fingerprint(values: dict[str, Any], sections) -> dict[str, Any]:
     return flat
 
 
-TIGER_SCHEMES = ("rqvae", "rqkmeans", "lsh", "random")  # ordered codes, made unique by a collision code
-ID_SCHEMES = (*TIGER_SCHEMES, "opq")
-MODEL_KINDS = ("tiger", "rpg")
+ID_SCHEMES = ("rqvae", "rqkmeans", "lsh", "random", "opq")  # the quantisers (quantize.make_quantizer)
 EMBED_INITS = ("normal", "codebooks", "codebooks+head")  # ModelConfig.embed_init
 CODEBOOK_INITS = EMBED_INITS[1:]  # the ones that start from the quantiser's codewords
 CODEWORD_SCHEMES = ("rqvae", "rqkmeans")  # the schemes whose codewords embed_init=codebooks starts from
-RPG_DECODINGS = ("exact", "graph")
+DECODINGS = ("exact", "graph")  # EvalConfig.decoding
 BF16_SETTINGS = ("auto", "on", "off")
 
 Rule = tuple[Callable[[Any], bool], str]  # (is the value allowed?, what is allowed, for the message)
@@ -466,6 +505,12 @@ def _within(low: float, high: float, high_open: bool = False) -> Rule:
     if high_open:
         return (lambda v: low <= v < high), f"in [{low}, {high})"
     return (lambda v: low <= v <= high), f"in [{low}, {high}]"
+
+
+def _setting(key: str, values) -> str:
+    """``key=value`` for one allowed value, ``key a, b or c`` for several."""
+    values = list(values)
+    return f"{key}={values[0]}" if len(values) == 1 else f"{key} {', '.join(values[:-1])} or {values[-1]}"
 
 
 def _one_of(choices) -> Rule:
@@ -494,9 +539,6 @@ COUNT, POSITIVE = _at_least(1), _above(0)
 
 def _rules() -> dict[str, Rule]:
     """What each key allows (keys between which a rule holds are checked in ``RunConfig.validate``)."""
-    from .model import HISTORIES  # imported here: model and train import this module
-    from .train import SCHEDULES
-
     return {
         "data.max_history": COUNT,
         "data.min_interactions": _at_least(3),  # leave-one-out needs a training, a validation and a test item
@@ -566,7 +608,7 @@ def _rules() -> dict[str, Rule]:
         "train.max_minutes": _at_least(0),
         "train.budget_minutes": _at_least(0),
         "eval.beam_size": COUNT,
-        "eval.decoding": _one_of(RPG_DECODINGS),
+        "eval.decoding": _one_of(DECODINGS),
         "eval.graph_neighbors": COUNT,
         "eval.graph_steps": COUNT,
         "eval.top_k": (_at_least(10)[0], ">= 10 (the metrics are Recall and NDCG at 5 and 10)"),
@@ -586,7 +628,7 @@ def _rules() -> dict[str, Rule]:
         "experiment.guide_pulls": _each(_within(0, 1)),
         "experiment.guide_items": COUNT,
         "experiment.category_level": _at_least(0),
-        "experiment.schemes": _each(_one_of(TIGER_SCHEMES)),  # the ablation trains TIGER
+        "experiment.schemes": _each(_one_of(ID_SCHEMES)),  # those of model.kind: run_experiment checks
         "experiment.seed": SEED,
     }
 

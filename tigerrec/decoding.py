@@ -8,8 +8,8 @@ bool per row and item) narrows the trie for that row: a prefix stays open only
 while an allowed item lies under it, so the beams never waste a slot on an item
 the request rules out, and the top k holds k allowed items whenever k exist.
 
-``rank`` is the one entry point for recommendations from either model kind: TIGER
-generates IDs here, RPG scores every item exactly (``rpg.RPGModel.rank``).
+``rank`` is the one entry point for recommendations from any model kind (its ``rank``):
+TIGER generates IDs here (``generate``), RPG scores every item exactly (``rpg.RPGModel.rank``).
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .config import EvalConfig
-from .model import BOS, TigerModel, code_offsets
+from .sequences import BOS, code_offsets
 
 
 class PrefixTrie:
@@ -134,21 +133,16 @@ def rank(
     generator: torch.Generator | None = None,
     allowed: torch.Tensor | None = None,
 ) -> Generated:
-    """The ``k`` best items after each row of encoder ``tokens``, best first, from a model of either kind.
+    """The ``k`` best items after each row of encoder ``tokens``, best first, from a model of any kind.
 
-    TIGER (``model.kind == "tiger"``) generates IDs by beam search with ``beam_size`` beams (default
-    ``k``), constrained to the catalogue by ``trie`` unless ``constrained`` is False. RPG scores every
-    item of its catalogue exactly, or with graph decoding keeps ``beam_size`` items per step; ``trie``
-    and ``constrained`` do not apply to it. With
-    ``temperature`` both sample instead of taking the most likely, and results come in the order drawn.
-    ``allowed`` (B, num_items) bool restricts each row's results to the items it keeps (a request's
-    filters); rows with fewer than ``k`` such items end in items -1 with score -inf.
+    TIGER generates IDs by beam search with ``beam_size`` beams (default ``k``), constrained to the
+    catalogue by ``trie`` unless ``constrained`` is False. RPG scores every item of its catalogue
+    exactly, or with graph decoding keeps ``beam_size`` items per step; ``trie`` and ``constrained``
+    do not apply to it. With ``temperature`` both sample instead of taking the most likely, and results
+    come in the order drawn. ``allowed`` (B, num_items) bool restricts each row's results to the items
+    it keeps (a request's filters); rows with fewer than ``k`` such items end in items -1 with score -inf.
     """
-    if model.kind == "rpg":
-        return model.rank(tokens, k, temperature, generator, allowed, beam_size)
-    if allowed is not None and not constrained:
-        raise ValueError("allowed needs constrained decoding")
-    return generate(model, tokens, trie, beam_size or k, k, constrained, temperature, generator, allowed)
+    return model.rank(tokens, k, trie, beam_size, constrained, temperature, generator, allowed)
 
 
 def new_item_cap(share: float, k: int) -> int:
@@ -198,16 +192,9 @@ def merge_capped(
     return best_items, best_scores
 
 
-def configure_decoding(model, cfg: EvalConfig) -> None:
-    """Set up a loaded model for ``cfg.decoding``: RPG's graph decoding builds its item graph from the
-    model's weights (call it again after loading others)."""
-    if model.kind == "rpg":
-        model.use_graph_decoding(cfg.graph_neighbors if cfg.decoding == "graph" else 0, cfg.graph_steps)
-
-
 @torch.no_grad()
 def generate(
-    model: TigerModel,
+    model,
     tokens: torch.Tensor,
     trie: PrefixTrie,
     beam_size: int = 20,
@@ -217,7 +204,8 @@ def generate(
     generator: torch.Generator | None = None,
     allowed: torch.Tensor | None = None,
 ) -> Generated:
-    """Top-k Semantic IDs for each input row (of the items ``allowed`` keeps for it, when given).
+    """Top-k Semantic IDs for each input row (of the items ``allowed`` keeps for it, when given), from a
+    model with TIGER's ``encode`` and ``decode`` (``model.TigerModel``, ``model.TigerEnsemble``).
 
     With ``temperature`` set, each beam keeps its continuation by sampling from
     the tempered distribution instead of taking the most likely ones (diverse

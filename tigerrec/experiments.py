@@ -50,9 +50,9 @@ from .baselines import (
     unit_rows,
     user_profiles,
 )
-from .config import RunConfig, show_value
+from .config import MODEL_KINDS, RunConfig, show_value
 from .data import Dataset, leave_one_out, load_dataset
-from .decoding import PrefixTrie, merge_capped, new_item_cap
+from .decoding import merge_capped, new_item_cap
 from .device import provenance, use_bf16
 from .errors import TigerrecError
 from .evaluate import (
@@ -68,6 +68,7 @@ from .evaluate import (
 from .io import read_json, write_json, write_text
 from .ledger import record_test
 from .members import load_best_model
+from .model import save_model
 from .pipeline import embed_items, prepare, run
 from .presets import paper_table1
 from .quantize import load_quantizer
@@ -75,7 +76,7 @@ from .registry import make_model, make_tokenizer
 from .rundir import IDS_DIR, QUANTIZER_FILE, TARGET_RANKS_FILE, load_ids, read_run_config
 from .semantic_ids import IDS_FILE, SemanticIDs
 from .sequences import Examples
-from .train import save_model, training_device
+from .train import training_device
 
 log = logging.getLogger(__name__)
 
@@ -302,7 +303,7 @@ def coldstart(source, cfg: RunConfig, out_dir: Path, overwrite: bool = False) ->
     device, bf16 = _device_and_bf16(cfg)
     model = load_best_model(make_model(tokenizer, cfg).to(device), run_dir, cfg.train.members)
     kind = model.kind.upper()
-    trie = PrefixTrie(ids.codes, ids.codebook_size) if model.kind == "tiger" else None
+    trie = model.catalogue_trie(ids.codes, ids.codebook_size)
     beam = cfg.eval.beam_size
 
     def decode(allowed=None, users=cold):
@@ -350,7 +351,7 @@ def coldstart(source, cfg: RunConfig, out_dir: Path, overwrite: bool = False) ->
     by_rank = np.broadcast_to(-np.arange(10.0), knn_seen.shape)
     add_merged("Semantic_KNN reserved", (knn_seen, by_rank), (knn_unseen, by_rank), True)
 
-    if model.kind == "tiger":
+    if model.generates_ids:
         # The paper's rule. The model may generate any prefix of a real item, unseen ones included (it
         # knows every code token); a generated unseen ID then brings its unseen siblings, itself among them.
         generated, codes, _ = decode()
@@ -403,7 +404,7 @@ def coldstart(source, cfg: RunConfig, out_dir: Path, overwrite: bool = False) ->
         },
         "seen_test_metrics": seen_metrics["test"],
         "training": seen_metrics["training"],
-        "fill_rule": (EPSILON_RULE + " " if model.kind == "tiger" else "") + SCORED_RULE + " " + GUIDED_RULE,
+        "fill_rule": (EPSILON_RULE + " " if model.generates_ids else "") + SCORED_RULE + " " + GUIDED_RULE,
     }
     header = ["K", *recall]
     rows = [[k, *(recall[name][k] for name in recall)] for k in ks]
@@ -674,10 +675,11 @@ def run_experiment(
     if run_dir is not None and name not in ("diversity", "baselines"):
         raise TigerrecError("--run-dir applies to diversity (the model to sample) and baselines (a TIGER row)")
     cfg.validate()
-    if name == "ablation" and cfg.model.kind != "tiger":
+    readable = MODEL_KINDS[cfg.model.kind].id_schemes
+    if name == "ablation" and not set(cfg.experiment.schemes) <= set(readable):
         raise TigerrecError(
-            f"experiment ablation is TIGER's (it compares TIGER's ID schemes and its user token); "
-            f"got model.kind={cfg.model.kind}"
+            f"experiment ablation trains model.kind={cfg.model.kind} on each ID scheme of experiment.schemes "
+            f"({', '.join(cfg.experiment.schemes)}), but it reads ids.scheme {', '.join(readable)} only"
         )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

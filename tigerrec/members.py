@@ -12,12 +12,11 @@ from pathlib import Path
 
 import numpy as np
 from safetensors import SafetensorError
-from safetensors.torch import load_file
 
 from .config import RunConfig, show_value
 from .errors import TigerrecError, brief
 from .io import write_json
-from .model import SequenceModel, TigerEnsemble
+from .model import SequenceModel
 from .registry import initial_model
 from .rundir import BEST_MODEL, BUDGET_FILE, CHECKPOINT, CONFIG_FILE, member_dirs, read_record
 from .sequences import Examples
@@ -131,7 +130,7 @@ def train_members(model: SequenceModel, data: TrainData, cfg: RunConfig, run_dir
     return summaries
 
 
-def load_best_model(model: SequenceModel, run_dir: str | Path, members: int = 1) -> SequenceModel | TigerEnsemble:
+def load_best_model(model: SequenceModel, run_dir: str | Path, members: int = 1) -> SequenceModel:
     """Load the checkpoint selected by validation into ``model``, on the device the model is on. With
     ``members`` > 1 (the run's train.members) the other members' go into copies of ``model``, and the
     result is their ensemble: of the members that were trained (``train_members`` trains one only when
@@ -144,9 +143,9 @@ def load_best_model(model: SequenceModel, run_dir: str | Path, members: int = 1)
     for member, directory in zip(models, directories):
         path = directory / BEST_MODEL
         try:
-            member.load_state_dict(load_file(str(path), device=str(next(model.parameters()).device)))
+            member.load(path)
         except SafetensorError as e:
             raise TigerrecError(f"{path} is corrupt ({brief(e)})") from None
         except RuntimeError as e:  # names, shapes: a model of other settings than config.json's
             raise TigerrecError(f"{path} does not fit the model that {CONFIG_FILE} describes ({brief(e)})") from None
-    return (model if trained == 1 else TigerEnsemble(models)).eval()
+    return (model if trained == 1 else model.ensemble(models)).eval()

@@ -12,32 +12,26 @@ decoder step p only scores the codes of position p (a token means "code c at
 position p"), so every step is a softmax over the codebook instead of the whole
 vocabulary.
 
-``SequenceModel`` holds what both model kinds share; RPG's model (``tigerrec/rpg.py``)
+``SequenceModel`` is the interface every model kind implements (``registry`` finds a kind's
+class by its name); it also holds what the kinds share. RPG's model (``tigerrec/rpg.py``)
 reuses the embedding pooling, the encoder layers and the relative position bias.
 """
 
 from __future__ import annotations
 
+import abc
 import math
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .config import ModelConfig
-
-PAD, BOS = 0, 1
-NUM_SPECIAL = 2
-
-
-def code_offsets(id_length: int, codebook_size: int, device=None) -> torch.Tensor:
-    """The token of code 0 at each ID position: code c at position p is token ``offsets[p] + c``."""
-    return NUM_SPECIAL + codebook_size * torch.arange(id_length, device=device)
-
-
-HISTORIES = ("codes", "items", "causal-codes", "pooled")  # see ModelConfig.history
-CAUSAL_HISTORIES = ("items", "causal-codes")  # every position of a sequence a target, in one pass
-POOLED_HISTORIES = ("items", "pooled")  # one encoder token per history item
+from .config import CAUSAL_HISTORIES, HISTORIES, POOLED_HISTORIES, EvalConfig, ModelConfig, RunConfig
+from .decoding import Generated, PrefixTrie, generate
+from .io import atomic_path
+from .sequences import PAD, Tokenizer
 
 
 def relative_position_bucket(
@@ -181,12 +175,74 @@ class DecoderLayer(nn.Module):
         return x + self.drop(self.ff(self.norm3(x))), (k, v)
 
 
-class SequenceModel(nn.Module):
-    """What the model kinds share: the token embedding ``embed`` (history items pooled from their code
-    tokens), the initialisation, the parameter count. ``kind`` is ``model.kind`` (tiger, rpg)."""
+def save_model(model: nn.Module, path: str | Path) -> None:
+    """A model's weights as safetensors, written atomically."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp))
 
-    kind = ""
+
+class SequenceModel(nn.Module, abc.ABC):
+    """The interface of a model kind (``model.kind``), and what the kinds share: the token embedding
+    ``embed`` (history items pooled from their code tokens), the initialisation, the parameter count.
+
+    A kind's class is registered under its ``kind`` (``registry.register``) beside the settings it
+    works with (``config.MODEL_KINDS``). Training calls ``forward`` and takes the cross-entropy of its
+    logits against the target codes; evaluation, recommendations and serving call ``rank``."""
+
+    kind = ""  # its model.kind
+    generates_ids = False  # ranks by generating IDs code by code, so it may generate prefixes of unseen items
     embed: nn.Embedding
+
+    @classmethod
+    def build(cls, tokenizer: Tokenizer, cfg: RunConfig, codebooks: torch.Tensor | None = None) -> SequenceModel:
+        """A freshly initialised model for ``tokenizer``'s vocabulary and IDs; ``codebooks`` (levels,
+        codebook_size, dim) are the quantiser's codewords with model.embed_init=codebooks. Every registered
+        kind has one (an ensemble is made from trained models instead: ``ensemble``)."""
+        raise NotImplementedError(f"{cls.__name__} is not built from a config")
+
+    @abc.abstractmethod
+    def forward(self, tokens: torch.Tensor, decoder_tokens: torch.Tensor) -> torch.Tensor:
+        """Training logits (rows, id_length, codebook_size) for the target codes that ``TrainData.batch``
+        lays out with ``tokens`` and ``decoder_tokens``: one row per target."""
+
+    @abc.abstractmethod
+    def rank(
+        self,
+        tokens: torch.Tensor,
+        k: int,
+        trie: PrefixTrie | None = None,
+        beam_size: int | None = None,
+        constrained: bool = True,
+        temperature: float | None = None,
+        generator: torch.Generator | None = None,
+        allowed: torch.Tensor | None = None,
+    ) -> Generated:
+        """The ``k`` best items after each row of encoder ``tokens``, best first (``decoding.rank``)."""
+
+    @classmethod
+    def catalogue_trie(cls, codes, codebook_size: int) -> PrefixTrie | None:
+        """The prefix trie of the catalogue's IDs that ``rank`` walks; None for a kind that scores items."""
+        return None
+
+    def set_catalogue(self, item_codes: torch.Tensor, cfg: EvalConfig) -> None:
+        """Rank the catalogue of ``item_codes`` (N, id_length) from now on (items added after training);
+        a kind whose catalogue is its trie (``catalogue_trie``) has nothing to change."""
+
+    def configure_decoding(self, cfg: EvalConfig) -> None:
+        """Set up decoding as ``cfg`` says (call it again after loading other weights)."""
+
+    @classmethod
+    def ensemble(cls, members: list[SequenceModel]) -> SequenceModel:
+        """``members`` ranked as one model (train.members > 1, for kinds whose ``ModelKind.ensembles``)."""
+        raise TypeError(f"model.kind={cls.kind} has no ensemble")
+
+    def save(self, path: str | Path) -> None:
+        save_model(self, path)
+
+    def load(self, path: str | Path) -> None:
+        """The weights in ``path`` (``save``), onto the device the model is on."""
+        self.load_state_dict(load_file(str(path), device=str(next(self.parameters()).device)))
 
     @staticmethod
     def _init(module):
@@ -216,7 +272,38 @@ class SequenceModel(nn.Module):
         return vectors, self.padding_mask(tokens[..., 0])
 
 
-class TigerModel(SequenceModel):
+class BeamSearch:
+    """Ranking by generating IDs: beam search over the catalogue's prefix trie (``decoding.generate``)."""
+
+    generates_ids = True
+
+    @classmethod
+    def catalogue_trie(cls, codes, codebook_size: int) -> PrefixTrie:
+        return PrefixTrie(codes, codebook_size)
+
+    def rank(
+        self,
+        tokens: torch.Tensor,
+        k: int,
+        trie: PrefixTrie | None = None,
+        beam_size: int | None = None,
+        constrained: bool = True,
+        temperature: float | None = None,
+        generator: torch.Generator | None = None,
+        allowed: torch.Tensor | None = None,
+    ) -> Generated:
+        """``beam_size`` beams (default ``k``), constrained to the catalogue by ``trie`` unless ``constrained``
+        is False."""
+        if allowed is not None and not constrained:
+            raise ValueError("allowed needs constrained decoding")
+        return generate(self, tokens, trie, beam_size or k, k, constrained, temperature, generator, allowed)
+
+    @classmethod
+    def ensemble(cls, members: list[TigerModel]) -> TigerEnsemble:
+        return TigerEnsemble(members)
+
+
+class TigerModel(BeamSearch, SequenceModel):
     kind = "tiger"
 
     def __init__(self, cfg: ModelConfig, vocab_size: int, id_length: int, codebook_size: int):
@@ -244,6 +331,33 @@ class TigerModel(SequenceModel):
         if self.recency is not None:
             nn.init.normal_(self.recency.weight, std=cfg.embed_init_std)
         nn.init.normal_(self.head, std=cfg.d_model**-0.5)
+
+    @classmethod
+    def build(cls, tokenizer: Tokenizer, cfg: RunConfig, codebooks: torch.Tensor | None = None) -> TigerModel:
+        model = cls(cfg.model, tokenizer.vocab_size, tokenizer.id_length, tokenizer.codebook_size)
+        if codebooks is not None:
+            model.init_code_embeddings(
+                tokenizer, codebooks, cfg.model.embed_init_std, head=cfg.model.embed_init == "codebooks+head"
+            )
+        return model
+
+    def init_code_embeddings(self, tokenizer: Tokenizer, codebooks: torch.Tensor, std: float, head: bool = False):
+        """Start each level's code tokens from the quantiser's codewords (levels, codebook_size, dim): centred,
+        carried to d_model by one fixed random projection per level and scaled to ``std``, so the geometry
+        of the codewords (which codes are close) is what the model starts from (ModelConfig.embed_init).
+        With ``head`` the output rows of those codes start from the same vectors at the head's usual scale,
+        as if input and output embeddings were tied."""
+        generator = torch.Generator().manual_seed(0)
+        d_model = self.embed.weight.shape[1]
+        with torch.no_grad():
+            for level, codewords in enumerate(codebooks.float().cpu()):
+                projection = torch.randn(codewords.shape[1], d_model, generator=generator)
+                projected = (codewords - codewords.mean(0)) @ projection
+                projected = projected / projected.std()
+                rows = tokenizer.code_tokens(level).to(self.embed.weight.device)
+                self.embed.weight[rows] = (projected * std).to(self.embed.weight)
+                if head:
+                    self.head[level] = (projected * d_model**-0.5).to(self.head)
 
     def encode(self, tokens: torch.Tensor):
         """Encode input tokens; returns per-layer cross-attention keys/values and their mask."""
@@ -319,7 +433,7 @@ class TigerModel(SequenceModel):
         return torch.zeros(hidden.shape, device=device).masked_fill(hidden, float("-inf"))[None, None]
 
 
-class TigerEnsemble(nn.Module):
+class TigerEnsemble(BeamSearch, SequenceModel):
     """Several TIGER models over the same Semantic IDs and inputs, decoded as one: each step's
     distribution over the next code is the normalised geometric mean of the members' (their
     log-probabilities averaged, renormalised by the beam search's log-softmax). Members trained from
@@ -330,7 +444,7 @@ class TigerEnsemble(nn.Module):
 
     def __init__(self, members: list[TigerModel]):
         super().__init__()
-        if not members or any(m.kind != "tiger" for m in members):
+        if not members or not all(isinstance(m, TigerModel) for m in members):
             raise ValueError("an ensemble needs one or more TIGER models")
         first = members[0]
         for m in members[1:]:
@@ -364,4 +478,7 @@ class TigerEnsemble(nn.Module):
             cache[:] = new_cache
         return torch.stack(log_probs).mean(0)
 
-    num_parameters = SequenceModel.num_parameters
+    def forward(self, tokens: torch.Tensor, decoder_tokens: torch.Tensor) -> torch.Tensor:
+        """The members' mean log-probabilities of every target code (what the ensemble ranks by); each
+        member trains on its own (``members.train_members``)."""
+        return torch.stack([m(tokens, decoder_tokens).float().log_softmax(-1) for m in self.members]).mean(0)

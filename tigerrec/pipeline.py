@@ -23,7 +23,6 @@ import torch
 
 from .config import RunConfig
 from .data import Dataset, Split, leave_one_out, load_dataset
-from .decoding import PrefixTrie
 from .device import provenance
 from .errors import TigerrecError
 from .evaluate import item_counts, save_target_ranks
@@ -150,7 +149,8 @@ def training_examples(train_sequences: list[np.ndarray], cfg: RunConfig) -> Exam
 def prepare(
     dataset: Dataset, ids: SemanticIDs, cfg: RunConfig, ids_dir: str | Path | None = None
 ) -> tuple[TrainData, Examples, SequenceModel]:
-    """Tokenizer, examples for train / valid / test, trie (TIGER only) and a fresh model. ``ids_dir``
+    """Tokenizer, examples for train / valid / test, the trie of the IDs (for a kind that ranks by
+    generating IDs: ``catalogue_trie``) and a fresh model. ``ids_dir``
     (where ``ids`` were read) holds the quantiser whose codewords model.embed_init=codebooks starts from."""
     if ids.item_ids != dataset.item_ids:
         raise TigerrecError(
@@ -161,16 +161,17 @@ def prepare(
     tokenizer = make_tokenizer(ids, cfg)
     user_tokens = np.array([tokenizer.user_token(u) for u in dataset.user_ids], dtype=np.int64)
     valid, test = held_out_examples(split, cfg.data.max_history)
+    model = initial_model(tokenizer, cfg, ids_dir)
     data = TrainData(
         tokenizer=tokenizer,
-        trie=PrefixTrie(ids.codes, ids.codebook_size) if cfg.model.kind == "tiger" else None,
+        trie=model.catalogue_trie(ids.codes, ids.codebook_size),
         train=training_examples(split.train, cfg),
         valid=valid,
         user_tokens=user_tokens,
         anonymous_share=cfg.model.anonymous_share,
         forward=test if cfg.data.backtest else None,  # a backtest's "test" targets are validation items
     )
-    return data, test, initial_model(tokenizer, cfg, ids_dir)
+    return data, test, model
 
 
 def training_counts(dataset: Dataset, cfg: RunConfig) -> np.ndarray:

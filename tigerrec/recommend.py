@@ -32,7 +32,7 @@ import torch
 
 from . import catalogue
 from .config import RunConfig
-from .decoding import PrefixTrie, configure_decoding, merge_capped, new_item_cap, rank
+from .decoding import merge_capped, new_item_cap, rank
 from .device import autocast, check_device, default_device, use_bf16
 from .errors import TigerrecError
 from .members import load_best_model
@@ -119,11 +119,11 @@ class Recommender:
         self.ids, self.items = ids, items
         self.trained_items = len(ids.item_ids) if trained_items is None else trained_items
         self.tokenizer = make_tokenizer(ids, self.cfg, self.trained_items)
-        # TIGER's beam search walks the IDs' prefix trie; RPG scores every item and needs none.
-        self.trie = PrefixTrie(ids.codes, ids.codebook_size).to(self.device) if self.model.kind == "tiger" else None
-        if self.model.kind == "rpg" and len(self.model.item_codes) != len(ids.item_ids):
-            self.model.item_codes = self.tokenizer.item_codes.to(self.device)
-            configure_decoding(self.model, self.cfg.eval)  # a graph over the grown catalogue
+        # TIGER's beam search walks the IDs' prefix trie; RPG scores the items it holds, which may have grown.
+        self.trie = self.model.catalogue_trie(ids.codes, ids.codebook_size)
+        if self.trie is not None:
+            self.trie.to(self.device)
+        self.model.set_catalogue(self.tokenizer.item_codes, self.cfg.eval)
         self.max_k = min(self.requested_max_k, self.num_items)
         self._index = {item: i for i, item in enumerate(ids.item_ids)}
         self.categories = _category_index(ids.item_ids, items)  # category name -> item indices
@@ -148,7 +148,7 @@ class Recommender:
         model = load_best_model(
             make_model(make_tokenizer(ids, cfg, trained), cfg).to(device), run_dir, cfg.train.members
         )
-        configure_decoding(model, cfg.eval)
+        model.configure_decoding(cfg.eval)
         log.info(
             "loaded %s: %s, %d items (%d new since training), %.2fM parameters, on %s",
             run_dir,

@@ -1,4 +1,9 @@
-"""Building a model from a config: the tokenizer for its Semantic IDs and a freshly initialised model."""
+"""Model kinds by name (``model.kind``), and building a model and its tokenizer from a config.
+
+A kind is a ``model.SequenceModel`` subclass registered here under its ``kind``, beside the settings it
+works with (``config.MODEL_KINDS``, which ``RunConfig.validate`` checks). Everything else asks the
+model (``rank``, ``catalogue_trie``, ...) or its ``ModelKind``, never the kind's name.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .config import CODEBOOK_INITS, RunConfig
+from .config import CODEBOOK_INITS, MODEL_KINDS, ModelKind, RunConfig
 from .errors import TigerrecError
 from .model import SequenceModel, TigerModel
 from .quantize import load_quantizer
@@ -14,6 +19,32 @@ from .rpg import RPGModel
 from .rundir import QUANTIZER_FILE
 from .semantic_ids import SemanticIDs
 from .sequences import Tokenizer
+
+MODELS: dict[str, type[SequenceModel]] = {}
+
+
+def register(model_class: type[SequenceModel], kind: ModelKind | None = None) -> type[SequenceModel]:
+    """Make ``model_class`` the class of ``model.kind=<model_class.kind>``; ``kind`` adds the settings it
+    works with (the built-in kinds' are in ``config.MODEL_KINDS`` already)."""
+    if kind is not None:
+        if kind.name != model_class.kind:
+            raise ValueError(f"{model_class.__name__}.kind is {model_class.kind!r}, its settings are {kind.name!r}")
+        MODEL_KINDS[kind.name] = kind
+    if model_class.kind not in MODEL_KINDS:
+        raise ValueError(f"model.kind={model_class.kind!r} has no settings in config.MODEL_KINDS")
+    MODELS[model_class.kind] = model_class
+    return model_class
+
+
+register(TigerModel)
+register(RPGModel)
+
+
+def model_class(kind: str) -> type[SequenceModel]:
+    """The class registered for ``model.kind=kind``."""
+    if kind not in MODELS:
+        raise TigerrecError(f"unknown model.kind {kind!r}; registered: {', '.join(MODELS)}")
+    return MODELS[kind]
 
 
 def make_tokenizer(ids: SemanticIDs, cfg: RunConfig, trained_items: int | None = None) -> Tokenizer:
@@ -33,49 +64,20 @@ def make_tokenizer(ids: SemanticIDs, cfg: RunConfig, trained_items: int | None =
 
 
 def make_model(tokenizer: Tokenizer, cfg: RunConfig) -> SequenceModel:
-    """A freshly initialised sequence model of kind ``model.kind`` sized for ``tokenizer``'s vocabulary and
-    IDs (RPG also keeps the IDs of every item, the catalogue it scores)."""
-    if cfg.model.kind == "rpg":
-        return RPGModel(cfg.model, tokenizer.vocab_size, tokenizer.item_codes, tokenizer.codebook_size)
-    return TigerModel(cfg.model, tokenizer.vocab_size, tokenizer.id_length, tokenizer.codebook_size)
+    """A model of kind ``model.kind`` sized for ``tokenizer``'s vocabulary and IDs, for weights loaded next."""
+    return model_class(cfg.model.kind).build(tokenizer, cfg)
 
 
 def initial_model(tokenizer: Tokenizer, cfg: RunConfig, ids_dir: str | Path | None = None) -> SequenceModel:
     """A model as training starts it: initialised from ``train.seed`` (same seed, same weights), its code
     embeddings from the quantiser's codewords in ``ids_dir`` with model.embed_init=codebooks."""
-    torch.manual_seed(cfg.train.seed)
-    model = make_model(tokenizer, cfg)
+    codebooks = None
     if cfg.model.embed_init in CODEBOOK_INITS:
         if ids_dir is None:
             raise TigerrecError(
                 f"config model.embed_init={cfg.model.embed_init} needs the Semantic IDs' quantiser: "
                 "pass ids_dir to prepare"
             )
-        init_code_embeddings(
-            model,
-            tokenizer,
-            load_quantizer(Path(ids_dir) / QUANTIZER_FILE).codebooks,
-            cfg.model.embed_init_std,
-            head=cfg.model.embed_init == "codebooks+head",
-        )
-    return model
-
-
-def init_code_embeddings(
-    model: TigerModel, tokenizer: Tokenizer, codebooks: torch.Tensor, std: float, head: bool = False
-) -> None:
-    """Start each level's code tokens from the quantiser's codewords (levels, codebook_size, dim): centred,
-    carried to d_model by one fixed random projection per level and scaled to ``std``, so the geometry
-    of the codewords (which codes are close) is what the model starts from (ModelConfig.embed_init).
-    With ``head`` the output rows of those codes start from the same vectors at the head's usual scale,
-    as if input and output embeddings were tied."""
-    generator = torch.Generator().manual_seed(0)
-    d_model = model.embed.weight.shape[1]
-    with torch.no_grad():
-        for level, codewords in enumerate(codebooks.float().cpu()):
-            projected = (codewords - codewords.mean(0)) @ torch.randn(codewords.shape[1], d_model, generator=generator)
-            projected = projected / projected.std()
-            rows = tokenizer.code_tokens(level).to(model.embed.weight.device)
-            model.embed.weight[rows] = (projected * std).to(model.embed.weight)
-            if head:
-                model.head[level] = (projected * d_model**-0.5).to(model.head)
+        codebooks = load_quantizer(Path(ids_dir) / QUANTIZER_FILE).codebooks
+    torch.manual_seed(cfg.train.seed)
+    return model_class(cfg.model.kind).build(tokenizer, cfg, codebooks)

@@ -17,6 +17,7 @@ from collections import Counter, defaultdict
 from datetime import datetime
 from pathlib import Path
 
+from .config import MODEL_KINDS
 from .evaluate import METRICS
 from .io import read_json, write_text
 from .presets import paper_table1
@@ -397,6 +398,7 @@ def render_report(run_dir: str | Path) -> str:
 
     training = metrics.get("training", {})
     kind = config.get("model", {}).get("kind", "tiger")
+    ranking = MODEL_KINDS[kind].ranking if kind in MODEL_KINDS else f"as model.kind={kind} ranks"
     members = config.get("train", {}).get("members", 1)
     model_name = kind.upper() + (f", an ensemble of {members} (train.members)" if members > 1 else "")
     summary = [
@@ -425,9 +427,7 @@ def render_report(run_dir: str | Path) -> str:
 <dl class="facts">{summary_html}</dl>
 
 <h2 id="metrics">Test metrics</h2>
-<p class="note">Leave-one-out, full catalogue, {
-        "every item scored exactly (RPG)" if kind == "rpg" else "constrained beam search"
-    }. The paper row is TIGER's Table 1 (Rajput et al. 2023).</p>
+<p class="note">Leave-one-out, full catalogue, {ranking}. The paper row is TIGER's Table 1 (Rajput et al. 2023).</p>
 {metrics_table(metrics)}
 
 <h2 id="training">Training</h2>
@@ -439,9 +439,10 @@ def render_report(run_dir: str | Path) -> str:
 <h2 id="explorer">Semantic-ID prefix explorer</h2>
 <p class="note">Items whose IDs start with the same codes, for the most populated first codes. Blue words are the
 ones that most distinguish a group's titles from the rest of the catalogue: similar items share prefixes.{
-        " RPG's codes are unordered: c1 and c2 are the codes of the first two subspaces, each as telling as any other."
-        if kind == "rpg"
-        else ""
+        ""
+        if has_collision_code(ids_config.get("scheme", "rqvae"))
+        else " These codes are unordered: c1 and c2 are the codes of the first two subspaces, each as telling as "
+        "any other."
     }</p>
 {explorer}
 

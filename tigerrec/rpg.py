@@ -30,9 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig
-from .decoding import Generated
-from .model import NUM_SPECIAL, PAD, Dropout, EncoderLayer, RelativeBias, SequenceModel
+from .config import EvalConfig, ModelConfig, RunConfig
+from .decoding import Generated, PrefixTrie
+from .model import Dropout, EncoderLayer, RelativeBias, SequenceModel
+from .sequences import NUM_SPECIAL, PAD, Tokenizer
 
 
 class RPGModel(SequenceModel):
@@ -60,9 +61,23 @@ class RPGModel(SequenceModel):
         nn.init.normal_(self.embed.weight, std=cfg.embed_init_std)
         nn.init.normal_(self.head_weight, std=cfg.d_model**-0.5)
 
+    @classmethod
+    def build(cls, tokenizer: Tokenizer, cfg: RunConfig, codebooks: torch.Tensor | None = None) -> RPGModel:
+        """The catalogue it scores is the IDs of every item the tokenizer knows."""
+        return cls(cfg.model, tokenizer.vocab_size, tokenizer.item_codes, tokenizer.codebook_size)
+
     @property
     def num_items(self) -> int:
         return len(self.item_codes)
+
+    def set_catalogue(self, item_codes: torch.Tensor, cfg: EvalConfig) -> None:
+        if len(item_codes) != len(self.item_codes):
+            self.item_codes = item_codes.to(self.item_codes.device)
+            self.configure_decoding(cfg)  # a graph over the grown catalogue
+
+    def configure_decoding(self, cfg: EvalConfig) -> None:
+        """Exact scores, or graph decoding on a graph built from the current weights (eval.decoding)."""
+        self.use_graph_decoding(cfg.graph_neighbors if cfg.decoding == "graph" else 0, cfg.graph_steps)
 
     def encode(self, tokens: torch.Tensor) -> torch.Tensor:
         """Final states (B, T, d) of ``tokens`` (B, T, L): position t has read the items up to t."""
@@ -168,13 +183,16 @@ class RPGModel(SequenceModel):
         self,
         tokens: torch.Tensor,
         k: int,
+        trie: PrefixTrie | None = None,
+        beam_size: int | None = None,
+        constrained: bool = True,
         temperature: float | None = None,
         generator: torch.Generator | None = None,
         allowed: torch.Tensor | None = None,
-        beam_size: int | None = None,
     ) -> Generated:
         """The ``k`` best items of the catalogue for each history, by exact scores (``item_scores``), or
-        among the ``max(k, beam_size)`` items that graph decoding finds (``use_graph_decoding``).
+        among the ``max(k, beam_size)`` items that graph decoding finds (``use_graph_decoding``). Every
+        result is an item of the catalogue: ``trie`` and ``constrained`` do not apply.
 
         With ``temperature``, ``k`` items are sampled without replacement from the softmax of the
         scores / temperature over the catalogue (Gumbel top-k), in the order drawn; scores stay the

@@ -18,7 +18,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .model import BOS, CAUSAL_HISTORIES, NUM_SPECIAL, PAD, POOLED_HISTORIES, code_offsets
+from .config import CAUSAL_HISTORIES, POOLED_HISTORIES
+
+PAD, BOS = 0, 1
+NUM_SPECIAL = 2
+
+
+def code_offsets(id_length: int, codebook_size: int, device=None) -> torch.Tensor:
+    """The token of code 0 at each ID position: code c at position p is token ``offsets[p] + c``."""
+    return NUM_SPECIAL + codebook_size * torch.arange(id_length, device=device)
 
 
 def user_bucket(user_id: str, buckets: int) -> int:

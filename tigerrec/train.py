@@ -21,12 +21,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
-from .config import EvalConfig, RunConfig, TrainConfig
-from .decoding import PrefixTrie, configure_decoding
+from .config import SCHEDULES, EvalConfig, RunConfig, TrainConfig
+from .decoding import PrefixTrie
 from .device import autocast, use_bf16
 from .errors import TigerrecError, brief
 from .evaluate import evaluate, evaluate_protocols
@@ -130,8 +129,6 @@ def truncate_csv(path: Path, last_step: int) -> None:
 
 # ------------------------------------------------------------------ training
 
-SCHEDULES = ("rsqrt", "constant", "linear", "cosine")
-
 
 def budget_spent(step: int, cfg: TrainConfig, elapsed_minutes: float = 0.0) -> float:
     """The share of the training budget spent, 0 to 1: steps (a cap on passes already counted in them)
@@ -192,13 +189,6 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig):
 def set_lr(optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
-
-
-def save_model(model: torch.nn.Module, path: Path) -> None:
-    """The model's weights as safetensors, written atomically."""
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp))
 
 
 def train(model: SequenceModel, data: TrainData, cfg: TrainConfig, eval_cfg: EvalConfig, run_dir: str | Path) -> dict:
@@ -340,7 +330,7 @@ def train(model: SequenceModel, data: TrainData, cfg: TrainConfig, eval_cfg: Eva
                     log.info("step %d valid %s", step, metrics)
                     if metrics[SELECTION_METRIC] > state["best"]:
                         state.update(best=metrics[SELECTION_METRIC], best_step=step, evals_since_best=0)
-                        save_model(kept, run_dir / BEST_MODEL)
+                        kept.save(run_dir / BEST_MODEL)
                     else:
                         state["evals_since_best"] += 1
                 last = last or _agree(out_of_patience(state["evals_since_best"], cfg.patience), world, device)
@@ -441,7 +431,7 @@ def evaluate_examples(
     counts: np.ndarray | None = None,
 ) -> dict:
     """Metrics of ``examples``, decoded as ``cfg.eval`` says."""
-    configure_decoding(model, cfg.eval)
+    model.configure_decoding(cfg.eval)
     bf16 = use_bf16(str(next(model.parameters()).device), cfg.train.bf16)
     return evaluate_data(model, data, examples, cfg.eval, bf16, desc, counts)
 
