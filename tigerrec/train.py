@@ -398,7 +398,7 @@ def evaluate_splits(
     The test is scored under both protocols (``evaluate.evaluate_protocols``), and recorded in the
     test ledger unless it is a backtest's; also returns its target ranks per protocol."""
     evals = {"valid": evaluate_examples(model, data, data.valid, cfg, "valid", counts)}
-    configure_decoding(model, cfg.eval)
+    model.configure_decoding(cfg.eval)
     bf16 = use_bf16(str(next(model.parameters()).device), cfg.train.bf16)
     evals["test"], ranks = evaluate_protocols(
         model,
