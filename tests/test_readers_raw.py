@@ -88,7 +88,7 @@ def test_amazon_order_ids_and_meta(tmp_path):
     assert data.item_ids == ["i0", "i3", "i2", "i1", "i4"]  # order of first appearance
     meta = dict(zip(data.item_ids, data.item_meta))
     assert meta["i0"] == {
-        "title": "Tom &amp; Jerry Soap",
+        "title": "Tom & Jerry Soap",
         "price": 3.5,
         "brand": "Acme",
         "categories": [["Beauty", "Bath"]],
@@ -176,7 +176,7 @@ def test_custom_csv(tmp_path, caplog):
     assert data.item_ids == ["a", "b", "c"]
     meta = dict(zip(data.item_ids, data.item_meta))
     assert meta["a"] == {
-        "title": "Tom &amp; Jerry Mug",
+        "title": "Tom & Jerry Mug",
         "price": 12.5,
         "categories": [["Home", "Kitchen"], ["Gifts"]],
         "color": "red",

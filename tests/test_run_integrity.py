@@ -14,6 +14,7 @@ from tigerrec.cli import main
 from tigerrec.config import RunConfig
 from tigerrec.data import make_tiny
 from tigerrec.errors import TigerrecError
+from tigerrec.io import LOCK_FILE
 from tigerrec.pipeline import run
 from tigerrec.report import render_report
 from tigerrec.rundir import CHECKPOINT
@@ -35,7 +36,10 @@ CLI_SETTINGS = [
     "--set",
     "train.log_every=10",
 ]
-MODEL_FILES = "checkpoint.pt, model.safetensors, train_log.csv, valid_log.csv, metrics.json, fingerprint.json"
+MODEL_FILES = (
+    "checkpoint.pt, model.safetensors, train_log.csv, valid_log.csv, metrics.json, fingerprint.json, "
+    "test_target_ranks.npz"
+)
 
 
 def small_config(**train) -> RunConfig:
@@ -56,10 +60,12 @@ def run_dir(finished, tmp_path):
 
 
 def snapshot(directory: Path) -> dict:
-    """Every path under ``directory``, with the bytes and modification time of each file."""
+    """Every path under ``directory``, with the bytes and modification time of each file (not the lock file:
+    each writer, refused or not, takes it)."""
     return {
         str(path.relative_to(directory)): (path.read_bytes(), path.stat().st_mtime_ns) if path.is_file() else "dir"
         for path in sorted(directory.rglob("*"))
+        if path.name != LOCK_FILE
     }
 
 

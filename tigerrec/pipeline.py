@@ -210,17 +210,26 @@ def run(source: str | Dataset, cfg: RunConfig, run_dir: str | Path, overwrite: b
     """
     cfg.validate()
     rank, _ = distributed_context()
-    with RunLock(run_dir, "run") if rank == 0 else contextlib.nullcontext():
-        return _run(source, cfg, Path(run_dir), overwrite, rank)
-
-
-def _run(source: str | Dataset, cfg: RunConfig, run_dir: Path, overwrite: bool, rank: int) -> dict:
-    timings = {}
-    start = run_start = time.perf_counter()
+    run_start = time.perf_counter()
     dataset = source if isinstance(source, Dataset) else load_dataset(source, cfg.data.min_interactions)
     source = dataset.name if isinstance(source, Dataset) else source
-    timings["load_seconds"] = round(time.perf_counter() - start, 1)
+    timings = {"load_seconds": round(time.perf_counter() - run_start, 1)}
     log.info("dataset %s: %s", dataset.name, dataset.stats())
+    # Bad input is refused before the directory is touched; from here on it is this process's alone.
+    with RunLock(run_dir, "run") if rank == 0 else contextlib.nullcontext():
+        return _run(dataset, str(source), cfg, Path(run_dir), overwrite, rank, run_start, timings)
+
+
+def _run(
+    dataset: Dataset,
+    source: str,
+    cfg: RunConfig,
+    run_dir: Path,
+    overwrite: bool,
+    rank: int,
+    run_start: float,
+    timings: dict,
+) -> dict:
     stale = check_run_dir(run_dir, dataset, cfg, overwrite)
     _barrier()  # every process has checked the directory before process 0 changes it
     if rank == 0:
