@@ -274,7 +274,7 @@ def coldstart(source, cfg: RunConfig, out_dir: Path, overwrite: bool = False) ->
     ids, to_row, embeddings = cold_start_ids(dataset, unseen, cfg, run_dir)
     num_seen = dataset.num_items - len(unseen)
 
-    tokenizer = make_tokenizer(ids, cfg, trained_items=num_seen)
+    tokenizer = make_tokenizer(ids, cfg)
 
     def cold_users(targets: np.ndarray, histories_of: list[np.ndarray]) -> ColdUsers:
         """The users whose ``targets`` are unseen."""

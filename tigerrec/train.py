@@ -21,7 +21,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from .config import SCHEDULES, EvalConfig, RunConfig, TrainConfig
@@ -148,25 +147,20 @@ def out_of_patience(evals_since_best: int, patience: int) -> bool:
 def lr_factor(step: int, cfg: TrainConfig, elapsed_minutes: float = 0.0) -> float:
     """The learning rate at ``step`` as a share of ``cfg.lr``.
 
-    "rsqrt" is T5X's schedule (constant for ``warmup_steps``, then 1/sqrt(step)); the
-    others warm up linearly over ``warmup_steps`` and then stay constant or decay
-    (linearly, or along a half cosine) to 0 at the end of the budget. The budget is
-    measured in steps or, under ``max_minutes``, in wall-clock time, whichever is
-    further along, so a run stopped by the clock still ends annealed. An optional
-    cooldown decays any schedule linearly to 0 over the last ``cooldown_fraction``.
+    "rsqrt" is T5X's schedule (constant for ``warmup_steps``, then 1/sqrt(step)); "constant"
+    warms up linearly over ``warmup_steps`` and then stays constant. An optional cooldown decays
+    either linearly to 0 over the last ``cooldown_fraction`` of the budget, measured in steps or,
+    under ``max_minutes``, in wall-clock time, whichever is further along, so a run stopped by the
+    clock still ends annealed.
     """
     if cfg.schedule not in SCHEDULES:
         raise ValueError(f"train.schedule must be one of {SCHEDULES}, got {cfg.schedule!r}")
-    progress = budget_spent(step, cfg, elapsed_minutes)
     if cfg.schedule == "rsqrt":
         factor = min(1.0, math.sqrt(cfg.warmup_steps / max(step, 1)))
     else:
         factor = min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps else 1.0
-        if cfg.schedule == "linear":
-            factor *= 1.0 - progress
-        elif cfg.schedule == "cosine":
-            factor *= 0.5 * (1.0 + math.cos(math.pi * progress))
     if cfg.cooldown_fraction > 0:
+        progress = budget_spent(step, cfg, elapsed_minutes)
         factor *= min(1.0, max(0.0, (1.0 - progress) / cfg.cooldown_fraction))
     return factor
 
@@ -209,13 +203,10 @@ def train(model: SequenceModel, data: TrainData, cfg: TrainConfig, eval_cfg: Eva
 
     torch.manual_seed(cfg.seed)
     optimizer = make_optimizer(model, cfg)
-    # With ema_decay the moving average of the weights is what is validated and kept.
-    average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay)) if cfg.ema_decay else None
-    kept = average.module if average is not None else model
     state = {"step": 0, "samples": 0, "best": -1.0, "best_step": 0, "evals_since_best": 0, "seconds": 0.0}
     checkpoint_path = run_dir / CHECKPOINT
     if checkpoint_path.exists():
-        state = _load_checkpoint(checkpoint_path, model, optimizer, average, device)
+        state = _load_checkpoint(checkpoint_path, model, optimizer, device)
         log.info("resuming from %s at step %d", checkpoint_path, state["step"])
     if rank == 0:  # rows after the checkpoint (all of them, without one) are from a run that did not get to save
         truncate_csv(run_dir / TRAIN_LOG, state["step"])
@@ -262,7 +253,6 @@ def train(model: SequenceModel, data: TrainData, cfg: TrainConfig, eval_cfg: Eva
                 logits.float().flatten(0, 1),
                 targets.to(device).flatten(),
                 ignore_index=-100,
-                label_smoothing=cfg.label_smoothing,
             )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -274,8 +264,6 @@ def train(model: SequenceModel, data: TrainData, cfg: TrainConfig, eval_cfg: Eva
             lr = cfg.lr * lr_factor(step + 1, cfg, minutes)
             set_lr(optimizer, lr)
             optimizer.step()
-            if average is not None:
-                average.update_parameters(model)
             step += 1
             window_loss += loss.item()
             # A sample is one training target (an item to predict): one per example, or one
@@ -317,26 +305,26 @@ def train(model: SequenceModel, data: TrainData, cfg: TrainConfig, eval_cfg: Eva
                 if cfg.eval_every_minutes:
                     next_eval_minutes = _next_multiple(minutes, cfg.eval_every_minutes)
                 if rank == 0:
-                    metrics = evaluate_data(kept, data, valid, eval_cfg, bf16, "valid")
+                    metrics = evaluate_data(model, data, valid, eval_cfg, bf16, "valid")
                     minutes_so_far = round((time.perf_counter() - started) / 60, 2)
                     row = {"step": step, "samples": state["samples"], "minutes": minutes_so_far, **metrics}
                     if forward is not None:
                         row |= {
                             "forward_" + k: v
-                            for k, v in evaluate_data(kept, data, forward, eval_cfg, bf16, "forward").items()
+                            for k, v in evaluate_data(model, data, forward, eval_cfg, bf16, "forward").items()
                         }
                     append_csv(run_dir / VALID_LOG, row)
                     log.info("step %d valid %s", step, metrics)
                     if metrics[SELECTION_METRIC] > state["best"]:
                         state.update(best=metrics[SELECTION_METRIC], best_step=step, evals_since_best=0)
-                        kept.save(run_dir / BEST_MODEL)
+                        model.save(run_dir / BEST_MODEL)
                     else:
                         state["evals_since_best"] += 1
                 last = last or _agree(out_of_patience(state["evals_since_best"], cfg.patience), world, device)
             if step % cfg.checkpoint_every == 0 or last:
                 state.update(step=step, seconds=time.perf_counter() - started)
                 if rank == 0:
-                    _save_checkpoint(checkpoint_path, model, optimizer, average, state, device)
+                    _save_checkpoint(checkpoint_path, model, optimizer, state, device)
                 if world > 1:
                     dist.barrier()
             if last:
@@ -430,39 +418,30 @@ def _agree(flag: bool, world: int, device: str) -> bool:
     return bool(from_rank0(1.0 if flag else 0.0, world, device))
 
 
-def _save_checkpoint(path: Path, model, optimizer, average, state: dict, device: str) -> None:
+def _save_checkpoint(path: Path, model, optimizer, state: dict, device: str) -> None:
     checkpoint = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "rng": torch.get_rng_state(),
         "state": dict(state),
     }
-    if average is not None:
-        checkpoint["average"] = average.state_dict()
     if device.startswith("cuda"):  # dropout on a GPU draws from the device's own generator
         checkpoint["cuda_rng"] = torch.cuda.get_rng_state(device)
     with atomic_path(path) as tmp:
         torch.save(checkpoint, tmp)
 
 
-def _load_checkpoint(path: Path, model, optimizer, average, device: str) -> dict:
-    """Restore the model, optimizer, weight average (when kept) and random number generators from ``path``;
+def _load_checkpoint(path: Path, model, optimizer, device: str) -> dict:
+    """Restore the model, optimizer and random number generators from ``path``;
     returns the training state."""
     remedy = "delete it to train from the start"
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
         raise TigerrecError(f"{path} is corrupt or not a tigerrec checkpoint ({type(e).__name__}); {remedy}") from None
-    if average is not None and isinstance(checkpoint, dict) and "average" not in checkpoint:
-        raise TigerrecError(
-            f"{path} was saved without a weight average (train.ema_decay=0); "
-            f"resume it with train.ema_decay=0, or {remedy}"
-        )
     try:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
-        if average is not None:
-            average.load_state_dict(checkpoint["average"])
         # Generator states are CPU byte tensors wherever map_location put the rest.
         torch.set_rng_state(checkpoint["rng"].cpu())
         if "cuda_rng" in checkpoint and device.startswith("cuda"):
