@@ -15,10 +15,10 @@ OUT ?= runs/$(DATASET)$(if $(filter rpg,$(MODEL)),-rpg)
 RECIPE ?= tuned
 # Training budget on a 2-core CPU: the paper's 200k steps would take days. 0 leaves it to
 # BUDGET_MINUTES below: training gets what loading, the Semantic IDs and the forecast final
-# evaluation leave (about 138 minutes for two Sports models with the item embeddings cached).
-# The tuned recipe's 30-pass cap ends each of Beauty's two models first (47 minutes each measured
-# with bf16). Without bf16 the first takes 91-103 minutes (estimated) and the second is not
-# trained: it needs at least half as long (train.member_min_share). RPG: 60 minutes.
+# evaluation leave. Where the tuned recipe's 30-pass cap ends each model first (CPUs with bf16)
+# both ensemble members train; where the minutes run out first the second trains only if it gets
+# at least half the first one's time (train.member_min_share; BENCHMARKS.md, "How short a second
+# member still helps"). RPG: 60 minutes.
 MAX_MINUTES ?= $(if $(filter rpg,$(MODEL)),60,0)
 # The whole run (embeddings, Semantic IDs, training, final evaluation) ends within this many
 # minutes: where embedding is slow (CPUs without bf16) training stops early enough.
@@ -40,8 +40,8 @@ $(VENV)/.mpnet: $(BIN)/tigerrec
 
 venv: $(BIN)/tigerrec
 
-# Sports ships without titles (brand + categories alone give 18,357 items 6,000 distinct
-# sentences); the IDGenRec textual IDs beside it stand in for the missing titles.
+# Sports ships without titles (brand and categories alone leave most items sharing a sentence);
+# the IDGenRec textual IDs beside it stand in for the missing titles.
 ifeq ($(DATASET),sports)
 TITLES := --set text.titles_file=$(DATA_DIR)/idgenrec_item_text_ids.txt.gz
 endif

@@ -5,7 +5,6 @@ from conftest import tiny_config
 
 from tigerrec.config import ModelConfig
 from tigerrec.decoding import PrefixTrie, generate, merge_capped
-from tigerrec.errors import TigerrecError
 from tigerrec.evaluate import evaluate, item_counts, metrics_by_popularity, ranking_metrics, recommend_examples
 from tigerrec.model import TigerEnsemble, TigerModel
 from tigerrec.sequences import PAD, Examples, Tokenizer, length_bucketed_batches, user_bucket
@@ -173,23 +172,6 @@ def test_tokenizer_layout():
     ]
 
 
-def test_item_tokens_add_each_history_item_its_own_token():
-    codes = np.array([[1, 2, 3, 0], [1, 2, 4, 0], [5, 6, 7, 0]])
-    plain = Tokenizer(codes, 8, user_buckets=10, max_history=4, history="items")
-    # Item 2 came after training: it has codes but no token of its own.
-    tok = Tokenizer(codes, 8, user_buckets=10, max_history=4, history="items", item_tokens=2)
-    assert tok.vocab_size == plain.vocab_size + 2 and tok.item_offset == plain.vocab_size
-    histories = torch.tensor([[0, 2, -1], [1, -1, -1]])
-    users = torch.tensor([tok.user_token("a"), tok.user_token("b")])
-    tokens = tok.encoder_input(histories, users)
-    assert tokens.shape == (2, 3, 5)  # [user row, 2 items] x [4 codes, own token]
-    assert torch.equal(tokens[..., :4], plain.encoder_input(histories, users))
-    assert tokens[0, :, 4].tolist() == [PAD, tok.item_offset + 0, PAD]
-    assert tokens[1, :, 4].tolist() == [PAD, tok.item_offset + 1, PAD]
-    with pytest.raises(ValueError, match="model.item_tokens needs a pooled model.history"):
-        Tokenizer(codes, 8, user_buckets=10, max_history=4, history="codes", item_tokens=3)
-
-
 @pytest.mark.parametrize("history", ["codes", "items", "pooled"])
 def test_anonymous_share_trains_the_reserved_unknown_user_token(history):
     from tigerrec.train import TrainData
@@ -268,21 +250,6 @@ def test_training_examples_are_every_prefix():
         Examples.from_histories([np.array([], dtype=int)], [1], [0], 3)
 
 
-def test_recent_repeats_add_each_users_last_training_example_again():
-    from tigerrec.pipeline import training_examples
-
-    sequences = [np.array([5, 6, 7, 8]), np.array([1]), np.array([2, 3])]  # user 1 has no example
-    plain = training_examples(sequences, tiny_config())
-    repeated = training_examples(sequences, tiny_config(train={"recent_repeats": 2}))
-    assert len(plain) == 4 and len(repeated) == 4 + 2 * 2
-    extra = repeated.subset(np.arange(4, 8))
-    assert sorted(zip(extra.users.tolist(), extra.targets.tolist())) == [(0, 8), (0, 8), (2, 3), (2, 3)]
-    last = {int(u): h[:n].tolist() for u, h, n in zip(extra.users, extra.histories, extra.lengths)}
-    assert last == {0: [5, 6, 7], 2: [2]}
-    with pytest.raises(TigerrecError, match="recent_repeats needs model.history=codes"):
-        tiny_config(model={"history": "items"}, train={"recent_repeats": 1}).validate()
-
-
 def test_bucketed_batches_cover_every_example_once_and_are_deterministic():
     lengths = np.random.default_rng(0).integers(1, 20, size=1000)
     batches = length_bucketed_batches(lengths, 64, seed=1, epoch=3)
@@ -303,47 +270,6 @@ def test_cached_step_by_step_decoding_matches_teacher_forcing():
     assert torch.allclose(torch.cat(steps, 1), full, atol=1e-5)
 
 
-@pytest.mark.parametrize("user_token", [True, False])
-def test_recency_positions_count_items_back_from_the_newest_whatever_the_padding(user_token):
-    """model.recency_positions: slot 0 is the newest item of each row, capped at the last slot; a history
-    scores the same alone and right-padded in a batch with a longer one; the embedding changes the scores."""
-    size = 8
-    codes = np.stack([np.arange(20) % size, (np.arange(20) // size) % size, np.zeros(20, int), np.arange(20) % 3], 1)
-    tokenizer = Tokenizer(codes, size, 5, 6, use_user_token=user_token)
-    cfg = ModelConfig(
-        d_model=32,
-        num_heads=2,
-        head_dim=16,
-        d_ff=64,
-        encoder_layers=2,
-        decoder_layers=1,
-        user_buckets=5,
-        dropout=0.0,
-        input_dropout=0.0,
-        use_user_token=user_token,
-        recency_positions=3,
-    )
-    torch.manual_seed(0)
-    model = TigerModel(cfg, tokenizer.vocab_size, 4, size).eval()
-    users = torch.full((2,), tokenizer.user_offset)
-    batch = tokenizer.encoder_input(torch.tensor([[1, 2, 3, 4, 5], [6, 7, -1, -1, -1]]), users)
-    lead = [0] * user_token
-    assert model.recency_index(batch).tolist() == [
-        lead + [2] * 12 + [1] * 4 + [0] * 4,
-        lead + [1] * 4 + [0] * 4 + [0] * 12,
-    ]
-    alone = tokenizer.encoder_input(torch.tensor([[6, 7]]), users[:1])
-    decoder_tokens = tokenizer.decoder_input(torch.from_numpy(codes[[3]]))
-    with torch.no_grad():
-        padded = model.decode(decoder_tokens, *model.encode(batch[1:]))
-        single = model.decode(decoder_tokens, *model.encode(alone))
-        assert torch.allclose(padded, single, atol=1e-5)
-        model.recency.weight.zero_()
-        assert not torch.allclose(model.decode(decoder_tokens, *model.encode(alone)), single, atol=1e-3)
-    with pytest.raises(TigerrecError, match="recency_positions needs model.history=codes"):
-        tiny_config(model={"history": "items", "recency_positions": 4}).validate()
-
-
 def test_training_windows_give_every_target_once():
     seq = np.arange(10, 35)  # 25 items; targets are items 11..34
     ex = Examples.windows([seq, np.array([7, 8])], max_history=10)
@@ -355,9 +281,8 @@ def test_training_windows_give_every_target_once():
         assert (following[row, : n - 1] == ex.histories[row, 1:n]).all()
 
 
-@pytest.mark.parametrize("history,item_tokens", [("items", False), ("items", True), ("causal-codes", False)])
 @pytest.mark.parametrize("user_token", [True, False])
-def test_causal_history_positions_never_see_later_items(user_token, history, item_tokens):
+def test_causal_history_positions_never_see_later_items(user_token):
     """Row i of a causal-history batch must not depend on items after position i."""
     from tigerrec.train import TrainData
 
@@ -372,21 +297,17 @@ def test_causal_history_positions_never_see_later_items(user_token, history, ite
         decoder_layers=2,
         user_buckets=5,
         dropout=0.0,
-        history=history,
+        history="items",
         use_user_token=user_token,
-        item_tokens=item_tokens,
     )
-    tokenizer = Tokenizer(
-        codes, size, 5, 6, use_user_token=user_token, history=history, item_tokens=len(codes) * item_tokens
-    )
+    tokenizer = Tokenizer(codes, size, 5, 6, use_user_token=user_token, history="items")
     torch.manual_seed(0)
     model = TigerModel(cfg, tokenizer.vocab_size, 4, size).eval()
     seqs = [np.array([1, 2, 3, 4, 5, 6, 7]), np.array([1, 2, 3, 9, 10, 11, 12])]
     ex = Examples.windows(seqs, max_history=6)
     data = TrainData(tokenizer, PrefixTrie(codes, size), ex, ex, np.array([tokenizer.user_offset] * 2))
     tokens, decoder_tokens, targets = data.batch(np.array([0, 1]))
-    shape = (2, 6 + user_token, 4 + item_tokens) if history == "items" else (2, 6 * 4 + user_token)
-    assert tokens.shape == shape and decoder_tokens.shape == (12, 4) and targets.shape == (12, 4)
+    assert tokens.shape == (2, 6 + user_token, 4) and decoder_tokens.shape == (12, 4) and targets.shape == (12, 4)
     with torch.no_grad():
         logits = model(tokens, decoder_tokens).view(2, 6, 4, size)
     # The sequences share their first 3 items and rows 0-1 their targets too: same logits.

@@ -17,7 +17,7 @@ from tigerrec.errors import TigerrecError
 from tigerrec.io import LOCK_FILE
 from tigerrec.pipeline import run
 from tigerrec.report import render_report
-from tigerrec.rundir import CHECKPOINT
+from tigerrec.rundir import CHECKPOINT, read_run_config
 from tigerrec.train import evaluate_examples, read_csv
 
 BUDGET = {"steps": 20, "eval_every": 20, "checkpoint_every": 20, "log_every": 10}
@@ -294,30 +294,28 @@ def test_a_budget_spent_before_training_is_an_error_that_keeps_the_ids(tmp_path,
     assert snapshot(tmp_path / "ids") == ids_before
 
 
-def test_run_directories_from_before_fingerprints_are_checked_against_their_config(run_dir):
-    # As written before fingerprints: no fingerprint.json, the IDs' settings nested in ids_metrics.json.
-    cfg = small_config()
-    (run_dir / "fingerprint.json").unlink()
+def test_ids_without_a_record_of_their_inputs_are_refused(run_dir):
     ids_metrics_path = run_dir / "ids" / "ids_metrics.json"
     ids_metrics = json.loads(ids_metrics_path.read_text())
     del ids_metrics["fingerprint"]
-    ids_metrics["settings"] = {"text": cfg.to_dict()["text"], "ids": cfg.to_dict()["ids"], "items": 120}
     ids_metrics_path.write_text(json.dumps(ids_metrics))
-    before = snapshot(run_dir)
-    with pytest.raises(TigerrecError, match=r"was built with model\.dropout=0\.1 \(now 0\.2\); pass --overwrite"):
-        run("tiny", cfg.override(["model.dropout=0.2"]), run_dir)  # from config.json
-    with pytest.raises(TigerrecError, match=r"was built with ids\.seed=0 \(now 1\); pass --overwrite"):
-        run("tiny", cfg.override(["ids.seed=1"]), run_dir)  # from the old ids_metrics.json
-    with pytest.raises(TigerrecError, match=r"was built with dataset\.items=120 \(now 100\)"):
-        run(make_tiny(num_items=100), cfg, run_dir)
-    assert snapshot(run_dir) == before
-    metrics = run("tiny", small_config(steps=30), run_dir)  # the same settings: resumed, and now recorded
-    assert metrics["training"]["steps_this_run"] == 10 and (run_dir / "fingerprint.json").is_file()
+    with pytest.raises(TigerrecError, match=r"does not record what the Semantic IDs were built from; delete .*ids"):
+        run("tiny", small_config(), run_dir)
+
+
+def test_settings_this_version_retired_read_back_only_at_the_value_that_left_them_off(run_dir):
+    path = run_dir / "config.json"
+    written = json.loads(path.read_text())
+    cfg = read_run_config(run_dir)
+    path.write_text(json.dumps({**written, "train": {**written["train"], "ema_decay": 0.0, "recent_repeats": 0}}))
+    assert read_run_config(run_dir) == cfg
+    path.write_text(json.dumps({**written, "train": {**written["train"], "ema_decay": 0.999}}))
+    with pytest.raises(TigerrecError, match=r"config.json: trained with train.ema_decay=0.999, which this version"):
+        read_run_config(run_dir)
 
 
 def test_a_model_without_any_record_is_refused(run_dir):
     (run_dir / "fingerprint.json").unlink()
-    (run_dir / "config.json").unlink()
     with pytest.raises(TigerrecError, match="holds a trained model but no record of its settings"):
         run("tiny", small_config(), run_dir)
 
@@ -375,11 +373,8 @@ def test_a_model_of_other_settings_than_config_json_is_named(run_dir, capsys):
         ("train.warmup_steps=0", "config train.warmup_steps must be >= 1 with train.schedule=rsqrt, got 0"),
         ("train.seed=9223372036854775808", "config train.seed must be in [0, 2**63), got 9223372036854775808"),
         ("model.dropout=1", "config model.dropout must be in [0, 1), got 1.0"),
-        ("model.history=tokens", "config model.history must be one of codes, items, causal-codes, pooled, got tokens"),
-        (
-            "model.item_tokens=true",
-            "config model.item_tokens=true needs model.history items or pooled, got model.history=codes",
-        ),
+        ("model.history=tokens", "config model.history must be one of codes, items, pooled, got tokens"),
+        ("train.schedule=cosine", "config train.schedule must be one of rsqrt, constant, got cosine"),
         ("eval.top_k=30", "config eval.top_k must be <= eval.beam_size (20), got 30"),
         ("eval.top_k=5", "config eval.top_k must be >= 10 (the metrics are Recall and NDCG at 5 and 10), got 5"),
         ("ids.codebook_size=1", "config ids.codebook_size must be >= 2, got 1"),

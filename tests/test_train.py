@@ -68,15 +68,6 @@ def test_codebook_init_starts_code_embeddings_from_the_codewords(tmp_path):
     )
     assert torch.equal(weight[untouched], plain.embed.weight.detach()[untouched])
     assert torch.equal(model.head, plain.head)  # the output rows stay random
-    # codebooks+head: the output rows of each level's codes start parallel to their input embeddings,
-    # at the head's usual scale; the collision code's row stays random.
-    _, _, tied = prepare(dataset, ids, tiny_config(model={"embed_init": "codebooks+head"}), ids_dir)
-    assert torch.equal(tied.embed.weight, model.embed.weight)
-    d_model = weight.shape[1]
-    for level in range(len(codebooks)):
-        head, rows = tied.head.detach()[level], weight[tokenizer.code_tokens(level)]
-        assert torch.allclose(head, rows / cfg.model.embed_init_std * d_model**-0.5, atol=1e-6)
-    assert torch.equal(tied.head[len(codebooks)], plain.head[len(codebooks)])
     with pytest.raises(TigerrecError, match="pass ids_dir"):
         prepare(dataset, ids, cfg)
     with pytest.raises(
@@ -126,20 +117,18 @@ def test_backtest_logs_the_forward_targets_beside_validation(tiny_ids, tmp_path)
     assert not any(k.startswith("forward_") for k in read_csv(tmp_path / "plain" / "valid_log.csv")[0])
 
 
-def _train(dataset, ids, cfg, run_dir, part="model"):
+def _train(dataset, ids, cfg, run_dir):
     data, _, model = prepare(dataset, ids, cfg)
     train(model, data, cfg.train, cfg.eval, run_dir)
-    return torch.load(run_dir / CHECKPOINT, weights_only=True)[part]
+    return torch.load(run_dir / CHECKPOINT, weights_only=True)["model"]
 
 
-@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
-def test_resume_gives_the_same_model_as_an_uninterrupted_run(tiny_ids, tmp_path, ema_decay):
+def test_resume_gives_the_same_model_as_an_uninterrupted_run(tiny_ids, tmp_path):
     dataset, ids, cfg = tiny_ids
-    settings = {"eval_every": 1000, "checkpoint_every": 10, "log_every": 10, "ema_decay": ema_decay}
-    part = "average" if ema_decay else "model"  # with ema_decay the weight average must resume too
-    whole = _train(dataset, ids, tiny_config(train={**settings, "steps": 60}), tmp_path / "whole", part)
+    settings = {"eval_every": 1000, "checkpoint_every": 10, "log_every": 10}
+    whole = _train(dataset, ids, tiny_config(train={**settings, "steps": 60}), tmp_path / "whole")
     _train(dataset, ids, tiny_config(train={**settings, "steps": 30}), tmp_path / "split")  # "killed" at 30
-    resumed = _train(dataset, ids, tiny_config(train={**settings, "steps": 60}), tmp_path / "split", part)
+    resumed = _train(dataset, ids, tiny_config(train={**settings, "steps": 60}), tmp_path / "split")
     assert whole.keys() == resumed.keys()
     for name in whole:
         assert torch.equal(whole[name], resumed[name]), name
@@ -182,65 +171,6 @@ def test_the_tuned_recipe_caps_passes_and_the_tiny_preset_counts_steps():
     assert preset_config("beauty", "tuned", "rpg").train.members == 1  # an ensemble is TIGER's
     assert preset_config("tiny", "tuned").train.epochs == 0.0  # its budget is in steps
     assert preset_config("beauty", "tuned", "rpg").train.epochs == 100.0  # a model kind's own cap
-
-
-def test_ema_decay_validates_and_keeps_the_moving_average_of_the_weights(tiny_ids, tmp_path):
-    """After each step the average moves (1 - decay) of the way to the new weights; the best model that
-    training keeps is the average, not the weights themselves."""
-    dataset, ids, _ = tiny_ids
-    decay = 0.9
-    settings = {"eval_every": 20, "checkpoint_every": 1, "log_every": 1, "ema_decay": decay}
-
-    def unwrapped(average):  # AveragedModel's keys
-        return {k.removeprefix("module."): v for k, v in average.items()}
-
-    run_dir = tmp_path / "run"
-    _train(dataset, ids, tiny_config(train={**settings, "steps": 19}), run_dir)
-    before = torch.load(run_dir / CHECKPOINT, weights_only=True)["average"]
-    _train(dataset, ids, tiny_config(train={**settings, "steps": 20}), run_dir)  # one step further, then validated
-    after = torch.load(run_dir / CHECKPOINT, weights_only=True)
-    assert int(after["average"]["n_averaged"]) == 20
-    weights, average = after["model"], unwrapped(after["average"])
-    moved = False
-    for name, param in weights.items():
-        expected = decay * before["module." + name] + (1 - decay) * param
-        assert torch.allclose(average[name], expected, atol=1e-6), name
-        moved |= not torch.equal(average[name], param)
-    assert moved  # the average is not the weights
-    # Validation ran at the ends of both runs (steps 19 and 20); the better one's average was kept.
-    kept = average if after["state"]["best_step"] == 20 else unwrapped(before)
-    best = load_file(str(run_dir / "model.safetensors"))
-    assert best.keys() == weights.keys()
-    assert all(torch.equal(best[name], kept[name]) for name in best)
-    # A checkpoint saved without the average cannot resume with one.
-    plain = tmp_path / "plain"
-    _train(dataset, ids, tiny_config(train={**settings, "ema_decay": 0.0, "steps": 2}), plain)
-    with pytest.raises(TigerrecError, match="saved without a weight average .*resume it with train.ema_decay=0"):
-        _train(dataset, ids, tiny_config(train={**settings, "steps": 4}), plain)
-    with pytest.raises(TigerrecError, match="train.ema_decay must be in"):
-        tiny_config(train={"ema_decay": 1.0}).validate()
-
-
-@pytest.mark.parametrize("smoothing", [0.0, 0.3])
-def test_label_smoothing_spreads_that_share_of_each_target_over_the_codebook(tiny_ids, tmp_path, smoothing):
-    """train.label_smoothing: the first step's loss is the cross-entropy against targets that put
-    ``smoothing`` of their mass uniformly over the codes (no dropout, fp32: the step is deterministic)."""
-    dataset, ids, _ = tiny_ids
-    cfg = tiny_config(
-        model={"dropout": 0.0, "input_dropout": 0.0},
-        train={"steps": 1, "log_every": 1, "bf16": "off", "label_smoothing": smoothing},
-    )
-    data, _, model = prepare(dataset, ids, cfg)
-    first = length_bucketed_batches(data.train.lengths, cfg.train.batch_size, cfg.train.seed, 0)[0]
-    tokens, decoder_tokens, targets = data.batch(first)
-    with torch.no_grad():
-        log_probs = model(tokens, decoder_tokens).float().log_softmax(-1)[targets >= 0]
-    target_log_probs = log_probs.gather(1, targets[targets >= 0][:, None]).squeeze(1)
-    expected = -((1 - smoothing) * target_log_probs + smoothing * log_probs.mean(1)).mean()
-    train(model, data, cfg.train, cfg.eval, tmp_path)
-    assert read_csv(tmp_path / "train_log.csv")[0]["loss"] == pytest.approx(float(expected), abs=1e-4)
-    with pytest.raises(TigerrecError, match="train.label_smoothing must be in"):
-        tiny_config(train={"label_smoothing": 1.0}).validate()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -344,22 +274,17 @@ def test_lr_schedule_is_rsqrt_with_an_optional_linear_cooldown():
     assert lr_factor(5_000, timed, elapsed_minutes=61) == 0.0
 
 
-def test_warmup_then_decay_to_zero_over_the_budget():
+def test_constant_schedule_warms_up_then_holds_until_its_cooldown():
     from tigerrec.config import TrainConfig
     from tigerrec.train import lr_factor
 
-    linear = TrainConfig(steps=1_000, warmup_steps=100, schedule="linear")
-    assert lr_factor(50, linear) == pytest.approx(0.5 * (1 - 0.05))  # warming up
-    assert lr_factor(500, linear) == pytest.approx(0.5)
-    assert lr_factor(1_000, linear) == 0.0
-    cosine = TrainConfig(steps=1_000, warmup_steps=0, schedule="cosine")
-    assert lr_factor(0, cosine) == 1.0 and lr_factor(500, cosine) == pytest.approx(0.5)
-    assert lr_factor(1_000, cosine) == pytest.approx(0.0)
     constant = TrainConfig(steps=1_000, warmup_steps=10, schedule="constant")
     assert lr_factor(5, constant) == 0.5 and lr_factor(900, constant) == 1.0
+    cooled = TrainConfig(steps=1_000, warmup_steps=10, schedule="constant", cooldown_fraction=0.2)
+    assert lr_factor(700, cooled) == 1.0 and lr_factor(900, cooled) == pytest.approx(0.5)
     # The clock decides when it is further along than the steps.
-    timed = TrainConfig(steps=1_000_000, warmup_steps=0, schedule="linear", max_minutes=20)
-    assert lr_factor(10, timed, elapsed_minutes=15) == pytest.approx(0.25)
+    timed = TrainConfig(steps=1_000_000, warmup_steps=0, schedule="constant", cooldown_fraction=0.2, max_minutes=20)
+    assert lr_factor(10, timed, elapsed_minutes=19) == pytest.approx(0.25)
     with pytest.raises(ValueError, match="schedule"):
         lr_factor(1, TrainConfig(schedule="step"))
 

@@ -8,8 +8,7 @@ column and text columns) are embedded with the run's text encoder and template, 
 the run's trained quantiser (``ids/quantizer.safetensors``) and, with TIGER's IDs, given the
 next free collision codes of their prefixes, so no existing item's ID changes. The model is not
 retrained: TIGER's beam search reaches the new IDs through the prefix trie, RPG scores them from
-their codes like any other item. (With ``model.item_tokens`` new items have no item embedding
-of their own, only their codes.)
+their codes like any other item.
 
 The run records them in ``ids/semantic_ids.csv``, ``items.jsonl`` and ``catalogue.json`` (the
 number of items the model was trained with, which later items count as new, and a log of each

@@ -56,20 +56,20 @@ class IDsConfig:
     code_dim: int = 32
     hidden_dims: list[int] = field(default_factory=lambda: [512, 256, 128])
     beta: float = 0.25  # commitment weight
-    # Adagrad. The paper's 0.4 diverges here (reconstruction ~1e3-1e8, one code
-    # per level), with PyTorch's and with TensorFlow's (0.1) initial accumulator,
-    # raw or standardised inputs; 0.01 trains stably (benchmarks/ids_beauty.py).
+    # Adagrad. The paper's 0.4 diverges here whatever the initial accumulator or input
+    # scaling; 0.01 trains stably (benchmarks/ids_beauty.py; BENCHMARKS.md, "Semantic IDs on
+    # Amazon Beauty").
     lr: float = 0.01
     # Scale inputs to zero mean, unit variance per dimension (statistics saved with
-    # the model). Unit-norm sentence embeddings have per-dimension variance ~1/768,
-    # so raw, the decoder barely learns (reconstruction stays at the data variance).
+    # the model). Unit-norm sentence embeddings have a tiny variance per dimension,
+    # so raw, the decoder barely learns.
     standardize: bool = True
     batch_size: int = 1024
-    # The paper trains 20k epochs; here codes stop improving after ~200 (~80 s on 1 CPU thread).
+    # The paper trains 20k epochs; here the codes stop improving long before.
     epochs: int = 200
     bf16: str = "auto"  # auto | on | off: bf16 autocast for the MLPs; distances and argmin stay fp32
     # Re-seed codewords no item chose in an epoch with random residuals of the last
-    # batch. Not in the paper, but without it the first level collapses to ~10% use
+    # batch. Not in the paper, but without it the first level collapses to a few codes
     # as the encoder drifts away from the k-means-initialised codebook.
     dead_code_reset: bool = True
     eval_every: int = 0  # epochs between metric rows in history; 0 = epochs // 20
@@ -102,15 +102,10 @@ class ModelConfig:
     # How the encoder sees the history. "codes" (the paper): every item as its 4 code
     # tokens, a bidirectional encoder, one training target per example. "pooled": every
     # item as one token (the mean of its code embeddings), otherwise the paper's: 4x
-    # shorter encoder inputs. "items": pooled tokens under a causal encoder, and every
-    # position of a user's sequence is a target in one pass (~10x fewer encoder passes
-    # per target). "causal-codes": the paper's tokens under a causal encoder, every
-    # position a target. The decoder is the paper's in every case.
+    # shorter encoder inputs (the tuned recipe). "items": pooled tokens under a causal encoder,
+    # and every position of a user's sequence is a target in one pass (RPG's; TIGER's decoder
+    # reads it too). The decoder is the paper's in every case.
     history: str = "codes"
-    # Not in the paper: with a pooled history, each history item also gets an embedding of its
-    # own (pooled with its code embeddings), so item-to-item transitions can be memorised as
-    # in SASRec. The output is still the Semantic ID; items added after training have none.
-    item_tokens: bool = False
     # Not in the paper: the share of training examples whose user token is replaced by a
     # reserved "unknown user" token, the one requests without a user id then get. With 0
     # there is no such token and those requests have no user token at all (masked out).
@@ -121,24 +116,18 @@ class ModelConfig:
     # Not in the paper: "codebooks" starts each code token's embedding from its quantiser
     # codeword (ids.scheme rqvae or rqkmeans), carried to d_model by a fixed random projection
     # at embed_init_std, so codes that are close in the quantiser start close; collision codes,
-    # user and special tokens stay "normal" (random at embed_init_std). "codebooks+head" also starts
-    # the output rows of those codes (the decoder's head) from the same vectors, as tied embeddings would.
+    # user and special tokens stay "normal" (random at embed_init_std). The tuned recipe's.
     embed_init: str = "normal"
     relative_buckets: int = 32  # T5 relative position bias
     relative_max_distance: int = 128
-    # Not in the paper: with history=codes, a learned embedding of each history item's recency
-    # (0 = the newest item, then 1, 2, ...; older items than this many share the last one) is
-    # added to the item's tokens, so the decoder, whose cross-attention has no positions, can tell
-    # the latest items by their content. 0 = off: T5's relative position bias alone (the paper).
-    recency_positions: int = 0
     # rpg only: logits are the cosine similarity of a head's output and each code's embedding,
     # divided by this temperature (the RPG paper's training scripts, on all three datasets).
     logit_temperature: float = 0.03
 
 
 # How the encoder reads the history (ModelConfig.history).
-HISTORIES = ("codes", "items", "causal-codes", "pooled")
-CAUSAL_HISTORIES = ("items", "causal-codes")  # every position of a sequence a target, in one pass
+HISTORIES = ("codes", "items", "pooled")
+CAUSAL_HISTORIES = ("items",)  # every position of a sequence a target, in one pass
 POOLED_HISTORIES = ("items", "pooled")  # one encoder token per history item
 
 
@@ -162,7 +151,7 @@ MODEL_KINDS: dict[str, ModelKind] = {
         "tiger",
         id_schemes=("rqvae", "rqkmeans", "lsh", "random"),
         ids="ordered codes made unique by a collision code",
-        histories=("codes", "items", "causal-codes", "pooled"),
+        histories=("codes", "items", "pooled"),
         ranking="constrained beam search",
         ensembles=True,
         codeword_init=True,
@@ -178,7 +167,7 @@ MODEL_KINDS: dict[str, ModelKind] = {
 }
 
 
-SCHEDULES = ("rsqrt", "constant", "linear", "cosine")  # TrainConfig.schedule, as train.lr_factor reads it
+SCHEDULES = ("rsqrt", "constant")  # TrainConfig.schedule, as train.lr_factor reads it
 
 
 @dataclass
@@ -190,9 +179,7 @@ class TrainConfig:
     batch_size: int = 256  # examples; with model.history=items, user sequences (each holds several targets)
     lr: float = 0.01
     # "rsqrt" (the paper, T5X): constant lr for ``warmup_steps``, then 1/sqrt(step).
-    # Not in the paper: "constant", "linear" and "cosine" warm up linearly from 0 over
-    # ``warmup_steps`` and then stay constant, or decay to 0 at the end of the budget
-    # (``steps``, or ``max_minutes`` when that ends first).
+    # "constant" (RPG's): a linear warmup from 0 over ``warmup_steps``, then constant.
     schedule: str = "rsqrt"
     warmup_steps: int = 10_000
     # Not in the paper: decay the lr linearly to 0 over this last share of the budget
@@ -200,17 +187,6 @@ class TrainConfig:
     cooldown_fraction: float = 0.0
     optimizer: str = "adafactor"  # adafactor | adamw
     weight_decay: float = 0.0
-    # Not in the paper: validate and keep an exponential moving average of the weights
-    # (torch.optim.swa_utils), updated after every step with this decay; 0 = the weights themselves.
-    # Its horizon is about 1 / (1 - decay) steps (0.999: the last ~1,000).
-    ema_decay: float = 0.0
-    # Not in the paper: cross-entropy against targets smoothed towards uniform over the codebook
-    # (this share of the mass spread over all codes); 0 = one-hot targets.
-    label_smoothing: float = 0.0
-    # Not in the paper: each user's most recent training target (its last example) appears this
-    # many extra times per epoch, weighting the interactions closest in time to validation and
-    # test; 0 = every target once (the paper). model.history=codes only.
-    recent_repeats: int = 0
     eval_every: int = 5_000  # steps between validations; 0 = every ``eval_every_minutes`` instead
     eval_every_minutes: float = 0.0  # wall-clock minutes between validations (with eval_every = 0; both 0 = at the end)
     patience: int = 0  # evaluations without improvement before stopping; 0 = never
@@ -223,7 +199,7 @@ class TrainConfig:
     # rank with all of them as one ensemble (model.TigerEnsemble: the mean of their log-probabilities
     # at every decoding step). Under max_minutes a member trains on the minutes the ones before it
     # left (its schedule compressed into them), and only if they are at least member_min_share of the
-    # first one's training time (members.train_members). 1 = one model. TIGER only.
+    # first one's training time (members.train_members). 1 = one model; kinds whose ModelKind.ensembles.
     members: int = 1
     member_min_share: float = 0.5
     max_minutes: float = 0.0  # wall-clock budget for training; 0 = none
@@ -361,19 +337,6 @@ class RunConfig:
             raise TigerrecError(
                 f"config eval.top_k must be <= eval.beam_size ({self.eval.beam_size}), got {self.eval.top_k}"
             )
-        # Both count back from the newest item of a whole history, which causal histories do not have;
-        # recency slots count code tokens.
-        for key, value in (
-            ("train.recent_repeats", self.train.recent_repeats),
-            ("model.recency_positions", self.model.recency_positions),
-        ):
-            if value and self.model.history != "codes":
-                raise TigerrecError(f"config {key} needs model.history=codes, got model.history={self.model.history}")
-        if self.model.item_tokens and self.model.history not in POOLED_HISTORIES:
-            raise TigerrecError(
-                "config model.item_tokens=true needs model.history items or pooled, "
-                f"got model.history={self.model.history}"
-            )
         # T5's buckets: half per direction, half of those exact, the rest log-spaced up to max_distance.
         if self.model.relative_max_distance <= self.model.relative_buckets // 2:
             raise TigerrecError(
@@ -420,7 +383,7 @@ class RunConfig:
                 f"{kind.ranking}; it takes {_setting('eval.decoding', kind.decodings)}"
             )
         starts_from_codewords = [name for name, k in MODEL_KINDS.items() if k.codeword_init]
-        if model.embed_init in CODEBOOK_INITS and (not kind.codeword_init or ids.scheme not in CODEWORD_SCHEMES):
+        if model.embed_init == "codebooks" and (not kind.codeword_init or ids.scheme not in CODEWORD_SCHEMES):
             raise TigerrecError(
                 f"config model.embed_init={model.embed_init} needs {_setting('model.kind', starts_from_codewords)} "
                 f"and {_setting('ids.scheme', CODEWORD_SCHEMES)} (codewords per level), got model.kind={model.kind}, "
@@ -472,8 +435,7 @@ RESUMABLE_KEYS: dict[str, frozenset[str]] = {
 
 def fingerprint(values: dict[str, Any], sections) -> dict[str, Any]:
     """``{"section.key": value}`` for the settings of ``sections`` in the config dict ``values`` (as
-    JSON holds it), less ``RESUMABLE_KEYS``. Also reads the config.json of older run directories,
-    whose sections may lack newer keys."""
+    JSON holds it), less ``RESUMABLE_KEYS``."""
     flat = {}
     for section in sections:
         settings = values.get(section)
@@ -484,8 +446,7 @@ def fingerprint(values: dict[str, Any], sections) -> dict[str, Any]:
 
 
 ID_SCHEMES = ("rqvae", "rqkmeans", "lsh", "random", "opq")  # the quantisers (quantize.make_quantizer)
-EMBED_INITS = ("normal", "codebooks", "codebooks+head")  # ModelConfig.embed_init
-CODEBOOK_INITS = EMBED_INITS[1:]  # the ones that start from the quantiser's codewords
+EMBED_INITS = ("normal", "codebooks")  # ModelConfig.embed_init
 CODEWORD_SCHEMES = ("rqvae", "rqkmeans")  # the schemes whose codewords embed_init=codebooks starts from
 DECODINGS = ("exact", "graph")  # EvalConfig.decoding
 BF16_SETTINGS = ("auto", "on", "off")
@@ -581,7 +542,6 @@ def _rules() -> dict[str, Rule]:
         "model.embed_init_std": POSITIVE,
         "model.embed_init": _one_of(EMBED_INITS),
         "model.relative_buckets": _at_least(4),
-        "model.recency_positions": _at_least(0),
         "model.logit_temperature": POSITIVE,
         "train.steps": COUNT,
         "train.epochs": _at_least(0),
@@ -592,9 +552,6 @@ def _rules() -> dict[str, Rule]:
         "train.cooldown_fraction": _within(0, 1),
         "train.optimizer": _one_of(("adafactor", "adamw")),
         "train.weight_decay": _at_least(0),
-        "train.ema_decay": _within(0, 1, high_open=True),
-        "train.label_smoothing": _within(0, 1, high_open=True),
-        "train.recent_repeats": _at_least(0),
         "train.eval_every": _at_least(0),
         "train.eval_every_minutes": _at_least(0),
         "train.patience": _at_least(0),

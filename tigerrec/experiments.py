@@ -268,6 +268,73 @@ class ColdUsers(NamedTuple):
     user_tokens: np.ndarray
 
 
+class ColdStart:
+    """What the cold-start rules rank with: every item's Semantic ID (the unseen ones from the quantiser of
+    the run trained without them), the items' embeddings in ID-row order, and that run's model."""
+
+    def __init__(self, dataset: Dataset, unseen: np.ndarray, cfg: RunConfig, run_dir: Path):
+        self.dataset, self.unseen, self.cfg = dataset, unseen, cfg
+        self.ids, self.to_row, self.embeddings = cold_start_ids(dataset, unseen, cfg, run_dir)
+        self.num_seen = dataset.num_items - len(unseen)
+        self.seen = np.arange(len(self.ids.item_ids)) < self.num_seen  # by ID row
+        self.tokenizer = make_tokenizer(self.ids, cfg)
+        device, self.bf16 = _device_and_bf16(cfg)
+        self.model = load_best_model(make_model(self.tokenizer, cfg).to(device), run_dir, cfg.train.members)
+        self.trie = self.model.catalogue_trie(self.ids.codes, self.ids.codebook_size)
+
+    def users(self, targets: np.ndarray, histories_of: list[np.ndarray]) -> ColdUsers:
+        """The users whose ``targets`` are unseen; their histories keep any unseen items (now with IDs)."""
+        users = np.flatnonzero(np.isin(targets, self.unseen))
+        histories = [self.to_row[histories_of[u]] for u in users]
+        examples = Examples.from_histories(histories, self.to_row[targets[users]], users, self.cfg.data.max_history)
+        tokens = [self.tokenizer.user_token(self.dataset.user_ids[u]) for u in users]
+        return ColdUsers(histories, examples, np.array(tokens, dtype=np.int64))
+
+    def decode(self, users: ColdUsers, allowed: np.ndarray | None = None):
+        """The model's best ``eval.beam_size`` items (of those ``allowed``) for ``users``: items, codes, scores."""
+        beam = self.cfg.eval.beam_size
+        return recommend_examples(
+            self.model,
+            self.tokenizer,
+            self.trie,
+            users.examples,
+            users.user_tokens,
+            beam,
+            beam,
+            self.cfg.eval.batch_size,
+            True,
+            self.bf16,
+            "cold start",
+            allowed=allowed,
+        )
+
+
+class RecallRows:
+    """Recall@1..10 of each ranking rule on the cold users, and how many unseen items its top 10 holds."""
+
+    KS = range(1, 11)
+
+    def __init__(self, targets: np.ndarray, num_seen: int, epsilons: list[float]):
+        self.targets, self.num_seen, self.epsilons = targets, num_seen, epsilons
+        self.recall: dict[str, dict[int, float]] = {}
+        self.unseen_in_top10: dict[str, float] = {}
+
+    def add(self, name: str, top_k) -> None:
+        """The row of ``top_k(k)``, a ranking at each K: the cap depends on K, so each K gets its own list
+        (not a prefix of the top 10)."""
+        self.recall[name] = {k: ranking_metrics(top_k(k), self.targets, (k,))[f"recall@{k}"] for k in self.KS}
+        self.unseen_in_top10[name] = float((top_k(10) >= self.num_seen).sum(1).mean())
+
+    def add_merged(self, name: str, seen_lists, unseen_lists, reserve: bool) -> None:
+        """Rows for two ranked lists (items, scores) merged under each epsilon's cap (``merge_capped``)."""
+        # With epsilon 0 reserving gives the same list as capping: no row of its own.
+        for epsilon in (e for e in self.epsilons if e > 0 or not reserve):
+            self.add(
+                f"{name} eps={epsilon:g}",
+                lambda k, e=epsilon: merge_capped(*seen_lists, *unseen_lists, new_item_cap(e, k), k, reserve)[0],
+            )
+
+
 def coldstart(source, cfg: RunConfig, out_dir: Path, overwrite: bool = False) -> tuple[dict, str]:
     exp = cfg.experiment
     if cfg.data.backtest:  # it holds out test items of its own; the two would cut sequences differently
@@ -282,98 +349,80 @@ def coldstart(source, cfg: RunConfig, out_dir: Path, overwrite: bool = False) ->
     # leave-one-out split: a user whose test target was unseen loses that item, so their
     # training part ends one item earlier (nothing of the cold-start test leaks into training).
     seen_metrics = run(without_items(dataset, unseen), cfg, run_dir, overwrite)
-    ids, to_row, embeddings = cold_start_ids(dataset, unseen, cfg, run_dir)
-    num_seen = dataset.num_items - len(unseen)
-
-    tokenizer = make_tokenizer(ids, cfg, trained_items=num_seen)
-
-    def cold_users(targets: np.ndarray, histories_of: list[np.ndarray]) -> ColdUsers:
-        """The users whose ``targets`` are unseen."""
-        users = np.flatnonzero(np.isin(targets, unseen))
-        histories = [to_row[histories_of[u]] for u in users]
-        examples = Examples.from_histories(histories, to_row[targets[users]], users, cfg.data.max_history)
-        return ColdUsers(
-            histories, examples, np.array([tokenizer.user_token(dataset.user_ids[u]) for u in users], dtype=np.int64)
-        )
-
-    # Test users whose target is unseen; their histories keep any unseen items (now with IDs).
-    histories, examples, _ = cold = cold_users(split.test_target, split.test_history)
-    if not len(histories):
+    setting = ColdStart(dataset, unseen, cfg, run_dir)
+    cold = setting.users(split.test_target, split.test_history)
+    if not len(cold.histories):
         raise ValueError("no test user has an unseen target; raise experiment.unseen_share")
-    device, bf16 = _device_and_bf16(cfg)
-    model = load_best_model(make_model(tokenizer, cfg).to(device), run_dir, cfg.train.members)
-    kind = model.kind.upper()
-    trie = model.catalogue_trie(ids.codes, ids.codebook_size)
-    beam = cfg.eval.beam_size
+    rows = RecallRows(cold.examples.targets, setting.num_seen, exp.epsilons)
+    profiles, by_rank = _knn_rows(rows, setting, cold)
+    prefix_rule = _prefix_rows(rows, setting, cold) if setting.model.generates_ids else {}
+    seen_lists = _scored_rows(rows, setting, cold)
+    guided = _guided_rows(rows, setting, split, cold, profiles, seen_lists, by_rank)
+    result = {
+        "model": setting.model.kind,
+        "unseen_items": len(unseen),
+        "seen_items": setting.num_seen,
+        "cold_test_users": len(cold.histories),
+        **prefix_rule,
+        "recall": rows.recall,
+        "mean_unseen_in_top10": rows.unseen_in_top10,
+        "guided": guided,
+        "seen_test_metrics": seen_metrics["test"],
+        "training": seen_metrics["training"],
+        "fill_rule": (EPSILON_RULE + " " if setting.model.generates_ids else "") + SCORED_RULE + " " + GUIDED_RULE,
+    }
+    return result, _coldstart_table(result, rows, exp.unseen_share)
 
-    def decode(allowed=None, users=cold):
-        return recommend_examples(
-            model,
-            tokenizer,
-            trie,
-            users.examples,
-            users.user_tokens,
-            beam,
-            beam,
-            cfg.eval.batch_size,
-            True,
-            bf16,
-            "cold start",
-            allowed=allowed,
-        )
 
-    ks = range(1, 11)
-    profiles = user_profiles(
-        embeddings, histories, cfg.data.max_history
-    )  # Semantic_KNN's, shared by its three rankings
-    knn = ranking_metrics(rank_by_profile(embeddings, profiles, histories, 10), examples.targets, ks)
-    recall = {"Semantic_KNN": {k: knn[f"recall@{k}"] for k in ks}}
-    unseen_in_top10, prefix_rule = {}, {}
-
-    def add_rows(name: str, top_k) -> None:
-        # The cap depends on K, so each K gets its own list (not a prefix of the top 10).
-        recall[name] = {k: ranking_metrics(top_k(k), examples.targets, (k,))[f"recall@{k}"] for k in ks}
-        unseen_in_top10[name] = float((top_k(10) >= num_seen).sum(1).mean())
-
-    def add_merged(name: str, seen_lists, unseen_lists, reserve: bool) -> None:
-        """Rows for two ranked lists (items, scores) merged under each epsilon's cap (``merge_capped``)."""
-        # With epsilon 0 reserving gives the same list as capping: no row of its own.
-        for epsilon in (e for e in exp.epsilons if e > 0 or not reserve):
-            add_rows(
-                f"{name} eps={epsilon:g}",
-                lambda k, e=epsilon: merge_capped(*seen_lists, *unseen_lists, new_item_cap(e, k), k, reserve)[0],
-            )
-
-    # Semantic_KNN under the reserved rule, the content-only reference for it: the ceil(epsilon * K)
-    # unseen items nearest to the profile, then the nearest seen ones (ranks stand in for scores).
-    seen = np.arange(len(ids.item_ids)) < num_seen
+def _knn_rows(rows: RecallRows, setting: ColdStart, cold: ColdUsers) -> tuple[np.ndarray, np.ndarray]:
+    """Semantic_KNN over all items, and under the reserved rule (the content-only reference for it: the
+    ceil(epsilon * K) unseen items nearest to the profile, then the nearest seen ones, ranks standing in
+    for scores). Returns the users' profiles and those rank scores."""
+    embeddings, histories = setting.embeddings, cold.histories
+    profiles = user_profiles(embeddings, histories, setting.cfg.data.max_history)
+    knn = ranking_metrics(rank_by_profile(embeddings, profiles, histories, 10), rows.targets, rows.KS)
+    rows.recall["Semantic_KNN"] = {k: knn[f"recall@{k}"] for k in rows.KS}
+    seen = setting.seen
     knn_seen, knn_unseen = (rank_by_profile(embeddings, profiles, histories, 10, among=part) for part in (seen, ~seen))
     by_rank = np.broadcast_to(-np.arange(10.0), knn_seen.shape)
-    add_merged("Semantic_KNN reserved", (knn_seen, by_rank), (knn_unseen, by_rank), True)
+    rows.add_merged("Semantic_KNN reserved", (knn_seen, by_rank), (knn_unseen, by_rank), True)
+    return profiles, by_rank
 
-    if model.generates_ids:
-        # The paper's rule. The model may generate any prefix of a real item, unseen ones included (it
-        # knows every code token); a generated unseen ID then brings its unseen siblings, itself among them.
-        generated, codes, _ = decode()
-        siblings = unseen_siblings(codes, ids, num_seen)
-        generated = np.where(generated < num_seen, generated, -1)  # the seen item with exactly that ID, if any
-        prefix_rule["generated_ids_with_unseen_siblings"] = float((siblings >= 0).any(2).mean())
-        for epsilon in exp.epsilons:
-            add_rows(f"TIGER prefix eps={epsilon:g}", lambda k, e=epsilon: epsilon_rank(generated, siblings, k, e))
-    seen_best, _, seen_scores = decode(seen)
-    unseen_best, _, unseen_scores = decode(~seen)
+
+def _prefix_rows(rows: RecallRows, setting: ColdStart, cold: ColdUsers) -> dict:
+    """The paper's rule (``EPSILON_RULE``). The model may generate any prefix of a real item, unseen ones
+    included (it knows every code token); a generated unseen ID then brings its unseen siblings, itself
+    among them."""
+    generated, codes, _ = setting.decode(cold)
+    siblings = unseen_siblings(codes, setting.ids, setting.num_seen)
+    generated = np.where(generated < setting.num_seen, generated, -1)  # the seen item with exactly that ID, if any
+    for epsilon in setting.cfg.experiment.epsilons:
+        rows.add(f"TIGER prefix eps={epsilon:g}", lambda k, e=epsilon: epsilon_rank(generated, siblings, k, e))
+    return {"generated_ids_with_unseen_siblings": float((siblings >= 0).any(2).mean())}
+
+
+def _scored_rows(rows: RecallRows, setting: ColdStart, cold: ColdUsers) -> tuple[np.ndarray, np.ndarray]:
+    """The model's own scores of the seen and of the unseen items, merged (``SCORED_RULE``); returns the
+    seen items' list (items, scores)."""
+    seen_best, _, seen_scores = setting.decode(cold, setting.seen)
+    unseen_best, _, unseen_scores = setting.decode(cold, ~setting.seen)
     for reserve, rule in ((False, "scored"), (True, "reserved")):
-        add_merged(f"{kind} {rule}", (seen_best, seen_scores), (unseen_best, unseen_scores), reserve)
+        name = f"{setting.model.kind.upper()} {rule}"
+        rows.add_merged(name, (seen_best, seen_scores), (unseen_best, unseen_scores), reserve)
+    return seen_best, seen_scores
 
-    # Guided (GUIDED_RULE): content ranks the unseen items, from a profile the model's predictions move;
-    # how far is chosen on the validation users whose target is unseen (never on these test users).
-    valid_users = cold_users(split.valid_target, split.valid_history)
+
+def _guided_rows(rows, setting: ColdStart, split, cold: ColdUsers, profiles, seen_lists, by_rank) -> dict:
+    """``GUIDED_RULE``: content ranks the unseen items, from a profile the model's predictions move; how far
+    is chosen on the validation users whose target is unseen (never on the test users)."""
+    exp, embeddings, seen = setting.cfg.experiment, setting.embeddings, setting.seen
+    valid_users = setting.users(split.valid_target, split.valid_history)
     if not len(valid_users.histories):
         raise ValueError(
             "no validation user has an unseen target to tune the guided rule on; raise experiment.unseen_share"
         )
     top = exp.guide_items
-    valid_best, _, valid_scores = decode(seen, valid_users)
+    valid_best, _, valid_scores = setting.decode(valid_users, seen)
     pull, by_pull = choose_pull(
         embeddings,
         valid_users.histories,
@@ -382,42 +431,33 @@ def coldstart(source, cfg: RunConfig, out_dir: Path, overwrite: bool = False) ->
         valid_users.examples.targets,
         exp.guide_pulls,
         ~seen,
-        cfg.data.max_history,
+        setting.cfg.data.max_history,
     )
-    guided = guided_profiles(profiles, predicted_profiles(embeddings, seen_best[:, :top], seen_scores[:, :top]), pull)
-    guided = rank_by_profile(embeddings, guided, histories, 10, among=~seen)
-    add_merged(f"{kind} guided reserved", (seen_best, seen_scores), (guided, by_rank), True)
-
-    result = {
-        "model": model.kind,
-        "unseen_items": len(unseen),
-        "seen_items": num_seen,
-        "cold_test_users": len(histories),
-        **prefix_rule,
-        "recall": recall,
-        "mean_unseen_in_top10": unseen_in_top10,
-        "guided": {
-            "pull": pull,
-            "guide_items": top,
-            "validation_cold_users": len(valid_users.histories),
-            "validation_unseen_ndcg@10_by_pull": by_pull,
-        },
-        "seen_test_metrics": seen_metrics["test"],
-        "training": seen_metrics["training"],
-        "fill_rule": (EPSILON_RULE + " " if model.generates_ids else "") + SCORED_RULE + " " + GUIDED_RULE,
+    seen_best, seen_scores = seen_lists
+    ahead = predicted_profiles(embeddings, seen_best[:, :top], seen_scores[:, :top])
+    guided = rank_by_profile(embeddings, guided_profiles(profiles, ahead, pull), cold.histories, 10, among=~seen)
+    rows.add_merged(f"{setting.model.kind.upper()} guided reserved", seen_lists, (guided, by_rank), True)
+    return {
+        "pull": pull,
+        "guide_items": top,
+        "validation_cold_users": len(valid_users.histories),
+        "validation_unseen_ndcg@10_by_pull": by_pull,
     }
-    header = ["K", *recall]
-    rows = [[k, *(recall[name][k] for name in recall)] for k in ks]
-    rows.append(["unseen in top 10", None, *unseen_in_top10.values()])
+
+
+def _coldstart_table(result: dict, rows: RecallRows, unseen_share: float) -> str:
+    header = ["K", *rows.recall]
+    table = [[k, *(rows.recall[name][k] for name in rows.recall)] for k in rows.KS]
+    table.append(["unseen in top 10", None, *rows.unseen_in_top10.values()])
     intro = (
-        f"Recall@K on the {len(histories)} test users whose target is one of {len(unseen)} unseen items "
-        f"({exp.unseen_share:.0%} of the distinct test targets). "
+        f"Recall@K on the {result['cold_test_users']} test users whose target is one of {result['unseen_items']} "
+        f"unseen items ({unseen_share:.0%} of the distinct test targets). "
         "Paper: TIGER beats Semantic_KNN at every K for eps >= 0.1.\n\n"
         f"{result['fill_rule']} Semantic_KNN ranks all items, seen and unseen, by cosine similarity to the mean "
         "embedding of the user's last items, history excluded; Semantic_KNN reserved applies the reserved rule to its "
         "nearest unseen and nearest seen items.\n\n"
     )
-    return result, intro + markdown_table(header, rows)
+    return intro + markdown_table(header, table)
 
 
 # ------------------------------------------------------------------ diversity

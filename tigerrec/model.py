@@ -3,8 +3,7 @@
 The encoder reads [user token, Semantic ID tokens of the history]; the decoder
 generates the 4 tokens of the next item. A pooled history ("items", "pooled")
 gives each history item one token, the mean of its code embeddings. With a causal
-history ("items"; "causal-codes": the paper's tokens) the encoder runs under a
-causal mask, so one pass over a user's sequence yields the memory for every
+history ("items") the encoder runs under a causal mask, so one pass over a user's sequence yields the memory for every
 position, and the decoder predicts the next item after each position at once.
 As in T5: pre-norm RMSNorm, no biases, ReLU feed-forward, relative position bias
 shared across the layers of a stack, shared input embeddings. The output layer of
@@ -318,7 +317,6 @@ class TigerModel(BeamSearch, SequenceModel):
         self.drop = Dropout(cfg.dropout)
         self.input_drop = Dropout(cfg.input_dropout)  # on the encoder's input vectors
         self.encoder_bias = RelativeBias(cfg, bidirectional=not self.causal)
-        self.recency = nn.Embedding(cfg.recency_positions, cfg.d_model) if cfg.recency_positions else None
         self.encoder_layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.encoder_layers))
         self.encoder_norm = nn.RMSNorm(cfg.d_model)
         self.decoder_bias = RelativeBias(cfg, bidirectional=False)
@@ -328,25 +326,19 @@ class TigerModel(BeamSearch, SequenceModel):
         self.head = nn.Parameter(torch.empty(id_length, codebook_size, cfg.d_model))
         self.apply(self._init)
         nn.init.normal_(self.embed.weight, std=cfg.embed_init_std)
-        if self.recency is not None:
-            nn.init.normal_(self.recency.weight, std=cfg.embed_init_std)
         nn.init.normal_(self.head, std=cfg.d_model**-0.5)
 
     @classmethod
     def build(cls, tokenizer: Tokenizer, cfg: RunConfig, codebooks: torch.Tensor | None = None) -> TigerModel:
         model = cls(cfg.model, tokenizer.vocab_size, tokenizer.id_length, tokenizer.codebook_size)
         if codebooks is not None:
-            model.init_code_embeddings(
-                tokenizer, codebooks, cfg.model.embed_init_std, head=cfg.model.embed_init == "codebooks+head"
-            )
+            model.init_code_embeddings(tokenizer, codebooks, cfg.model.embed_init_std)
         return model
 
-    def init_code_embeddings(self, tokenizer: Tokenizer, codebooks: torch.Tensor, std: float, head: bool = False):
+    def init_code_embeddings(self, tokenizer: Tokenizer, codebooks: torch.Tensor, std: float) -> None:
         """Start each level's code tokens from the quantiser's codewords (levels, codebook_size, dim): centred,
         carried to d_model by one fixed random projection per level and scaled to ``std``, so the geometry
-        of the codewords (which codes are close) is what the model starts from (ModelConfig.embed_init).
-        With ``head`` the output rows of those codes start from the same vectors at the head's usual scale,
-        as if input and output embeddings were tied."""
+        of the codewords (which codes are close) is what the model starts from (ModelConfig.embed_init)."""
         generator = torch.Generator().manual_seed(0)
         d_model = self.embed.weight.shape[1]
         with torch.no_grad():
@@ -356,14 +348,10 @@ class TigerModel(BeamSearch, SequenceModel):
                 projected = projected / projected.std()
                 rows = tokenizer.code_tokens(level).to(self.embed.weight.device)
                 self.embed.weight[rows] = (projected * std).to(self.embed.weight)
-                if head:
-                    self.head[level] = (projected * d_model**-0.5).to(self.head)
 
     def encode(self, tokens: torch.Tensor):
         """Encode input tokens; returns per-layer cross-attention keys/values and their mask."""
         x, mask = self.embed_input(tokens)
-        if self.recency is not None:
-            x = x + self.recency(self.recency_index(tokens))
         x = self.input_drop(x)
         length = tokens.shape[1]
         self_mask = self.encoder_bias(length, length, tokens.device) + mask
@@ -374,17 +362,6 @@ class TigerModel(BeamSearch, SequenceModel):
         memory = self.drop(self.encoder_norm(x))
         # Keys/values for every decoder layer, computed once per input (beam search reuses them).
         return [layer.cross_attn.keys_values(memory) for layer in self.decoder_layers], mask
-
-    def recency_index(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(B, T) recency slot of each encoder token (history=codes): 0 for the tokens of the newest item,
-        1 for the item before, ..., capped at the last slot; the user token (and padding, which attention
-        masks) get slot 0. Histories are right-padded, so a row's item count is its non-PAD tokens / id_length."""
-        lead = int(self.cfg.use_user_token)
-        history = tokens[:, lead:]
-        items = (history != PAD).sum(1, keepdim=True) // self.id_length
-        slot = torch.arange(history.shape[1], device=tokens.device) // self.id_length
-        recency = (items - 1 - slot).clamp(0, self.cfg.recency_positions - 1)
-        return F.pad(recency, (lead, 0))
 
     def decode(self, decoder_tokens: torch.Tensor, memory_kv, memory_mask, cache: list | None = None) -> torch.Tensor:
         """Logits (B, P, codebook_size) for the next code after each of the P decoder tokens.

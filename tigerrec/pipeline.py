@@ -134,16 +134,10 @@ def held_out_examples(split: Split, max_history: int) -> tuple[Examples, Example
 
 
 def training_examples(train_sequences: list[np.ndarray], cfg: RunConfig) -> Examples:
-    """Every prefix as one example (the paper), or windows whose every position is a target (causal histories).
-
-    With ``train.recent_repeats`` each user's last example (its most recent target) is repeated that often."""
+    """Every prefix as one example (the paper), or windows whose every position is a target (causal histories)."""
     if cfg.model.history in CAUSAL_HISTORIES:
         return Examples.windows(train_sequences, cfg.data.max_history)
-    examples = Examples.training(train_sequences, cfg.data.max_history)
-    if cfg.train.recent_repeats and len(examples):
-        last = np.flatnonzero(np.append(examples.users[1:] != examples.users[:-1], True))  # examples are in user order
-        examples = examples.subset(np.concatenate([np.arange(len(examples)), np.tile(last, cfg.train.recent_repeats)]))
-    return examples
+    return Examples.training(train_sequences, cfg.data.max_history)
 
 
 def prepare(

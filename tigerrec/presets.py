@@ -34,39 +34,31 @@ PRESETS: dict[str, dict] = {
     },
 }
 
-# Training recipes, applied under a preset's own values (benchmarks/recipe_search.py and
-# BENCHMARKS.md, "Time to quality", chose them on Beauty validation):
+# Training recipes, applied under a preset's own values; benchmarks/recipe_search.py and the
+# backtests in BENCHMARKS.md chose them on Beauty validation data ("Time to quality").
 # - "paper": the paper's exact recipe (the config defaults).
-# - "tuned" (the default): the paper's model and schedule, decayed linearly to 0 over the last
-#   20% of the budget (steps, or --max-minutes), with code embeddings that start from the
-#   quantiser's codewords (model.embed_init), residual k-means Semantic IDs (ids.scheme=rqkmeans:
-#   more recall than the RQ-VAE's in three runs, in a third of the time), each user's own items kept
-#   out of its ranking (eval.exclude_history, as serving does; +15% validation NDCG@10 on Beauty), no
-#   user token (as in GRID's TIGER: level or ahead on Beauty validation in all three comparisons; every
-#   request is treated alike, with or without a user id), and each history item read as one token, the
-#   mean of its code embeddings (model.history=pooled), under the paper's bidirectional encoder: 4x
-#   shorter encoder inputs, 3.3x the samples per second on a CPU without bf16 at 12-15% less validation
-#   quality per sample; within the same end-to-end budget on that CPU it is 12-19% ahead of the
-#   paper's 4 tokens per item on Beauty validation (BENCHMARKS.md, "Pooled history items at the full
-#   budget"), and at most 30 passes over the training data (train.epochs; the paper's step count, or
-#   --max-minutes, may end it first): on a bf16 CPU the uncapped run reached 88 passes in 110 minutes
-#   and its validation was flat from ~29 passes while the training loss kept falling; a 30-pass cap was
-#   10% ahead one step forward in time, in 37% of the training time (BENCHMARKS.md, "Many passes on a
-#   bf16 CPU"). Held out, the cap gained 10-15% on Toys' test and cost 8-13% on Sports', whose larger
-#   training set still gained from 55 passes.
-#   At the cap, dropout 0.05 and 0.2 and an item embedding per history item (model.item_tokens) were each
-#   behind on Beauty validation data (BENCHMARKS.md, "More levers at the 30-pass cap"): dropout stays 0.1,
-#   item tokens off.
-#   Two such models (train.members=2, seeds 0 and 1; the second only when the minutes allow it), ranked as one
-#   ensemble by the mean of their log-probabilities at each decoding step: on Beauty backtest data,
-#   +6-10% on validation and +7-10% one step forward over one model, whose two seeds were within 1.3%
-#   of each other (BENCHMARKS.md, "Two models as one ensemble"), at twice the training time and 1.7-2x the
-#   decoding time.
-#   Two members of 15 passes (one 30-pass model's compute) were 3-8% behind one model of 30 one step forward,
-#   so the first member always gets its full length. A second member of 15 passes beside it gained +4-6% one
-#   step forward, one of 10 passes +1-3% (within twice the seed spread): so a second member trains where the
-#   minutes left give it at least half the first one's time (train.member_min_share=0.5), its schedule
-#   compressed into them (BENCHMARKS.md, "How short a second member still helps").
+# - "tuned" (the default): the paper's model, with what beat it on validation:
+#   - a linear lr cooldown over the last 20% of the budget, so a run stopped by steps or by the clock
+#     ends annealed ("A longer cooldown, and half the batch");
+#   - code embeddings that start from the quantiser's codewords, so close codes start close
+#     (model.embed_init; "Code embeddings initialised from the RQ-VAE codewords");
+#   - residual k-means Semantic IDs, which recalled more in less time than the RQ-VAE's
+#     ("RQ-KMeans Semantic IDs at the full budget");
+#   - each user's own items kept out of its ranking, as serving does (eval.exclude_history;
+#     "History items kept out of the ranking");
+#   - no user token, as in GRID's TIGER: every request is treated alike, with or without a user id
+#     ("No user token at the AVX2 budget");
+#   - each history item read as one token, the mean of its code embeddings (model.history=pooled):
+#     shorter encoder inputs train more samples in the same minutes ("Pooled history items at the
+#     full budget");
+#   - at most 30 passes over the training data (train.epochs), after which validation stopped
+#     improving while the training loss kept falling ("Many passes on a bf16 CPU");
+#   - two models from seeds 0 and 1 ranked as one ensemble (train.members=2, model.TigerEnsemble);
+#     the second trains only where the minutes left give it at least half the first one's time,
+#     since shorter second members helped too little and the first is never cut short for it
+#     ("Two models as one ensemble", "How short a second member still helps").
+#   Tried at the same budget and kept out: dropout 0.05 and 0.2, item embeddings per history item
+#   ("More levers at the 30-pass cap").
 #   `--set model.history=codes` gives the paper's input back; `--set train.epochs=0` removes the cap;
 #   `--set train.members=1` trains one model.
 RECIPES: dict[str, dict] = {
@@ -83,22 +75,18 @@ DEFAULT_RECIPE = "tuned"
 # Model kinds (`--model`), applied over the recipe and under a preset's own values; MODEL_PRESETS
 # then adds a kind's values for one preset. "tiger" is the config defaults.
 # "rpg" (Hou et al., KDD 2025; tigerrec/rpg.py), tuned on Beauty validation (BENCHMARKS.md, "Tuning RPG
-# on Beauty validation"). As in the paper: OPQ codes of 256 values per item after a whitened 128-d PCA
-# of the text embeddings, 2 causal layers of 4 heads, feed-forward 1024, no user token, cosine logits
-# at temperature 0.03 (ModelConfig.logit_temperature), dropout 0.5 on the input.
-# Not as in the paper:
-# - 16 codes on every dataset (the paper: 32 on Beauty, 16 on Toys and Sports): the m output heads
-#   cost m * d^2 per position, more than the two layers; 16 codes train 1.6x more samples per second
-#   and were ahead on Beauty validation at every point of a 12-minute curve;
-# - d_model 256 (paper 448): 448 trains 2.3x fewer samples per second (450 against 1,020 on one CPU
-#   thread, 32 codes);
-# - dropout 0.1 on the residual branches and none on the attention weights (paper: 0 and 0.5; its
-#   0.5 on the attention weights learned 22% slower in 12 minutes);
-# - max_history 20, the data section TIGER uses too (paper: 50);
-# - Adafactor lr .01, constant after a 200-step warmup, 20% cooldown, 64 sequences a batch, at most
-#   100 passes (about an hour on a 2-core CPU) (paper: AdamW, lr .01 on Beauty and .003 on Toys and
-#   Sports, batch 256, cosine decay after 10k warmup steps, up to 160 epochs). Adafactor beat AdamW
-#   on this CPU's budgets for the item-token TIGER model (BENCHMARKS.md, "Recipe search").
+# on Beauty validation"). As in the paper: OPQ codes after a whitened PCA of the text embeddings, two
+# causal layers, no user token, cosine logits over a temperature (ModelConfig.logit_temperature), heavy
+# dropout on the input. Not as in the paper, for a CPU's budget:
+# - 16 codes on every dataset (the paper: 32 on Beauty): the output heads cost as much per position
+#   as the layers, and fewer codes train more samples in the same minutes and did better on validation;
+# - d_model 256 (the paper: 448), for the same reason;
+# - dropout on the residual branches and none on the attention weights (the paper: the reverse, which
+#   learned more slowly here);
+# - max_history 20, the data section TIGER uses too (the paper: 50);
+# - Adafactor with a constant lr after a short warmup and TIGER's cooldown, small batches and a cap in
+#   passes (the paper: AdamW with a cosine decay): Adafactor did better on this CPU's budgets
+#   ("Recipe search").
 MODELS: dict[str, dict] = {
     "tiger": {},
     "rpg": {
@@ -131,8 +119,8 @@ MODELS: dict[str, dict] = {
     },
 }
 MODEL_PRESETS: dict[tuple[str, str], dict] = {
-    # 120 items: 8 codes of 16 values (the preset's codebook), a 64-d PCA (OPQ needs more items than
-    # dimensions), a step budget and light dropout: 500 steps must learn it by heart.
+    # 120 items: short IDs of the preset's small codebook, a PCA smaller than the catalogue (OPQ needs more
+    # items than dimensions), a step budget and light dropout: a smoke run must learn it by heart.
     ("rpg", "tiny"): {
         "ids": {"levels": 8, "pca_dim": 64},
         "model": {"d_model": 128, "input_dropout": 0.1},

@@ -118,7 +118,7 @@ class Recommender:
         """Everything that depends on the catalogue (the model's weights do not)."""
         self.ids, self.items = ids, items
         self.trained_items = len(ids.item_ids) if trained_items is None else trained_items
-        self.tokenizer = make_tokenizer(ids, self.cfg, self.trained_items)
+        self.tokenizer = make_tokenizer(ids, self.cfg)
         # TIGER's beam search walks the IDs' prefix trie; RPG scores the items it holds, which may have grown.
         self.trie = self.model.catalogue_trie(ids.codes, ids.codebook_size)
         if self.trie is not None:
@@ -145,9 +145,7 @@ class Recommender:
         if missing:
             log.warning("%d items have no metadata in %s (e.g. %s)", len(missing), ITEMS_FILE, missing[:3])
         trained = catalogue.trained_items(run_dir)
-        model = load_best_model(
-            make_model(make_tokenizer(ids, cfg, trained), cfg).to(device), run_dir, cfg.train.members
-        )
+        model = load_best_model(make_model(make_tokenizer(ids, cfg), cfg).to(device), run_dir, cfg.train.members)
         model.configure_decoding(cfg.eval)
         log.info(
             "loaded %s: %s, %d items (%d new since training), %.2fM parameters, on %s",

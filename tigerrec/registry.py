@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .config import CODEBOOK_INITS, MODEL_KINDS, ModelKind, RunConfig
+from .config import MODEL_KINDS, ModelKind, RunConfig
 from .errors import TigerrecError
 from .model import SequenceModel, TigerModel
 from .quantize import load_quantizer
@@ -47,10 +47,8 @@ def model_class(kind: str) -> type[SequenceModel]:
     return MODELS[kind]
 
 
-def make_tokenizer(ids: SemanticIDs, cfg: RunConfig, trained_items: int | None = None) -> Tokenizer:
-    """The tokenizer for ``ids``; with ``model.item_tokens`` the first ``trained_items`` items (default:
-    all) have a token of their own, so IDs added after training leave the vocabulary as it was."""
-    item_tokens = (len(ids.item_ids) if trained_items is None else trained_items) if cfg.model.item_tokens else 0
+def make_tokenizer(ids: SemanticIDs, cfg: RunConfig) -> Tokenizer:
+    """The tokenizer for ``ids`` as ``cfg`` reads them (items added after training need no new tokens)."""
     return Tokenizer(
         ids.codes,
         ids.codebook_size,
@@ -58,7 +56,6 @@ def make_tokenizer(ids: SemanticIDs, cfg: RunConfig, trained_items: int | None =
         cfg.data.max_history,
         cfg.model.use_user_token,
         history=cfg.model.history,
-        item_tokens=item_tokens,
         anonymous_token=cfg.model.anonymous_share > 0,
     )
 
@@ -72,11 +69,10 @@ def initial_model(tokenizer: Tokenizer, cfg: RunConfig, ids_dir: str | Path | No
     """A model as training starts it: initialised from ``train.seed`` (same seed, same weights), its code
     embeddings from the quantiser's codewords in ``ids_dir`` with model.embed_init=codebooks."""
     codebooks = None
-    if cfg.model.embed_init in CODEBOOK_INITS:
+    if cfg.model.embed_init == "codebooks":
         if ids_dir is None:
             raise TigerrecError(
-                f"config model.embed_init={cfg.model.embed_init} needs the Semantic IDs' quantiser: "
-                "pass ids_dir to prepare"
+                "config model.embed_init=codebooks needs the Semantic IDs' quantiser: pass ids_dir to prepare"
             )
         codebooks = load_quantizer(Path(ids_dir) / QUANTIZER_FILE).codebooks
     torch.manual_seed(cfg.train.seed)

@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig, fingerprint, show_value
+from .config import RunConfig, show_value
 from .data import Dataset
 from .errors import TigerrecError
 from .io import file_sha256, read_json, write_text
@@ -108,6 +108,14 @@ def read_items(path: str | Path) -> dict[str, dict]:
     return items
 
 
+# Settings that earlier releases wrote to config.json and this one no longer has, with the value that
+# left each off: a run directory that recorded them so reads as the run it is.
+RETIRED_SETTINGS = {
+    "model": {"item_tokens": False, "recency_positions": 0},
+    "train": {"ema_decay": 0.0, "label_smoothing": 0.0, "recent_repeats": 0},
+}
+
+
 def read_run_config(run_dir: str | Path) -> RunConfig:
     """The configuration a run directory was made with (``config.json`` minus the source)."""
     path = Path(run_dir) / CONFIG_FILE
@@ -116,6 +124,11 @@ def read_run_config(run_dir: str | Path) -> RunConfig:
         if not isinstance(values, dict):
             raise TigerrecError(f"expected a JSON object, got {type(values).__name__}")
         values.pop("source", None)
+        for section, retired in RETIRED_SETTINGS.items():
+            settings = values.get(section) if isinstance(values.get(section), dict) else {}
+            for name, off in retired.items():
+                if (value := settings.pop(name, off)) != off:
+                    raise TigerrecError(f"trained with {section}.{name}={show_value(value)}, which this version lacks")
         return RunConfig.from_dict(values).validate()
     except TigerrecError as e:
         raise TigerrecError(f"{path}: {e}") from None
@@ -160,14 +173,12 @@ def read_ids_fingerprint(ids_dir: Path) -> dict[str, Any] | None:
     metrics = read_record(ids_dir / IDS_METRICS)
     if metrics is None:
         return None
-    if "fingerprint" in metrics:
-        return metrics["fingerprint"]
-    # Made before fingerprints: the text and ID sections and the item count, under "settings".
-    settings = metrics.get("settings") if isinstance(metrics.get("settings"), dict) else {}
-    recorded = fingerprint(settings, ("text", "ids"))
-    if "items" in settings:
-        recorded["dataset.items"] = settings["items"]
-    return recorded
+    if "fingerprint" not in metrics:
+        raise TigerrecError(
+            f"{ids_dir / IDS_METRICS} does not record what the Semantic IDs were built from; "
+            f"delete {ids_dir} to build them again"
+        )
+    return metrics["fingerprint"]
 
 
 def check_run_dir(run_dir: str | Path, dataset: Dataset, cfg: RunConfig, overwrite: bool = False) -> list[Path]:
@@ -179,9 +190,6 @@ def check_run_dir(run_dir: str | Path, dataset: Dataset, cfg: RunConfig, overwri
     ``RESUMABLE_KEYS``, which a run may be resumed with), or when there are no IDs or no record.
     A stale stage goes with everything after it. Without ``overwrite`` stale paths are an error
     that names the differences, raised before anything in the directory changes.
-
-    Directories from before fingerprints: their config.json stands in for fingerprint.json, and
-    keys a record lacks (the dataset hashes) are unknown, so not compared.
     """
     run_dir = Path(run_dir)
     ids_dir = run_dir / IDS_DIR
@@ -190,15 +198,10 @@ def check_run_dir(run_dir: str | Path, dataset: Dataset, cfg: RunConfig, overwri
     problems = []
     if (run_dir / CHECKPOINT).exists() or (run_dir / BEST_MODEL).exists():
         recorded = read_record(run_dir / FINGERPRINT_FILE)
-        if recorded is None:  # older run directories: the settings in config.json
-            config = read_record(run_dir / CONFIG_FILE)
-            recorded = None if config is None else fingerprint(config, MODEL_SECTIONS)
         if not ((ids_dir / IDS_METRICS).is_file() and (ids_dir / IDS_FILE).is_file()):
             problems.append(f"holds a trained model but no finished Semantic IDs ({IDS_DIR}/{IDS_METRICS})")
         elif recorded is None:
-            problems.append(
-                f"holds a trained model but no record of its settings ({FINGERPRINT_FILE} or {CONFIG_FILE})"
-            )
+            problems.append(f"holds a trained model but no record of its settings ({FINGERPRINT_FILE})")
         else:
             differences += changed_settings(recorded, model_inputs(dataset, cfg, ids_dir))
     if differences or problems:
@@ -220,7 +223,8 @@ def read_record(path: Path) -> dict | None:
 
 
 def changed_settings(recorded: dict | None, current: dict) -> list[str]:
-    """``key=recorded (now current)`` for each key whose value changed; keys the record lacks are not compared."""
+    """``key=recorded (now current)`` for each key whose value changed. Keys the record lacks are not
+    compared: a setting added after the record was written defaults to what the run did."""
     if recorded is None:
         return []
     return [

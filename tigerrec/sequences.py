@@ -5,9 +5,7 @@ Vocabulary: PAD, BOS, then ``id_length x codebook_size`` codeword tokens (token
 requests, if reserved). The encoder input
 is [user token, the 4 tokens of each of the last ``max_history`` items]; the
 target is the next item's 4 codes. With a pooled history ("items", "pooled") the input
-keeps one row of 4 tokens per item, (B, [1 +] H, 4), the user token padded with PAD; with
-``item_tokens`` each row gains a fifth token of the item's own (after the user tokens
-in the vocabulary), so the model can tell apart, and memorise, individual items.
+keeps one row of 4 tokens per item, (B, [1 +] H, 4), the user token padded with PAD.
 """
 
 from __future__ import annotations
@@ -44,17 +42,12 @@ class Tokenizer:
         max_history: int,
         use_user_token: bool = True,
         history: str = "codes",
-        item_tokens: int = 0,
         anonymous_token: bool = False,
     ):
-        """``item_tokens``: the first that many items get a token of their own (ModelConfig.item_tokens);
-        items added after training come later and have none. ``anonymous_token``: reserve a user token
-        for requests without a user id (ModelConfig.anonymous_share); without it they get PAD (masked)."""
-        if item_tokens and history not in POOLED_HISTORIES:
-            raise ValueError(f"model.item_tokens needs a pooled model.history {POOLED_HISTORIES}, got {history!r}")
+        """``anonymous_token``: reserve a user token for requests without a user id
+        (ModelConfig.anonymous_share); without it they get PAD (masked)."""
         self.history = history  # ModelConfig.history
         self.causal = history in CAUSAL_HISTORIES  # every history position has a target
-        self.num_item_tokens = item_tokens
         self.item_codes = torch.as_tensor(item_codes, dtype=torch.long)  # (items, id_length)
         self.id_length = self.item_codes.shape[1]
         self.codebook_size = codebook_size
@@ -67,8 +60,7 @@ class Tokenizer:
         self._item_tokens_padded = torch.cat([self.item_tokens, torch.full((1, self.id_length), PAD)])
         self.user_offset = NUM_SPECIAL + codebook_size * self.id_length
         self.anonymous_user = self.user_offset + user_buckets if anonymous_token else PAD
-        self.item_offset = self.user_offset + user_buckets + anonymous_token
-        self.vocab_size = self.item_offset + item_tokens
+        self.vocab_size = self.user_offset + user_buckets + anonymous_token
 
     @property
     def num_items(self) -> int:
@@ -85,7 +77,7 @@ class Tokenizer:
 
     def encoder_input(self, histories: torch.Tensor, user_tokens: torch.Tensor) -> torch.Tensor:
         """histories: (B, H) item indices, -1 = padding (right side). Returns (B, [1+] H*id_length) tokens,
-        or (B, [1+] H, id_length [+ 1]) with a pooled history, cut to the longest history in the batch so no
+        or (B, [1+] H, id_length) with a pooled history, cut to the longest history in the batch so no
         batch pays for padding it does not need."""
         longest = int((histories >= 0).sum(1).max()) if len(histories) else 0
         histories = histories[:, : max(longest, 1)]
@@ -93,9 +85,6 @@ class Tokenizer:
         if self.history not in POOLED_HISTORIES:
             tokens = tokens.flatten(1)
             return torch.cat([user_tokens[:, None], tokens], dim=1) if self.use_user_token else tokens
-        if self.num_item_tokens:
-            own = torch.where((histories >= 0) & (histories < self.num_item_tokens), self.item_offset + histories, PAD)
-            tokens = torch.cat([tokens, own[..., None]], dim=2)
         if self.use_user_token:  # one more row: [user token, PAD, PAD, ...]
             user = torch.full((len(tokens), 1, tokens.shape[2]), PAD, dtype=torch.long)
             user[:, 0, 0] = user_tokens

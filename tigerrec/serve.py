@@ -102,6 +102,24 @@ def create_app(
     serves it as ``POST /admin/reload`` to loopback clients.
     """
     recommender = source if isinstance(source, Recommender) else Recommender.load(source)
+    app = FastAPI(
+        title="tigerrec",
+        summary="Next-item recommendations by generative retrieval with Semantic IDs (TIGER, RPG)",
+        default_response_class=ASCIIJSONResponse,
+        lifespan=_closing,
+    )
+    app.state.recommender, app.state.batcher = recommender, MicroBatcher(recommender, max_batch)
+    app.state.reload = _reloader(app.state, max_batch)
+    _add_error_handlers(app)
+    _add_routes(app, _request_model(recommender, max_history_items), recommender.max_k, max_history_items)
+    if admin:
+        _add_admin_routes(app)
+    return app
+
+
+def _request_model(recommender: Recommender, max_history_items: int) -> type[BaseModel]:
+    """The body of ``POST /recommend``, with the limits of ``recommender`` (its largest k, its item ids as
+    the example)."""
     max_k = recommender.max_k
 
     class RecommendRequest(BaseModel):
@@ -155,14 +173,11 @@ def create_app(
             None, description="recommend only items with this category name anywhere in their categories"
         )
 
-    app = FastAPI(
-        title="tigerrec",
-        summary="Next-item recommendations by generative retrieval with Semantic IDs (TIGER, RPG)",
-        default_response_class=ASCIIJSONResponse,
-        lifespan=_closing,
-    )
-    state = app.state
-    state.recommender, state.batcher = recommender, MicroBatcher(recommender, max_batch)
+    return RecommendRequest
+
+
+def _reloader(state, max_batch: int):
+    """``app.state.reload``: loads the run directory again and swaps it in, one reload at a time."""
     reload_lock = threading.Lock()
 
     def reload() -> Recommender:
@@ -178,7 +193,11 @@ def create_app(
         log.info("reloaded %s: %d items (%d new)", new.run_dir, new.num_items, new.num_items - new.trained_items)
         return new
 
-    state.reload = reload
+    return reload
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error as one JSON shape, ``{"message": ..., "detail": ...}``, with the status that fits it."""
 
     @app.exception_handler(RequestValidationError)
     def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -210,6 +229,10 @@ def create_app(
             {"message": str(exc), "detail": str(exc), "unknown_item_ids": exc.item_ids}, status_code=status
         )
 
+
+def _add_routes(app: FastAPI, request_model: type[BaseModel], max_k: int, max_history_items: int) -> None:
+    state = app.state
+
     @app.get("/", include_in_schema=False)
     def root():
         return RedirectResponse("/docs")
@@ -230,7 +253,7 @@ def create_app(
         )
 
     @app.post("/recommend", response_model=RecommendResponse)
-    async def recommend(request: RecommendRequest):
+    async def recommend(request: request_model):
         current, batcher = state.recommender, state.batcher  # one catalogue for the whole request
         # Checking is cheap dictionary work; errors surface here, before any model time is spent.
         query = current.query(
@@ -253,20 +276,20 @@ def create_app(
     def item(item_id: str):
         return state.recommender.item(item_id)
 
-    if admin:
 
-        @app.post("/admin/reload", response_model=Reloaded, responses={403: {"description": "not a loopback client"}})
-        async def admin_reload(request: Request):
-            if not _is_loopback(request.client.host if request.client else ""):
-                raise StarletteHTTPException(403, "the admin endpoints answer loopback clients only")
-            try:
-                new = await asyncio.to_thread(reload)
-            except Exception as e:  # the old run keeps serving
-                log.exception("reload failed")
-                raise StarletteHTTPException(500, f"reload failed, still serving the previous run: {e}") from None
-            return Reloaded(status="reloaded", items=new.num_items, new_items=new.num_items - new.trained_items)
+def _add_admin_routes(app: FastAPI) -> None:
+    reload = app.state.reload
 
-    return app
+    @app.post("/admin/reload", response_model=Reloaded, responses={403: {"description": "not a loopback client"}})
+    async def admin_reload(request: Request):
+        if not _is_loopback(request.client.host if request.client else ""):
+            raise StarletteHTTPException(403, "the admin endpoints answer loopback clients only")
+        try:
+            new = await asyncio.to_thread(reload)
+        except Exception as e:  # the old run keeps serving
+            log.exception("reload failed")
+            raise StarletteHTTPException(500, f"reload failed, still serving the previous run: {e}") from None
+        return Reloaded(status="reloaded", items=new.num_items, new_items=new.num_items - new.trained_items)
 
 
 @asynccontextmanager

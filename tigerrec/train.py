@@ -21,7 +21,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from .config import SCHEDULES, EvalConfig, RunConfig, TrainConfig
@@ -149,25 +148,20 @@ def out_of_patience(evals_since_best: int, patience: int) -> bool:
 def lr_factor(step: int, cfg: TrainConfig, elapsed_minutes: float = 0.0) -> float:
     """The learning rate at ``step`` as a share of ``cfg.lr``.
 
-    "rsqrt" is T5X's schedule (constant for ``warmup_steps``, then 1/sqrt(step)); the
-    others warm up linearly over ``warmup_steps`` and then stay constant or decay
-    (linearly, or along a half cosine) to 0 at the end of the budget. The budget is
-    measured in steps or, under ``max_minutes``, in wall-clock time, whichever is
-    further along, so a run stopped by the clock still ends annealed. An optional
-    cooldown decays any schedule linearly to 0 over the last ``cooldown_fraction``.
+    "rsqrt" is T5X's schedule (constant for ``warmup_steps``, then 1/sqrt(step)); "constant"
+    warms up linearly over ``warmup_steps`` and then stays constant. An optional cooldown decays
+    either linearly to 0 over the last ``cooldown_fraction`` of the budget, measured in steps or,
+    under ``max_minutes``, in wall-clock time, whichever is further along, so a run stopped by the
+    clock still ends annealed.
     """
     if cfg.schedule not in SCHEDULES:
         raise ValueError(f"train.schedule must be one of {SCHEDULES}, got {cfg.schedule!r}")
-    progress = budget_spent(step, cfg, elapsed_minutes)
     if cfg.schedule == "rsqrt":
         factor = min(1.0, math.sqrt(cfg.warmup_steps / max(step, 1)))
     else:
         factor = min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps else 1.0
-        if cfg.schedule == "linear":
-            factor *= 1.0 - progress
-        elif cfg.schedule == "cosine":
-            factor *= 0.5 * (1.0 + math.cos(math.pi * progress))
     if cfg.cooldown_fraction > 0:
+        progress = budget_spent(step, cfg, elapsed_minutes)
         factor *= min(1.0, max(0.0, (1.0 - progress) / cfg.cooldown_fraction))
     return factor
 
@@ -198,164 +192,189 @@ def train(model: SequenceModel, data: TrainData, cfg: TrainConfig, eval_cfg: Eva
     Returns a summary: steps done, best validation metrics and step, timings.
     The best model by validation NDCG@10 is at ``run_dir/model.safetensors``.
     """
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    rank, world = distributed_context()
-    device = training_device()
-    model.to(device)
-    bf16 = use_bf16(device, cfg.bf16)
-    if cfg.batch_size % world:
-        raise ValueError(f"batch_size {cfg.batch_size} must divide among {world} processes")
-    local_batch = cfg.batch_size // world
+    return Training(model, data, cfg, eval_cfg, run_dir).run()
 
-    torch.manual_seed(cfg.seed)
-    optimizer = make_optimizer(model, cfg)
-    # With ema_decay the moving average of the weights is what is validated and kept.
-    average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay)) if cfg.ema_decay else None
-    kept = average.module if average is not None else model
-    state = {"step": 0, "samples": 0, "best": -1.0, "best_step": 0, "evals_since_best": 0, "seconds": 0.0}
-    checkpoint_path = run_dir / CHECKPOINT
-    if checkpoint_path.exists():
-        state = _load_checkpoint(checkpoint_path, model, optimizer, average, device)
-        log.info("resuming from %s at step %d", checkpoint_path, state["step"])
-    if rank == 0:  # rows after the checkpoint (all of them, without one) are from a run that did not get to save
-        truncate_csv(run_dir / TRAIN_LOG, state["step"])
-        truncate_csv(run_dir / VALID_LOG, state["step"])
 
-    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    valid = validation_examples(data.valid, cfg)
-    forward = validation_examples(data.forward, cfg) if data.forward is not None else None  # the same users
+class Training:
+    """One call of ``train``: what it starts from (a fresh model, or the checkpoint it resumes), then its
+    loop of steps, each an update, a log row, a validation when due and a checkpoint when due."""
 
-    batches_per_epoch = len(length_bucketed_batches(data.train.lengths, local_batch, cfg.seed, 0)) // world
-    if batches_per_epoch == 0:
-        raise ValueError(f"{len(data.train)} training examples are fewer than one batch per process")
-    if cfg.epochs:  # a cap in passes: the budget in steps (for the schedule and the stop) is whichever ends first
-        cfg = replace(cfg, steps=min(cfg.steps, math.ceil(cfg.epochs * batches_per_epoch)))
-    start_step, step = state["step"], state["step"]
-    started = time.perf_counter() - state["seconds"]
-    next_eval_minutes = _next_multiple(state["seconds"] / 60, cfg.eval_every_minutes)
-    window_loss, window_samples, window_start = 0.0, 0, time.perf_counter()
-    # The bar counts the share of the budget spent, by steps or minutes, whichever ends training first
-    # (counting to the 200k steps of the paper under a time limit would show an ETA of days). The step
-    # count is in the postfix.
-    progress = tqdm(
-        total=100,
-        initial=100 * budget_spent(step, cfg, state["seconds"] / 60),
-        desc="train",
-        disable=rank != 0,
-        mininterval=2,
-        bar_format="{l_bar}{bar}| {n:.1f}% of the budget [{elapsed}<{remaining}{postfix}]",
-    )
-    # A run resumed after its budget is spent (a finished run started again) trains no further step.
-    stop = budget_spent(step, cfg, state["seconds"] / 60) >= 1.0 or out_of_patience(
-        state["evals_since_best"], cfg.patience
-    )
-    while not stop:
-        epoch, position = divmod(step, batches_per_epoch)
-        batches = length_bucketed_batches(data.train.lengths, local_batch, cfg.seed, epoch)
-        batches = batches[rank::world][:batches_per_epoch]
-        for index in batches[position:]:
-            model.train()
-            tokens, decoder_tokens, targets = data.batch(index)
-            with autocast(device, bf16):
-                logits = net(tokens.to(device), decoder_tokens.to(device))
-            loss = F.cross_entropy(
-                logits.float().flatten(0, 1),
-                targets.to(device).flatten(),
-                ignore_index=-100,
-                label_smoothing=cfg.label_smoothing,
-            )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.optimizer == "adamw":
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            # Under DDP every process takes process 0's clock, so all use the same lr and stop together.
-            timed = cfg.max_minutes or cfg.eval_every_minutes
-            minutes = from_rank0((time.perf_counter() - started) / 60, world, device) if timed else 0.0
-            lr = cfg.lr * lr_factor(step + 1, cfg, minutes)
-            set_lr(optimizer, lr)
-            optimizer.step()
-            if average is not None:
-                average.update_parameters(model)
-            step += 1
-            window_loss += loss.item()
-            # A sample is one training target (an item to predict): one per example, or one
-            # per history position with a causal history.
-            samples = int((targets[:, 0] >= 0).sum()) * world
-            window_samples += samples
-            state["samples"] += samples
+    def __init__(self, model: SequenceModel, data: TrainData, cfg: TrainConfig, eval_cfg: EvalConfig, run_dir):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.rank, self.world = distributed_context()
+        self.device = training_device()
+        self.model, self.data, self.eval_cfg = model.to(self.device), data, eval_cfg
+        self.bf16 = use_bf16(self.device, cfg.bf16)
+        if cfg.batch_size % self.world:
+            raise ValueError(f"batch_size {cfg.batch_size} must divide among {self.world} processes")
+        self.local_batch = cfg.batch_size // self.world
+        torch.manual_seed(cfg.seed)
+        self.optimizer = make_optimizer(model, cfg)
+        self.state = self._resume()
+        self.net = torch.nn.parallel.DistributedDataParallel(model) if self.world > 1 else model
+        self.valid = validation_examples(data.valid, cfg)
+        self.forward = validation_examples(data.forward, cfg) if data.forward is not None else None  # same users
+        self.batches_per_epoch = len(length_bucketed_batches(data.train.lengths, self.local_batch, cfg.seed, 0))
+        self.batches_per_epoch //= self.world
+        if self.batches_per_epoch == 0:
+            raise ValueError(f"{len(data.train)} training examples are fewer than one batch per process")
+        if cfg.epochs:  # a cap in passes: the budget in steps (for the schedule and the stop) is whichever ends first
+            cfg = replace(cfg, steps=min(cfg.steps, math.ceil(cfg.epochs * self.batches_per_epoch)))
+        self.cfg = cfg
+        self.start_step = self.step = self.state["step"]
+        self.started = time.perf_counter() - self.state["seconds"]
+        self.next_eval_minutes = _next_multiple(self.state["seconds"] / 60, cfg.eval_every_minutes)
+        self.window_loss, self.window_samples, self.window_start = 0.0, 0, time.perf_counter()
+        # The bar counts the share of the budget spent, by steps or minutes, whichever ends training first
+        # (counting to the paper's steps under a time limit would show an ETA of days). The step count is
+        # in the postfix.
+        self.progress = tqdm(
+            total=100,
+            initial=100 * budget_spent(self.step, cfg, self.state["seconds"] / 60),
+            desc="train",
+            disable=self.rank != 0,
+            mininterval=2,
+            bar_format="{l_bar}{bar}| {n:.1f}% of the budget [{elapsed}<{remaining}{postfix}]",
+        )
 
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                elapsed = time.perf_counter() - window_start
-                row = {
-                    "step": step,
-                    "samples": state["samples"],
-                    "epoch": round(step / batches_per_epoch, 3),
-                    "loss": round(window_loss / max(1, step % cfg.log_every or cfg.log_every), 5),
-                    "lr": lr,
-                    "samples_per_s": round(window_samples / elapsed, 1),
-                }
-                progress.set_postfix(
-                    {
-                        "step": f"{step}/{cfg.steps}",
-                        "loss": row["loss"],
-                        "lr": f"{row['lr']:.2g}",
-                        "sps": f"{row['samples_per_s']:.0f}",
-                    }
-                )
-                if rank == 0:
-                    append_csv(run_dir / TRAIN_LOG, row)
-                window_loss, window_samples, window_start = 0.0, 0, time.perf_counter()
+    def _resume(self) -> dict:
+        """The training state: a fresh one, or the checkpoint's (model, optimizer and generators restored)."""
+        state = {"step": 0, "samples": 0, "best": -1.0, "best_step": 0, "evals_since_best": 0, "seconds": 0.0}
+        checkpoint_path = self.run_dir / CHECKPOINT
+        if checkpoint_path.exists():
+            state = _load_checkpoint(checkpoint_path, self.model, self.optimizer, self.device)
+            log.info("resuming from %s at step %d", checkpoint_path, state["step"])
+        if self.rank == 0:  # rows after the checkpoint (all of them, without one) are from a run that did not save
+            truncate_csv(self.run_dir / TRAIN_LOG, state["step"])
+            truncate_csv(self.run_dir / VALID_LOG, state["step"])
+        return state
 
-            spent = budget_spent(step, cfg, minutes)
-            progress.update(100 * spent - progress.n)
-            last = spent >= 1.0
-            if cfg.eval_every:
-                due = step % cfg.eval_every == 0
-            else:  # by the clock, or only at the end
-                due = bool(cfg.eval_every_minutes) and minutes >= next_eval_minutes
-            if due or last:
-                if cfg.eval_every_minutes:
-                    next_eval_minutes = _next_multiple(minutes, cfg.eval_every_minutes)
-                if rank == 0:
-                    metrics = evaluate_data(kept, data, valid, eval_cfg, bf16, "valid")
-                    minutes_so_far = round((time.perf_counter() - started) / 60, 2)
-                    row = {"step": step, "samples": state["samples"], "minutes": minutes_so_far, **metrics}
-                    if forward is not None:
-                        row |= {
-                            "forward_" + k: v
-                            for k, v in evaluate_data(kept, data, forward, eval_cfg, bf16, "forward").items()
-                        }
-                    append_csv(run_dir / VALID_LOG, row)
-                    log.info("step %d valid %s", step, metrics)
-                    if metrics[SELECTION_METRIC] > state["best"]:
-                        state.update(best=metrics[SELECTION_METRIC], best_step=step, evals_since_best=0)
-                        kept.save(run_dir / BEST_MODEL)
-                    else:
-                        state["evals_since_best"] += 1
-                last = last or _agree(out_of_patience(state["evals_since_best"], cfg.patience), world, device)
-            if step % cfg.checkpoint_every == 0 or last:
-                state.update(step=step, seconds=time.perf_counter() - started)
-                if rank == 0:
-                    _save_checkpoint(checkpoint_path, model, optimizer, average, state, device)
-                if world > 1:
-                    dist.barrier()
-            if last:
-                stop = True
-                break
-    progress.close()
-    summary = {
-        "steps": step,
-        "steps_this_run": step - start_step,
-        "samples": state["samples"],
-        "best_step": state["best_step"],
-        "best_valid_" + SELECTION_METRIC: state["best"],
-        "train_seconds": round(time.perf_counter() - started, 1),
-        "bf16": bf16,
-        "world_size": world,
-        "parameters": model.num_parameters(),
-    }
-    return summary
+    def run(self) -> dict:
+        cfg = self.cfg
+        # A run resumed after its budget is spent (a finished run started again) trains no further step.
+        stop = budget_spent(self.step, cfg, self.state["seconds"] / 60) >= 1.0 or out_of_patience(
+            self.state["evals_since_best"], cfg.patience
+        )
+        while not stop:
+            epoch, position = divmod(self.step, self.batches_per_epoch)
+            batches = length_bucketed_batches(self.data.train.lengths, self.local_batch, cfg.seed, epoch)
+            for index in batches[self.rank :: self.world][: self.batches_per_epoch][position:]:
+                lr, minutes = self._update(index)
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    self._log(lr)
+                spent = budget_spent(self.step, cfg, minutes)
+                self.progress.update(100 * spent - self.progress.n)
+                last = spent >= 1.0
+                if self._validation_due(minutes) or last:
+                    self._validate(minutes)
+                    last = last or self._out_of_patience()
+                if self.step % cfg.checkpoint_every == 0 or last:
+                    self._checkpoint()
+                if last:
+                    stop = True
+                    break
+        self.progress.close()
+        return self._summary()
+
+    def _update(self, index: np.ndarray) -> tuple[float, float]:
+        """One optimizer step on the training examples ``index``; returns its lr and the minutes so far."""
+        cfg, device = self.cfg, self.device
+        self.model.train()
+        tokens, decoder_tokens, targets = self.data.batch(index)
+        with autocast(device, self.bf16):
+            logits = self.net(tokens.to(device), decoder_tokens.to(device))
+        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.to(device).flatten(), ignore_index=-100)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.optimizer == "adamw":
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        # Under DDP every process takes process 0's clock, so all use the same lr and stop together.
+        timed = cfg.max_minutes or cfg.eval_every_minutes
+        minutes = from_rank0((time.perf_counter() - self.started) / 60, self.world, device) if timed else 0.0
+        lr = cfg.lr * lr_factor(self.step + 1, cfg, minutes)
+        set_lr(self.optimizer, lr)
+        self.optimizer.step()
+        self.step += 1
+        self.window_loss += loss.item()
+        # A sample is one training target (an item to predict): one per example, or one
+        # per history position with a causal history.
+        samples = int((targets[:, 0] >= 0).sum()) * self.world
+        self.window_samples += samples
+        self.state["samples"] += samples
+        return lr, minutes
+
+    def _log(self, lr: float) -> None:
+        """A train_log.csv row: the mean loss and the samples per second since the last row."""
+        cfg, step = self.cfg, self.step
+        row = {
+            "step": step,
+            "samples": self.state["samples"],
+            "epoch": round(step / self.batches_per_epoch, 3),
+            "loss": round(self.window_loss / max(1, step % cfg.log_every or cfg.log_every), 5),
+            "lr": lr,
+            "samples_per_s": round(self.window_samples / (time.perf_counter() - self.window_start), 1),
+        }
+        self.progress.set_postfix(
+            {
+                "step": f"{step}/{cfg.steps}",
+                "loss": row["loss"],
+                "lr": f"{row['lr']:.2g}",
+                "sps": f"{row['samples_per_s']:.0f}",
+            }
+        )
+        if self.rank == 0:
+            append_csv(self.run_dir / TRAIN_LOG, row)
+        self.window_loss, self.window_samples, self.window_start = 0.0, 0, time.perf_counter()
+
+    def _validation_due(self, minutes: float) -> bool:
+        if self.cfg.eval_every:
+            return self.step % self.cfg.eval_every == 0
+        return bool(self.cfg.eval_every_minutes) and minutes >= self.next_eval_minutes  # by the clock, or at the end
+
+    def _validate(self, minutes: float) -> None:
+        """Validate (process 0), log the metrics, keep the model when it is the best so far."""
+        cfg, state, data, step = self.cfg, self.state, self.data, self.step
+        if cfg.eval_every_minutes:
+            self.next_eval_minutes = _next_multiple(minutes, cfg.eval_every_minutes)
+        if self.rank == 0:
+            metrics = evaluate_data(self.model, data, self.valid, self.eval_cfg, self.bf16, "valid")
+            minutes_so_far = round((time.perf_counter() - self.started) / 60, 2)
+            row = {"step": step, "samples": state["samples"], "minutes": minutes_so_far, **metrics}
+            if self.forward is not None:
+                forward = evaluate_data(self.model, data, self.forward, self.eval_cfg, self.bf16, "forward")
+                row |= {"forward_" + k: v for k, v in forward.items()}
+            append_csv(self.run_dir / VALID_LOG, row)
+            log.info("step %d valid %s", step, metrics)
+            if metrics[SELECTION_METRIC] > state["best"]:
+                state.update(best=metrics[SELECTION_METRIC], best_step=step, evals_since_best=0)
+                self.model.save(self.run_dir / BEST_MODEL)
+            else:
+                state["evals_since_best"] += 1
+
+    def _out_of_patience(self) -> bool:
+        """Process 0 validated: its count of validations without a new best decides for every process."""
+        return _agree(out_of_patience(self.state["evals_since_best"], self.cfg.patience), self.world, self.device)
+
+    def _checkpoint(self) -> None:
+        self.state.update(step=self.step, seconds=time.perf_counter() - self.started)
+        if self.rank == 0:
+            _save_checkpoint(self.run_dir / CHECKPOINT, self.model, self.optimizer, self.state, self.device)
+        if self.world > 1:
+            dist.barrier()
+
+    def _summary(self) -> dict:
+        return {
+            "steps": self.step,
+            "steps_this_run": self.step - self.start_step,
+            "samples": self.state["samples"],
+            "best_step": self.state["best_step"],
+            "best_valid_" + SELECTION_METRIC: self.state["best"],
+            "train_seconds": round(time.perf_counter() - self.started, 1),
+            "bf16": self.bf16,
+            "world_size": self.world,
+            "parameters": self.model.num_parameters(),
+        }
 
 
 def evaluate_data(
@@ -455,39 +474,30 @@ def _agree(flag: bool, world: int, device: str) -> bool:
     return bool(from_rank0(1.0 if flag else 0.0, world, device))
 
 
-def _save_checkpoint(path: Path, model, optimizer, average, state: dict, device: str) -> None:
+def _save_checkpoint(path: Path, model, optimizer, state: dict, device: str) -> None:
     checkpoint = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "rng": torch.get_rng_state(),
         "state": dict(state),
     }
-    if average is not None:
-        checkpoint["average"] = average.state_dict()
     if device.startswith("cuda"):  # dropout on a GPU draws from the device's own generator
         checkpoint["cuda_rng"] = torch.cuda.get_rng_state(device)
     with atomic_path(path) as tmp:
         torch.save(checkpoint, tmp)
 
 
-def _load_checkpoint(path: Path, model, optimizer, average, device: str) -> dict:
-    """Restore the model, optimizer, weight average (when kept) and random number generators from ``path``;
+def _load_checkpoint(path: Path, model, optimizer, device: str) -> dict:
+    """Restore the model, optimizer and random number generators from ``path``;
     returns the training state."""
     remedy = "delete it to train from the start"
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
         raise TigerrecError(f"{path} is corrupt or not a tigerrec checkpoint ({type(e).__name__}); {remedy}") from None
-    if average is not None and isinstance(checkpoint, dict) and "average" not in checkpoint:
-        raise TigerrecError(
-            f"{path} was saved without a weight average (train.ema_decay=0); "
-            f"resume it with train.ema_decay=0, or {remedy}"
-        )
     try:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
-        if average is not None:
-            average.load_state_dict(checkpoint["average"])
         # Generator states are CPU byte tensors wherever map_location put the rest.
         torch.set_rng_state(checkpoint["rng"].cpu())
         if "cuda_rng" in checkpoint and device.startswith("cuda"):
