@@ -23,7 +23,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .config import SCHEDULES, EvalConfig, RunConfig, TrainConfig
+from .config import SCHEDULES, EvalConfig, RunConfig, TrainConfig, show_value
 from .decoding import PrefixTrie
 from .device import autocast, use_bf16
 from .errors import TigerrecError, brief
@@ -219,9 +219,12 @@ class Training:
         self.batches_per_epoch //= self.world
         if self.batches_per_epoch == 0:
             raise ValueError(f"{len(data.train)} training examples are fewer than one batch per process")
+        self.uncapped_steps = cfg.steps
         if cfg.epochs:  # a cap in passes: the budget in steps (for the schedule and the stop) is whichever ends first
             cfg = replace(cfg, steps=min(cfg.steps, math.ceil(cfg.epochs * self.batches_per_epoch)))
         self.cfg = cfg
+        self.stopped_by = "steps"
+        self.state_seconds_at_start, self.samples_at_start = self.state["seconds"], self.state["samples"]
         self.start_step = self.step = self.state["step"]
         self.started = time.perf_counter() - self.state["seconds"]
         self.next_eval_minutes = _next_multiple(self.state["seconds"] / 60, cfg.eval_every_minutes)
@@ -266,9 +269,12 @@ class Training:
                 spent = budget_spent(self.step, cfg, minutes)
                 self.progress.update(100 * spent - self.progress.n)
                 last = spent >= 1.0
+                if last:
+                    self._record_stop(minutes)
                 if self._validation_due(minutes) or last:
                     self._validate(minutes)
-                    last = last or self._out_of_patience()
+                    if not last and self._out_of_patience():
+                        last, self.stopped_by = True, "patience"
                 if self.step % cfg.checkpoint_every == 0 or last:
                     self._checkpoint()
                 if last:
@@ -276,6 +282,38 @@ class Training:
                     break
         self.progress.close()
         return self._summary()
+
+    def _record_stop(self, minutes: float) -> None:
+        """Why the budget ended: the step or pass cap (the same model on every machine), or the clock."""
+        cfg = self.cfg
+        if cfg.max_minutes and minutes / cfg.max_minutes >= self.step / cfg.steps:
+            self.stopped_by = "max_minutes"
+            log.warning(
+                "training stopped by its %s-minute cap (train.max_minutes) at step %d of %d: this model differs "
+                "from what the same settings train on a faster machine",
+                show_value(cfg.max_minutes),
+                self.step,
+                cfg.steps,
+            )
+        else:
+            self.stopped_by = "passes" if cfg.epochs and self.step < self.uncapped_steps else "steps"
+
+    def _forecast(self) -> None:
+        """Log, once early on, how long the remaining steps will take at the rate measured so far."""
+        elapsed = time.perf_counter() - self.started - self.state_seconds_at_start
+        steps_done = self.step - self.start_step
+        remaining = self.cfg.steps - self.step
+        minutes = remaining * elapsed / steps_done / 60
+        rate = (self.state["samples"] - self.samples_at_start) / elapsed
+        log.info(
+            "forecast on this machine: %.0f samples/s, so the remaining %d steps take about %.0f minutes%s",
+            rate,
+            remaining,
+            minutes,
+            f" (train.max_minutes={show_value(self.cfg.max_minutes)} will stop it earlier)"
+            if self.cfg.max_minutes and self.cfg.max_minutes < minutes + self.state_seconds_at_start / 60
+            else "",
+        )
 
     def _update(self, index: np.ndarray) -> tuple[float, float]:
         """One optimizer step on the training examples ``index``; returns its lr and the minutes so far."""
@@ -325,6 +363,8 @@ class Training:
         )
         if self.rank == 0:
             append_csv(self.run_dir / TRAIN_LOG, row)
+            if step - self.start_step == cfg.log_every:  # the first row of this call
+                self._forecast()
         self.window_loss, self.window_samples, self.window_start = 0.0, 0, time.perf_counter()
 
     def _validation_due(self, minutes: float) -> bool:
@@ -371,6 +411,8 @@ class Training:
             "best_step": self.state["best_step"],
             "best_valid_" + SELECTION_METRIC: self.state["best"],
             "train_seconds": round(time.perf_counter() - self.started, 1),
+            "samples_per_s": round(self.state["samples"] / max(time.perf_counter() - self.started, 1e-9), 1),
+            "stopped_by": self.stopped_by,
             "bf16": self.bf16,
             "world_size": self.world,
             "parameters": self.model.num_parameters(),
