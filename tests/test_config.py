@@ -1,6 +1,7 @@
 import pytest
 
 from tigerrec.config import RunConfig
+from tigerrec.errors import TigerrecError
 
 
 def test_defaults_are_the_paper_values():
@@ -112,3 +113,60 @@ def test_public_api_imports_from_a_built_wheel(tmp_path):
         text=True,
     ).stdout.split()
     assert out[0].startswith(str(wheel)) and out[1]
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.batch_size=0", "config train.batch_size must be >= 1, got 0"),
+        ("train.steps=0", "config train.steps must be >= 1, got 0"),
+        ("train.lr=0", "config train.lr must be > 0, got 0.0"),
+        ("train.lr=.nan", "config train.lr must be > 0, got nan"),
+        ("train.log_every=0", "config train.log_every must be >= 1, got 0"),
+        ("train.members=0", "config train.members must be >= 1, got 0"),
+        ("train.warmup_steps=0", "config train.warmup_steps must be >= 1 with train.schedule=rsqrt, got 0"),
+        ("train.seed=9223372036854775808", "config train.seed must be in [0, 2**63), got 9223372036854775808"),
+        ("model.dropout=1", "config model.dropout must be in [0, 1), got 1.0"),
+        ("model.history=tokens", "config model.history must be one of codes, items, pooled, got tokens"),
+        ("train.schedule=cosine", "config train.schedule must be one of rsqrt, constant, got cosine"),
+        ("eval.top_k=30", "config eval.top_k must be <= eval.beam_size (20), got 30"),
+        ("eval.top_k=5", "config eval.top_k must be >= 10 (the metrics are Recall and NDCG at 5 and 10), got 5"),
+        ("ids.codebook_size=1", "config ids.codebook_size must be >= 2, got 1"),
+        ("ids.hidden_dims=[128, 0]", "config ids.hidden_dims must be a list of values >= 1, got [128, 0]"),
+        ("ids.scheme=pq", "config ids.scheme must be one of rqvae, rqkmeans, lsh, random, opq, got pq"),
+        ("text.template=''", 'config text.template must be text with plain {field} names such as {title}, got ""'),
+        ("sasrec.heads=3", "config sasrec.hidden must be a multiple of sasrec.heads (3), got 64"),
+        (
+            "experiment.epsilons=[0.1, 2]",
+            "config experiment.epsilons must be a list of values in [0, 1], got [0.1, 2.0]",
+        ),
+        ("train.steps=[", "override 'train.steps=[': the value is not valid YAML"),
+    ],
+)
+def test_bad_settings_name_the_key_the_value_and_what_is_allowed(override, message):
+    with pytest.raises(TigerrecError) as info:
+        RunConfig().override([override]).validate()
+    assert message in str(info.value)
+
+
+def test_every_preset_recipe_and_model_kind_is_valid():
+    from tigerrec.presets import MODELS, PRESETS, RECIPES, recipe_config
+
+    for recipe in RECIPES:
+        for preset in PRESETS:
+            for model in MODELS:
+                assert recipe_config(recipe, preset, model).validate().model.kind == model
+
+
+def test_scheme_flag_without_codewords_starts_code_embeddings_at_random():
+    """The default recipe starts code embeddings from the codewords; --scheme lsh/random have none."""
+    from tigerrec.cli import build_parser, load_config
+
+    def embed_init(*flags):
+        return load_config(
+            build_parser().parse_args(["run", "beauty", "--out", "x", *flags]), "beauty"
+        ).model.embed_init
+
+    assert embed_init() == embed_init("--scheme", "rqkmeans") == "codebooks"
+    assert embed_init("--scheme", "lsh") == embed_init("--scheme", "random") == "normal"
+    assert embed_init("--recipe", "paper") == "normal"

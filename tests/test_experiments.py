@@ -41,7 +41,9 @@ from tigerrec.rundir import IDS_DIR, QUANTIZER_FILE
 from tigerrec.sequences import Examples, training_windows
 
 # Fast settings for the smoke runs of the commands (tiny data, a few dozen steps).
+# One model of the default recipe (its ensemble is test_members'): the experiments rank with any model.
 SMOKE = ["--scheme", "rqkmeans", "--steps", "30", "--set", "train.eval_every=30", "--set", "train.log_every=10"]
+SMOKE += ["--set", "train.members=1"]
 
 
 # ------------------------------------------------------------------ epsilon rule

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from conftest import run_and_check_memorised, tiny_config
+from conftest import TINY_RUN, check_memorised, run_and_check_memorised, tiny_config
 from safetensors.torch import load_file
 
 from tigerrec.data import leave_one_out, make_tiny
@@ -28,16 +28,15 @@ def tiny_ids(tmp_path_factory):
     return dataset, build_semantic_ids(dataset, cfg, tmp_path_factory.mktemp("ids")), cfg
 
 
-def test_tiny_dataset_is_overfit_to_recall_one(tmp_path):
-    cfg = tiny_config(train={"steps": 600, "eval_every": 600, "checkpoint_every": 600})
-    metrics, _ = run_and_check_memorised(cfg, tmp_path)
+def test_tiny_dataset_is_overfit_to_recall_one(tiny_run):
+    check_memorised(tiny_run)
+    saved = json.loads((tiny_run / "metrics.json").read_text())
     # Held-out targets follow the same chains, except the few transitions that occur only in a test position.
-    assert metrics["test"]["recall@10"] >= 0.95 and metrics["valid"]["recall@10"] >= 0.95
-    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["test"]["recall@10"] >= 0.95 and saved["valid"]["recall@10"] >= 0.95
     assert set(saved["test"]) >= {"recall@5", "recall@10", "ndcg@5", "ndcg@10"}
-    assert saved["training"]["steps"] == 600 and saved["timings"]["train_seconds"] > 0
+    assert saved["training"]["steps"] == TINY_RUN["steps"] and saved["timings"]["train_seconds"] > 0
     assert saved["machine"] and re.fullmatch(r"\d{4}-\d{2}-\d{2}", saved["date"])  # where and when it was measured
-    log = read_csv(tmp_path / "train_log.csv")
+    log = read_csv(tiny_run / "train_log.csv")
     assert log[-1]["loss"] < log[0]["loss"] / 5
 
 
@@ -315,7 +314,8 @@ def test_item_history_model_learns_the_tiny_dataset_to_recall_one(tmp_path):
 def test_tuned_recipe_pooled_history_model_learns_the_tiny_dataset_to_recall_one(tmp_path):
     """The default recipe reads history=pooled: one token per history item, the paper's examples and
     bidirectional encoder."""
-    cfg = tiny_config("tuned", train={"steps": 600, "eval_every": 600, "checkpoint_every": 600})
+    # One model: the ensemble's members are another test's (test_members).
+    cfg = tiny_config("tuned", train={"steps": 600, "eval_every": 600, "checkpoint_every": 600, "members": 1})
     assert cfg.model.history == "pooled" and cfg.model.embed_init == "codebooks" and cfg.train.cooldown_fraction == 0.2
     metrics, data = run_and_check_memorised(cfg, tmp_path)
     assert metrics["test"]["recall@10"] >= 0.95 and metrics["valid"]["recall@10"] >= 0.95

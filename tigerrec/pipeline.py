@@ -144,8 +144,8 @@ def prepare(
     dataset: Dataset, ids: SemanticIDs, cfg: RunConfig, ids_dir: str | Path | None = None
 ) -> tuple[TrainData, Examples, SequenceModel]:
     """Tokenizer, examples for train / valid / test, the trie of the IDs (for a kind that ranks by
-    generating IDs: ``catalogue_trie``) and a fresh model. ``ids_dir``
-    (where ``ids`` were read) holds the quantiser whose codewords model.embed_init=codebooks starts from."""
+    generating IDs: ``catalogue_trie``) and a fresh model. ``ids_dir`` (where ``ids`` were read) holds
+    the quantiser whose codewords model.embed_init=codebooks starts from."""
     if ids.item_ids != dataset.item_ids:
         raise TigerrecError(
             f"the Semantic IDs list other items than the dataset ({len(ids.item_ids)} vs {dataset.num_items} "
