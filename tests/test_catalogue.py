@@ -205,13 +205,13 @@ def test_a_served_run_sees_added_items_after_reload(run_copy, tmp_path):
 
     from tigerrec.serve import create_app
 
-    app = create_app(str(run_copy), admin=True)
-    local = TestClient(app, client=("127.0.0.1", 50000), raise_server_exceptions=False)
-    remote = TestClient(app, client=("203.0.113.9", 50000), raise_server_exceptions=False)
+    app = create_app(str(run_copy), admin=True, api_key="s3cret")
+    local = TestClient(app, headers={"Authorization": "Bearer s3cret"}, raise_server_exceptions=False)
+    remote = TestClient(app, raise_server_exceptions=False)
     items = local.get("/health").json()["items"]
     catalogue.add_items(run_copy, write_items(tmp_path / "new.csv", new_rows(5)))
     assert local.get("/items/new2").status_code == 404  # not yet
-    assert remote.post("/admin/reload").status_code == 403
+    assert remote.post("/admin/reload").status_code == 401  # the admin endpoints always need the key
     reloaded = local.post("/admin/reload")
     assert reloaded.status_code == 200 and reloaded.json() == {"status": "reloaded", "items": items + 5, "new_items": 5}
     assert local.get("/items/new2").json()["title"] == "green nail polish no. 2"

@@ -8,7 +8,9 @@ stderr, ``tigerrec: error: ...``, and exit code 2; a traceback means a bug.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
+import os
 import signal
 import sys
 import threading
@@ -195,6 +197,14 @@ def _shorten(text: str, width: int) -> str:
 
 
 def cmd_serve(args) -> None:
+    api_key = args.api_key or os.environ.get("TIGERREC_API_KEY") or None
+    if api_key is None and not _is_loopback(args.host):
+        raise TigerrecError(
+            f"--host {args.host} is reachable from other machines: give an API key "
+            "(--api-key or the TIGERREC_API_KEY environment variable)"
+        )
+    if args.timeout is not None and args.timeout < 0:
+        raise TigerrecError(f"--timeout must be >= 0 seconds (0: no limit), not {args.timeout}")
     try:
         import uvicorn
 
@@ -203,13 +213,27 @@ def cmd_serve(args) -> None:
         raise TigerrecError(
             f"tigerrec serve needs FastAPI and uvicorn ({e}); install them with: pip install 'tigerrec[serve]'"
         ) from None
-    app = create_app(args.run_dir, admin=args.admin)
+    limits = {"max_queue": args.max_queue, "max_body_bytes": args.max_body_bytes}
+    if args.timeout is not None:
+        limits["timeout_s"] = args.timeout or None
+    app = create_app(
+        args.run_dir, admin=args.admin, api_key=api_key, **{k: v for k, v in limits.items() if v is not None}
+    )
 
     def reload_on_hangup(signum, frame) -> None:  # off the signal handler: loading takes seconds
         threading.Thread(target=_reload_logged, args=(app,), name="tigerrec-reload", daemon=True).start()
 
     signal.signal(signal.SIGHUP, reload_on_hangup)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=not args.no_access_log)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to any interface
+        return False
 
 
 def _reload_logged(app) -> None:
@@ -339,7 +363,28 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--admin",
         action="store_true",
-        help="serve POST /admin/reload (to loopback clients only); SIGHUP reloads in any case",
+        help="serve POST /admin/reload (needs the API key); SIGHUP reloads in any case",
+    )
+    serve.add_argument(
+        "--api-key",
+        help="require this key (Authorization: Bearer KEY or X-API-Key: KEY) on every route but /health; "
+        "default: the TIGERREC_API_KEY environment variable (which ps does not show); "
+        "required unless --host is a loopback address",
+    )
+    serve.add_argument(
+        "--timeout",
+        type=float,
+        help="seconds a request may wait for its answer before a 504 (default 30; 0: no limit)",
+    )
+    serve.add_argument(
+        "--max-queue",
+        type=int,
+        help="queries waiting for the model before new requests get 503 (default 1024)",
+    )
+    serve.add_argument(
+        "--max-body-bytes",
+        type=int,
+        help="larger request bodies get 413 unread (default 4194304, 4 MiB)",
     )
     serve.set_defaults(func=cmd_serve)
 

@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import logging
 import math
-import queue
 import threading
-from collections import defaultdict
+from collections import defaultdict, deque
 from concurrent.futures import Future
 from dataclasses import dataclass
 from numbers import Integral, Real
@@ -511,6 +510,25 @@ def _category_index(item_ids: list[str], items: dict[str, dict]) -> dict[str, se
     return dict(index)
 
 
+MAX_QUEUE = 1024  # queries a MicroBatcher holds waiting by default: 16 batches of 64, ~20x what 50 clients keep waiting
+
+
+class BatcherUnavailable(RuntimeError):
+    """A MicroBatcher cannot take or answer a query now; asking again later may succeed."""
+
+
+class BatcherClosed(BatcherUnavailable):
+    """``submit`` after ``close()`` (a server swaps in a new batcher on reload: submit there)."""
+
+
+class QueueFull(BatcherUnavailable):
+    """``submit`` while ``max_queue`` queries wait."""
+
+
+class WorkerStopped(BatcherUnavailable):
+    """The worker thread died while running the query (the next ``submit`` starts a new one)."""
+
+
 class MicroBatcher:
     """Runs queries submitted from many threads in shared model calls.
 
@@ -518,42 +536,100 @@ class MicroBatcher:
     (up to ``max_batch``), and runs them together: under load, requests queue while
     a batch decodes and go in the next one; an idle server adds no waiting time.
     Seeded queries run alone, so a seed always gives the same results.
+
+    At most ``max_queue`` queries wait (``submit`` raises QueueFull beyond). A batch whose
+    model call raises is run again one query at a time, so only the queries at fault get
+    the error. Cancelled futures (a caller that gave up) are skipped. ``alive`` says whether
+    the worker thread runs; should it ever die, the next ``submit`` starts another.
+    ``close()`` refuses new queries (BatcherClosed) and lets the worker answer those queued.
     """
 
-    def __init__(self, recommender: Recommender, max_batch: int = 64):
-        self.recommender, self.max_batch = recommender, max_batch
-        self._queue: queue.Queue = queue.Queue()
-        self._thread = threading.Thread(target=self._loop, name="tigerrec-batcher", daemon=True)
-        self._thread.start()
+    def __init__(self, recommender: Recommender, max_batch: int = 64, max_queue: int = MAX_QUEUE):
+        if max_batch < 1 or max_queue < 1:
+            raise TigerrecError(f"max_batch and max_queue must be at least 1, not {max_batch} and {max_queue}")
+        self.recommender, self.max_batch, self.max_queue = recommender, max_batch, max_queue
+        self._jobs: deque[tuple[Query, Future]] = deque()
+        self._cond = threading.Condition()  # guards _jobs, _closed and the worker thread
+        self._closed = False
+        self._start()
+
+    @property
+    def alive(self) -> bool:
+        """Whether the worker thread runs (False after ``close()`` once the queue is drained)."""
+        return self._thread.is_alive()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def queued(self) -> int:
+        """Queries waiting (not counting the batch being decoded)."""
+        return len(self._jobs)
 
     def submit(self, query: Query) -> Future:
         future = Future()
-        self._queue.put((query, future))
+        with self._cond:
+            if self._closed:
+                raise BatcherClosed("the batcher is closed")
+            if len(self._jobs) >= self.max_queue:
+                raise QueueFull(f"{len(self._jobs)} queries are waiting; retry later")
+            if not self._thread.is_alive():
+                log.error("the batcher's worker thread had stopped; starting a new one")
+                self._start()
+            self._jobs.append((query, future))
+            self._cond.notify()
         return future
 
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout=10)
+    def close(self, timeout: float | None = 10) -> None:
+        """Refuse new queries; the worker answers every query already queued, then stops."""
+        with self._cond:
+            self._closed = True
+            if self._jobs and not self._thread.is_alive():
+                self._start()  # somebody has to answer them
+            self._cond.notify_all()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def _start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="tigerrec-batcher", daemon=True)
+        self._thread.start()
 
     def _loop(self) -> None:
-        while (job := self._queue.get()) is not None:
-            jobs = [job]
-            while len(jobs) < self.max_batch:
-                try:
-                    job = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if job is None:
-                    self._queue.put(None)  # stop after this batch
-                    break
-                jobs.append(job)
+        while True:
+            with self._cond:
+                while not self._jobs and not self._closed:
+                    self._cond.wait()
+                if not self._jobs:  # closed and drained
+                    return
+                jobs = [self._jobs.popleft() for _ in range(min(self.max_batch, len(self._jobs)))]
+            # A future the caller cancelled is skipped; the others can no longer be cancelled.
+            jobs = [(q, f) for q, f in jobs if f.set_running_or_notify_cancel()]
             batches = [[j for j in jobs if j[0].seed is None]] + [[j] for j in jobs if j[0].seed is not None]
             for batch in filter(None, batches):
                 try:
-                    results = self.recommender.run([q for q, _ in batch])
-                except Exception as e:  # hand the error to the callers; the worker keeps going
-                    for _, future in batch:
-                        future.set_exception(e)
-                    continue
-                for (_, future), result in zip(batch, results):
-                    future.set_result(result)
+                    self._run(batch)
+                except BaseException as e:  # the worker dies (SystemExit, ...): its callers must not wait forever
+                    stopped = WorkerStopped(f"the batcher's worker stopped: {type(e).__name__}: {e}")
+                    for _, future in jobs:
+                        if not future.done():
+                            future.set_exception(stopped)
+                    raise
+
+    def _run(self, batch: list[tuple[Query, Future]]) -> None:
+        """Answer a batch; if its model call raises, answer its queries one by one."""
+        try:
+            results = self.recommender.run([q for q, _ in batch])
+        except Exception as e:
+            if len(batch) == 1:
+                batch[0][1].set_exception(e)
+                return
+            log.warning("a batch of %d queries failed (%s); running them one by one", len(batch), e)
+            for query, future in batch:
+                try:
+                    future.set_result(self.recommender.run([query])[0])
+                except Exception as error:
+                    future.set_exception(error)
+            return
+        for (_, future), result in zip(batch, results):
+            future.set_result(result)

@@ -7,25 +7,31 @@ Every bad request gets a 4xx whose ``message`` names the problem: 422 for a body
 that does not fit the schema (wrong type, k out of range, empty or over-long
 history, unknown item ids), 404 for an unknown item in ``GET /items/{id}``.
 
+Limits, each answered with the usual JSON error shape: a request body over ``max_body_bytes``
+gets 413 before it is parsed; 503 with ``Retry-After`` when ``max_queue`` queries already wait;
+504 when a request is not answered within ``timeout_s``. With ``api_key`` set, every route but
+``/health`` needs ``Authorization: Bearer KEY`` or ``X-API-Key: KEY`` (else 401). ``/health``
+answers 503 (``"status": "unhealthy"``) while the batcher's worker thread is down.
+
 The server picks up a changed run directory (e.g. ``tigerrec add-items``) without a restart:
 on SIGHUP (``tigerrec serve``), or on ``POST /admin/reload`` when created with ``admin=True``
-(``--admin``; loopback clients only). Requests in flight finish on the old model.
+(``--admin``; needs the API key). Requests in flight finish on the old model.
 """
 
 # No ``from __future__ import annotations`` here: FastAPI must see the real types of
 # the request models, which are built inside create_app (their limits depend on the run).
 
 import asyncio
-import ipaddress
+import hmac
 import json
 import logging
 import threading
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 try:
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI, HTTPException, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, RedirectResponse
     from pydantic import BaseModel, ConfigDict, Field, StringConstraints
@@ -33,13 +39,28 @@ try:
 except ImportError as e:  # the core package works without the serve extra
     raise ImportError(f"tigerrec.serve needs FastAPI ({e}); install it with: pip install 'tigerrec[serve]'") from e
 
-from .recommend import MicroBatcher, Recommender, RequestError, UnknownItemError
+from .errors import TigerrecError
+from .recommend import (
+    MAX_QUEUE,
+    BatcherClosed,
+    BatcherUnavailable,
+    MicroBatcher,
+    Recommender,
+    RequestError,
+    UnknownItemError,
+)
 
 log = logging.getLogger(__name__)
 
 MAX_HISTORY_ITEMS = 1000  # longer histories are refused (the model reads only the last max_history anyway)
 MAX_ID_LENGTH = 256  # characters of an item or user id
 MAX_FILTER_ITEMS = 100_000  # item ids in one request's exclude or only list
+# 4 MiB: a full 100,000-id exclude list of ids up to ~38 characters (ASINs have 10), or both lists of ids up to ~17.
+# The schema's worst case, 2 lists x 100,000 ids x 256 characters (~52 MB, more with escapes), is no real request.
+MAX_BODY_BYTES = 4 * 2**20
+TIMEOUT_S = 30.0  # a request not answered within this gets 504
+INLINE_FILTER_ITEMS = 1000  # requests with longer exclude + only lists are checked off the event loop
+RETRY_AFTER_S = 1  # the Retry-After of a 503
 
 ItemId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH)]
 
@@ -89,18 +110,32 @@ class Reloaded(BaseModel):
     new_items: int
 
 
+class Serving(NamedTuple):
+    """What the app serves: read both with one attribute access, swapped together on reload."""
+
+    recommender: Recommender
+    batcher: MicroBatcher
+
+
 def create_app(
     source: str | Path | Recommender,
     max_history_items: int = MAX_HISTORY_ITEMS,
     max_batch: int = 64,
     admin: bool = False,
+    api_key: str | None = None,
+    timeout_s: float | None = TIMEOUT_S,
+    max_queue: int = MAX_QUEUE,
+    max_body_bytes: int = MAX_BODY_BYTES,
 ) -> FastAPI:
     """The API for a run directory (loaded once, here) or an already loaded Recommender.
 
-    Concurrent requests share model calls (up to ``max_batch`` per call, see MicroBatcher).
-    ``app.state.reload()`` loads the run directory again and swaps it in; ``admin`` also
-    serves it as ``POST /admin/reload`` to loopback clients.
+    Concurrent requests share model calls (up to ``max_batch`` per call, see MicroBatcher), with
+    at most ``max_queue`` queries waiting. ``app.state.reload()`` loads the run directory again and
+    swaps it in; ``admin`` also serves it as ``POST /admin/reload``, which needs ``api_key``.
+    ``api_key`` guards every route but ``/health``; ``timeout_s`` (None: no limit) bounds each
+    request's wait; bodies over ``max_body_bytes`` are refused unread.
     """
+    _check_settings(api_key, admin, timeout_s, max_queue, max_body_bytes)
     recommender = source if isinstance(source, Recommender) else Recommender.load(source)
     app = FastAPI(
         title="tigerrec",
@@ -108,18 +143,31 @@ def create_app(
         default_response_class=ASCIIJSONResponse,
         lifespan=_closing,
     )
-    app.state.recommender, app.state.batcher = recommender, MicroBatcher(recommender, max_batch)
-    app.state.reload = _reloader(app.state, max_batch)
+    app.add_middleware(_Guard, api_key=api_key, max_body_bytes=max_body_bytes)
+    app.state.serving = Serving(recommender, MicroBatcher(recommender, max_batch, max_queue))
+    app.state.reload = _reloader(app.state, max_batch, max_queue)
     _add_error_handlers(app)
-    _add_routes(app, _request_model(recommender, max_history_items), recommender.max_k, max_history_items)
+    _add_routes(app, _request_model(recommender, max_history_items), max_history_items, timeout_s)
     if admin:
         _add_admin_routes(app)
     return app
 
 
+def _check_settings(api_key: str | None, admin: bool, timeout_s: float | None, max_queue: int, max_body_bytes: int):
+    """One-line errors for settings the service cannot run with."""
+    if api_key is not None and (not api_key or not api_key.isascii() or any(c.isspace() for c in api_key)):
+        raise TigerrecError("the API key must be a non-empty string of ASCII characters without spaces")
+    if admin and api_key is None:
+        raise TigerrecError("the admin endpoints need an API key (--api-key or TIGERREC_API_KEY)")
+    if timeout_s is not None and not timeout_s > 0:
+        raise TigerrecError(f"the request timeout must be > 0 seconds (or None for no limit), not {timeout_s}")
+    if max_body_bytes < 1 or max_queue < 1:
+        raise TigerrecError(f"max_body_bytes and max_queue must be at least 1, not {max_body_bytes} and {max_queue}")
+
+
 def _request_model(recommender: Recommender, max_history_items: int) -> type[BaseModel]:
-    """The body of ``POST /recommend``, with the limits of ``recommender`` (its largest k, its item ids as
-    the example)."""
+    """The body of ``POST /recommend``, with the limits of ``recommender`` (its largest k, its item ids as the
+    example)."""
     max_k = recommender.max_k
 
     class RecommendRequest(BaseModel):
@@ -176,20 +224,19 @@ def _request_model(recommender: Recommender, max_history_items: int) -> type[Bas
     return RecommendRequest
 
 
-def _reloader(state, max_batch: int):
+def _reloader(state, max_batch: int, max_queue: int):
     """``app.state.reload``: loads the run directory again and swaps it in, one reload at a time."""
     reload_lock = threading.Lock()
 
     def reload() -> Recommender:
         """Load the run directory again and serve it; on an error the old one stays."""
         with reload_lock:
-            old = state.recommender
-            if old.run_dir is None:
+            old = state.serving
+            if old.recommender.run_dir is None:
                 raise RequestError("this server was given a Recommender without a run directory; nothing to reload")
-            new = Recommender.load(old.run_dir, old.device, old.requested_max_k)
-            old_batcher = state.batcher
-            state.recommender, state.batcher = new, MicroBatcher(new, max_batch)
-            old_batcher.close()  # after the queries it already holds
+            new = Recommender.load(old.recommender.run_dir, old.recommender.device, old.recommender.requested_max_k)
+            state.serving = Serving(new, MicroBatcher(new, max_batch, max_queue))  # one swap: both or neither
+            old.batcher.close()  # answers the queries it already holds; later submits go to the new one
         log.info("reloaded %s: %d items (%d new)", new.run_dir, new.num_items, new.num_items - new.trained_items)
         return new
 
@@ -221,6 +268,14 @@ def _add_error_handlers(app: FastAPI) -> None:
     def request_error(request: Request, exc: RequestError) -> JSONResponse:
         return ASCIIJSONResponse({"message": str(exc), "detail": str(exc)}, status_code=422)
 
+    @app.exception_handler(BatcherUnavailable)
+    def unavailable(request: Request, exc: BatcherUnavailable) -> JSONResponse:
+        return ASCIIJSONResponse(
+            {"message": f"the server cannot take this request now ({exc}); retry", "detail": str(exc)},
+            status_code=503,
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
+
     @app.exception_handler(UnknownItemError)
     def unknown_item(request: Request, exc: UnknownItemError) -> JSONResponse:
         # In a request body an unknown id is invalid input (422); as a path it is a missing resource (404).
@@ -230,60 +285,84 @@ def _add_error_handlers(app: FastAPI) -> None:
         )
 
 
-def _add_routes(app: FastAPI, request_model: type[BaseModel], max_k: int, max_history_items: int) -> None:
+def _add_routes(app: FastAPI, request_model: type[BaseModel], max_history_items: int, timeout_s: float | None):
     state = app.state
 
     @app.get("/", include_in_schema=False)
     def root():
         return RedirectResponse("/docs")
 
-    @app.get("/health", response_model=Health)
+    @app.get("/health", response_model=Health, responses={503: {"model": Health, "description": "worker down"}})
     def health():
-        current = state.recommender
-        return Health(
-            status="ok",
+        current, batcher = state.serving
+        # A closed batcher has just been replaced by a reload: not a failure.
+        healthy = batcher.alive or batcher.closed
+        body = Health(
+            status="ok" if healthy else "unhealthy",
             model=current.model.kind,
             items=current.num_items,
-            max_k=max_k,
+            max_k=current.max_k,
             max_history=current.max_history,
             max_history_items=max_history_items,
             device=current.device,
             run_dir=str(current.run_dir) if current.run_dir else None,
             new_items=current.num_items - current.trained_items,
         )
+        if not healthy:  # the next request starts a new worker (and logs an error)
+            return ASCIIJSONResponse(body.model_dump(), status_code=503)
+        return body
 
-    @app.post("/recommend", response_model=RecommendResponse)
+    async def answer(request) -> list[dict]:
+        for attempt in range(2):
+            current, batcher = state.serving  # one catalogue for the whole request
+            # Checking is dictionary work; errors surface here, before any model time is spent.
+            args = (
+                request.history,
+                request.user_id,
+                request.k,
+                request.temperature,
+                request.exclude_seen,
+                request.seed,
+                request.exclude,
+                request.only,
+                request.category,
+                request.max_new_share,
+                request.reserve_new,
+            )
+            if len(request.exclude) + len(request.only or ()) > INLINE_FILTER_ITEMS:
+                query = await asyncio.to_thread(current.query, *args)
+            else:
+                query = current.query(*args)
+            try:
+                future = batcher.submit(query)
+            except BatcherClosed:  # a reload swapped the batcher since we read it: check against the new run
+                if attempt:
+                    raise
+                continue
+            return await asyncio.wrap_future(future)  # cancelled (skipped by the worker) if we time out
+
+    @app.post(
+        "/recommend",
+        response_model=RecommendResponse,
+        responses={503: {"description": "queue full, retry"}, 504: {"description": "not answered in time"}},
+    )
     async def recommend(request: request_model):
-        current, batcher = state.recommender, state.batcher  # one catalogue for the whole request
-        # Checking is cheap dictionary work; errors surface here, before any model time is spent.
-        query = current.query(
-            request.history,
-            request.user_id,
-            request.k,
-            request.temperature,
-            request.exclude_seen,
-            request.seed,
-            request.exclude,
-            request.only,
-            request.category,
-            request.max_new_share,
-            request.reserve_new,
-        )
-        results = await asyncio.wrap_future(batcher.submit(query))
+        try:
+            results = await asyncio.wait_for(answer(request), timeout_s)
+        except TimeoutError:
+            raise HTTPException(504, f"the request was not answered within {timeout_s:g} s") from None
         return {"recommendations": results}
 
     @app.get("/items/{item_id:path}", response_model=Item, responses={404: {"description": "unknown item id"}})
     def item(item_id: str):
-        return state.recommender.item(item_id)
+        return state.serving.recommender.item(item_id)
 
 
 def _add_admin_routes(app: FastAPI) -> None:
     reload = app.state.reload
 
-    @app.post("/admin/reload", response_model=Reloaded, responses={403: {"description": "not a loopback client"}})
-    async def admin_reload(request: Request):
-        if not _is_loopback(request.client.host if request.client else ""):
-            raise StarletteHTTPException(403, "the admin endpoints answer loopback clients only")
+    @app.post("/admin/reload", response_model=Reloaded)
+    async def admin_reload():
         try:
             new = await asyncio.to_thread(reload)
         except Exception as e:  # the old run keeps serving
@@ -295,14 +374,68 @@ def _add_admin_routes(app: FastAPI) -> None:
 @asynccontextmanager
 async def _closing(app):
     yield
-    app.state.batcher.close()
+    app.state.serving.batcher.close()
 
 
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # not an address (a proxy's name, a test client's)
-        return False
+class _Guard:
+    """ASGI middleware in front of every route: the API key (all but /health), then the body cap,
+    checked on Content-Length and counted on the bytes received (a chunked body has no length)."""
+
+    def __init__(self, app, api_key: str | None, max_body_bytes: int):
+        self.app, self.max_body_bytes = app, max_body_bytes
+        self.api_key = api_key.encode("ascii") if api_key is not None else None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])  # lower-case names; a repeated header keeps its last value
+        if self.api_key is not None and scope["path"] != "/health" and not self._authorised(headers):
+            message = "missing or wrong API key (send Authorization: Bearer KEY or X-API-Key: KEY)"
+            response = ASCIIJSONResponse(
+                {"message": message, "detail": message}, status_code=401, headers={"WWW-Authenticate": "Bearer"}
+            )
+            return await response(scope, receive, send)
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
+            return await self._too_large(scope, receive, send)
+        received = 0
+        started = False
+
+        async def counting_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:  # handled as any HTTPException: a 413 in the usual shape
+                    raise HTTPException(413, self._too_large_message)
+            return message
+
+        async def watching_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, watching_send)
+        except HTTPException as e:  # raised where no exception handler saw it
+            if e.status_code != 413 or started:
+                raise
+            await self._too_large(scope, receive, send)
+
+    @property
+    def _too_large_message(self) -> str:
+        return f"the request body is larger than {self.max_body_bytes} bytes"
+
+    async def _too_large(self, scope, receive, send):
+        message = self._too_large_message
+        await ASCIIJSONResponse({"message": message, "detail": message}, status_code=413)(scope, receive, send)
+
+    def _authorised(self, headers: dict[bytes, bytes]) -> bool:
+        given = headers.get(b"x-api-key")
+        if given is None:
+            scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
+            given = token.strip() if scheme.lower() == b"bearer" else b""
+        return hmac.compare_digest(given, self.api_key)
 
 
 def _describe(error: dict) -> str:
