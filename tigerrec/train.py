@@ -306,10 +306,10 @@ class Training:
         minutes = remaining * elapsed / steps_done / 60
         rate = (self.state["samples"] - self.samples_at_start) / elapsed
         log.info(
-            "forecast on this machine: %.0f samples/s, so the remaining %d steps take about %.0f minutes%s",
+            "forecast on this machine: %.0f samples/s, so the remaining %d steps take about %s%s",
             rate,
             remaining,
-            minutes,
+            f"{minutes:.0f} minutes" if minutes >= 1 else f"{minutes * 60:.0f} s",
             f" (train.max_minutes={show_value(self.cfg.max_minutes)} will stop it earlier)"
             if self.cfg.max_minutes and self.cfg.max_minutes < minutes + self.state_seconds_at_start / 60
             else "",
