@@ -99,9 +99,8 @@ def paired_bootstrap_ci(
 
 
 # Targets grouped by how often their item occurs in the training sequences: the tail (0-4), the
-# middle (5-19) and the head (20+). Later targets are rarer items (Beauty: 21% of test targets
-# occur under 5 times in training, 17% of validation targets), so a drop from validation to test
-# is worth reading group by group.
+# middle (5-19) and the head (20+). Later targets tend to be rarer items, so a drop from validation
+# to test is worth reading group by group (docs/studies/2026-12-07-sasrec.md, "Why ...").
 POPULARITY_EDGES = (5, 20)
 
 
