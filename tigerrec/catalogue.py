@@ -97,6 +97,11 @@ def _add_items(run_dir: str | Path, items: str | Path | dict[str, dict]) -> dict
             f"{', '.join(map(repr, empty[:5]))}{' ...' if len(empty) > 5 else ''}"
         )
 
+    if cfg.text.embeddings_file:
+        raise TigerrecError(
+            f"the IDs of {run_dir} were fitted on precomputed vectors (text.embeddings_file); add-items embeds "
+            "text, so it cannot place new items among them: train a run on vectors that include the new items"
+        )
     encoder = TextEncoder(cfg.text.encoder, cfg.text.batch_size)
     made_with = read_json(ids_dir / IDS_METRICS).get("encoder")
     if made_with and made_with != encoder.label:

@@ -44,6 +44,9 @@ class TextConfig:
     batch_size: int = 128
     # Optional ``KEY TEXT`` lines (KEY = item id or ASIN) giving a title to items that have none.
     titles_file: str = ""
+    # Optional precomputed item vectors keyed by item id (.npz or .parquet, text.read_item_vectors):
+    # the Semantic IDs are fitted on them and the encoder is not run.
+    embeddings_file: str = ""
 
 
 @dataclass

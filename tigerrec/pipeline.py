@@ -52,15 +52,19 @@ from .rundir import (
 )
 from .semantic_ids import IDS_FILE, SemanticIDs, has_collision_code
 from .sequences import Examples
-from .text import TextEncoder, item_sentence, read_titles, with_titles
+from .text import TextEncoder, item_sentence, read_item_vectors, read_titles, with_titles
 from .train import TrainData, distributed_context, evaluate_splits
 
 log = logging.getLogger(__name__)
 
 
 def embed_items(dataset: Dataset, cfg: RunConfig) -> tuple[np.ndarray, str, float]:
-    """Sentence embeddings of every item (cached on disk by encoder + texts)."""
+    """Sentence embeddings of every item (cached on disk by encoder + texts), or the precomputed vectors of
+    ``text.embeddings_file``."""
     start = time.perf_counter()
+    if cfg.text.embeddings_file:
+        vectors, label = read_item_vectors(cfg.text.embeddings_file, dataset.item_ids)
+        return vectors, label, time.perf_counter() - start
     item_meta = dataset.item_meta
     if cfg.text.titles_file:
         item_meta = with_titles(dataset.item_ids, item_meta, read_titles(cfg.text.titles_file))

@@ -297,3 +297,74 @@ class EmbeddingCache:
         with atomic_path(self._path(texts)) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, embeddings=embeddings, digests=digests)
+
+
+# ---------------------------------------------------------------- precomputed item vectors
+
+
+def read_item_vectors(path: str | Path, item_ids: list[str]) -> tuple[np.ndarray, str]:
+    """(len(item_ids), dim) float32 vectors, in the order of ``item_ids``, from a file keyed by item id, and
+    a label naming the file by its content (for the Semantic IDs' record of their inputs).
+
+    ``.npz``: arrays ``item_ids`` (strings) and ``embeddings`` (N, dim). ``.parquet``: columns ``item_id``
+    and ``embedding`` (a list of floats per row). Every item needs exactly one finite vector and the file
+    holds no other items; anything else is a one-line DataError naming the file and the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"no item vectors file at {path}")
+    keys, vectors = _read_vectors_table(path)
+    if vectors.ndim != 2 or vectors.shape[0] != len(keys) or vectors.shape[1] == 0:
+        raise DataError(
+            f"{path}: expected one vector per item id, got {len(keys)} ids and an array of shape {vectors.shape}"
+        )
+    if not np.issubdtype(vectors.dtype, np.floating):
+        raise DataError(f"{path}: vectors must be floating point, got {vectors.dtype}")
+    bad = ~np.isfinite(vectors).all(axis=1)
+    if bad.any():
+        raise DataError(
+            f"{path}: {int(bad.sum())} vectors hold NaN or infinite values (e.g. item {keys[int(bad.argmax())]})"
+        )
+    position = {}
+    for i, key in enumerate(keys):
+        if key in position:
+            raise DataError(f"{path}: item {key} has two vectors")
+        position[key] = i
+    missing = [item for item in item_ids if item not in position]
+    if missing:
+        raise DataError(
+            f"{path}: {len(missing)} of {len(item_ids)} items have no vector (e.g. {', '.join(missing[:3])})"
+        )
+    extra = len(position) - len(item_ids)
+    if extra:
+        known = set(item_ids)
+        examples = [key for key in keys if key not in known][:3]
+        raise DataError(f"{path}: {extra} vectors are for items not in the dataset (e.g. {', '.join(examples)})")
+    label = f"vectors:{path.name}:{hashlib.sha256(vectors.tobytes()).hexdigest()[:12]}"
+    return np.ascontiguousarray(vectors[[position[item] for item in item_ids]], dtype=np.float32), label
+
+
+def _read_vectors_table(path: Path) -> tuple[list[str], np.ndarray]:
+    if path.suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as saved:
+                if not {"item_ids", "embeddings"} <= set(saved.files):
+                    raise DataError(f"{path}: expected arrays item_ids and embeddings, found {', '.join(saved.files)}")
+                return [str(key) for key in saved["item_ids"]], saved["embeddings"]
+        except ValueError as e:  # pickled object arrays, a damaged file
+            raise DataError(f"{path} is not a readable .npz of plain arrays ({e})") from None
+    if path.suffix == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise DataError(f"{path}: reading Parquet needs pyarrow (pip install 'tigerrec[parquet]')") from None
+        table = pq.read_table(path)
+        if not {"item_id", "embedding"} <= set(table.column_names):
+            raise DataError(f"{path}: expected columns item_id and embedding, found {', '.join(table.column_names)}")
+        rows = table.column("embedding").to_pylist()
+        lengths = {len(row) if row is not None else 0 for row in rows}
+        if len(lengths) > 1 or 0 in lengths:
+            raise DataError(
+                f"{path}: every embedding must be a list of the same length, got lengths {sorted(lengths)[:5]}"
+            )
+        return [str(key) for key in table.column("item_id").to_pylist()], np.asarray(rows)
+    raise DataError(f"{path}: item vectors must be a .npz (item_ids, embeddings) or .parquet (item_id, embedding) file")
