@@ -371,6 +371,7 @@ def coldstart(source, cfg: RunConfig, out_dir: Path, overwrite: bool = False) ->
         "training": seen_metrics["training"],
         "fill_rule": (EPSILON_RULE + " " if setting.model.generates_ids else "") + SCORED_RULE + " " + GUIDED_RULE,
     }
+    record_test(dataset.name, cfg.to_dict(), f"{setting.model.kind} cold start", {"recall": rows.recall})
     return result, _coldstart_table(result, rows, exp.unseen_share)
 
 
@@ -531,6 +532,11 @@ def diversity(
                 )
         rows.append(row)
         log.info("diversity %s", row)
+        if not cfg.data.backtest:
+            metrics = {m: row[m] for m in METRICS}
+            record_test(
+                dataset.name, cfg.to_dict(), f"{model.kind} diversity, {row['decoding']}", {"history_ranked": metrics}
+            )
     name = next(iter(categories))
     header = [
         "decoding",
