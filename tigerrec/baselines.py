@@ -21,8 +21,8 @@ from .data import Split
 from .device import autocast, use_bf16
 from .evaluate import (
     PROTOCOLS,
+    mean_metrics,
     metrics_by_popularity,
-    per_user_metrics,
     protocol_name,
     ranking_metrics,
     target_ranks,
@@ -44,7 +44,7 @@ def split_metrics(rank, split: Split, exclude_history: bool, counts: np.ndarray 
     valid_ranked = rank(split.valid_history, exclude_history=exclude_history)
     test_ranked = {name: rank(split.test_history, exclude_history=exclude) for name, exclude in PROTOCOLS.items()}
     ranks = {name: target_ranks(ranked, split.test_target) for name, ranked in test_ranked.items()}
-    protocols = {name: {m: float(v.mean()) for m, v in per_user_metrics(r).items()} for name, r in ranks.items()}
+    protocols = {name: mean_metrics(r) for name, r in ranks.items()}
     chosen = protocol_name(exclude_history)
     metrics = {
         "valid": ranking_metrics(valid_ranked, split.valid_target),

@@ -63,7 +63,12 @@ def ranking_metrics(ranked: np.ndarray, targets: np.ndarray, ks=(5, 10)) -> dict
     for k in ks:
         if ranked.shape[1] < k:
             raise ValueError(f"need at least {k} recommendations per user, got {ranked.shape[1]}")
-    return {name: float(values.mean()) for name, values in per_user_metrics(target_ranks(ranked, targets), ks).items()}
+    return mean_metrics(target_ranks(ranked, targets), ks)
+
+
+def mean_metrics(ranks: np.ndarray, ks=(5, 10)) -> dict[str, float]:
+    """``per_user_metrics`` averaged over all users."""
+    return {name: float(values.mean()) for name, values in per_user_metrics(ranks, ks).items()}
 
 
 def save_target_ranks(path: str | Path, ranks: dict[str, np.ndarray]) -> None:
@@ -242,12 +247,12 @@ def evaluate_protocols(
     exclude_history=False,
     counts: np.ndarray | None = None,
     desc="test",
-) -> tuple[dict, dict[str, np.ndarray]]:
+) -> tuple[dict, dict[str, dict], dict[str, np.ndarray]]:
     """``evaluate`` under both protocols (``PROTOCOLS``): one decode with the users' history items
     ranked, one with them excluded.
 
-    Returns the metrics of the protocol ``exclude_history`` names, with ``test_protocols`` holding
-    both, and each protocol's ``target_ranks`` (for paired comparisons with other models)."""
+    Returns the metrics of the protocol ``exclude_history`` names, the metrics of both by protocol,
+    and each protocol's ``target_ranks`` (for paired comparisons with other models)."""
     chosen = protocol_name(exclude_history)
     protocols, ranks, by_popularity = {}, {}, None
     for name, exclude in PROTOCOLS.items():
@@ -267,11 +272,11 @@ def evaluate_protocols(
             exclude_history=exclude,
         )
         ranks[name] = target_ranks(ranked, examples.targets)
-        protocols[name] = {m: float(v.mean()) for m, v in per_user_metrics(ranks[name]).items()}
+        protocols[name] = mean_metrics(ranks[name])
         protocols[name]["seconds"] = round(time.perf_counter() - start, 2)
         if name == chosen and counts is not None:
             by_popularity = metrics_by_popularity(ranked, examples.targets, counts)
-    metrics = {**protocols[chosen], "users": len(examples), "protocol": chosen, "test_protocols": protocols}
+    metrics = {**protocols[chosen], "users": len(examples), "protocol": chosen}
     if by_popularity is not None:
         metrics["by_popularity"] = by_popularity
-    return metrics, ranks
+    return metrics, protocols, ranks

@@ -459,9 +459,8 @@ def evaluate_splits(
     The test is scored under both protocols (``evaluate.evaluate_protocols``), and recorded in the
     test ledger unless it is a backtest's; also returns its target ranks per protocol."""
     evals = {"valid": evaluate_examples(model, data, data.valid, cfg, "valid", counts)}
-    model.configure_decoding(cfg.eval)
-    bf16 = use_bf16(str(next(model.parameters()).device), cfg.train.bf16)
-    evals["test"], ranks = evaluate_protocols(
+    bf16 = _decoding(model, cfg)
+    evals["test"], evals["test_protocols"], ranks = evaluate_protocols(
         model,
         data.tokenizer,
         data.trie,
@@ -474,7 +473,6 @@ def evaluate_splits(
         cfg.eval.exclude_history,
         counts,
     )
-    evals["test_protocols"] = evals["test"].pop("test_protocols")  # beside "test", as the baselines keep it
     if not cfg.data.backtest:
         members = f" x{cfg.train.members}" if cfg.train.members > 1 else ""
         record_test(dataset_name, cfg.to_dict(), f"{cfg.model.kind}{members}", evals["test_protocols"])
@@ -492,9 +490,13 @@ def evaluate_examples(
     counts: np.ndarray | None = None,
 ) -> dict:
     """Metrics of ``examples``, decoded as ``cfg.eval`` says."""
+    return evaluate_data(model, data, examples, cfg.eval, _decoding(model, cfg), desc, counts)
+
+
+def _decoding(model: SequenceModel, cfg: RunConfig) -> bool:
+    """Set the model to decode as ``cfg.eval`` says; returns whether it decodes in bf16."""
     model.configure_decoding(cfg.eval)
-    bf16 = use_bf16(str(next(model.parameters()).device), cfg.train.bf16)
-    return evaluate_data(model, data, examples, cfg.eval, bf16, desc, counts)
+    return use_bf16(str(next(model.parameters()).device), cfg.train.bf16)
 
 
 def _next_multiple(value: float, every: float) -> float:
