@@ -6,19 +6,39 @@ import pytest
 import torch
 from conftest import small_tiger
 
-from tigerrec.decoding import PrefixTrie, generate, merge_capped
+from tigerrec.decoding import ItemFilter, PrefixTrie, generate, merge_capped
 
 
 def test_trie_follows_only_real_ids():
     codes = np.array([[0, 1, 2, 0], [0, 1, 2, 1], [3, 0, 0, 0]])
     trie = PrefixTrie(codes, 4)
     nodes = torch.zeros(1, dtype=torch.long)
-    assert trie.allowed(nodes)[0].tolist() == [True, False, False, True]
+    assert (trie.children(nodes)[0] >= 0).tolist() == [True, False, False, True]
     for code in [0, 1, 2, 1]:
-        nodes = trie.step(nodes, torch.tensor([code]))
+        nodes = trie.children(nodes)[:, code]
     assert nodes.item() == 1  # the item index
-    dead = trie.step(torch.zeros(1, dtype=torch.long), torch.tensor([2]))
-    assert dead.item() == -1 and not trie.allowed(dead).any()
+    dead = trie.children(torch.zeros(1, dtype=torch.long))[:, 2]
+    assert dead.item() == -1 and (trie.children(dead) == -1).all()
+    with pytest.raises(ValueError, match="not unique"):
+        PrefixTrie(np.array([[0, 1], [0, 1]]), 4)
+
+
+def test_trie_children_match_a_dense_table():
+    codes = np.random.default_rng(0).integers(0, 6, size=(300, 4))
+    codes = np.unique(codes, axis=0)
+    trie = PrefixTrie(codes, 6)
+    dense = {}  # (node, code) -> child, from walking every ID
+    for item, row in enumerate(codes):
+        node = 0
+        for depth, code in enumerate(row):
+            child = item if depth == 3 else int(trie.item_prefixes[item, depth + 1])
+            assert dense.setdefault((node, int(code)), child) == child
+            node = child
+    nodes = torch.arange(-1, trie.num_nodes)
+    children = trie.children(nodes)
+    for node in range(-1, trie.num_nodes):
+        expected = [dense.get((node, code), -1) if node >= 0 else -1 for code in range(6)]
+        assert children[node + 1].tolist() == expected
 
 
 def test_constrained_beam_search_returns_only_real_distinct_items():
@@ -88,7 +108,7 @@ def test_filtered_beam_search_keeps_to_the_allowed_items_and_fills_k_when_it_can
     allowed = torch.from_numpy(rng.random((16, len(codes))) < 0.3)
     allowed[0] = False
     allowed[0, [5, 17, 40]] = True  # fewer allowed items than k
-    out = generate(model, tokens, trie, beam_size=12, top_k=10, allowed=allowed)
+    out = generate(model, tokens, trie, beam_size=12, top_k=10, allowed=ItemFilter.from_mask(allowed))
     for row in range(16):
         items = out.items[row][out.items[row] >= 0].tolist()
         assert all(allowed[row, item] for item in items)
@@ -97,15 +117,60 @@ def test_filtered_beam_search_keeps_to_the_allowed_items_and_fills_k_when_it_can
     # With a beam as wide as the catalogue, beam search is exhaustive: filtering inside decoding
     # gives what filtering the full ranking afterwards gives.
     full = generate(model, tokens, trie, beam_size=len(codes), top_k=len(codes))
-    inside = generate(model, tokens, trie, beam_size=len(codes), top_k=5, allowed=allowed)
+    inside = generate(model, tokens, trie, beam_size=len(codes), top_k=5, allowed=ItemFilter.from_mask(allowed))
     for row in range(1, 16):
         keep = allowed[row, full.items[row]]
         assert inside.items[row].tolist() == full.items[row][keep][:5].tolist()
         assert torch.allclose(inside.scores[row], full.scores[row][keep][:5], atol=1e-5)
-    unfiltered = generate(
-        model, tokens, trie, beam_size=12, top_k=10, allowed=torch.ones(16, len(codes), dtype=torch.bool)
-    )
+    unfiltered = generate(model, tokens, trie, beam_size=12, top_k=10, allowed=ItemFilter([[]] * 16))
     assert torch.equal(unfiltered.items, generate(model, tokens, trie, beam_size=12, top_k=10).items)
+
+
+def test_excluded_items_and_allow_lists_equal_filtering_an_exhaustive_ranking():
+    codes, tokenizer, model, tokens = small_tiger()
+    trie = PrefixTrie(codes, 8)
+    rng = np.random.default_rng(2)
+    # Exclusions that empty whole prefixes (every item under a depth-1 node) and repeat items.
+    under_first = np.flatnonzero(codes[:, 0] == codes[0, 0])
+    excluded = [rng.choice(len(codes), size=rng.integers(0, 20)) for _ in range(16)]
+    excluded[0] = np.concatenate([under_first, under_first[:2]])
+    only = [None if row % 3 else rng.choice(len(codes), size=rng.integers(1, 30), replace=False) for row in range(16)]
+    item_filter = ItemFilter(excluded, only)
+    mask = item_filter.mask(len(codes))
+    for row in range(16):  # the mask is the brute-force reading of the lists
+        allowed = set(range(len(codes))) if only[row] is None else set(only[row].tolist())
+        assert set(torch.nonzero(mask[row]).flatten().tolist()) == allowed - set(excluded[row].tolist())
+    full = generate(model, tokens, trie, beam_size=len(codes), top_k=len(codes))
+    inside = generate(model, tokens, trie, beam_size=10, top_k=10, allowed=item_filter)
+    exhaustive = generate(model, tokens, trie, beam_size=len(codes), top_k=10, allowed=item_filter)
+    for row in range(16):
+        kept = full.items[row][mask[row, full.items[row]]]
+        assert exhaustive.items[row][: len(kept)].tolist() == kept[:10].tolist()
+        got = inside.items[row][inside.items[row] >= 0]
+        assert mask[row, got].all() and len(got) == min(10, int(mask[row].sum()))
+    assert not set(inside.items[0].tolist()) & set(under_first.tolist())
+
+
+def test_history_exclusion_on_a_catalogue_too_large_for_dense_masks():
+    # 300,000 items and 4,096 rows: the (rows x items) masks of a dense filter would take over a GB
+    # (and the per-node counts of each row far more); the lists take what the histories hold.
+    rng = np.random.default_rng(3)
+    flat = rng.choice(256**3, size=300_000, replace=False)
+    codes = np.stack([flat // 65536, flat // 256 % 256, flat % 256, np.zeros_like(flat)], axis=1)
+    trie = PrefixTrie(codes, 256)
+    assert trie.nbytes() < 40e6
+    histories = [rng.choice(len(codes), size=20) for _ in range(4096)]
+    restriction = trie.restrict(ItemFilter(histories))
+    assert sum(keys.numel() for keys, _ in restriction.steps) <= 4096 * 20 * 4
+    # The last step closes exactly each row's history items under the prefix that a beam holds.
+    rows = torch.arange(4096)
+    items = torch.from_numpy(np.array([h[0] for h in histories]))
+    nodes = torch.from_numpy(trie.item_prefixes[items.numpy(), 3].astype(np.int64))[:, None]
+    children = trie.children(nodes)
+    valid = restriction.apply(children >= 0, nodes, 3)
+    last_codes = torch.from_numpy(codes[items.numpy(), 3])
+    assert not valid[rows, 0, last_codes].any() and children[rows, 0, last_codes].eq(items).all()
+    assert valid.sum() == (children >= 0).sum() - len(rows)  # one item per prefix: only it closed
 
 
 def test_merge_capped_takes_the_best_by_score_with_at_most_cap_from_the_second_list():

@@ -71,3 +71,19 @@ def test_a_run_on_precomputed_vectors_skips_the_encoder(tmp_path, monkeypatch):
     assert vectors.shape == (dataset.num_items, 16) and label.startswith("vectors:")
     metrics = run("tiny", cfg, tmp_path / "run")
     assert 0 <= metrics["test"]["recall@10"] <= 1
+    # New items join such a run from their vectors; the text encoder still never runs.
+    from tigerrec.catalogue import add_items
+    from tigerrec.errors import TigerrecError
+    from tigerrec.recommend import Recommender
+
+    run_dir = tmp_path / "run"
+    new = save_npz(tmp_path / "new.npz", ["n1", "n2"], rng.normal(size=(2, 16)))
+    with pytest.raises(TigerrecError, match="give the new items' vectors too"):
+        add_items(run_dir, {"n1": {}, "n2": {}})
+    with pytest.raises(DataError, match="have no vector"):
+        add_items(run_dir, {"n1": {}, "n3": {}}, new)
+    summary = add_items(run_dir, {"n1": {}, "n2": {}}, new)
+    assert summary["added"] == 2 and summary["items"] == dataset.num_items + 2
+    recommender = Recommender.load(run_dir)
+    assert recommender.num_items == dataset.num_items + 2
+    assert len(recommender.recommend([dataset.item_ids[0], "n1"], k=5)) == 5

@@ -65,7 +65,7 @@ class MeanModel(SequenceModel):
         log_probs = self(tokens, None).float().log_softmax(-1)
         scores = sum(log_probs[:, p].index_select(1, self.item_codes[:, p]) for p in range(self.id_length))
         if allowed is not None:
-            scores = scores.masked_fill(~allowed, float("-inf"))
+            scores = scores.masked_fill(~allowed.mask(scores.shape[1], scores.device), float("-inf"))
         keys = scores
         if temperature is not None:  # Gumbel top-k: k items drawn without replacement
             uniform = torch.rand(scores.shape, generator=generator, device=scores.device).clamp(1e-10, 1.0)

@@ -12,7 +12,7 @@ from conftest import run_and_check_memorised
 from tigerrec.cli import build_parser, load_config, main
 from tigerrec.config import EvalConfig, IDsConfig, ModelConfig, RunConfig
 from tigerrec.data import make_tiny
-from tigerrec.decoding import rank
+from tigerrec.decoding import ItemFilter, rank
 from tigerrec.errors import TigerrecError
 from tigerrec.experiments import run_experiment
 from tigerrec.presets import preset_config
@@ -137,7 +137,7 @@ def test_item_score_is_the_sum_of_its_code_log_probabilities(use_user_token):
     allowed[:, ::3] = True  # 10 items
     allowed[1] = False
     allowed[1, [2, 4]] = True
-    filtered = rank(model, tokens, 5, allowed=allowed)
+    filtered = rank(model, tokens, 5, allowed=ItemFilter.from_mask(allowed))
     best = scores.masked_fill(~allowed, float("-inf")).topk(5, dim=1)
     assert torch.equal(filtered.items[[0, 2]], best.indices[[0, 2]])
     assert sorted(filtered.items[1, :2].tolist()) == [2, 4] and (filtered.items[1, 2:] == -1).all()
@@ -171,7 +171,7 @@ def test_graph_decoding_links_items_with_alike_ids_and_finds_exactly_scored_item
     assert torch.equal(out.items, rank(model, tokens, 5, beam_size=8).items)  # the same start each call
     allowed = torch.zeros(3, 30, dtype=torch.bool)
     allowed[:, :15] = True
-    assert (rank(model, tokens, 5, beam_size=8, allowed=allowed).items < 15).all()
+    assert (rank(model, tokens, 5, beam_size=8, allowed=ItemFilter.from_mask(allowed)).items < 15).all()
     # On a complete graph one step reaches every item: the exact top k.
     model.use_graph_decoding(neighbors=29, steps=1)
     assert torch.allclose(rank(model, tokens, 5, beam_size=5).scores, exact.topk(5, dim=1).values, atol=1e-5)

@@ -64,6 +64,21 @@ def test_training_examples_are_every_prefix():
         Examples.from_histories([np.array([], dtype=int)], [1], [0], 3)
 
 
+def test_training_examples_in_chunks_equal_the_prefixes_taken_one_by_one():
+    rng = np.random.default_rng(0)
+    sequences = [rng.integers(0, 100, size=rng.integers(1, 30)) for _ in range(300)]
+    built = Examples.training(sequences, max_history=7, chunk=100)
+    histories, targets, users = [], [], []
+    for user, seq in enumerate(sequences):
+        for t in range(1, len(seq)):
+            histories.append(seq[max(0, t - 7) : t])
+            targets.append(seq[t])
+            users.append(user)
+    expected = Examples.from_histories(histories, targets, users, 7)
+    for field in ("histories", "lengths", "targets", "users"):
+        assert np.array_equal(getattr(built, field), getattr(expected, field)), field
+
+
 def test_bucketed_batches_cover_every_example_once_and_are_deterministic():
     lengths = np.random.default_rng(0).integers(1, 20, size=1000)
     batches = length_bucketed_batches(lengths, 64, seed=1, epoch=3)

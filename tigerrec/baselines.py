@@ -70,9 +70,15 @@ def _top_k(scores: torch.Tensor, histories: list[np.ndarray], k: int, exclude_hi
     return np.pad(ranked, ((0, 0), (0, k - ranked.shape[1])), constant_values=-1)
 
 
-def _in_chunks(histories: list[np.ndarray], rank_chunk, chunk: int = 1024) -> np.ndarray:
+def rows_per_chunk(num_items: int, most: int = 1024) -> int:
+    """Users scored at once so that their (users x items) scores stay near 2**27 values (1 GB in float64)."""
+    return max(1, min(most, 2**27 // max(num_items, 1)))
+
+
+def _in_chunks(histories: list[np.ndarray], rank_chunk, num_items: int) -> np.ndarray:
     """Score users a chunk at a time: a full users x items matrix would not fit for large catalogues.
     ``rank_chunk(begin, part)`` ranks the users ``begin`` to ``begin + len(part)``, whose histories are ``part``."""
+    chunk = rows_per_chunk(num_items)
     return np.concatenate([rank_chunk(i, histories[i : i + chunk]) for i in range(0, len(histories), chunk)])
 
 
@@ -91,7 +97,9 @@ def most_popular(
     counts = np.bincount(np.concatenate(train_sequences), minlength=num_items).astype(np.float64)
     # Tiny decreasing offsets break ties by index, so the ranking is deterministic.
     scores = torch.from_numpy(counts - np.arange(num_items) / (num_items + 1.0))
-    return _in_chunks(histories, lambda _, part: _top_k(scores.expand(len(part), -1).clone(), part, k, exclude_history))
+    return _in_chunks(
+        histories, lambda _, part: _top_k(scores.expand(len(part), -1).clone(), part, k, exclude_history), num_items
+    )
 
 
 def markov(
@@ -119,7 +127,7 @@ def markov(
         scores = torch.from_numpy(transitions[last].toarray()) + fallback
         return _top_k(scores, part, k, exclude_history)
 
-    return _in_chunks(histories, rank)
+    return _in_chunks(histories, rank, num_items)
 
 
 def unit_rows(embeddings: np.ndarray) -> torch.Tensor:
@@ -155,7 +163,7 @@ def rank_by_profile(
             scores[:, left_out] = float("-inf")
         return _top_k(scores, part, k, exclude_history)
 
-    return _in_chunks(histories, rank)
+    return _in_chunks(histories, rank, len(unit))
 
 
 def semantic_knn(
@@ -238,6 +246,7 @@ def sasrec_recommend(
     model.eval()
     device = next(model.parameters()).device
     ranked = []
+    batch_size = rows_per_chunk(model.items.num_embeddings, batch_size)
     for begin in range(0, len(histories), batch_size):
         part = histories[begin : begin + batch_size]
         tokens = _pad(part, model.cfg.max_len).to(device)
@@ -317,6 +326,8 @@ def train_sasrec(
             optimizer.step()
             step += 1
             samples += int(lengths[index].sum())
+            if cfg.max_minutes and time.perf_counter() - start >= 60 * cfg.max_minutes:
+                break  # a cap binds within an epoch too (large catalogues): validate and stop
         minutes = (time.perf_counter() - start) / 60
         ranked = sasrec_recommend(model, valid_histories, 10, bf16=bf16, exclude_history=exclude_history)
         metrics = ranking_metrics(ranked, valid_targets)

@@ -23,6 +23,8 @@ import string
 import time
 from pathlib import Path
 
+import numpy as np
+
 from .data.custom import read_items_table
 from .data.dataset import unescape_meta
 from .errors import TigerrecError
@@ -30,7 +32,7 @@ from .io import RunLock, read_json, write_bytes, write_json, write_text
 from .quantize import load_quantizer
 from .rundir import IDS_DIR, IDS_METRICS, ITEMS_FILE, QUANTIZER_FILE, items_text, load_ids, read_items, read_run_config
 from .semantic_ids import IDS_FILE, CollisionError
-from .text import TextEncoder, item_sentence
+from .text import TextEncoder, item_sentence, read_item_vectors
 
 log = logging.getLogger(__name__)
 
@@ -60,19 +62,21 @@ def read_new_items(path: str | Path) -> dict[str, dict]:
     return {item: unescape_meta(meta) for item, meta in items.items()}
 
 
-def add_items(run_dir: str | Path, items: str | Path | dict[str, dict]) -> dict:
+def add_items(run_dir: str | Path, items: str | Path | dict[str, dict], vectors: str | Path | None = None) -> dict:
     """Give new items Semantic IDs in a finished run directory and record them; returns a summary.
 
-    ``items`` is an items table's path or {item id: metadata}. Raises TigerrecError, with nothing
-    written, for items already in the catalogue, items with no text at all, an encoder other than
-    the one the run's IDs were made with, or a prefix whose collision codes would overflow, and
-    when another process is writing the run directory (``io.RunLock``).
+    ``items`` is an items table's path or {item id: metadata}. A run whose IDs were fitted on
+    precomputed vectors (``text.embeddings_file``) takes the new items' ``vectors`` from a file of the
+    same format (``text.read_item_vectors``); any other run embeds their text. Raises TigerrecError,
+    with nothing written, for items already in the catalogue, items with no text (or no vector), an
+    encoder other than the one the run's IDs were made with, or a prefix whose collision codes would
+    overflow, and when another process is writing the run directory (``io.RunLock``).
     """
     with RunLock(run_dir, "add-items"):
-        return _add_items(run_dir, items)
+        return _add_items(run_dir, items, vectors)
 
 
-def _add_items(run_dir: str | Path, items: str | Path | dict[str, dict]) -> dict:
+def _add_items(run_dir: str | Path, items: str | Path | dict[str, dict], vectors: str | Path | None = None) -> dict:
     start = time.perf_counter()
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir)
@@ -89,28 +93,8 @@ def _add_items(run_dir: str | Path, items: str | Path | dict[str, dict]) -> dict
             f"{len(present)} of the new items are already in the catalogue of {run_dir}: "
             f"{', '.join(map(repr, present[:5]))}{' ...' if len(present) > 5 else ''}"
         )
-    texts = [item_sentence(meta, cfg.text.template) for meta in new.values()]
-    empty = [item for item, text in zip(new, texts) if not text]
-    if empty:
-        raise TigerrecError(
-            f"{len(empty)} new items have no text to embed (no {', '.join(_fields(cfg.text.template))}): "
-            f"{', '.join(map(repr, empty[:5]))}{' ...' if len(empty) > 5 else ''}"
-        )
-
-    if cfg.text.embeddings_file:
-        raise TigerrecError(
-            f"the IDs of {run_dir} were fitted on precomputed vectors (text.embeddings_file); add-items embeds "
-            "text, so it cannot place new items among them: train a run on vectors that include the new items"
-        )
-    encoder = TextEncoder(cfg.text.encoder, cfg.text.batch_size)
-    made_with = read_json(ids_dir / IDS_METRICS).get("encoder")
-    if made_with and made_with != encoder.label:
-        raise TigerrecError(
-            f"the IDs of {run_dir} were made with the encoder {made_with!r}, but text.encoder="
-            f"{cfg.text.encoder!r} is {encoder.label!r} here; install or point to {made_with!r}"
-        )
+    embeddings = _new_item_vectors(run_dir, cfg, new, vectors)
     quantizer = load_quantizer(ids_dir / QUANTIZER_FILE)
-    embeddings = encoder.encode(texts, use_cache=False)
     try:
         grown = ids.add_items(list(new), quantizer.encode(embeddings))
     except CollisionError as e:
@@ -151,6 +135,35 @@ def _add_items(run_dir: str | Path, items: str | Path | dict[str, dict]) -> dict
         raise
     log.info("added %d items to %s (%d in all) in %.1f s", len(new), run_dir, len(grown.item_ids), summary["seconds"])
     return summary
+
+
+def _new_item_vectors(run_dir: Path, cfg, new: dict[str, dict], vectors: str | Path | None) -> np.ndarray:
+    """The new items' vectors in the space the run's IDs were fitted in: read from ``vectors`` where the
+    run used precomputed vectors, embedded from their text by the run's encoder otherwise."""
+    if cfg.text.embeddings_file:
+        if vectors is None:
+            raise TigerrecError(
+                f"the IDs of {run_dir} were fitted on precomputed vectors (text.embeddings_file); "
+                "give the new items' vectors too (--vectors FILE, keyed by item id)"
+            )
+        return read_item_vectors(vectors, list(new))[0]
+    if vectors is not None:
+        raise TigerrecError(f"the IDs of {run_dir} were fitted on text embeddings, not on vectors: drop --vectors")
+    texts = [item_sentence(meta, cfg.text.template) for meta in new.values()]
+    empty = [item for item, text in zip(new, texts) if not text]
+    if empty:
+        raise TigerrecError(
+            f"{len(empty)} new items have no text to embed (no {', '.join(_fields(cfg.text.template))}): "
+            f"{', '.join(map(repr, empty[:5]))}{' ...' if len(empty) > 5 else ''}"
+        )
+    encoder = TextEncoder(cfg.text.encoder, cfg.text.batch_size)
+    made_with = read_json(run_dir / IDS_DIR / IDS_METRICS).get("encoder")
+    if made_with and made_with != encoder.label:
+        raise TigerrecError(
+            f"the IDs of {run_dir} were made with the encoder {made_with!r}, but text.encoder="
+            f"{cfg.text.encoder!r} is {encoder.label!r} here; install or point to {made_with!r}"
+        )
+    return encoder.encode(texts, use_cache=False)
 
 
 def _fields(template: str) -> list[str]:

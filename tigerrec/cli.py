@@ -246,7 +246,7 @@ def _reload_logged(app) -> None:
 def cmd_add_items(args) -> None:
     from .catalogue import add_items
 
-    summary = add_items(args.run_dir, args.items)
+    summary = add_items(args.run_dir, args.items, args.vectors)
     print(
         f"added {summary['added']} items to {args.run_dir} ({summary['items']} in all, "
         f"{summary['items'] - summary['trained_items']} since training) in {summary['seconds']:.1f} s"
@@ -352,6 +352,10 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("run_dir", help="run directory written by `tigerrec run`")
     add.add_argument(
         "items", help="items table (.csv or .parquet): an item_id column and text columns (title, brand, ...)"
+    )
+    add.add_argument(
+        "--vectors",
+        help="the new items' vectors (.npz or .parquet keyed by item id), for a run fitted on precomputed vectors",
     )
     add.set_defaults(func=cmd_add_items)
 

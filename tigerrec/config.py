@@ -218,6 +218,9 @@ class EvalConfig:
     beam_size: int = 20  # TIGER's beams; RPG's graph decoding keeps as many items per step
     top_k: int = 10
     batch_size: int = 512
+    # The final validation and test on a fixed random sample of this many users (0 = all): for catalogues
+    # with millions of users, where decoding every one would take hours.
+    users: int = 0
     # Keep each user's own history items out of the ranking (all of them, not only the last max_history
     # that the model reads), as serving (exclude_seen) and the baselines do.
     # Off in the paper's protocol; on the P5 Amazon data no target is already in its user's history.
@@ -573,6 +576,7 @@ def _rules() -> dict[str, Rule]:
         "eval.graph_steps": COUNT,
         "eval.top_k": (_at_least(10)[0], ">= 10 (the metrics are Recall and NDCG at 5 and 10)"),
         "eval.batch_size": COUNT,
+        "eval.users": _at_least(0),
         **{f"sasrec.{name}": COUNT for name in ("hidden", "blocks", "heads", "max_len", "batch_size", "epochs")},
         "sasrec.negatives": _at_least(0),
         "sasrec.dropout": _within(0, 1, high_open=True),

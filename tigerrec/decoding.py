@@ -1,12 +1,13 @@
 """Generating Semantic IDs: batched beam search (or sampling), optionally constrained by a prefix trie.
 
-The trie is a dense table ``next[node, code]``: for an ID prefix (a node) and a
-code it gives the node of the longer prefix, or, at the last position, the item
-index; -1 marks a code that leads to no item. Constrained decoding masks those
-codes, so every generated ID is a real item. A request's filter (``allowed``: a
-bool per row and item) narrows the trie for that row: a prefix stays open only
-while an allowed item lies under it, so the beams never waste a slot on an item
-the request rules out, and the top k holds k allowed items whenever k exist.
+The trie maps an ID prefix (a node) and a code to the node of the longer prefix, or,
+at the last position, to the item; a code that leads to no item is masked, so every
+generated ID is a real item. It is stored as sorted edges, so its memory follows the
+catalogue (a million items take tens of MB). A request's filter (``ItemFilter``: the
+items a row excludes, such as its history, or the only ones it allows) narrows the
+trie for that row: a prefix stays open only while an allowed item lies under it, so
+the beams never waste a slot on an item the request rules out, and the top k holds k
+allowed items whenever k exist. Filters are item lists, never (rows x items) masks.
 
 ``rank`` is the one entry point for recommendations from any model kind (its ``rank``):
 TIGER generates IDs here (``generate``), RPG scores every item exactly (``rpg.RPGModel.rank``).
@@ -23,41 +24,120 @@ import torch
 from .sequences import BOS, code_offsets
 
 
+class ItemFilter:
+    """Which items each row's results may hold, kept as item lists rather than a (rows x items) mask, so
+    it costs what the lists hold at any catalogue size: row r keeps ``only[r]`` (every item where that
+    is None) less ``excluded[r]``. A request's filters and, with history exclusion, its history build it."""
+
+    def __init__(self, excluded: list, only: list | None = None):
+        self.excluded = [np.asarray(items, dtype=np.int64).ravel() for items in excluded]
+        self.only = (
+            [None if items is None else np.asarray(items, dtype=np.int64).ravel() for items in only]
+            if (only is not None)
+            else [None] * len(self.excluded)
+        )
+        if len(self.only) != len(self.excluded):
+            raise ValueError(f"{len(self.excluded)} rows of excluded items but {len(self.only)} of allowed ones")
+
+    @classmethod
+    def from_mask(cls, mask) -> ItemFilter:
+        """The rows of a (rows, items) bool mask (small catalogues, tests)."""
+        mask = torch.as_tensor(mask).cpu().numpy()
+        return cls([np.zeros(0, dtype=np.int64)] * len(mask), [np.flatnonzero(row) for row in mask])
+
+    def __len__(self) -> int:
+        return len(self.excluded)
+
+    def rows(self, index) -> ItemFilter:
+        return ItemFilter([self.excluded[i] for i in index], [self.only[i] for i in index])
+
+    def __add__(self, other: ItemFilter) -> ItemFilter:
+        return ItemFilter(self.excluded + other.excluded, self.only + other.only)
+
+    def listed(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(rows, items) pairs, each once: a row's allowed items where it has ``only``, its excluded items
+        elsewhere; and per row whether its pairs are the allowed items (True) or the excluded ones."""
+        lists = [
+            np.unique(excluded) if only is None else np.setdiff1d(only, excluded)
+            for excluded, only in zip(self.excluded, self.only)
+        ]
+        rows = np.repeat(np.arange(len(lists)), [len(items) for items in lists])
+        items = np.concatenate(lists) if lists else np.zeros(0, dtype=np.int64)
+        return rows, items.astype(np.int64), np.array([only is not None for only in self.only], dtype=bool)
+
+    def mask(self, num_items: int, device=None) -> torch.Tensor:
+        """(rows, num_items) bool, for a model kind that scores every item anyway."""
+        rows, items, allow_listed = self.listed()
+        mask = torch.from_numpy(np.repeat(~allow_listed[:, None], num_items, axis=1))
+        mask[torch.from_numpy(rows), torch.from_numpy(items)] = torch.from_numpy(allow_listed[rows])
+        return mask.to(device)
+
+
 class PrefixTrie:
+    """The catalogue's IDs as a prefix tree, stored sparsely: its edges sorted by (parent node, code), so
+    memory grows with the number of edges (at most id_length per item), not with nodes x codebook_size.
+
+    Node 0 is the root, then one node per distinct prefix of length 1..id_length-1, numbered depth by
+    depth; the last code of an ID leads to the item itself (its index), not to a node."""
+
     def __init__(self, item_codes: np.ndarray, codebook_size: int):
         codes = np.asarray(item_codes, dtype=np.int64)
         n, length = codes.shape
-        self.id_length, self.codebook_size = length, codebook_size
-        # Node ids: 0 = root, then one per distinct prefix of length 1..length-1.
-        parent = np.zeros(n, dtype=np.int64)
-        num_nodes, steps, prefixes = 1, [], []
-        for depth in range(length):
-            if depth < length - 1:
-                _, child = np.unique(codes[:, : depth + 1], axis=0, return_inverse=True)
-                child = child.ravel() + num_nodes
-                num_nodes = int(child.max()) + 1
-            else:
-                child = np.arange(n)  # the last code leads to the item itself
-            steps.append((parent, codes[:, depth], child))
-            prefixes.append(parent)
-            parent = child
-        table = np.full((num_nodes, codebook_size), -1, dtype=np.int64)
-        for parent, code, child in steps:
-            table[parent, code] = child
-        if len(np.unique(codes, axis=0)) != n:
+        self.id_length, self.codebook_size, self.num_items = length, codebook_size, n
+        parents, children = [np.zeros(n, dtype=np.int64)], []
+        num_nodes = 1
+        for depth in range(length - 1):
+            _, child = np.unique(codes[:, : depth + 1], axis=0, return_inverse=True)
+            child = child.ravel() + num_nodes
+            num_nodes = int(child.max()) + 1
+            children.append(child)
+            parents.append(child)
+        children.append(np.arange(n))  # the last code leads to the item itself
+        prefixes = np.stack(parents, axis=1)  # (n, length): each item's prefix nodes, root first
+        keys = (prefixes * codebook_size + codes).ravel(order="F")  # one (parent, code) key per item and depth
+        unique_keys, first = np.unique(keys, return_index=True)
+        if (first >= n * (length - 1)).sum() != n:  # last-depth edges: one per item unless two items share an ID
             raise ValueError("item Semantic IDs are not unique; the trie needs one item per ID")
-        self.table = torch.from_numpy(table)
+        edge_parent = unique_keys // codebook_size
         self.num_nodes = num_nodes
-        self.item_prefixes = torch.from_numpy(
-            np.stack(prefixes, axis=1)
-        )  # (n, length): each item's prefix nodes, root first
+        # CSR: the edges of node v are edge_code[offsets[v]:offsets[v + 1]], leading to edge_child[...].
+        self.offsets = torch.from_numpy(np.searchsorted(edge_parent, np.arange(num_nodes + 1)))
+        self.edge_code = torch.from_numpy(unique_keys % codebook_size)
+        self.edge_child = torch.from_numpy(np.concatenate(children)[first])
+        # Host-side tables for building filters: each item's prefix nodes and codes, and each node's item count.
+        self.item_prefixes = prefixes.astype(np.int32)
+        self.item_codes = codes.astype(np.int32)
+        self.node_size = np.bincount(prefixes.ravel(), minlength=num_nodes).astype(np.int64)
         self.log_mass: tuple[torch.Tensor, torch.Tensor] | None = None  # see penalize_popularity
 
     def to(self, device) -> PrefixTrie:
-        self.table, self.item_prefixes = self.table.to(device), self.item_prefixes.to(device)
+        self.offsets, self.edge_code, self.edge_child = (
+            t.to(device) for t in (self.offsets, self.edge_code, self.edge_child)
+        )
         if self.log_mass is not None:
             self.log_mass = tuple(t.to(device) for t in self.log_mass)
         return self
+
+    def nbytes(self) -> int:
+        """Memory of the trie's tables."""
+        tensors = [self.offsets, self.edge_code, self.edge_child, *(self.log_mass or ())]
+        arrays = [self.item_prefixes, self.item_codes, self.node_size]
+        return sum(t.numel() * t.element_size() for t in tensors) + sum(a.nbytes for a in arrays)
+
+    def children(self, nodes: torch.Tensor) -> torch.Tensor:
+        """(*nodes.shape, codebook_size): the node (at the last position, the item) that each code leads
+        to from ``nodes``; -1 where it leads to no item, and everywhere from a dead node (-1)."""
+        flat = nodes.flatten()
+        alive = flat >= 0
+        start = self.offsets[flat.clamp(min=0)]
+        count = torch.where(alive, self.offsets[flat.clamp(min=0) + 1] - start, 0)
+        row = torch.repeat_interleave(torch.arange(len(flat), device=flat.device), count)
+        # Position of each listed edge: its node's first edge plus its rank among that node's edges.
+        before = torch.cumsum(count, 0) - count
+        edge = torch.arange(len(row), device=flat.device) - (before - start).repeat_interleave(count)
+        out = torch.full((len(flat), self.codebook_size), -1, dtype=torch.long, device=flat.device)
+        out[row, self.edge_code[edge]] = self.edge_child[edge]
+        return out.view(*nodes.shape, self.codebook_size)
 
     def penalize_popularity(self, counts: np.ndarray, weight: float) -> PrefixTrie:
         """Rank items by log p(item) - ``weight`` * log(1 + count): a logit adjustment against the
@@ -70,48 +150,69 @@ class PrefixTrie:
         if weight == 0:
             self.log_mass = None
             return self
-        mass = torch.as_tensor(np.asarray(counts), dtype=torch.float64) + 1.0
-        if mass.shape != (len(self.item_prefixes),):
-            raise ValueError(f"counts hold {mass.shape[0]} items, the trie {len(self.item_prefixes)}")
-        node_mass = torch.zeros(self.num_nodes, dtype=torch.float64, device=self.table.device)
-        node_mass.index_add_(
-            0, self.item_prefixes.flatten(), mass.to(node_mass.device).repeat_interleave(self.id_length)
+        mass = np.asarray(counts, dtype=np.float64) + 1.0
+        if mass.shape != (self.num_items,):
+            raise ValueError(f"counts hold {mass.shape[0]} items, the trie {self.num_items}")
+        node_mass = np.bincount(self.item_prefixes.ravel(), np.repeat(mass, self.id_length), self.num_nodes)
+        device = self.offsets.device
+        self.log_mass = (
+            torch.from_numpy(weight * np.log(node_mass)).float().to(device),
+            torch.from_numpy(weight * np.log(mass)).float().to(device),
         )
-        self.log_mass = (weight * node_mass.log()).float(), (weight * mass.log()).float().to(node_mass.device)
         return self
 
-    def popularity_step(self, nodes: torch.Tensor, last: bool) -> torch.Tensor:
+    def popularity_step(self, nodes: torch.Tensor, children: torch.Tensor, last: bool) -> torch.Tensor:
         """(B, beams, codebook_size): what ``penalize_popularity`` adds to each code's log-probability
-        after the prefixes ``nodes`` (B, beams); ``last`` when the children are items."""
+        after the prefixes ``nodes`` (B, beams) with their ``children``; ``last`` when those are items."""
         node_log, item_log = self.log_mass
-        parents = nodes.clamp(min=0)
-        children = self.table[parents].clamp(min=0)  # dead codes are masked by the caller
-        return node_log[parents][..., None] - (item_log if last else node_log)[children]
+        return node_log[nodes.clamp(min=0)][..., None] - (item_log if last else node_log)[children.clamp(min=0)]
 
-    def open_prefixes(self, allowed: torch.Tensor) -> torch.Tensor:
-        """(B, num_nodes) bool: the prefixes with at least one item that ``allowed`` (B, n) keeps."""
-        rows, n = allowed.shape
-        open_ = torch.zeros(rows, self.num_nodes, dtype=torch.long, device=allowed.device)
-        index = self.item_prefixes.T.reshape(1, -1).expand(rows, -1)  # depth-major: all items' nodes at depth 0, 1, ...
-        open_.scatter_add_(1, index, allowed.long().repeat(1, self.id_length))
-        return open_ > 0
+    def restrict(self, item_filter: ItemFilter) -> TrieFilter:
+        """The codes ``item_filter`` opens or closes at each depth, for ``TrieFilter.apply``."""
+        return TrieFilter(self, item_filter)
 
-    def step(self, nodes: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-        """Follow ``codes`` from ``nodes``; -1 (dead) stays -1."""
-        alive = nodes >= 0
-        nxt = self.table[nodes.clamp(min=0), codes]
-        return torch.where(alive, nxt, torch.full_like(nxt, -1))
 
-    def allowed(self, nodes: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, beams, codebook_size) bool: the codes that continue the prefixes ``nodes`` (B, beams) to an item.
+class TrieFilter:
+    """An ``ItemFilter`` on the trie, as (row, prefix, code) triples per depth, never (rows x items) masks.
 
-        With ``keep`` (B, num_nodes) from ``open_prefixes``, or (B, n) at the last position (children are
-        items there), only to the prefixes and items it keeps for that row."""
-        children = self.table[nodes.clamp(min=0)]
-        ok = (children >= 0) & (nodes >= 0)[..., None]
-        if keep is not None:
-            ok &= keep.gather(1, children.clamp(min=0).flatten(1)).view(children.shape)
-        return ok
+    Where a row lists its allowed items, a code stays open only if it leads towards one of them; where a
+    row lists excluded items, a code closes once every item under it is excluded. Either way the triples
+    come from the listed items alone, and a beam never spends a slot on a prefix with nothing left."""
+
+    def __init__(self, trie: PrefixTrie, item_filter: ItemFilter):
+        rows, items, allow_listed = item_filter.listed()
+        self.allow_listed = torch.from_numpy(allow_listed)
+        self.stride = trie.num_nodes + 1  # key of (row, node): row * stride + node + 1; a dead node gives row * stride
+        self.steps = []
+        for depth in range(trie.id_length):
+            last = depth == trie.id_length - 1
+            child = items if last else trie.item_prefixes[items, depth + 1].astype(np.int64)
+            size = np.ones(len(items), dtype=np.int64) if last else trie.node_size[child]
+            # One entry per (row, child): listed-allowed children stay open; excluded ones close when full.
+            _, first, count = np.unique(rows * (max(trie.num_nodes, trie.num_items) + 1) + child, True, False, True)
+            keep = allow_listed[rows[first]] | (count == size[first])
+            chosen = first[keep]
+            keys = rows[chosen] * self.stride + trie.item_prefixes[items[chosen], depth].astype(np.int64) + 1
+            order = np.argsort(keys, kind="stable")
+            code = trie.item_codes[items[chosen], depth].astype(np.int64)
+            self.steps.append((torch.from_numpy(keys[order]), torch.from_numpy(code[order])))
+
+    def to(self, device) -> TrieFilter:
+        self.allow_listed = self.allow_listed.to(device)
+        self.steps = [(keys.to(device), codes.to(device)) for keys, codes in self.steps]
+        return self
+
+    def apply(self, valid: torch.Tensor, nodes: torch.Tensor, depth: int) -> torch.Tensor:
+        """``valid`` (B, beams, codebook_size) less the codes this filter rules out after ``nodes`` (B, beams)."""
+        keys, codes = self.steps[depth]
+        batch, beams, size = valid.shape
+        beam_keys = (torch.arange(batch, device=nodes.device)[:, None] * self.stride + nodes + 1).flatten()
+        sorted_keys, order = beam_keys.sort()  # live beams of a row hold distinct prefixes
+        position = torch.searchsorted(sorted_keys, keys).clamp(max=len(sorted_keys) - 1)
+        hit = sorted_keys[position] == keys
+        listed = torch.zeros(batch * beams, size, dtype=torch.bool, device=valid.device)
+        listed[order[position[hit]], codes[hit]] = True
+        return valid & (listed.view(batch, beams, size) == self.allow_listed[:, None, None])
 
 
 @dataclass
@@ -131,7 +232,7 @@ def rank(
     constrained: bool = True,
     temperature: float | None = None,
     generator: torch.Generator | None = None,
-    allowed: torch.Tensor | None = None,
+    allowed: ItemFilter | None = None,
 ) -> Generated:
     """The ``k`` best items after each row of encoder ``tokens``, best first, from a model of any kind.
 
@@ -139,7 +240,7 @@ def rank(
     catalogue by ``trie`` unless ``constrained`` is False. RPG scores every item of its catalogue
     exactly, or with graph decoding keeps ``beam_size`` items per step; ``trie`` and ``constrained``
     do not apply to it. With ``temperature`` both sample instead of taking the most likely, and results
-    come in the order drawn. ``allowed`` (B, num_items) bool restricts each row's results to the items
+    come in the order drawn. ``allowed`` (an ``ItemFilter`` of B rows) restricts each row's results to the items
     it keeps (a request's filters); rows with fewer than ``k`` such items end in items -1 with score -inf.
     """
     return model.rank(tokens, k, trie, beam_size, constrained, temperature, generator, allowed)
@@ -202,7 +303,7 @@ def generate(
     constrained: bool = True,
     temperature: float | None = None,
     generator: torch.Generator | None = None,
-    allowed: torch.Tensor | None = None,
+    allowed: ItemFilter | None = None,
 ) -> Generated:
     """Top-k Semantic IDs for each input row (of the items ``allowed`` keeps for it, when given), from a
     model with TIGER's ``encode`` and ``decode`` (``model.TigerModel``, ``model.TigerEnsemble``).
@@ -226,16 +327,20 @@ def generate(
     offsets = code_offsets(length, size, device)
     cache: list = []  # decoder self-attention keys/values, one row per (input, beam)
     last = torch.full((batch, 1), BOS, dtype=torch.long, device=device)
-    open_prefixes = trie.open_prefixes(allowed) if allowed is not None else None
+    restriction = trie.restrict(allowed).to(device) if allowed is not None else None
     for position in range(length):
         logits = model.decode(last, memory_kv, memory_mask, cache)[:, -1].float()
         logits = logits.view(batch, beams, size)
         log_probs = logits.log_softmax(-1)
+        children = trie.children(nodes)  # (batch, beams, size): where each code leads; -1 nowhere
         if constrained:
-            valid = trie.allowed(nodes, open_prefixes if position < length - 1 else allowed)
+            valid = children >= 0
+            if restriction is not None:
+                valid = restriction.apply(valid, nodes, position)
             if trie.log_mass is not None:
-                log_probs = log_probs + trie.popularity_step(nodes, position == length - 1)
+                log_probs = log_probs + trie.popularity_step(nodes, children, position == length - 1)
             log_probs = log_probs.masked_fill(~valid, float("-inf"))
+            children = children.masked_fill(~valid, -1)
         total = (scores[..., None] + log_probs).flatten(1)  # (batch, beams * size)
         keep = min(beam_size, total.shape[1])
         if temperature is None:
@@ -255,7 +360,7 @@ def generate(
             sample_keys, scores = keys.gather(1, chosen), total.gather(1, chosen)
         parent, code = chosen // size, chosen % size
         codes = torch.cat([codes.gather(1, parent[..., None].expand(-1, -1, position)), code[..., None]], dim=2)
-        nodes = trie.step(nodes.gather(1, parent), code)
+        nodes = children.flatten(1).gather(1, chosen)
         # Each surviving beam continues from its parent's cache.
         rows = (torch.arange(batch, device=device)[:, None] * beams + parent).flatten()
         cache[:] = [(k[rows], v[rows]) for k, v in cache]

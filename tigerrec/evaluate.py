@@ -11,11 +11,11 @@ import torch
 from scipy.stats import bootstrap
 from tqdm.auto import tqdm
 
-from .decoding import PrefixTrie, rank
+from .decoding import ItemFilter, PrefixTrie, rank
 from .device import autocast
 from .io import atomic_path
 from .model import SequenceModel
-from .sequences import Examples, Tokenizer, history_pairs
+from .sequences import Examples, Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -167,29 +167,22 @@ def recommend_examples(
     items = np.full((len(examples), top_k), -1, dtype=np.int64)
     codes = np.zeros((len(examples), top_k, tokenizer.id_length), dtype=np.int64)
     scores = np.full((len(examples), top_k), -np.inf, dtype=np.float32)
-    allowed = None if allowed is None else torch.as_tensor(allowed, dtype=torch.bool, device=device)
-    num_items = len(trie.item_prefixes) if trie is not None else model.num_items
+    only = None if allowed is None else np.flatnonzero(allowed)
     for begin in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False, mininterval=2):
         index = order[begin : begin + batch_size]
         tokens = tokenizer.encoder_input(
             torch.from_numpy(examples.histories[index]), torch.from_numpy(user_tokens[index])
         )
-        keep = None if allowed is None else allowed.expand(len(index), -1)
-        if exclude_history:
-            keep = _without_history(keep, examples.seen_items(index), num_items, device)
+        keep = None
+        if exclude_history or only is not None:
+            seen = examples.seen_items(index) if exclude_history else [np.zeros(0, dtype=np.int64)] * len(index)
+            keep = ItemFilter(seen, [only] * len(index))
         with autocast(str(device), bf16):
             out = rank(model, tokens.to(device), top_k, trie, beam_size, constrained, temperature, generator, keep)
         items[index] = out.items.cpu().numpy()
         codes[index] = out.codes.cpu().numpy()
         scores[index] = out.scores.float().cpu().numpy()
     return items, codes, scores
-
-
-def _without_history(keep: torch.Tensor | None, histories: list[np.ndarray], num_items: int, device) -> torch.Tensor:
-    """(B, num_items) bool: ``keep`` (all items when None) less each row's history items."""
-    keep = torch.ones(len(histories), num_items, dtype=torch.bool, device=device) if keep is None else keep.clone()
-    keep[history_pairs(histories, device)] = False
-    return keep
 
 
 def evaluate(

@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .config import CAUSAL_HISTORIES, HISTORIES, POOLED_HISTORIES, EvalConfig, ModelConfig, RunConfig
-from .decoding import Generated, PrefixTrie, generate
+from .decoding import Generated, ItemFilter, PrefixTrie, generate
 from .io import atomic_path
 from .sequences import PAD, Tokenizer
 
@@ -215,7 +215,7 @@ class SequenceModel(nn.Module, abc.ABC):
         constrained: bool = True,
         temperature: float | None = None,
         generator: torch.Generator | None = None,
-        allowed: torch.Tensor | None = None,
+        allowed: ItemFilter | None = None,
     ) -> Generated:
         """The ``k`` best items after each row of encoder ``tokens``, best first (``decoding.rank``)."""
 
@@ -289,7 +289,7 @@ class BeamSearch:
         constrained: bool = True,
         temperature: float | None = None,
         generator: torch.Generator | None = None,
-        allowed: torch.Tensor | None = None,
+        allowed: ItemFilter | None = None,
     ) -> Generated:
         """``beam_size`` beams (default ``k``), constrained to the catalogue by ``trie`` unless ``constrained``
         is False."""

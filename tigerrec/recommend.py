@@ -31,7 +31,7 @@ import torch
 
 from . import catalogue
 from .config import RunConfig
-from .decoding import merge_capped, new_item_cap, rank
+from .decoding import ItemFilter, merge_capped, new_item_cap, rank
 from .device import autocast, check_device, default_device, use_bf16
 from .errors import TigerrecError
 from .members import load_best_model
@@ -365,13 +365,17 @@ class Recommender:
         tokens = self.tokenizer.encoder_input(
             torch.from_numpy(examples.histories), torch.tensor([q.user_token for q in chunk])
         )
-        allowed = self._allowed(chunk)
+        excluded = [np.fromiter(q.excluded, np.int64, len(q.excluded)) for q in chunk]
+        only = [None if q.only is None else np.fromiter(q.only, np.int64, len(q.only)) for q in chunk]
         capped = [row for row, q in enumerate(chunk) if q.new_cap is not None]
-        if capped:
-            new = torch.arange(self.num_items) >= self.trained_items
+        if capped:  # each capped row decodes twice: among the trained-with items, and among the new ones
+            new = np.arange(self.trained_items, self.num_items)
             tokens = torch.cat([tokens, tokens[capped]])
-            allowed = torch.cat([allowed, allowed[capped] & new])
-            allowed[capped] &= ~new
+            excluded += [excluded[row] for row in capped]
+            only += [new if only[row] is None else np.intersect1d(only[row], new) for row in capped]
+            for row in capped:
+                excluded[row] = np.concatenate([excluded[row], new])
+        allowed = ItemFilter(excluded, only)
         with autocast(self.device, self.bf16):
             out = rank(
                 self.model,
@@ -381,7 +385,7 @@ class Recommender:
                 beam,
                 temperature=temperature,
                 generator=generator,
-                allowed=allowed.to(self.device),
+                allowed=allowed,
             )
         items, scores = out.items.cpu().numpy(), out.scores.float().cpu().numpy()
         if capped:
@@ -399,17 +403,6 @@ class Recommender:
             items[capped], scores[capped] = -1, -np.inf
             items[capped, :k], scores[capped, :k] = merged
         return items[: len(chunk)], scores[: len(chunk)]
-
-    def _allowed(self, queries: list[Query]) -> torch.Tensor:
-        """(B, num_items) bool: the items each query's filters let through."""
-        allowed = torch.ones(len(queries), self.num_items, dtype=torch.bool)
-        for row, q in enumerate(queries):
-            if q.only is not None:
-                allowed[row] = False
-                allowed[row, list(q.only)] = True
-            if q.excluded:
-                allowed[row, list(q.excluded)] = False
-        return allowed
 
     def _category_items(self, category) -> set[int]:
         if not isinstance(category, str):

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import EvalConfig, ModelConfig, RunConfig
-from .decoding import Generated, PrefixTrie
+from .decoding import Generated, ItemFilter, PrefixTrie
 from .model import Dropout, EncoderLayer, RelativeBias, SequenceModel
 from .sequences import NUM_SPECIAL, PAD, Tokenizer
 
@@ -188,7 +188,7 @@ class RPGModel(SequenceModel):
         constrained: bool = True,
         temperature: float | None = None,
         generator: torch.Generator | None = None,
-        allowed: torch.Tensor | None = None,
+        allowed: ItemFilter | None = None,
     ) -> Generated:
         """The ``k`` best items of the catalogue for each history, by exact scores (``item_scores``), or
         among the ``max(k, beam_size)`` items that graph decoding finds (``use_graph_decoding``). Every
@@ -196,8 +196,10 @@ class RPGModel(SequenceModel):
 
         With ``temperature``, ``k`` items are sampled without replacement from the softmax of the
         scores / temperature over the catalogue (Gumbel top-k), in the order drawn; scores stay the
-        model's. ``allowed`` (B, N) bool keeps each row's results to those items. Beyond the items
+        model's. ``allowed`` (an ``ItemFilter``) keeps each row's results to its items. Beyond the items
         a row may have, items are -1 and scores -inf."""
+        if allowed is not None:  # every item is scored anyway: a (B, N) mask costs what the scores do
+            allowed = allowed.mask(self.num_items, tokens.device)
         if self.graph is not None and temperature is None:
             if generator is None:  # the same start for the same request
                 generator = torch.Generator(tokens.device).manual_seed(0)

@@ -135,15 +135,28 @@ class Examples:
         return cls(padded, lengths, np.asarray(targets, dtype=np.int64), np.asarray(users, dtype=np.int64), seen)
 
     @classmethod
-    def training(cls, train_sequences: list[np.ndarray], max_history: int) -> Examples:
-        """Every prefix of every user's training part: history s[:t] -> target s[t], t >= 1."""
-        histories, targets, users = [], [], []
-        for user, seq in enumerate(train_sequences):
-            for t in range(1, len(seq)):
-                histories.append(seq[max(0, t - max_history) : t])
-                targets.append(seq[t])
-                users.append(user)
-        return cls.from_histories(histories, targets, users, max_history)
+    def training(cls, train_sequences: list[np.ndarray], max_history: int, chunk: int = 1 << 20) -> Examples:
+        """Every prefix of every user's training part: history s[:t] -> target s[t], t >= 1.
+
+        Built with array indexing, a ``chunk`` of examples at a time: no Python object per example, so
+        tens of millions of interactions fit in the padded arrays alone."""
+        sizes = np.array([len(s) for s in train_sequences], dtype=np.int64)
+        flat = np.concatenate(train_sequences).astype(np.int64) if len(sizes) else np.zeros(0, dtype=np.int64)
+        starts = np.cumsum(sizes) - sizes
+        per_user = np.maximum(sizes - 1, 0)  # targets per user: every item after the first
+        users = np.repeat(np.arange(len(sizes)), per_user)
+        # t: each target's position in its sequence (1 .. size - 1).
+        t = np.arange(len(users)) - np.repeat(np.cumsum(per_user) - per_user, per_user) + 1
+        begin = np.maximum(t - max_history, 0)
+        lengths = t - begin
+        histories = np.full((len(users), max_history), -1, dtype=np.int64)
+        offsets = np.arange(max_history)
+        for lo in range(0, len(users), chunk):
+            part = slice(lo, lo + chunk)
+            index = (starts[users[part]] + begin[part])[:, None] + offsets
+            inside = offsets < lengths[part, None]
+            histories[part] = np.where(inside, flat[np.where(inside, index, 0)], -1)
+        return cls(histories, lengths, flat[starts[users] + t], users)
 
     @classmethod
     def windows(cls, train_sequences: list[np.ndarray], max_history: int) -> Examples:
