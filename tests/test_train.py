@@ -323,3 +323,16 @@ def test_tuned_recipe_pooled_history_model_learns_the_tiny_dataset_to_recall_one
         data.tokenizer.encoder_input(torch.from_numpy(data.train.histories[:3]), torch.zeros(3, dtype=torch.long)).dim()
         == 3
     )
+
+
+def test_eval_users_scores_one_fixed_sample_of_users_in_both_splits(tiny_run):
+    from tigerrec.pipeline import load_trained_run
+    from tigerrec.train import evaluate_splits
+
+    cfg, _, data, test, model = load_trained_run(tiny_run)
+    cfg = cfg.override(["eval.users=40"])
+    evals, ranks = evaluate_splits(model, data, test, cfg)
+    assert evals["valid"]["users"] == evals["test"]["users"] == 40
+    assert all(len(r) == 40 for r in ranks.values())
+    again, _ = evaluate_splits(model, data, test, cfg)
+    assert again["test"]["recall@10"] == evals["test"]["recall@10"]

@@ -457,8 +457,13 @@ def evaluate_splits(
     of the targets too, given the training ``counts`` of every item: ``evaluate.item_counts``).
 
     The test is scored under both protocols (``evaluate.evaluate_protocols``), and recorded in the
-    test ledger unless it is a backtest's; also returns its target ranks per protocol."""
-    evals = {"valid": evaluate_examples(model, data, data.valid, cfg, "valid", counts)}
+    test ledger unless it is a backtest's; also returns its target ranks per protocol. With
+    ``eval.users``, both splits are the same fixed random sample of that many users."""
+    valid = data.valid
+    if cfg.eval.users and cfg.eval.users < len(test):
+        sample = np.sort(np.random.default_rng(cfg.train.seed).choice(len(test), cfg.eval.users, replace=False))
+        valid, test = valid.subset(sample), test.subset(sample)
+    evals = {"valid": evaluate_examples(model, data, valid, cfg, "valid", counts)}
     bf16 = _decoding(model, cfg)
     evals["test"], evals["test_protocols"], ranks = evaluate_protocols(
         model,
