@@ -79,6 +79,10 @@ class IDsConfig:
     # opq only: first project the embeddings onto this many principal components, whitened
     # (the RPG paper: 128); 0 = the embeddings as they are.
     pca_dim: int = 0
+    # rqkmeans only: fit each level's k-means on this many items drawn at random (seeded), then assign
+    # every item, when the catalogue is larger; 0 = fit on all items. Amazon-sized catalogues (12k-60k
+    # items) are below it and fit on all.
+    kmeans_sample: int = 100_000
     seed: int = 0
 
 
@@ -525,6 +529,7 @@ def _rules() -> dict[str, Rule]:
         "ids.bf16": _one_of(BF16_SETTINGS),
         "ids.eval_every": _at_least(0),
         "ids.pca_dim": _at_least(0),
+        "ids.kmeans_sample": _at_least(0),
         "ids.seed": SEED,
         "model.kind": _one_of(MODEL_KINDS),
         **{

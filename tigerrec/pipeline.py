@@ -98,11 +98,10 @@ def build_semantic_ids(dataset: Dataset, cfg: RunConfig, out_dir: str | Path, ov
 
     embeddings, encoder_label, embed_seconds = embed_items(dataset, cfg)
     start = time.perf_counter()
-    quantizer = make_quantizer(cfg.ids.scheme, embeddings.shape[1], cfg.ids).fit(embeddings)
+    quantizer = make_quantizer(cfg.ids.scheme, embeddings.shape[1], cfg.ids)
+    codes = quantizer.fit_encode(embeddings)
     fit_seconds = time.perf_counter() - start
-    ids = SemanticIDs.from_codes(
-        dataset.item_ids, quantizer.encode(embeddings), cfg.ids.codebook_size, has_collision_code(cfg.ids.scheme)
-    )
+    ids = SemanticIDs.from_codes(dataset.item_ids, codes, cfg.ids.codebook_size, has_collision_code(cfg.ids.scheme))
     out_dir.mkdir(parents=True, exist_ok=True)
     quantizer.save(out_dir / QUANTIZER_FILE)
     ids.save(out_dir)

@@ -29,21 +29,35 @@ from tqdm.auto import tqdm
 from .config import IDsConfig
 from .device import autocast, use_bf16
 from .io import atomic_path
+from .semantic_ids import group_rows, utilization
 
 log = logging.getLogger(__name__)
 
 
-def nearest_codeword(residual: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-    """Index of the nearest codeword, in fp32 via ||r||^2 - 2 r.C + ||C||^2 (cheaper than cdist)."""
-    r, c = residual.detach().float(), codebook.detach().float()
-    return (r.pow(2).sum(1, keepdim=True) - 2 * r @ c.T + c.pow(2).sum(1)).argmin(1)
+# Rows per chunk when a whole catalogue is assigned to codewords: the distances of a chunk to one codebook
+# (rows x codebook_size fp32, 64 MB at 256 codes) are all that is held at once. Catalogues up to this size
+# are one chunk, so their codes are those of one matmul, as before chunking.
+CHUNK_ROWS = 65536
+
+
+def nearest_codeword(residual: torch.Tensor, codebook: torch.Tensor, chunk: int = CHUNK_ROWS) -> torch.Tensor:
+    """Index of the nearest codeword, in fp32 via ||r||^2 - 2 r.C + ||C||^2 (cheaper than cdist), ``chunk``
+    rows at a time."""
+    c = codebook.detach().float()
+    c_norms = c.pow(2).sum(1)
+    out = []
+    for begin in range(0, max(len(residual), 1), chunk):
+        r = residual[begin : begin + chunk].detach().float()
+        out.append((r.pow(2).sum(1, keepdim=True) - 2 * r @ c.T + c_norms).argmin(1))
+    return out[0] if len(out) == 1 else torch.cat(out)
 
 
 def residual_quantize(z: torch.Tensor, codebooks: torch.Tensor):
     """Nearest-codeword residual quantisation.
 
     z: (B, d); codebooks: (levels, K, d). Returns codes (B, levels), the chosen
-    codewords (levels, B, d) and the residuals each level quantised (levels, B, d).
+    codewords (levels, B, d) and the residuals each level quantised (levels, B, d):
+    2 x levels copies of ``z``, for training batches; whole catalogues go through ``residual_codes``.
     """
     residual = z
     codes, chosen, residuals = [], [], []
@@ -55,6 +69,31 @@ def residual_quantize(z: torch.Tensor, codebooks: torch.Tensor):
         residuals.append(residual)
         residual = residual - codeword
     return torch.stack(codes, 1), torch.stack(chosen), torch.stack(residuals)
+
+
+@torch.no_grad()
+def residual_codes(z: torch.Tensor, codebooks: torch.Tensor, chunk: int = CHUNK_ROWS) -> tuple[np.ndarray, float]:
+    """Codes (N, levels) of ``residual_quantize`` and the mean squared norm of the last residual (the
+    reconstruction error), ``chunk`` rows at a time: memory beyond ``z`` is a few chunks, not levels
+    copies of it."""
+    codes = np.empty((len(z), len(codebooks)), dtype=np.int64)
+    error = 0.0
+    for begin in range(0, len(z), chunk):
+        residual = z[begin : begin + chunk].float()
+        for level, codebook in enumerate(codebooks):
+            index = nearest_codeword(residual, codebook, chunk)
+            codes[begin : begin + len(residual), level] = index.cpu().numpy()
+            residual = residual - codebook[index]
+        error += float(residual.pow(2).sum(1).double().sum())
+    return codes, error / max(len(z), 1)
+
+
+def kmeans_sample(n: int, size: int, seed: int) -> np.ndarray | None:
+    """The rows (sorted) that k-means is fitted on: ``size`` of ``n`` at random (seeded), or None (all rows)
+    when ``size`` is 0 or at least ``n``."""
+    if not size or n <= size:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
 
 
 def kmeans(x: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -71,11 +110,10 @@ def kmeans(x: np.ndarray, k: int, seed: int) -> np.ndarray:
 
 def code_metrics(codes: np.ndarray, codebook_size: int) -> dict:
     """Per-level codebook utilisation and the share of items with a unique code tuple."""
-    utilization = [len(np.unique(codes[:, level])) / codebook_size for level in range(codes.shape[1])]
-    _, inverse, counts = np.unique(codes, axis=0, return_inverse=True, return_counts=True)
+    inverse, counts = group_rows(codes)
     return {
-        "utilization": [round(u, 4) for u in utilization],
-        "unique_prefix_share": round(float((counts[inverse.ravel()] == 1).mean()), 4),
+        "utilization": utilization(codes, codebook_size),
+        "unique_prefix_share": round(float((counts[inverse] == 1).mean()), 4),
         "max_collision_group": int(counts.max()),
     }
 
@@ -88,6 +126,7 @@ class Quantizer(nn.Module):
         self.input_dim = input_dim
         self.config = config
         self.history: list[dict] = []  # metrics logged while fitting
+        self.fitted_codes: np.ndarray | None = None  # every fitted item's codes, where fit computes them
 
     def fit(self, embeddings: np.ndarray) -> Quantizer:
         raise NotImplementedError
@@ -95,6 +134,13 @@ class Quantizer(nn.Module):
     @torch.no_grad()
     def encode(self, embeddings: np.ndarray) -> np.ndarray:
         raise NotImplementedError
+
+    def fit_encode(self, embeddings: np.ndarray) -> np.ndarray:
+        """``fit`` then ``encode`` the same embeddings, without a second pass over the catalogue where ``fit``
+        already computed every item's codes (``fitted_codes``)."""
+        self.fit(embeddings)
+        codes, self.fitted_codes = self.fitted_codes, None
+        return codes if codes is not None else self.encode(embeddings)
 
     def _check_input(self, embeddings: np.ndarray) -> torch.Tensor:
         if embeddings.ndim != 2 or embeddings.shape[1] != self.input_dim:
@@ -279,24 +325,40 @@ class RQKMeans(Quantizer):
         self.register_buffer("codebooks", torch.zeros(config.levels, config.codebook_size, input_dim))
 
     def fit(self, embeddings: np.ndarray) -> RQKMeans:
-        residual = self._check_input(embeddings).cpu().numpy()
-        for level in tqdm(range(self.config.levels), desc="RQ-KMeans", unit="level"):
-            centroids = kmeans(residual, self.config.codebook_size, self.config.seed + level)
+        """Each level's k-means on the residuals of ``ids.kmeans_sample`` items drawn at random (all items
+        when there are no more), then every item assigned level by level, in chunks."""
+        cfg = self.config
+        x = self._check_input(embeddings)
+        sample = kmeans_sample(len(x), cfg.kmeans_sample, cfg.seed)
+        # Only the fitted rows' residuals are held: one copy of the sample (or of a catalogue below the sample size).
+        if sample is None:
+            residual = x.cpu().numpy().copy()
+        else:
+            residual = x[torch.from_numpy(sample).to(x.device)].cpu().numpy()
+        start = time.perf_counter()
+        for level in tqdm(range(cfg.levels), desc="RQ-KMeans", unit="level"):
+            centroids = kmeans(residual, cfg.codebook_size, cfg.seed + level)
             self.codebooks[level] = torch.from_numpy(centroids)
-            nearest = residual_quantize(torch.from_numpy(residual), self.codebooks[level : level + 1])[0][:, 0].numpy()
-            residual = residual - centroids[nearest]
-        reconstruction = float((residual**2).sum(-1).mean())
+            nearest = nearest_codeword(torch.from_numpy(residual), self.codebooks[level].cpu()).numpy()
+            for begin in range(0, len(residual), CHUNK_ROWS):  # in place: no second copy
+                residual[begin : begin + CHUNK_ROWS] -= centroids[nearest[begin : begin + CHUNK_ROWS]]
+        fit_seconds = time.perf_counter() - start
+        del residual
+        codes, reconstruction = residual_codes(x, self.codebooks)
+        self.fitted_codes = codes
         self.history.append(
             {
                 "reconstruction": round(reconstruction, 5),
-                **code_metrics(self.encode(embeddings), self.config.codebook_size),
+                **code_metrics(codes, cfg.codebook_size),
+                "kmeans_items": len(x) if sample is None else len(sample),
+                "kmeans_seconds": round(fit_seconds, 1),
             }
         )
         return self
 
     @torch.no_grad()
     def encode(self, embeddings: np.ndarray) -> np.ndarray:
-        return residual_quantize(self._check_input(embeddings), self.codebooks)[0].cpu().numpy()
+        return residual_codes(self._check_input(embeddings), self.codebooks)[0]
 
 
 class LSH(Quantizer):
@@ -315,7 +377,8 @@ class LSH(Quantizer):
 
     def fit(self, embeddings: np.ndarray) -> LSH:
         self.center.copy_(self._check_input(embeddings).mean(0))
-        self.history.append(code_metrics(self.encode(embeddings), self.config.codebook_size))
+        self.fitted_codes = self.encode(embeddings)
+        self.history.append(code_metrics(self.fitted_codes, self.config.codebook_size))
         return self
 
     @torch.no_grad()
@@ -332,7 +395,8 @@ class RandomCodes(Quantizer):
     scheme = "random"
 
     def fit(self, embeddings: np.ndarray) -> RandomCodes:
-        self.history.append(code_metrics(self.encode(embeddings), self.config.codebook_size))
+        self.fitted_codes = self.encode(embeddings)
+        self.history.append(code_metrics(self.fitted_codes, self.config.codebook_size))
         return self
 
     @torch.no_grad()
@@ -413,6 +477,7 @@ class OPQ(Quantizer):
         self.offset.copy_(torch.from_numpy(rotation @ offset))
         self.centroids.copy_(torch.from_numpy(faiss.vector_to_array(pq.centroids).reshape(levels, size, self.sub_dim)))
         codes, reconstruction = self._quantize(self._check_input(embeddings))
+        self.fitted_codes = codes
         self.history.append({"reconstruction": round(reconstruction, 5), **code_metrics(codes, size)})
         return self
 
@@ -423,18 +488,23 @@ class OPQ(Quantizer):
         return pq
 
     @torch.no_grad()
-    def _quantize(self, x: torch.Tensor) -> tuple[np.ndarray, float]:
+    def _quantize(self, x: torch.Tensor, chunk: int = CHUNK_ROWS // 2) -> tuple[np.ndarray, float]:
         """Codes (N, levels) of raw embeddings and the mean squared error of their reconstruction in the
-        rotated (and whitened) space."""
-        y = (x @ self.projection.T + self.offset).view(len(x), self.config.levels, self.sub_dim)
-        distances = (
-            y.pow(2).sum(-1, keepdim=True)
-            - 2 * torch.einsum("nld,lkd->nlk", y, self.centroids)
-            + self.centroids.pow(2).sum(-1)
-        )
-        codes = distances.argmin(-1)
-        error = (y - self.centroids[torch.arange(self.config.levels), codes]).pow(2).sum((1, 2)).mean()
-        return codes.cpu().numpy(), float(error)
+        rotated (and whitened) space, ``chunk`` rows at a time (their distances are rows x levels x K)."""
+        codes = np.empty((len(x), self.config.levels), dtype=np.int64)
+        error = 0.0
+        for begin in range(0, len(x), chunk):
+            y = (x[begin : begin + chunk] @ self.projection.T + self.offset).view(-1, self.config.levels, self.sub_dim)
+            distances = (
+                y.pow(2).sum(-1, keepdim=True)
+                - 2 * torch.einsum("nld,lkd->nlk", y, self.centroids)
+                + self.centroids.pow(2).sum(-1)
+            )
+            index = distances.argmin(-1)
+            codes[begin : begin + len(y)] = index.cpu().numpy()
+            residual = y - self.centroids[torch.arange(self.config.levels), index]
+            error += float(residual.pow(2).sum((1, 2)).double().sum())
+        return codes, error / max(len(x), 1)
 
     @torch.no_grad()
     def encode(self, embeddings: np.ndarray) -> np.ndarray:
