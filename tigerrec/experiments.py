@@ -158,22 +158,23 @@ def cold_start_ids(dataset: Dataset, unseen: np.ndarray, cfg: RunConfig, run_dir
 
 
 def unseen_siblings(codes: np.ndarray, ids: SemanticIDs, num_seen: int) -> np.ndarray:
-    """(N, B, M) unseen items (ID rows >= num_seen) sharing all but the last code of each
-    generated ID ``codes`` (N, B, L), in collision-code order; -1 pads."""
+    """(N, B, M) unseen items (ID rows >= num_seen) sharing the quantiser codes (all but the collision
+    suffix) of each generated ID ``codes`` (N, B, L), in collision-code order; -1 pads."""
+    levels = ids.quantized.shape[1]
     groups = defaultdict(list)
     for item in range(num_seen, len(ids.codes)):
-        groups[tuple(ids.codes[item, :-1])].append(item)
+        groups[tuple(ids.codes[item, :levels])].append(item)
     out = np.full((*codes.shape[:2], max(map(len, groups.values()), default=1)), -1, dtype=np.int64)
     for n in range(codes.shape[0]):
         for b in range(codes.shape[1]):
-            members = groups.get(tuple(codes[n, b, :-1]), ())
+            members = groups.get(tuple(codes[n, b, :levels]), ())
             out[n, b, : len(members)] = members
     return out
 
 
 EPSILON_RULE = (
     "The top K is filled by walking the generated IDs (beam search constrained to the ID prefixes of all items, "
-    "seen and unseen) best first; each ID contributes the unseen items sharing its first three codes (in "
+    "seen and unseen) best first; each ID contributes the unseen items sharing its quantiser codes (in "
     "collision-code order), then the seen item with exactly that ID, if there is one. At most "
     "ceil(epsilon * K) unseen items enter the top K; later ones are skipped. "
     "An item already taken is skipped; a list with too few candidates is padded (counts as a miss)."
@@ -186,7 +187,7 @@ def epsilon_rank(seen: np.ndarray, unseen: np.ndarray, k: int, epsilon: float) -
     seen: (N, B) the seen item of each generated ID, best first (-1 = none);
     unseen: (N, B, M) the unseen items sharing that ID's first codes (-1 = padding).
 
-    Unseen siblings come before the seen item because the last code only tells apart
+    Unseen siblings come before the seen item because the collision suffix only tells apart
     items that share the others (in assignment order): the exact match has no better
     claim than its unseen siblings, so the cap alone decides how many unseen items
     appear. The ceiling lets any epsilon > 0 admit one unseen item even at K = 1.
