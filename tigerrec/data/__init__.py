@@ -13,7 +13,7 @@ from pathlib import Path
 
 from . import p5
 from .dataset import META_FIELDS, DataError, Dataset, Split, from_sequences, leave_one_out
-from .synthetic import make_tiny
+from .synthetic import make_scale, make_tiny
 
 __all__ = [
     "Dataset",
@@ -23,6 +23,7 @@ __all__ = [
     "from_sequences",
     "leave_one_out",
     "load_dataset",
+    "make_scale",
     "make_tiny",
 ]
 
