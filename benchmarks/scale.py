@@ -38,7 +38,7 @@ from tigerrec.io import write_json, write_text
 from tigerrec.pipeline import run
 from tigerrec.presets import recipe_config
 from tigerrec.recommend import Recommender
-from tigerrec.report import line_chart
+from tigerrec.report import PLOT_STYLE, line_chart
 from tigerrec.rundir import TARGET_RANKS_FILE
 
 HISTORY_EXCLUDED = "history_excluded"
@@ -196,7 +196,7 @@ def sasrec_row(split, sample, histories, targets, num_items: int, minutes: float
 
 
 def figure(rows: list[dict]) -> str:
-    """SVG: per-user decode cost and peak memory against the catalogue size, both models."""
+    """SVG: per-user decode cost, parameters and test recall against the catalogue size."""
     x = [math.log10(r["items"]) for r in rows]
     charts = [
         line_chart(
@@ -232,7 +232,13 @@ def figure(rows: list[dict]) -> str:
             y_min=0,
         ),
     ]
-    return '<div xmlns="http://www.w3.org/1999/xhtml">' + "".join(charts) + "</div>"
+    # One SVG file: the charts stacked, with the report's chart styles.
+    height = 320
+    stacked = "".join(chart.replace("<svg ", f'<svg y="{n * height}" ', 1) for n, chart in enumerate(charts))
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="560" height="{height * len(charts)}">'
+        f"<style>{PLOT_STYLE}</style>{stacked}</svg>"
+    )
 
 
 def main() -> None:

@@ -350,6 +350,14 @@ def prefix_explorer(
     return "".join(sections)
 
 
+# The charts' own rules, also for a chart saved on its own (a benchmark figure).
+PLOT_STYLE = """
+.plot .title { font-size: 14px; font-weight: 600; } .plot .tick { font-size: 11px; fill: #4b5563; }
+.plot .label { font-size: 12px; fill: #374151; text-anchor: middle; } .plot .legend { font-size: 12px; fill: #374151; }
+.plot .grid { stroke: #f0f0f0; } .plot .axis { stroke: #9ca3af; }
+.plot .marker { stroke: #9ca3af; stroke-dasharray: 4 3; }
+""".strip()
+
 STYLE = """
 body { font-family: system-ui, -apple-system, Segoe UI, Helvetica, Arial, sans-serif;
        margin: 2rem auto; max-width: 1180px; padding: 0 1rem; color: #1f2937; line-height: 1.45; }
@@ -361,10 +369,7 @@ table.metrics th:first-child { text-align: left; } table.metrics tr:first-child 
 tr.ratio td { color: #6b7280; }
 .plots { display: flex; flex-wrap: wrap; gap: 1rem; }
 .plot { background: #fff; border: 1px solid #e5e7eb; border-radius: 6px; }
-.plot .title { font-size: 14px; font-weight: 600; } .plot .tick { font-size: 11px; fill: #4b5563; }
-.plot .label { font-size: 12px; fill: #374151; text-anchor: middle; } .plot .legend { font-size: 12px; fill: #374151; }
-.plot .grid { stroke: #f0f0f0; } .plot .axis { stroke: #9ca3af; }
-.plot .marker { stroke: #9ca3af; stroke-dasharray: 4 3; }
+/* plots */
 dl.facts { display: grid; grid-template-columns: max-content auto; gap: .2rem 1rem; }
 dl.facts dt { color: #6b7280; } dl.facts dd { margin: 0; }
 details { margin: .3rem 0; } details.c1 { border: 1px solid #e5e7eb; border-radius: 6px; padding: .4rem .8rem; }
@@ -372,7 +377,7 @@ details.c2 { margin-left: 1.2rem; } summary { cursor: pointer; } summary code { 
 .words { color: #2563eb; margin-left: .5rem; } .id { color: #9ca3af; font-size: .85em; }
 ul { margin: .3rem 0; padding-left: 1.6rem; } li code { color: #6b7280; }
 pre { background: #f9fafb; border: 1px solid #e5e7eb; padding: .8rem; overflow-x: auto; font-size: .85em; }
-"""
+""".replace("/* plots */", PLOT_STYLE)
 
 
 def render_report(run_dir: str | Path) -> str:
