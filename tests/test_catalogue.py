@@ -164,6 +164,9 @@ def test_cli_add_items_and_recommend_with_a_cap(run_copy, tmp_path, capsys):
     assert "added 4 items" in capsys.readouterr().out
     assert main(["add-items", str(run_copy), str(path)]) == 2  # the same items again
     assert "already in the catalogue" in capsys.readouterr().err
+    more = write_items(tmp_path / "more.csv", new_rows(2, start=10))
+    assert main(["add-items", str(run_copy), str(more), "--vectors", str(tmp_path / "v.npz")]) == 2
+    assert "fitted on text embeddings, not on vectors: drop --vectors" in capsys.readouterr().err
     assert (
         main(
             [
