@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from tigerrec.baselines import markov, most_popular, sasrec_recommend, train_sasrec
 from tigerrec.catalogue import add_items
@@ -250,7 +249,6 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="scale.json; the figure goes beside it")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # child process: one size
     args = parser.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
     if args.one:
         minutes = dict(zip(args.items, args.minutes))[args.one]
         row = measure(args.one, minutes, args.users, Path(args.work) / str(args.one))
