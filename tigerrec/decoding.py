@@ -189,7 +189,8 @@ class TrieFilter:
             child = items if last else trie.item_prefixes[items, depth + 1].astype(np.int64)
             size = np.ones(len(items), dtype=np.int64) if last else trie.node_size[child]
             # One entry per (row, child): listed-allowed children stay open; excluded ones close when full.
-            _, first, count = np.unique(rows * (max(trie.num_nodes, trie.num_items) + 1) + child, True, False, True)
+            pair = rows * (max(trie.num_nodes, trie.num_items) + 1) + child
+            _, first, count = np.unique(pair, return_index=True, return_counts=True)
             keep = allow_listed[rows[first]] | (count == size[first])
             chosen = first[keep]
             keys = rows[chosen] * self.stride + trie.item_prefixes[items[chosen], depth].astype(np.int64) + 1
