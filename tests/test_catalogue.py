@@ -4,11 +4,14 @@ import csv
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from tigerrec import catalogue
 from tigerrec.cli import main
+from tigerrec.decoding import ItemFilter
 from tigerrec.errors import TigerrecError
+from tigerrec.new_items import VECTORS_FILE, guided_rank
 from tigerrec.recommend import Recommender, RequestError
 from tigerrec.semantic_ids import SemanticIDs
 
@@ -83,14 +86,35 @@ def test_add_items_keeps_every_existing_id_and_old_recommendations(run_copy, tmp
         assert [r["score"] for r in capped] == sorted((r["score"] for r in capped), reverse=True)
     record = catalogue.trained_items(run_copy)
     assert record == before.num_items
-    # Reserved slots: exactly ceil(0.2 * 10) = 2 new items, the best-scored of them, in every list.
-    best_new = [r["item_id"] for r in after.recommend(histories[0], k=2, only=[f"new{i}" for i in range(12)])]
-    for n, h in enumerate(histories):
+    # Reserved slots: exactly ceil(0.2 * 10) = 2 new items in every list, those the guided rule ranks first
+    # from the run's item vectors, the history and the model's best trained-with items.
+    assert after.item_vectors is not None and len(after.item_vectors) == after.num_items
+    index = {item: i for i, item in enumerate(after.item_ids)}
+    for h in histories:
         reserved = after.recommend(h, k=10, max_new_share=0.2, reserve_new=True)
-        assert len(reserved) == 10 and sum(r["item_id"].startswith("new") for r in reserved) == 2
+        new = [r["item_id"] for r in reserved if r["new"]]
+        assert len(reserved) == 10 and len(new) == 2 and all(item.startswith("new") for item in new)
         assert [r["score"] for r in reserved] == sorted((r["score"] for r in reserved), reverse=True)
-        if n == 0:
-            assert {r["item_id"] for r in reserved if r["item_id"].startswith("new")} == set(best_new)
+        guides = after.recommend(h, k=10, max_new_share=0)[: after.cfg.eval.new_item_guides]
+        past = np.array([index[item] for item in h])
+        want, _ = guided_rank(
+            after.item_vectors,
+            [past],
+            np.array([[index[r["item_id"]] for r in guides]]),
+            np.array([[r["score"] for r in guides]]),
+            np.arange(after.trained_items, after.num_items),
+            ItemFilter([past]),
+            after.cfg.eval.new_item_pull,
+            2,
+            after.max_history,
+        )
+        assert new == [after.item_ids[i] for i in want[0]]
+    # A run made before item vectors were stored ranks new items in reserved slots by the model's scores.
+    (run_copy / "ids" / VECTORS_FILE).unlink()
+    older = Recommender.load(run_copy, device="cpu")
+    best_new = [r["item_id"] for r in older.recommend(histories[0], k=2, only=[f"new{i}" for i in range(12)])]
+    reserved = older.recommend(histories[0], k=10, max_new_share=0.2, reserve_new=True)
+    assert older.item_vectors is None and {r["item_id"] for r in reserved if r["new"]} == set(best_new)
 
 
 def test_recommender_add_items_serves_them_at_once(run_copy):

@@ -7,10 +7,7 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from tigerrec.baselines import (
-    rank_by_profile,
-    user_profiles,
-)
+from tigerrec.baselines import rank_by_profile
 from tigerrec.cli import main
 from tigerrec.data import leave_one_out, make_tiny
 from tigerrec.evaluate import METRICS
@@ -19,13 +16,12 @@ from tigerrec.experiments import (
     choose_pull,
     cold_start_ids,
     epsilon_rank,
-    guided_profiles,
     item_categories,
     pick_unseen,
-    predicted_profiles,
     unseen_siblings,
     without_items,
 )
+from tigerrec.new_items import guided_profiles, history_profiles, predicted_profiles
 from tigerrec.pipeline import build_semantic_ids, embed_items
 from tigerrec.quantize import load_quantizer
 from tigerrec.rundir import IDS_DIR, QUANTIZER_FILE
@@ -182,7 +178,7 @@ def test_guided_profiles_move_from_the_history_towards_the_predicted_items():
     histories, predicted = [np.array([0])], np.array([[1, 2, -1]])
     log_probs = np.log(np.array([[0.25, 0.75, 1.0]]))  # the padding (-1) has no weight whatever its score
     history, predicted_profile = (
-        user_profiles(embeddings, histories, 20),
+        history_profiles(embeddings, histories, 20),
         predicted_profiles(embeddings, predicted, log_probs),
     )
     assert guided_profiles(history, predicted_profile, 0.0) == pytest.approx(np.array([[1.0, 0, 0]]))
@@ -195,7 +191,10 @@ def test_guided_profiles_move_from_the_history_towards_the_predicted_items():
         return rank_by_profile(embeddings, profiles, histories, 2, among=among)[0].tolist()
 
     assert rank(0.0) == [4, 3] and rank(1.0) == [3, 4]
-    pull, by_pull = choose_pull(embeddings, histories, predicted, log_probs, np.array([3]), [0.0, 0.5, 1.0], among, 20)
+    candidates = np.flatnonzero(among)
+    pull, by_pull = choose_pull(
+        embeddings, histories, predicted, log_probs, np.array([3]), [0.0, 0.5, 1.0], candidates, 20
+    )
     assert pull == 1.0 and by_pull["1"] == 1.0 and by_pull["0"] < 1.0
 
 

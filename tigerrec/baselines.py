@@ -27,6 +27,7 @@ from .evaluate import (
     ranking_metrics,
     target_ranks,
 )
+from .new_items import history_profiles
 from .sequences import history_pairs, length_bucketed_batches, training_windows
 from .train import SELECTION_METRIC, out_of_patience
 
@@ -134,15 +135,6 @@ def unit_rows(embeddings: np.ndarray) -> torch.Tensor:
     return F.normalize(torch.as_tensor(embeddings, dtype=torch.float32), dim=1)
 
 
-def user_profiles(embeddings: np.ndarray, histories: list[np.ndarray], max_history: int = 20) -> np.ndarray:
-    """(N, dim) each user's profile: the unit-normalised mean of the unit embeddings of the user's last
-    ``max_history`` items (what TIGER's encoder sees)."""
-    unit = unit_rows(embeddings)
-    return F.normalize(
-        torch.stack([unit[torch.from_numpy(h[-max_history:])].mean(0) for h in histories]), dim=1
-    ).numpy()
-
-
 def rank_by_profile(
     embeddings: np.ndarray,
     profiles: np.ndarray,
@@ -174,10 +166,10 @@ def semantic_knn(
     exclude_history: bool = True,
     among: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Items nearest to the user's profile (``user_profiles``) in the content-embedding space, by
+    """Items nearest to the user's profile (``new_items.history_profiles``) in the content-embedding space, by
     cosine similarity (``rank_by_profile``)."""
     return rank_by_profile(
-        embeddings, user_profiles(embeddings, histories, max_history), histories, k, exclude_history, among
+        embeddings, history_profiles(embeddings, histories, max_history), histories, k, exclude_history, among
     )
 
 

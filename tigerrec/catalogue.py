@@ -10,10 +10,11 @@ next free collision codes of their prefixes, so no existing item's ID changes. T
 retrained: TIGER's beam search reaches the new IDs through the prefix trie, RPG scores them from
 their codes like any other item.
 
-The run records them in ``ids/semantic_ids.csv``, ``items.jsonl`` and ``catalogue.json`` (the
-number of items the model was trained with, which later items count as new, and a log of each
-addition). Every file is replaced atomically, in an order that keeps the run usable if the
-process dies in between; a failed addition leaves the run as it was.
+The run records them in ``ids/semantic_ids.csv``, ``ids/item_vectors.npy`` (what serving ranks new
+items by, ``new_items``), ``items.jsonl`` and ``catalogue.json`` (the number of items the model was
+trained with, which later items count as new, and a log of each addition). Every file is replaced
+atomically, in an order that keeps the run usable if the process dies in between; a failed addition
+leaves the run as it was.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .data.custom import read_items_table
 from .data.dataset import unescape_meta
 from .errors import TigerrecError
 from .io import RunLock, read_json, write_bytes, write_json, write_text
+from .new_items import load_item_vectors, save_item_vectors
 from .quantize import load_quantizer
 from .rundir import IDS_DIR, IDS_METRICS, ITEMS_FILE, QUANTIZER_FILE, items_text, load_ids, read_items, read_run_config
 from .semantic_ids import IDS_FILE, CollisionError
@@ -120,13 +122,18 @@ def _add_items(run_dir: str | Path, items: str | Path | dict[str, dict], vectors
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "source": str(items) if isinstance(items, (str, Path)) else "python",
     }
+    stored = load_item_vectors(ids_dir, len(ids.item_ids))  # memory-mapped: it outlives the file's replacement
     try:
+        if stored is not None:  # rows past the IDs' are ignored until the IDs list their items
+            save_item_vectors(ids_dir, np.concatenate([stored, embeddings.astype(stored.dtype)]))
         write_json(catalogue_path, record)
         grown_items = {**catalogue, **new}
         write_text(items_path, items_text(grown_items.keys(), grown_items.values()))
         grown.save(ids_dir)
         write_json(catalogue_path, {**record, "additions": [*record["additions"], summary]})
     except BaseException:
+        if stored is not None:
+            save_item_vectors(ids_dir, stored)
         for path, content in before.items():
             if content is None:
                 path.unlink(missing_ok=True)

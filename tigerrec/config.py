@@ -235,6 +235,11 @@ class EvalConfig:
     decoding: str = "exact"
     graph_neighbors: int = 50  # edges per item
     graph_steps: int = 3  # propagation steps from a random beam
+    # New items (``add-items``) in ``reserve_new`` slots are ranked by the guided rule (``new_items``): the
+    # model's best ``new_item_guides`` items pull the user's content profile this far. 0.25 is the pull the
+    # cold-start study chose on validation (docs/studies/2026-11-30-cold-start.md).
+    new_item_pull: float = 0.25
+    new_item_guides: int = 5
 
 
 @dataclass
@@ -272,9 +277,8 @@ class ExperimentConfig:
 
     unseen_share: float = 0.05  # cold start: share of the distinct test targets held out as unseen
     epsilons: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.2, 0.4, 1.0])
-    # cold start, guided rule: how far the model's best guide_items seen items pull the content profile
+    # cold start, guided rule: the pulls to choose from on validation (eval.new_item_pull is the served one)
     guide_pulls: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
-    guide_items: int = 5
     temperatures: list[float] = field(default_factory=lambda: [1.0, 1.5, 2.0])
     category_level: int = 2  # diversity: depth in the item's first category path (1 = root); 0 = deepest
     schemes: list[str] = field(default_factory=lambda: ["random", "lsh", "rqkmeans", "rqvae"])
@@ -582,6 +586,8 @@ def _rules() -> dict[str, Rule]:
         "eval.top_k": (_at_least(10)[0], ">= 10 (the metrics are Recall and NDCG at 5 and 10)"),
         "eval.batch_size": COUNT,
         "eval.users": _at_least(0),
+        "eval.new_item_pull": _within(0, 1),
+        "eval.new_item_guides": COUNT,
         **{f"sasrec.{name}": COUNT for name in ("hidden", "blocks", "heads", "max_len", "batch_size", "epochs")},
         "sasrec.negatives": _at_least(0),
         "sasrec.dropout": _within(0, 1, high_open=True),
@@ -595,7 +601,6 @@ def _rules() -> dict[str, Rule]:
         "experiment.epsilons": _each(_within(0, 1)),
         "experiment.temperatures": _each(POSITIVE),
         "experiment.guide_pulls": _each(_within(0, 1)),
-        "experiment.guide_items": COUNT,
         "experiment.category_level": _at_least(0),
         "experiment.schemes": _each(_one_of(ID_SCHEMES)),  # those of model.kind: run_experiment checks
         "experiment.seed": SEED,

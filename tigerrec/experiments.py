@@ -37,7 +37,6 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .baselines import (
     markov,
@@ -47,12 +46,10 @@ from .baselines import (
     semantic_knn,
     split_metrics,
     train_sasrec,
-    unit_rows,
-    user_profiles,
 )
 from .config import MODEL_KINDS, RunConfig, show_value
 from .data import Dataset, leave_one_out, load_dataset
-from .decoding import merge_capped, new_item_cap
+from .decoding import ItemFilter, merge_capped, new_item_cap
 from .device import provenance, use_bf16
 from .errors import TigerrecError
 from .evaluate import (
@@ -69,6 +66,7 @@ from .io import read_json, write_json, write_text
 from .ledger import record_test
 from .members import load_best_model
 from .model import save_model
+from .new_items import guided_rank, history_profiles
 from .pipeline import embed_items, prepare, run
 from .presets import paper_table1
 from .quantize import load_quantizer
@@ -218,43 +216,24 @@ SCORED_RULE = (
 GUIDED_RULE = (
     "Guided reserved: as reserved, but the unseen items are those nearest (cosine) to the user's Semantic_KNN profile "
     "moved towards what the model predicts: (1 - pull) x the profile of the history + pull x the profile of the "
-    "model's experiment.guide_items best seen items (each weighted by its probability among them), history excluded. "
+    "model's eval.new_item_guides best seen items (each weighted by its probability among them), history excluded. "
     "pull is the value of experiment.guide_pulls with the best NDCG@10 of that ranking on the validation users whose "
     "validation target is unseen (pull 0 is Semantic_KNN's ranking of the unseen items)."
 )
 
 
-def predicted_profiles(embeddings: np.ndarray, predicted: np.ndarray, log_probs: np.ndarray) -> np.ndarray:
-    """(N, dim) unit profiles of the model's ``predicted`` items (N, P; -1 = none), each item weighted by its
-    probability among them."""
-    weights = (
-        torch.as_tensor(np.where(predicted >= 0, log_probs, -np.inf), dtype=torch.float32).softmax(1).nan_to_num(0.0)
-    )
-    ahead = (weights[..., None] * unit_rows(embeddings)[torch.as_tensor(np.maximum(predicted, 0))]).sum(1)
-    return F.normalize(ahead, dim=1).numpy()
-
-
-def guided_profiles(history: np.ndarray, ahead: np.ndarray, pull: float) -> np.ndarray:
-    """(N, dim) profiles between each user's history profile (``user_profiles``, pull 0) and the profile of
-    the model's predicted items (``predicted_profiles``, pull 1)."""
-    return (1 - pull) * history + pull * ahead  # the ranking needs no unit length
-
-
 def choose_pull(
-    embeddings, histories, predicted, log_probs, targets, pulls, among, max_history
+    embeddings, histories, predicted, log_probs, targets, pulls, candidates, max_history
 ) -> tuple[float, dict[str, float]]:
-    """The pull of ``pulls`` whose guided ranking of the ``among`` items has the best NDCG@10 on (validation)
-    ``targets``, and the NDCG@10 of each; ties go to the smaller pull."""
-    history, ahead = (
-        user_profiles(embeddings, histories, max_history),
-        predicted_profiles(embeddings, predicted, log_probs),
-    )
+    """The pull of ``pulls`` whose guided ranking (``new_items.guided_rank``) of the ``candidates`` has the
+    best NDCG@10 on (validation) ``targets``, and the NDCG@10 of each; ties go to the smaller pull."""
+    excluded = ItemFilter(histories)
 
     def ndcg(pull):
-        profiles = guided_profiles(history, ahead, pull)
-        return ranking_metrics(rank_by_profile(embeddings, profiles, histories, 10, among=among), targets, (10,))[
-            "ndcg@10"
-        ]
+        ranked, _ = guided_rank(
+            embeddings, histories, predicted, log_probs, candidates, excluded, pull, 10, max_history
+        )
+        return ranking_metrics(ranked, targets, (10,))["ndcg@10"]
 
     by_pull = {f"{p:g}": ndcg(p) for p in sorted(pulls)}
     best = max(by_pull, key=lambda p: (by_pull[p], -float(p)))
@@ -355,10 +334,10 @@ def coldstart(source, cfg: RunConfig, out_dir: Path, overwrite: bool = False) ->
     if not len(cold.histories):
         raise ValueError("no test user has an unseen target; raise experiment.unseen_share")
     rows = RecallRows(cold.examples.targets, setting.num_seen, exp.epsilons)
-    profiles, by_rank = _knn_rows(rows, setting, cold)
+    _knn_rows(rows, setting, cold)
     prefix_rule = _prefix_rows(rows, setting, cold) if setting.model.generates_ids else {}
     seen_lists = _scored_rows(rows, setting, cold)
-    guided = _guided_rows(rows, setting, split, cold, profiles, seen_lists, by_rank)
+    guided = _guided_rows(rows, setting, split, cold, seen_lists)
     result = {
         "model": setting.model.kind,
         "unseen_items": len(unseen),
@@ -376,19 +355,18 @@ def coldstart(source, cfg: RunConfig, out_dir: Path, overwrite: bool = False) ->
     return result, _coldstart_table(result, rows, exp.unseen_share)
 
 
-def _knn_rows(rows: RecallRows, setting: ColdStart, cold: ColdUsers) -> tuple[np.ndarray, np.ndarray]:
+def _knn_rows(rows: RecallRows, setting: ColdStart, cold: ColdUsers) -> None:
     """Semantic_KNN over all items, and under the reserved rule (the content-only reference for it: the
     ceil(epsilon * K) unseen items nearest to the profile, then the nearest seen ones, ranks standing in
-    for scores). Returns the users' profiles and those rank scores."""
+    for scores)."""
     embeddings, histories = setting.embeddings, cold.histories
-    profiles = user_profiles(embeddings, histories, setting.cfg.data.max_history)
+    profiles = history_profiles(embeddings, histories, setting.cfg.data.max_history)
     knn = ranking_metrics(rank_by_profile(embeddings, profiles, histories, 10), rows.targets, rows.KS)
     rows.recall["Semantic_KNN"] = {k: knn[f"recall@{k}"] for k in rows.KS}
     seen = setting.seen
     knn_seen, knn_unseen = (rank_by_profile(embeddings, profiles, histories, 10, among=part) for part in (seen, ~seen))
     by_rank = np.broadcast_to(-np.arange(10.0), knn_seen.shape)
     rows.add_merged("Semantic_KNN reserved", (knn_seen, by_rank), (knn_unseen, by_rank), True)
-    return profiles, by_rank
 
 
 def _prefix_rows(rows: RecallRows, setting: ColdStart, cold: ColdUsers) -> dict:
@@ -414,7 +392,7 @@ def _scored_rows(rows: RecallRows, setting: ColdStart, cold: ColdUsers) -> tuple
     return seen_best, seen_scores
 
 
-def _guided_rows(rows, setting: ColdStart, split, cold: ColdUsers, profiles, seen_lists, by_rank) -> dict:
+def _guided_rows(rows, setting: ColdStart, split, cold: ColdUsers, seen_lists) -> dict:
     """``GUIDED_RULE``: content ranks the unseen items, from a profile the model's predictions move; how far
     is chosen on the validation users whose target is unseen (never on the test users)."""
     exp, embeddings, seen = setting.cfg.experiment, setting.embeddings, setting.seen
@@ -423,7 +401,7 @@ def _guided_rows(rows, setting: ColdStart, split, cold: ColdUsers, profiles, see
         raise ValueError(
             "no validation user has an unseen target to tune the guided rule on; raise experiment.unseen_share"
         )
-    top = exp.guide_items
+    top = setting.cfg.eval.new_item_guides
     valid_best, _, valid_scores = setting.decode(valid_users, seen)
     pull, by_pull = choose_pull(
         embeddings,
@@ -432,13 +410,22 @@ def _guided_rows(rows, setting: ColdStart, split, cold: ColdUsers, profiles, see
         valid_scores[:, :top],
         valid_users.examples.targets,
         exp.guide_pulls,
-        ~seen,
+        np.flatnonzero(~seen),
         setting.cfg.data.max_history,
     )
     seen_best, seen_scores = seen_lists
-    ahead = predicted_profiles(embeddings, seen_best[:, :top], seen_scores[:, :top])
-    guided = rank_by_profile(embeddings, guided_profiles(profiles, ahead, pull), cold.histories, 10, among=~seen)
-    rows.add_merged(f"{setting.model.kind.upper()} guided reserved", seen_lists, (guided, by_rank), True)
+    guided = guided_rank(
+        embeddings,
+        cold.histories,
+        seen_best[:, :top],
+        seen_scores[:, :top],
+        np.flatnonzero(~seen),
+        ItemFilter(cold.histories),
+        pull,
+        10,
+        setting.cfg.data.max_history,
+    )
+    rows.add_merged(f"{setting.model.kind.upper()} guided reserved", seen_lists, guided, True)
     return {
         "pull": pull,
         "guide_items": top,

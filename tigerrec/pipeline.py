@@ -29,6 +29,7 @@ from .evaluate import item_counts, save_target_ranks
 from .io import RunLock, read_json, write_json
 from .members import fit_to_budget, load_best_model, train_members
 from .model import CAUSAL_HISTORIES, SequenceModel
+from .new_items import save_item_vectors
 from .quantize import make_quantizer
 from .registry import initial_model, make_tokenizer
 from .rundir import (
@@ -104,6 +105,7 @@ def build_semantic_ids(dataset: Dataset, cfg: RunConfig, out_dir: str | Path, ov
     ids = SemanticIDs.from_codes(dataset.item_ids, codes, cfg.ids.codebook_size, has_collision_code(cfg.ids.scheme))
     out_dir.mkdir(parents=True, exist_ok=True)
     quantizer.save(out_dir / QUANTIZER_FILE)
+    save_item_vectors(out_dir, embeddings)  # what serving ranks new items by (``new_items``)
     ids.save(out_dir)
     metrics = {
         **ids.metrics(),

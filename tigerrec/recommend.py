@@ -36,6 +36,7 @@ from .device import autocast, check_device, default_device, use_bf16
 from .errors import TigerrecError
 from .members import load_best_model
 from .model import SequenceModel
+from .new_items import VECTORS_FILE, guided_rank, load_item_vectors
 from .registry import make_model, make_tokenizer
 from .rundir import BEST_MODEL, IDS_DIR, ITEMS_FILE, load_ids, read_items, read_run_config
 from .semantic_ids import IDS_FILE, SemanticIDs
@@ -102,6 +103,7 @@ class Recommender:
         max_k: int = MAX_K,
         run_dir: str | Path | None = None,
         trained_items: int | None = None,
+        item_vectors: np.ndarray | None = None,
     ):
         self.model = model.eval()
         self.device = str(next(model.parameters()).device)
@@ -111,11 +113,15 @@ class Recommender:
         self.requested_max_k = max_k
         self.max_history = cfg.data.max_history
         self._lock = threading.Lock()
-        self._set_catalogue(ids, items, trained_items)
+        self._set_catalogue(ids, items, trained_items, item_vectors)
 
-    def _set_catalogue(self, ids: SemanticIDs, items: dict[str, dict], trained_items: int | None) -> None:
-        """Everything that depends on the catalogue (the model's weights do not)."""
-        self.ids, self.items = ids, items
+    def _set_catalogue(
+        self, ids: SemanticIDs, items: dict[str, dict], trained_items: int | None, item_vectors: np.ndarray | None
+    ) -> None:
+        """Everything that depends on the catalogue (the model's weights do not). ``item_vectors`` (one row
+        per item, ``new_items``) rank new items in reserved slots by the guided rule; without them the
+        model's scores do."""
+        self.ids, self.items, self.item_vectors = ids, items, item_vectors
         self.trained_items = len(ids.item_ids) if trained_items is None else trained_items
         self.tokenizer = make_tokenizer(ids, self.cfg)
         # TIGER's beam search walks the IDs' prefix trie; RPG scores the items it holds, which may have grown.
@@ -144,6 +150,15 @@ class Recommender:
         if missing:
             log.warning("%d items have no metadata in %s (e.g. %s)", len(missing), ITEMS_FILE, missing[:3])
         trained = catalogue.trained_items(run_dir)
+        vectors = load_item_vectors(run_dir / IDS_DIR, len(ids.item_ids))
+        if vectors is None:
+            log.warning(
+                "%s has no %s/%s (made before runs stored item vectors): reserve_new ranks new items by the "
+                "model's scores, not by the guided rule",
+                run_dir,
+                IDS_DIR,
+                VECTORS_FILE,
+            )
         model = load_best_model(make_model(make_tokenizer(ids, cfg), cfg).to(device), run_dir, cfg.train.members)
         model.configure_decoding(cfg.eval)
         log.info(
@@ -155,7 +170,7 @@ class Recommender:
             model.num_parameters() / 1e6,
             device,
         )
-        return cls(model, ids, items, cfg, max_k, run_dir, trained)
+        return cls(model, ids, items, cfg, max_k, run_dir, trained, vectors)
 
     def add_items(self, items: str | Path | dict[str, dict]) -> dict:
         """Add new items to the run directory (``catalogue.add_items``: an items table's path or {item id:
@@ -164,8 +179,9 @@ class Recommender:
             raise TigerrecError("add_items needs a Recommender loaded from a run directory")
         summary = catalogue.add_items(self.run_dir, items)
         ids, metadata = load_ids(self.run_dir / IDS_DIR, self.cfg), read_items(self.run_dir / ITEMS_FILE)
+        vectors = load_item_vectors(self.run_dir / IDS_DIR, len(ids.item_ids))
         with self._lock:
-            self._set_catalogue(ids, metadata, summary["trained_items"])
+            self._set_catalogue(ids, metadata, summary["trained_items"], vectors)
         return summary
 
     @property
@@ -356,9 +372,11 @@ class Recommender:
     def _rank(self, chunk: list[Query], beam: int, temperature, generator) -> tuple[np.ndarray, np.ndarray]:
         """Items and scores (B, beam) of each query, best first (-1: fewer items pass its filters).
 
-        A query with a cap on new items is decoded twice, once among the trained-with items and once
-        among the new ones, and the two lists merge by score with at most ``new_cap`` new items
-        (exactly that many, as far as there are, with ``reserve_new``)."""
+        A query with a cap on new items ranks the trained-with items and the new ones apart, and the two
+        lists merge by score with at most ``new_cap`` new items (exactly that many, as far as there are,
+        with ``reserve_new``). The model ranks the new items by a second decode, or, for reserved slots in
+        a run with item vectors, the guided rule does: their score is then their content similarity to
+        the guided profile (``new_items.guided_rank``)."""
         examples = Examples.from_histories(
             [q.indices for q in chunk], np.full(len(chunk), -1), np.zeros(len(chunk)), self.max_history
         )  # keeps the most recent items
@@ -368,13 +386,17 @@ class Recommender:
         excluded = [np.fromiter(q.excluded, np.int64, len(q.excluded)) for q in chunk]
         only = [None if q.only is None else np.fromiter(q.only, np.int64, len(q.only)) for q in chunk]
         capped = [row for row, q in enumerate(chunk) if q.new_cap is not None]
-        if capped:  # each capped row decodes twice: among the trained-with items, and among the new ones
-            new = np.arange(self.trained_items, self.num_items)
-            tokens = torch.cat([tokens, tokens[capped]])
-            excluded += [excluded[row] for row in capped]
-            only += [new if only[row] is None else np.intersect1d(only[row], new) for row in capped]
-            for row in capped:
-                excluded[row] = np.concatenate([excluded[row], new])
+        new = np.arange(self.trained_items, self.num_items)
+        # Reserved slots go to the new items the guided rule ranks first (``new_items``) where the run has
+        # item vectors; the other capped rows decode a second time, among the new items only.
+        guided = [row for row in capped if chunk[row].reserve_new and self.item_vectors is not None]
+        twice = [row for row in capped if row not in guided]
+        new_filter = ItemFilter([excluded[row] for row in guided], [only[row] for row in guided])
+        tokens = torch.cat([tokens, tokens[twice]])
+        excluded += [excluded[row] for row in twice]
+        only += [new if only[row] is None else np.intersect1d(only[row], new) for row in twice]
+        for row in capped:  # the first decode of a capped row ranks the trained-with items only
+            excluded[row] = np.concatenate([excluded[row], new])
         allowed = ItemFilter(excluded, only)
         with autocast(self.device, self.bf16):
             out = rank(
@@ -389,13 +411,27 @@ class Recommender:
             )
         items, scores = out.items.cpu().numpy(), out.scores.float().cpu().numpy()
         if capped:
-            extra = slice(len(chunk), None)
+            extra = {row: (items[len(chunk) + i], scores[len(chunk) + i]) for i, row in enumerate(twice)}
+            if guided:
+                guides = self.cfg.eval.new_item_guides
+                new_items, new_scores = guided_rank(
+                    self.item_vectors,
+                    [chunk[row].indices for row in guided],
+                    items[guided, :guides],
+                    scores[guided, :guides],
+                    new,
+                    new_filter,
+                    self.cfg.eval.new_item_pull,
+                    beam,
+                    self.max_history,
+                )
+                extra.update({row: (new_items[i], new_scores[i]) for i, row in enumerate(guided)})
             k = min(chunk[0].k, items.shape[1])  # a chunk shares k (``run``); reserved slots must fall within it
             merged = merge_capped(
                 items[capped],
                 scores[capped],
-                items[extra],
-                scores[extra],
+                np.stack([extra[row][0] for row in capped]),
+                np.stack([extra[row][1] for row in capped]),
                 np.array([chunk[row].new_cap for row in capped]),
                 k,
                 np.array([chunk[row].reserve_new for row in capped]),
@@ -428,6 +464,7 @@ class Recommender:
                     "semantic_id": self.ids.codes[index].tolist(),
                     "title": meta.get("title"),
                     "categories": meta.get("categories"),
+                    "new": index >= self.trained_items,  # added after training (``add_items``)
                 }
             )
             if len(out) == k:

@@ -113,6 +113,7 @@ def read_items(path: str | Path) -> dict[str, dict]:
 RETIRED_SETTINGS = {
     "model": {"item_tokens": False, "recency_positions": 0},
     "train": {"ema_decay": 0.0, "label_smoothing": 0.0, "recent_repeats": 0},
+    "experiment": {"guide_items": 5},  # now eval.new_item_guides
 }
 
 

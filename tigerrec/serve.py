@@ -75,10 +75,14 @@ class ASCIIJSONResponse(JSONResponse):
 
 class Recommendation(BaseModel):
     item_id: str
-    score: float = Field(description="log-probability of the item's Semantic ID given the history")
+    score: float = Field(
+        description="log-probability of the item's Semantic ID given the history; for a new item in a reserved "
+        "slot (reserve_new), its content similarity to the user's guided profile"
+    )
     semantic_id: list[int]
     title: str | None = None
     categories: Any = None
+    new: bool = Field(False, description="added after training (add-items)")
 
 
 class RecommendResponse(BaseModel):
