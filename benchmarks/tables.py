@@ -289,6 +289,7 @@ def sasrec_curves() -> str:
 
 SASREC_TUNING = [
     ("SASRec+SS settings: 1 block, dropout 0.2, 256 negatives", f"{SASREC}/tuning_beauty_ss64.json"),
+    ("the same with 256 factors (the benchmark's configs)", f"{SASREC}/tuning_beauty_ss256.json"),
     ("1 block, dropout 0.2, full softmax", f"{SASREC}/tuning_beauty_ce64_b1_d02.json"),
     ("**2 blocks, dropout 0.5, full softmax (default)**", f"{SASREC}/baselines_converged_beauty.json"),
 ]
