@@ -1,6 +1,7 @@
 """Does summing TIGER's and SASRec's scores beat each alone? Validation only (the test split is never read).
 
-    python benchmarks/fusion.py runs/beauty-m1 runs/baselines-beauty --out benchmarks/results/2026-12-07-fusion/fusion_valid_beauty.json
+    python benchmarks/fusion.py runs/beauty-m1 runs/baselines-beauty \
+        --out benchmarks/results/2026-12-07-fusion/fusion_valid_beauty.json
 
 TIGER's beam (``--beam`` items per user, history excluded) gives log-probabilities; SASRec gives a
 log-softmax over the whole catalogue. The fused score of an item is
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
 from tigerrec.baselines import SASRec, _pad
 from tigerrec.config import RunConfig
@@ -30,9 +32,7 @@ from tigerrec.data import leave_one_out
 from tigerrec.device import autocast, provenance, use_bf16
 from tigerrec.evaluate import ranking_metrics, recommend_examples
 from tigerrec.io import write_json
-from tigerrec.pipeline import load_trained_run
-from tigerrec.sequences import Examples
-from safetensors.torch import load_file
+from tigerrec.pipeline import held_out_examples, load_trained_run
 
 WEIGHTS = [0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0]
 FLOORS = [0.0, 1.0, 2.0, 4.0]  # how far below the beam's last log-probability an unbeamed item sits
@@ -60,7 +60,7 @@ def main() -> None:
     cfg, dataset, data, _, tiger = load_trained_run(args.run_dir)
     split = leave_one_out(dataset, cfg.data.backtest)
     users = np.arange(len(split.train))
-    valid = Examples.from_histories(split.valid_history, split.valid_target, users, cfg.data.max_history, keep_seen=True)
+    valid, _ = held_out_examples(split, cfg.data.max_history)
     bf16 = use_bf16("cpu", cfg.train.bf16)
     beam_items, _, beam_scores = recommend_examples(
         tiger, data.tokenizer, data.trie, valid, data.user_tokens, args.beam, args.beam, 512, True, bf16,

@@ -1,22 +1,29 @@
-"""Load test of `tigerrec serve`: concurrent clients posting random histories of real item ids.
+"""Load test of `tigerrec serve` against the offline decode rate of the same run, on the same machine.
 
-Starts the server for RUN_DIR on 127.0.0.1 (a free port) in a subprocess, or uses --url,
-sends --requests POST /recommend requests from --concurrency clients, and prints
-throughput, latency percentiles and the error count as JSON (also to --out).
+    python benchmarks/serve_load.py runs/beauty --data-dir ../shared/data/beauty --seconds 60 \\
+        --out benchmarks/results/2026-12-07-serving/serve_load_beauty.json
 
-    python benchmarks/serve_load.py runs/beauty --requests 10000 --concurrency 50 \\
-        --out benchmarks/results/2026-11-28-serving/serve_load_beauty.json
-    python benchmarks/serve_load.py runs/beauty runs/beauty-rpg --requests 3000   # two models, one after the other
+1. **Offline rate**: ``evaluate`` over every test user with the served beam, k = 10, history excluded
+   (what ``tigerrec run`` measures; ``metrics_json_users_per_s`` is the rate its metrics.json records).
+2. **Served**: a copy of the run served by ``tigerrec serve`` (a subprocess, 127.0.0.1, an API key), and
+   clients on the same cores posting the real test histories (k = 10, seen items excluded) for
+   ``--seconds`` each, at 50 and at 4 clients: throughput, latency percentiles, errors (any non-200).
+3. **With reloads**: the 50-client load again, with a POST /admin/reload every 5 s and, half-way, one
+   ``tigerrec add-items`` of ``--new-items`` items (existing items' text under new ids) into the served
+   copy. Its requests ask for one reserved new-item slot (``max_new_share`` 0.1, ``reserve_new``): every
+   request must be answered, and after the swap every list holds a new item.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
 import itertools
 import json
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -28,10 +35,16 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from tigerrec.device import provenance
-from tigerrec.rundir import ITEMS_FILE, read_items
+from tigerrec.data import leave_one_out
+from tigerrec.device import provenance, use_bf16
+from tigerrec.evaluate import evaluate
+from tigerrec.io import read_json
+from tigerrec.pipeline import load_trained_run
+from tigerrec.rundir import ITEMS_FILE, METRICS_FILE, read_items
 
 log = logging.getLogger("serve_load")
+API_KEY = "load-test-key"
+HEADERS = {"Authorization": f"Bearer {API_KEY}"}
 
 
 def free_port(host: str) -> int:
@@ -41,20 +54,11 @@ def free_port(host: str) -> int:
 
 
 def start_server(run_dir: Path, host: str, port: int, timeout: float, log_path: Path) -> subprocess.Popen:
-    """`tigerrec serve` in a subprocess; returns once /health answers."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "tigerrec.cli",
-        "serve",
-        str(run_dir),
-        "--host",
-        host,
-        "--port",
-        str(port),
-        "--no-access-log",
-    ]
-    proc = subprocess.Popen(cmd, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
+    """`tigerrec serve --admin` in a subprocess; returns once /health answers."""
+    cmd = [sys.executable, "-m", "tigerrec.cli", "serve", str(run_dir), "--host", host, "--port", str(port)]
+    cmd += ["--no-access-log", "--admin"]
+    env = {**os.environ, "TIGERREC_API_KEY": API_KEY}
+    proc = subprocess.Popen(cmd, stdout=open(log_path, "w"), stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -69,127 +73,175 @@ def start_server(run_dir: Path, host: str, port: int, timeout: float, log_path: 
     raise RuntimeError(f"server did not answer /health within {timeout:.0f} s:\n{log_path.read_text()[-3000:]}")
 
 
-def random_bodies(item_ids: list[str], n: int, max_history: int, k: int, seed: int) -> list[dict]:
-    rng = np.random.default_rng(seed)
-    lengths = rng.integers(1, max_history + 1, size=n)
-    return [
-        {"history": [item_ids[i] for i in rng.choice(len(item_ids), size=length, replace=False)], "k": k}
-        for length in lengths
-    ]
+def offline_rate(run_dir: Path, data_dir: Path) -> tuple[dict, list[list[str]]]:
+    """The run's offline decode rate on its test users, and their histories as item ids."""
+    cfg, dataset, data, test, model = load_trained_run(run_dir, data_dir)
+    beam = max(10, cfg.eval.beam_size)  # what serving decodes with for k = 10
+    bf16 = use_bf16("cpu", cfg.train.bf16)
+    metrics = evaluate(
+        model, data.tokenizer, data.trie, test, data.user_tokens, beam, 10, cfg.eval.batch_size, bf16,
+        exclude_history=True,
+    )  # fmt: skip
+    recorded = read_json(run_dir / METRICS_FILE)
+    recorded_test = recorded.get("test_protocols", {}).get("history_excluded", recorded["test"])
+    split = leave_one_out(dataset, cfg.data.backtest)
+    histories = [[dataset.item_ids[i] for i in h] for h in split.test_history]
+    return {
+        "offline_users_per_s": round(len(test) / metrics["seconds"], 1),
+        "offline_seconds": metrics["seconds"],
+        "offline_test": {k: metrics[k] for k in ("recall@5", "ndcg@5", "recall@10", "ndcg@10")},
+        "metrics_json_users_per_s": round(len(test) / recorded_test["seconds"], 1),
+        "metrics_json_test": {k: recorded_test[k] for k in ("recall@5", "ndcg@5", "recall@10", "ndcg@10")},
+        "beam": beam,
+        "test_users": len(test),
+    }, histories
 
 
-async def run_load(url: str, bodies: list[dict], concurrency: int, timeout: float) -> tuple[np.ndarray, Counter, float]:
-    """(latency of each request in seconds, status counts, wall seconds)."""
-    latencies = np.full(len(bodies), np.nan)
-    statuses: Counter = Counter()
-    order = itertools.count()  # shared work queue: each client takes the next request
+async def load(url: str, bodies, clients: int, seconds: float, stop_early=None) -> dict:
+    """``clients`` clients posting ``bodies`` in turn for ``seconds``: latencies, statuses, responses."""
+    latencies, statuses, answered = [], Counter(), []
+    order = itertools.count()
+    deadline = time.perf_counter() + seconds
 
     async def client_loop(client: httpx.AsyncClient):
-        while (i := next(order)) < len(bodies):
+        while time.perf_counter() < deadline:
+            body = bodies[next(order) % len(bodies)]
             start = time.perf_counter()
             try:
-                response = await client.post(f"{url}/recommend", json=bodies[i])
+                response = await client.post(f"{url}/recommend", json=body, headers=HEADERS)
                 status = str(response.status_code)
+                if response.status_code == 200:
+                    answered.append((start, response.json()["recommendations"]))
             except httpx.HTTPError as e:
                 status = type(e).__name__
-            latencies[i] = time.perf_counter() - start
+            latencies.append(time.perf_counter() - start)
             statuses[status] += 1
 
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
         start = time.perf_counter()
-        await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
-        return latencies, statuses, time.perf_counter() - start
-
-
-def measure(run_dir: Path, args) -> dict:
-    """Start a server for ``run_dir`` (or use --url), load it, and summarise."""
-    item_ids = list(read_items(run_dir / ITEMS_FILE))
-    bodies = random_bodies(
-        item_ids, args.warmup + args.requests, min(args.max_history, len(item_ids)), args.k, args.seed
-    )
-    proc = None
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            url = args.url
-            if url is None:
-                host = "127.0.0.1"
-                port = free_port(host)
-                proc = start_server(run_dir, host, port, timeout=300, log_path=Path(tmp) / "server.log")
-                url = f"http://{host}:{port}"
-            health = httpx.get(f"{url}/health", timeout=10).json()
-            log.info("server %s: %s", url, health)
-            asyncio.run(run_load(url, bodies[: args.warmup], min(args.concurrency, max(args.warmup, 1)), args.timeout))
-            log.info("%d requests from %d clients ...", args.requests, args.concurrency)
-            latencies, statuses, seconds = asyncio.run(
-                run_load(url, bodies[args.warmup :], args.concurrency, args.timeout)
-            )
-        finally:
-            if proc is not None:
-                proc.terminate()
-                proc.wait(timeout=30)
-
-    ok = latencies[np.isfinite(latencies)] * 1000
+        await asyncio.gather(*(client_loop(client) for _ in range(clients)))
+        wall = time.perf_counter() - start
+    ms = np.array(latencies) * 1000
     return {
-        "run_dir": str(run_dir),
-        "model": health.get("model"),
-        "items": health.get("items"),
-        "device": health.get("device"),
-        "requests": args.requests,
-        "concurrency": args.concurrency,
-        "k": args.k,
-        "max_history": args.max_history,
-        "seconds": round(seconds, 2),
-        "throughput_rps": round(args.requests / seconds, 1),
-        "latency_ms": {
-            name: round(float(np.percentile(ok, q)), 2)
-            for name, q in (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))
-        },
-        "errors": sum(count for status, count in statuses.items() if status != "200"),
+        "clients": clients,
+        "seconds": round(wall, 1),
+        "requests": len(latencies),
+        "throughput_rps": round(len(latencies) / wall, 1),
+        "latency_ms": {name: round(float(np.percentile(ms, q)), 1) for name, q in (("p50", 50), ("p99", 99))},
+        "errors": sum(n for status, n in statuses.items() if status != "200"),
         "status_counts": dict(statuses),
-        **provenance(),
-        "note": f"client and server share the machine's {os.cpu_count()} CPUs",
+        "_answered": answered,
     }
+
+
+async def load_with_reloads(url: str, bodies, run_copy: Path, new_items: Path, seconds: float) -> dict:
+    """The 50-client load with a reload every 5 s and one add-items half-way (then a reload)."""
+    reloads, added_at = [], []
+
+    async def reloader():
+        async with httpx.AsyncClient(timeout=120) as client:
+            start = time.perf_counter()
+            while time.perf_counter() - start < seconds:
+                await asyncio.sleep(5)
+                if not added_at and time.perf_counter() - start >= seconds / 2:
+                    add = await asyncio.create_subprocess_exec(
+                        sys.executable, "-m", "tigerrec.cli", "add-items", str(run_copy), str(new_items),
+                        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+                    )  # fmt: skip
+                    if await add.wait() != 0:
+                        raise RuntimeError("tigerrec add-items failed")
+                response = await client.post(f"{url}/admin/reload", headers=HEADERS)
+                reloads.append(response.status_code)
+                if response.status_code == 200 and not added_at and response.json()["new_items"] > 0:
+                    added_at.append(time.perf_counter())
+
+    result, _ = await asyncio.gather(load(url, bodies, 50, seconds), reloader())
+    after = [recs for start, recs in result.pop("_answered") if added_at and start > added_at[0]]
+    return {
+        "requests": result["requests"],
+        "answered": result["status_counts"].get("200", 0),
+        "errors": result["errors"],
+        "status_counts": result["status_counts"],
+        "reloads": sum(status == 200 for status in reloads),
+        "reload_statuses": reloads,
+        "latency_ms": result["latency_ms"],
+        "requests_after_swap": len(after),
+        "new_items_in_top_k": round(float(np.mean([any(r["new"] for r in recs) for recs in after])), 4)
+        if after
+        else None,
+    }
+
+
+def new_items_table(run_dir: Path, path: Path, n: int) -> Path:
+    """``n`` existing items' text under new ids: items the served catalogue does not hold yet."""
+    items = list(read_items(run_dir / ITEMS_FILE).items())[:n]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["item_id", "title", "brand", "categories"])
+        writer.writeheader()
+        for item, meta in items:
+            categories = meta.get("categories") or []
+            writer.writerow(
+                {
+                    "item_id": f"new-{item}",
+                    "title": meta.get("title") or "",
+                    "brand": meta.get("brand") or "",
+                    "categories": " > ".join(categories[0]) if categories else "",
+                }
+            )
+    return path
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "run_dirs",
-        type=Path,
-        nargs="+",
-        help="run directories written by `tigerrec run`; several are measured one after another, "
-        "with throughput ratios against the first",
-    )
-    parser.add_argument("--url", help="use a running server instead of starting one, e.g. http://127.0.0.1:8000")
-    parser.add_argument("--requests", type=int, default=10_000)
-    parser.add_argument("--concurrency", type=int, default=50)
-    parser.add_argument("--warmup", type=int, default=20, help="untimed requests first")
-    parser.add_argument("--max-history", type=int, default=20, help="histories have 1..this many items")
-    parser.add_argument("-k", type=int, default=10)
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, help="also write the JSON result here")
+    parser.add_argument("run_dir", type=Path, help="a finished `tigerrec run` directory (it is not changed)")
+    parser.add_argument("--data-dir", type=Path, required=True, help="the run's dataset (its test histories)")
+    parser.add_argument("--seconds", type=float, default=60, help="length of each load point")
+    parser.add_argument("--new-items", type=int, default=50)
+    parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    if args.url and len(args.run_dirs) > 1:
-        parser.error("--url serves one run; give one run directory with it")
+    if args.out.exists():
+        raise SystemExit(f"{args.out} exists: a result file is never reused for another run")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one log line per request otherwise
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
-    runs = [measure(run_dir, args) for run_dir in args.run_dirs]
-    result = (
-        runs[0]
-        if len(runs) == 1
-        else {
-            "runs": runs,
-            "throughput_ratio_vs_first": [round(r["throughput_rps"] / runs[0]["throughput_rps"], 2) for r in runs],
+    result, histories = offline_rate(args.run_dir, args.data_dir)
+    log.info("offline: %s", result)
+    bodies = [{"history": h, "k": 10} for h in histories]
+    reserved = [{**body, "max_new_share": 0.1, "reserve_new": True} for body in bodies]
+    with tempfile.TemporaryDirectory() as tmp:
+        run_copy = Path(shutil.copytree(args.run_dir, Path(tmp) / "run"))
+        host = "127.0.0.1"
+        port = free_port(host)
+        proc = start_server(run_copy, host, port, timeout=300, log_path=Path(tmp) / "server.log")
+        url = f"http://{host}:{port}"
+        try:
+            asyncio.run(load(url, bodies, 4, 5))  # warm-up, untimed
+            for clients in (50, 4):
+                point = asyncio.run(load(url, bodies, clients, args.seconds))
+                point.pop("_answered")
+                result[f"clients_{clients}"] = point
+                log.info("%d clients: %s", clients, point)
+            new = new_items_table(args.run_dir, Path(tmp) / "new.csv", args.new_items)
+            result["with_reloads"] = asyncio.run(load_with_reloads(url, reserved, run_copy, new, args.seconds))
+            log.info("with reloads: %s", result["with_reloads"])
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    result["served_share_of_offline"] = round(result["clients_50"]["throughput_rps"] / result["offline_users_per_s"], 3)
+    result.update(
+        {
+            "run_dir": str(args.run_dir),
+            "k": 10,
+            "seconds_per_point": args.seconds,
+            **provenance(),
+            "note": f"server and clients share the machine's {os.cpu_count()} CPUs; real test histories, "
+            "seen items excluded",
         }
     )
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
     return result
 
 
