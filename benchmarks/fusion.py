@@ -9,8 +9,9 @@ log-softmax over the whole catalogue. The fused score of an item is
     SASRec log-softmax + weight x (TIGER log-probability, or ``floor`` below the beam's last for items
     outside the beam)
 
-and the grid over ``weight`` and ``floor`` is scored by Recall and NDCG at 5 and 10 on every validation
-user, history excluded; reciprocal-rank fusion (1 / (60 + rank) summed) is the parameter-free reference.
+(``tigerrec.fusion.fuse``), and the grid over ``weight`` and ``floor`` is scored by Recall and NDCG at 5
+and 10 on every validation user, history excluded; reciprocal-rank fusion (1 / (60 + rank) summed) is
+the parameter-free reference.
 Both models must have been trained on the same split (the run's, and ``tigerrec experiment baselines``
 on the same dataset).
 """
@@ -31,6 +32,7 @@ from tigerrec.config import RunConfig
 from tigerrec.data import leave_one_out
 from tigerrec.device import autocast, provenance, use_bf16
 from tigerrec.evaluate import ranking_metrics, recommend_examples
+from tigerrec.fusion import fuse
 from tigerrec.io import write_json
 from tigerrec.pipeline import held_out_examples, load_trained_run
 
@@ -82,20 +84,16 @@ def main() -> None:
         for r, h in enumerate(histories):
             lsm[r, torch.from_numpy(np.asarray(h, dtype=np.int64))] = float("-inf")
         items, scores = torch.from_numpy(beam_items[rows]), torch.from_numpy(beam_scores[rows]).float()
-        valid_beam = items >= 0
-        last = torch.where(valid_beam, scores, torch.inf).min(1).values  # the beam's last log-probability
         variants["TIGER"].append(beam_items[rows, :10])
         variants["SASRec"].append(lsm.topk(10, 1).indices.numpy())
         sasrec_rank = lsm.argsort(1, descending=True).argsort(1).float()
-        rrf = 1 / (60 + sasrec_rank)
-        rrf.scatter_add_(1, items.clamp(min=0), torch.where(valid_beam, 1 / (60 + torch.arange(args.beam)), 0.0))
+        in_beam = (items >= 0) & torch.isfinite(scores)
+        rrf = (1 / (60 + sasrec_rank)).scatter_add(
+            1, items.clamp(min=0), torch.where(in_beam, 1 / (60 + torch.arange(args.beam)), 0.0)
+        )
         variants["RRF"].append(rrf.topk(10, 1).indices.numpy())
         for w, f in itertools.product(WEIGHTS, FLOORS):
-            floor = (last - f)[:, None]
-            fused = lsm + w * floor
-            boost = torch.where(valid_beam, w * (scores - floor), 0.0)
-            fused.scatter_add_(1, items.clamp(min=0), boost)
-            variants[f"weight={w:g} floor={f:g}"].append(fused.topk(10, 1).indices.numpy())
+            variants[f"weight={w:g} floor={f:g}"].append(fuse(lsm, items, scores, w, f).topk(10, 1).indices.numpy())
         logging.info("users %d of %d", min(begin + chunk, len(users)), len(users))
 
     results = {name: ranking_metrics(np.concatenate(parts), split.valid_target) for name, parts in variants.items()}
