@@ -35,6 +35,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from tigerrec.cli import serving_threads
 from tigerrec.data import leave_one_out
 from tigerrec.device import provenance, use_bf16
 from tigerrec.evaluate import evaluate
@@ -53,10 +54,12 @@ def free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
-def start_server(run_dir: Path, host: str, port: int, timeout: float, log_path: Path) -> subprocess.Popen:
+def start_server(
+    run_dir: Path, host: str, port: int, timeout: float, log_path: Path, threads: int | None = None
+) -> subprocess.Popen:
     """`tigerrec serve --admin` in a subprocess; returns once /health answers."""
     cmd = [sys.executable, "-m", "tigerrec.cli", "serve", str(run_dir), "--host", host, "--port", str(port)]
-    cmd += ["--no-access-log", "--admin"]
+    cmd += ["--no-access-log", "--admin", *(["--threads", str(threads)] if threads else [])]
     env = {**os.environ, "TIGERREC_API_KEY": API_KEY}
     proc = subprocess.Popen(cmd, stdout=open(log_path, "w"), stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + timeout
@@ -198,6 +201,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--data-dir", type=Path, required=True, help="the run's dataset (its test histories)")
     parser.add_argument("--seconds", type=float, default=60, help="length of each load point")
     parser.add_argument("--new-items", type=int, default=50)
+    parser.add_argument("--threads", type=int, help="the server's model threads (default: tigerrec serve's)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     if args.out.exists():
@@ -213,7 +217,7 @@ def main(argv=None) -> dict:
         run_copy = Path(shutil.copytree(args.run_dir, Path(tmp) / "run"))
         host = "127.0.0.1"
         port = free_port(host)
-        proc = start_server(run_copy, host, port, timeout=300, log_path=Path(tmp) / "server.log")
+        proc = start_server(run_copy, host, port, 300, Path(tmp) / "server.log", args.threads)
         url = f"http://{host}:{port}"
         try:
             asyncio.run(load(url, bodies, 4, 5))  # warm-up, untimed
@@ -234,6 +238,7 @@ def main(argv=None) -> dict:
             "run_dir": str(args.run_dir),
             "k": 10,
             "seconds_per_point": args.seconds,
+            "server_threads": args.threads or serving_threads(),
             **provenance(),
             "note": f"server and clients share the machine's {os.cpu_count()} CPUs; real test histories, "
             "seen items excluded",

@@ -3,6 +3,7 @@ full queues, slow answers, oversized bodies and missing keys."""
 
 import copy
 import inspect
+import os
 import threading
 import time
 
@@ -270,3 +271,14 @@ def test_serve_refuses_a_public_host_without_a_key(tiny_run, capsys, monkeypatch
     assert error.startswith("tigerrec: error: --host 0.0.0.0") and "API key" in error and error.count("\n") == 1
     assert main(["serve", str(tiny_run), "--admin"]) == 2
     assert "admin endpoints need an API key" in capsys.readouterr().err
+    assert main(["serve", str(tiny_run), "--threads", "0"]) == 2
+    assert capsys.readouterr().err == "tigerrec: error: --threads must be at least 1, not 0\n"
+
+
+def test_serving_leaves_one_cpu_to_the_http_server(monkeypatch):
+    from tigerrec.cli import serving_threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert serving_threads() == 3
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert serving_threads() == 1

@@ -205,6 +205,9 @@ def cmd_serve(args) -> None:
         )
     if args.timeout is not None and args.timeout < 0:
         raise TigerrecError(f"--timeout must be >= 0 seconds (0: no limit), not {args.timeout}")
+    threads = serving_threads() if args.threads is None else args.threads
+    if threads < 1:
+        raise TigerrecError(f"--threads must be at least 1, not {threads}")
     try:
         import uvicorn
 
@@ -213,6 +216,9 @@ def cmd_serve(args) -> None:
         raise TigerrecError(
             f"tigerrec serve needs FastAPI and uvicorn ({e}); install them with: pip install 'tigerrec[serve]'"
         ) from None
+    import torch
+
+    torch.set_num_threads(threads)
     limits = {"max_queue": args.max_queue, "max_body_bytes": args.max_body_bytes}
     if args.timeout is not None:
         limits["timeout_s"] = args.timeout or None
@@ -225,6 +231,13 @@ def cmd_serve(args) -> None:
 
     signal.signal(signal.SIGHUP, reload_on_hangup)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=not args.no_access_log)
+
+
+def serving_threads() -> int:
+    """The model's threads when serving: every CPU this process may use but one, which the HTTP event
+    loop keeps. Sharing every core with the model's threads more than doubled the latency of a 2-core
+    server at low concurrency (BENCHMARKS.md, "Serving")."""
+    return max(1, len(os.sched_getaffinity(0)) - 1)
 
 
 def _is_loopback(host: str) -> bool:
@@ -384,6 +397,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-queue",
         type=int,
         help="queries waiting for the model before new requests get 503 (default 1024)",
+    )
+    serve.add_argument(
+        "--threads",
+        type=int,
+        help="threads the model decodes with (default: one less than the CPUs available, at least 1; "
+        "the spare one keeps the HTTP server responsive)",
     )
     serve.add_argument(
         "--max-body-bytes",
