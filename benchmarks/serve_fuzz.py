@@ -11,7 +11,7 @@ FastAPI's TestClient (or against --url) and prints status counts as JSON.
 
     pip install hypothesis
     python benchmarks/serve_fuzz.py runs/beauty --examples 2000 \
-        --out benchmarks/results/2026-12-07-serving/serve_fuzz_beauty.json
+        --out benchmarks/results/2026-12-07-serving/serve_fuzz_beauty_m1.json
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Load test of `tigerrec serve` against the offline decode rate of the same run, on the same machine.
 
     python benchmarks/serve_load.py runs/beauty --data-dir ../shared/data/beauty --seconds 60 \\
-        --out benchmarks/results/2026-12-07-serving/serve_load_beauty.json
+        --out benchmarks/results/2026-12-07-serving/serve_load_beauty_m1.json
 
 1. **Offline rate**: ``evaluate`` over every test user with the served beam, k = 10, history excluded
    (what ``tigerrec run`` measures; ``metrics_json_users_per_s`` is the rate its metrics.json records).

@@ -163,10 +163,6 @@ TABLE1_RUNS = {
     ],
     "sports": [
         ("**TIGER, `make run`** (default: 2 models, no minute cap)", f"{ENSEMBLE}/run_sports_ensemble.json"),
-        (
-            "TIGER, `make run` on a slower CPU (2nd model cut short)",
-            f"{ENSEMBLE}/run_sports_ensemble_short_member.json",
-        ),
         ("TIGER, one model", f"{CAP}/run_sports_cap30.json"),
         ("RPG", f"{RPG}/rpg_sports.json"),
     ],
@@ -287,6 +283,26 @@ def sasrec_curves() -> str:
     return table(header + ["result"], rows)
 
 
+FUSION_TEST = "2026-12-07-fusion/fusion_test_beauty.json"
+
+
+def fusion() -> str:
+    r = load(FUSION_TEST)
+    excluded, ci = "history_excluded", r["paired_ci95"]["history_excluded"]
+    rows = [
+        ["**TIGER + SASRec, fused**", *map(num, values(r["fused"][excluded])), interval(ci["fused_minus_SASRec"])],
+        ["TIGER, one model", *map(num, values(r["alone"][excluded]["TIGER"])), ""],
+        ["SASRec", *map(num, values(r["alone"][excluded]["SASRec"])), ""],
+    ]
+    rows = [[*row, *(provenance(FUSION_TEST) if n == 0 else ["", "", ""])] for n, row in enumerate(rows)]
+    header = ["Beauty test, history excluded", "R@5", "N@5", "R@10", "N@10", "fused - SASRec, R@10 / N@10"]
+    return table([*header, "machine, date", "command", "result"], rows)
+
+
+def interval(by_metric: dict) -> str:
+    return " / ".join(f"[{lo:+.4f}, {hi:+.4f}]".replace("0.", ".") for lo, hi in by_metric.values())
+
+
 SASREC_TUNING = [
     ("SASRec+SS settings: 1 block, dropout 0.2, 256 negatives", f"{SASREC}/tuning_beauty_ss64.json"),
     ("the same with 256 factors (the benchmark's configs)", f"{SASREC}/tuning_beauty_ss256.json"),
@@ -359,27 +375,29 @@ def speed() -> str:
     return table([*header, "command", "result"], rows)
 
 
-SERVE_LOAD = "2026-11-28-serving/serve_load_beauty.json"
-SERVE_PAIR = f"{RPG}/serve_load_tiger_vs_rpg.json"
+SERVE_LOAD = "2026-12-07-serving/serve_load_beauty_m1.json"
 
 
 def serving() -> str:
-    runs = [("TIGER", SERVE_LOAD, load(SERVE_LOAD))]
-    runs += [(r["model"].upper(), SERVE_PAIR, r) for r in load(SERVE_PAIR)["runs"]]
+    r = load(SERVE_LOAD)
+    offline = r["offline_users_per_s"]
+    points = [("50 clients", r["clients_50"]), ("4 clients", r["clients_4"])]
+    points.append(("50 clients, reload every 5 s, add-items", {**r["with_reloads"], "throughput_rps": None}))
     rows = []
-    for model, rel, r in runs:
-        lat = r["latency_ms"]
+    for label, point in points:
+        rps = point["throughput_rps"]
+        lat = point["latency_ms"]
         rows.append(
             [
-                model,
-                f"{r['requests']:,} x {r['concurrency']}",
-                f"{r['throughput_rps']:.1f}",
-                *(f"{lat[p]:,.0f} ms" for p in ("p50", "p90", "p99")),
-                r["errors"],
-                *provenance(rel),
+                label,
+                f"{rps:.1f}" if rps is not None else "",
+                f"{rps / offline:.0%}" if rps is not None else "",
+                *(f"{lat[p]:,.0f} ms" for p in ("p50", "p99")),
+                point["errors"],
+                *(provenance(SERVE_LOAD) if not rows else ["", "", ""]),
             ]
         )
-    header = ["Beauty model", "requests x clients", "requests/s", "p50", "p90", "p99", "errors", "machine, date"]
+    header = ["Beauty test histories, k = 10", "requests/s", "of offline", "p50", "p99", "errors", "machine, date"]
     return table([*header, "command", "result"], rows)
 
 
@@ -573,6 +591,7 @@ TABLES = {
     "table1-sports": lambda: table1("sports"),
     "baselines": baselines,
     "sasrec-curves": sasrec_curves,
+    "fusion": fusion,
     "time-to-quality": time_to_quality,
     "backtests": backtests,
     "speed": speed,
