@@ -30,10 +30,10 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from tigerrec.baselines import SASRec, _pad
+from tigerrec.baselines import SASRec, sasrec_scores
 from tigerrec.config import RunConfig
 from tigerrec.data import leave_one_out
-from tigerrec.device import autocast, provenance, use_bf16
+from tigerrec.device import provenance, use_bf16
 from tigerrec.evaluate import (
     METRICS,
     load_target_ranks,
@@ -48,6 +48,7 @@ from tigerrec.io import write_json
 from tigerrec.ledger import record_test
 from tigerrec.pipeline import held_out_examples, load_trained_run
 from tigerrec.rundir import TARGET_RANKS_FILE
+from tigerrec.sequences import history_pairs
 
 WEIGHTS = [0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0]
 FLOORS = [0.0, 1.0, 2.0, 4.0]  # how far below the beam's last log-probability an unbeamed item sits
@@ -55,14 +56,9 @@ CHUNK = 2048  # users scored at once: (CHUNK, items) float32
 
 
 def sasrec_log_softmax(model: SASRec, histories: list[np.ndarray], exclude_history: bool) -> torch.Tensor:
-    tokens = _pad(histories, model.cfg.max_len)
-    last = torch.tensor([min(len(h), model.cfg.max_len) - 1 for h in histories])
-    with torch.no_grad(), autocast("cpu", use_bf16("cpu", model.cfg.bf16)):
-        states = model(tokens)[torch.arange(len(histories)), last]
-        scores = model.logits(states).float().log_softmax(1)
+    scores = sasrec_scores(model, histories, use_bf16("cpu", model.cfg.bf16)).log_softmax(1)
     if exclude_history:
-        for row, history in enumerate(histories):
-            scores[row, torch.from_numpy(np.asarray(history, dtype=np.int64))] = float("-inf")
+        scores[history_pairs(histories, scores.device)] = float("-inf")
     return scores
 
 

@@ -27,7 +27,7 @@ from .evaluate import (
     ranking_metrics,
     target_ranks,
 )
-from .new_items import history_profiles
+from .new_items import history_profiles, unit_rows
 from .sequences import history_pairs, length_bucketed_batches, training_windows
 from .train import SELECTION_METRIC, out_of_patience
 
@@ -131,10 +131,6 @@ def markov(
     return _in_chunks(histories, rank, num_items)
 
 
-def unit_rows(embeddings: np.ndarray) -> torch.Tensor:
-    return F.normalize(torch.as_tensor(embeddings, dtype=torch.float32), dim=1)
-
-
 def rank_by_profile(
     embeddings: np.ndarray,
     profiles: np.ndarray,
@@ -226,6 +222,17 @@ def _pad(sequences: list[np.ndarray], length: int) -> torch.Tensor:
 
 
 @torch.no_grad()
+def sasrec_scores(model: SASRec, histories: list[np.ndarray], bf16: bool = False) -> torch.Tensor:
+    """(N, items) float32 scores of every item after each history, on the model's device."""
+    model.eval()
+    device = next(model.parameters()).device
+    tokens = _pad(histories, model.cfg.max_len).to(device)
+    last = torch.tensor([min(len(h), model.cfg.max_len) - 1 for h in histories], device=device)
+    with autocast(str(device), bf16):
+        states = model(tokens)[torch.arange(len(histories), device=device), last]
+        return model.logits(states).float()
+
+
 def sasrec_recommend(
     model: SASRec,
     histories: list[np.ndarray],
@@ -235,17 +242,11 @@ def sasrec_recommend(
     exclude_history: bool = False,
 ) -> np.ndarray:
     """Top-k items after each history; ``exclude_history`` as TIGER's ``eval.exclude_history``."""
-    model.eval()
-    device = next(model.parameters()).device
-    ranked = []
     batch_size = rows_per_chunk(model.items.num_embeddings, batch_size)
-    for begin in range(0, len(histories), batch_size):
-        part = histories[begin : begin + batch_size]
-        tokens = _pad(part, model.cfg.max_len).to(device)
-        last = torch.tensor([min(len(h), model.cfg.max_len) - 1 for h in part], device=device)
-        with autocast(str(device), bf16):
-            states = model(tokens)[torch.arange(len(part), device=device), last]
-            ranked.append(_top_k(model.logits(states).float(), part, k, exclude_history))
+    ranked = [
+        _top_k(sasrec_scores(model, part, bf16), part, k, exclude_history)
+        for part in (histories[begin : begin + batch_size] for begin in range(0, len(histories), batch_size))
+    ]
     return np.concatenate(ranked)
 
 

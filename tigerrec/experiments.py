@@ -66,7 +66,7 @@ from .io import read_json, write_json, write_text
 from .ledger import record_test
 from .members import load_best_model
 from .model import save_model
-from .new_items import guided_rank, history_profiles
+from .new_items import guided_profiles, guided_rank, history_profiles, predicted_profiles, rank_candidates
 from .pipeline import embed_items, prepare, run
 from .presets import paper_table1
 from .quantize import load_quantizer
@@ -228,11 +228,14 @@ def choose_pull(
     """The pull of ``pulls`` whose guided ranking (``new_items.guided_rank``) of the ``candidates`` has the
     best NDCG@10 on (validation) ``targets``, and the NDCG@10 of each; ties go to the smaller pull."""
     excluded = ItemFilter(histories)
+    history, ahead = (
+        history_profiles(embeddings, histories, max_history),
+        predicted_profiles(embeddings, predicted, log_probs),
+    )  # the same for every pull
 
     def ndcg(pull):
-        ranked, _ = guided_rank(
-            embeddings, histories, predicted, log_probs, candidates, excluded, pull, 10, max_history
-        )
+        profiles = guided_profiles(history, ahead, pull)
+        ranked, _ = rank_candidates(embeddings, profiles, candidates, excluded, 10)
         return ranking_metrics(ranked, targets, (10,))["ndcg@10"]
 
     by_pull = {f"{p:g}": ndcg(p) for p in sorted(pulls)}

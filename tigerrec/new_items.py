@@ -47,7 +47,8 @@ def load_item_vectors(ids_dir: str | Path, num_items: int) -> np.ndarray | None:
     return vectors[:num_items] if vectors.ndim == 2 and len(vectors) >= num_items else None
 
 
-def _unit(vectors) -> torch.Tensor:
+def unit_rows(vectors) -> torch.Tensor:
+    """The rows of ``vectors`` (any float array, a memory map included) as float32 unit vectors."""
     return F.normalize(torch.as_tensor(np.asarray(vectors, dtype=np.float32)), dim=-1)
 
 
@@ -56,7 +57,7 @@ def history_profiles(vectors: np.ndarray, histories: list[np.ndarray], max_histo
     items (what the model reads); a user without history gets zeros."""
     dim = vectors.shape[1]
     rows = [
-        _unit(vectors[h[-max_history:]]).mean(0) if len(h) else torch.zeros(dim)
+        unit_rows(vectors[h[-max_history:]]).mean(0) if len(h) else torch.zeros(dim)
         for h in (np.asarray(h, dtype=np.int64) for h in histories)
     ]
     return F.normalize(torch.stack(rows), dim=1).numpy() if rows else np.zeros((0, dim), np.float32)
@@ -69,7 +70,7 @@ def predicted_profiles(vectors: np.ndarray, predicted: np.ndarray, log_probs: np
     weights = (
         torch.as_tensor(np.where(predicted >= 0, log_probs, -np.inf), dtype=torch.float32).softmax(1).nan_to_num(0.0)
     )
-    unit = _unit(vectors[np.maximum(predicted, 0).ravel()]).reshape(*predicted.shape, -1)
+    unit = unit_rows(vectors[np.maximum(predicted, 0).ravel()]).reshape(*predicted.shape, -1)
     return F.normalize((weights[..., None] * unit).sum(1), dim=1).numpy()
 
 
@@ -85,7 +86,7 @@ def rank_candidates(
     """The ``k`` items of ``candidates`` (item rows) nearest (cosine) to each profile, among those each
     row of ``allowed`` admits: items (N, k), -1 where fewer pass, and their cosine similarities."""
     candidates = np.asarray(candidates, dtype=np.int64)
-    scores = torch.as_tensor(profiles, dtype=torch.float32) @ _unit(vectors[candidates]).T
+    scores = torch.as_tensor(profiles, dtype=torch.float32) @ unit_rows(vectors[candidates]).T
     for row, (excluded, only) in enumerate(zip(allowed.excluded, allowed.only)):
         out = np.isin(candidates, excluded) if only is None else ~np.isin(candidates, np.setdiff1d(only, excluded))
         scores[row, torch.from_numpy(out)] = float("-inf")
