@@ -13,7 +13,8 @@ target is unseen asks for 10 items with one reserved new-item slot (``max_new_sh
 ones among them excluded, as its guided ranking excludes them). Their
 lists are compared with the experiment's guided lists at epsilon 0.1, computed here by the experiment's
 own code (``experiments.ColdStart``, ``new_items.guided_rank``, ``decoding.merge_capped``) with the pull
-the served run uses (``eval.new_item_pull``).
+the served run uses (``eval.new_item_pull``). The experiment ranks the seen items by the generative model
+alone, so the copy is served without the default's item-model re-ranking (``fusion.item_model``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from tigerrec.data import leave_one_out, load_dataset
 from tigerrec.decoding import ItemFilter, merge_capped, new_item_cap
 from tigerrec.device import provenance
 from tigerrec.experiments import ColdStart, pick_unseen
-from tigerrec.io import write_json
+from tigerrec.io import read_json, write_json
 from tigerrec.new_items import guided_rank
 from tigerrec.rundir import read_run_config
 from tigerrec.serve import create_app
@@ -68,6 +69,10 @@ def compare(experiment_out: Path, source) -> dict:
     new = {dataset.item_ids[i] for i in unseen}
     with tempfile.TemporaryDirectory() as tmp:
         served_run = Path(shutil.copytree(run_dir, Path(tmp) / "run"))
+        # The experiment ranks the seen items by the generative model alone: so does the copy, without the
+        # item model's re-ranking (fusion.item_model), so that the lists differ only where the rules do.
+        config = read_json(served_run / "config.json")
+        write_json(served_run / "config.json", {**config, "fusion": {**config.get("fusion", {}), "item_model": "none"}})
         add_items(served_run, {dataset.item_ids[i]: dataset.item_meta[i] for i in unseen})
         served = []
         with TestClient(create_app(served_run)) as client:

@@ -166,8 +166,14 @@ def test_the_tuned_recipe_caps_passes_and_the_tiny_preset_counts_steps():
     assert (
         preset_config("beauty", "tuned").train.epochs == 30.0 and preset_config("beauty", "paper").train.epochs == 0.0
     )
-    assert preset_config("beauty", "tuned").train.members == 2 and preset_config("beauty", "paper").train.members == 1
-    assert preset_config("beauty", "tuned", "rpg").train.members == 1  # an ensemble is TIGER's
+    tuned, paper, rpg = (
+        preset_config("beauty", "tuned"),
+        preset_config("beauty", "paper"),
+        preset_config("beauty", "tuned", "rpg"),
+    )
+    assert tuned.train.members == paper.train.members == rpg.train.members == 1
+    # The default re-ranks TIGER's beam with SASRec; the paper's TIGER and RPG rank alone.
+    assert (tuned.fusion.item_model, paper.fusion.item_model, rpg.fusion.item_model) == ("sasrec", "none", "none")
     assert preset_config("tiny", "tuned").train.epochs == 0.0  # its budget is in steps
     assert preset_config("beauty", "tuned", "rpg").train.epochs == 100.0  # a model kind's own cap
 
@@ -231,6 +237,9 @@ def test_ddp_with_two_cpu_processes(tmp_path):
         "train.max_minutes=30",
         "--set",
         "train.cooldown_fraction=0.2",
+        # two ensemble members, and the item model that re-ranks their beam, trained by process 0 alone
+        "--set",
+        "train.members=2",
     ]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -272,6 +272,19 @@ class SASRecConfig:
 
 
 @dataclass
+class FusionConfig:
+    """An item-ID model trained in the run beside the generative one, whose scores re-rank the generative
+    model's beam (``fusion``): the generative model proposes, both score, Semantic IDs stay the items'
+    representation. The item model is ``sasrec``'s SASRec, trained after the generative model on the same
+    split and picked by the same validation metric. ``weight`` and ``floor`` were chosen on Beauty
+    validation (docs/studies/2026-12-07-fusion.md)."""
+
+    item_model: str = "none"  # "sasrec", or "none": the generative model's ranking alone
+    weight: float = 1.5  # of the generative log-probability against the item model's log-softmax
+    floor: float = 1.0  # an item outside the beam scores this far below the beam's last log-probability
+
+
+@dataclass
 class ExperimentConfig:
     """Settings of ``tigerrec experiment`` (the paper's further experiments)."""
 
@@ -295,6 +308,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     sasrec: SASRecConfig = field(default_factory=SASRecConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -464,6 +478,7 @@ EMBED_INITS = ("normal", "codebooks")  # ModelConfig.embed_init
 CODEWORD_SCHEMES = ("rqvae", "rqkmeans")  # the schemes whose codewords embed_init=codebooks starts from
 DECODINGS = ("exact", "graph")  # EvalConfig.decoding
 BF16_SETTINGS = ("auto", "on", "off")
+ITEM_MODELS = ("none", "sasrec")  # FusionConfig.item_model
 
 Rule = tuple[Callable[[Any], bool], str]  # (is the value allowed?, what is allowed, for the message)
 
@@ -597,6 +612,9 @@ def _rules() -> dict[str, Rule]:
         "sasrec.max_minutes": _at_least(0),
         "sasrec.bf16": _one_of(BF16_SETTINGS),
         "sasrec.seed": SEED,
+        "fusion.item_model": _one_of(ITEM_MODELS),
+        "fusion.weight": _at_least(0),
+        "fusion.floor": _at_least(0),
         "experiment.unseen_share": ((lambda v: 0 < v <= 1), "in (0, 1]"),
         "experiment.epsilons": _each(_within(0, 1)),
         "experiment.temperatures": _each(POSITIVE),

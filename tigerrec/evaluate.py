@@ -185,6 +185,22 @@ def recommend_examples(
     return items, codes, scores
 
 
+def fused_top_k(
+    fusion,
+    examples: Examples,
+    beam_items: np.ndarray,
+    beam_scores: np.ndarray,
+    top_k: int,
+    num_items: int,
+    exclude_history: bool,
+) -> np.ndarray:
+    """(N, top_k) items of ``examples`` ranked by ``fusion`` (a ``fusion.Fusion``) from their beams, each
+    user's whole history read by the item model and, with ``exclude_history``, kept out."""
+    histories = examples.seen_items(np.arange(len(examples)))
+    allowed = ItemFilter(histories) if exclude_history else None
+    return fusion.rerank(histories, beam_items, beam_scores, top_k, num_items, allowed)[0]
+
+
 def evaluate(
     model,
     tokenizer,
@@ -199,25 +215,33 @@ def evaluate(
     desc="eval",
     exclude_history=False,
     counts: np.ndarray | None = None,
+    fusion=None,
 ) -> dict:
     """``ranking_metrics`` of the model's top-k for ``examples``; given the training ``counts`` of every
-    item, also per popularity group of the targets (``by_popularity``)."""
+    item, also per popularity group of the targets (``by_popularity``). With a ``fusion.Fusion`` the
+    top-k is the fused one, and ``generative_alone`` holds the generative model's own."""
     start = time.perf_counter()
-    ranked, _, _ = recommend_examples(
+    ranked, _, scores = recommend_examples(
         model,
         tokenizer,
         trie,
         examples,
         user_tokens,
         beam_size,
-        top_k,
+        top_k if fusion is None else beam_size,
         batch_size,
         constrained,
         bf16,
         desc,
         exclude_history=exclude_history,
     )
+    alone = None
+    if fusion is not None:
+        alone = ranking_metrics(ranked[:, :top_k], examples.targets)
+        ranked = fused_top_k(fusion, examples, ranked, scores, top_k, tokenizer.num_items, exclude_history)
     metrics = ranking_metrics(ranked, examples.targets)
+    if alone is not None:
+        metrics["generative_alone"] = alone
     if counts is not None:
         metrics["by_popularity"] = metrics_by_popularity(ranked, examples.targets, counts)
     if not constrained:
@@ -240,30 +264,37 @@ def evaluate_protocols(
     exclude_history=False,
     counts: np.ndarray | None = None,
     desc="test",
+    fusion=None,
 ) -> tuple[dict, dict[str, dict], dict[str, np.ndarray]]:
     """``evaluate`` under both protocols (``PROTOCOLS``): one decode with the users' history items
     ranked, one with them excluded.
 
     Returns the metrics of the protocol ``exclude_history`` names, the metrics of both by protocol,
-    and each protocol's ``target_ranks`` (for paired comparisons with other models)."""
+    and each protocol's ``target_ranks`` (for paired comparisons with other models). With a
+    ``fusion.Fusion`` these are of the fused ranking; the generative model's own are also returned,
+    as ``generative_alone`` (by protocol) and ranks ``generative_alone/<protocol>``."""
     chosen = protocol_name(exclude_history)
-    protocols, ranks, by_popularity = {}, {}, None
+    protocols, ranks, by_popularity, alone = {}, {}, None, {}
     for name, exclude in PROTOCOLS.items():
         start = time.perf_counter()
-        ranked, _, _ = recommend_examples(
+        ranked, _, scores = recommend_examples(
             model,
             tokenizer,
             trie,
             examples,
             user_tokens,
             beam_size,
-            top_k,
+            top_k if fusion is None else beam_size,
             batch_size,
             True,
             bf16,
             f"{desc} ({name.replace('_', ' ')})",
             exclude_history=exclude,
         )
+        if fusion is not None:
+            ranks[f"generative_alone/{name}"] = target_ranks(ranked[:, :top_k], examples.targets)
+            alone[name] = mean_metrics(ranks[f"generative_alone/{name}"])
+            ranked = fused_top_k(fusion, examples, ranked, scores, top_k, tokenizer.num_items, exclude)
         ranks[name] = target_ranks(ranked, examples.targets)
         protocols[name] = mean_metrics(ranks[name])
         protocols[name]["seconds"] = round(time.perf_counter() - start, 2)
@@ -272,4 +303,6 @@ def evaluate_protocols(
     metrics = {**protocols[chosen], "users": len(examples), "protocol": chosen}
     if by_popularity is not None:
         metrics["by_popularity"] = by_popularity
+    if alone:
+        metrics["generative_alone"] = alone
     return metrics, protocols, ranks

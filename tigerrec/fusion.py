@@ -8,11 +8,34 @@ model, ``baselines.SASRec``) gives a log-softmax over the whole catalogue. The f
 where an item outside TIGER's beam takes, in place of its unknown TIGER log-probability, the beam's
 last one less ``floor``. ``weight`` 0 is SASRec alone; a large weight keeps TIGER's order and lets
 SASRec break ties and fill the list below the beam.
+
+A run with ``fusion.item_model=sasrec`` trains the item model after the generative one (``train_item_model``)
+and keeps it beside it; evaluation and serving then rank with ``Fusion.rerank``. Items added after training
+(``add-items``) have no row in the item model: they reach a fused list through ``reserve_new`` slots, which
+the guided rule fills (``new_items``).
 """
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
+import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from .baselines import SASRec, rows_per_chunk, sasrec_scores, train_sasrec
+from .config import RunConfig
+from .data import Dataset, leave_one_out
+from .decoding import ItemFilter
+from .device import use_bf16
+from .errors import TigerrecError, brief
+from .io import write_json
+from .model import save_model
+from .rundir import ITEM_MODEL, ITEM_MODEL_RECORD, item_model_settings, read_record
+
+log = logging.getLogger(__name__)
 
 
 def fuse(
@@ -28,3 +51,110 @@ def fuse(
     fused = item_log_probs + weight * below
     boost = torch.where(in_beam, weight * (beam_scores - below), 0.0)
     return fused.scatter_add(1, beam_items.clamp(min=0), boost)
+
+
+class Fusion:
+    """A trained item model with the run's fusion settings: re-ranks a generative model's beams."""
+
+    def __init__(self, item_model: SASRec, weight: float, floor: float, bf16: bool = False):
+        self.item_model = item_model.eval()
+        self.weight, self.floor, self.bf16 = weight, floor, bf16
+
+    @property
+    def num_items(self) -> int:
+        """The items the item model was trained with (the catalogue's first ones)."""
+        return self.item_model.items.num_embeddings - 1
+
+    def log_probs(self, histories: list[np.ndarray], num_items: int) -> torch.Tensor:
+        """(N, num_items) the item model's log-softmax after each history (CPU, float32); items it has no
+        row for are -inf and left out of the histories it reads; a history of none of its items, of which
+        it knows nothing, scores every item alike."""
+        histories = [np.asarray(history)[np.asarray(history) < self.num_items] for history in histories]
+        scores = torch.zeros(len(histories), num_items)
+        known = [row for row, history in enumerate(histories) if len(history)]
+        if known:
+            rows = sasrec_scores(self.item_model, [histories[row] for row in known], self.bf16).log_softmax(1).cpu()
+            scores[known, : self.num_items] = rows[:, :num_items]
+            scores[known, self.num_items :] = -torch.inf
+        return scores
+
+    def rerank(
+        self,
+        histories: list[np.ndarray],
+        beam_items: np.ndarray,
+        beam_scores: np.ndarray,
+        k: int,
+        num_items: int,
+        allowed: ItemFilter | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The best ``k`` items (N, k) of each row by fused score, and those scores (-1 and -inf where
+        fewer items qualify). ``histories`` are the rows' items, oldest first (the item model reads its
+        last ``sasrec.max_len``); ``beam_items`` / ``beam_scores`` (N, B) the generative model's beam, already
+        within ``allowed`` (``decoding.ItemFilter``), which the fused list keeps to as well."""
+        items = np.full((len(histories), k), -1, dtype=np.int64)
+        scores = np.full((len(histories), k), -np.inf, dtype=np.float32)
+        step = rows_per_chunk(num_items)
+        for begin in range(0, len(histories), step):
+            rows = np.arange(begin, min(begin + step, len(histories)))
+            log_probs = self.log_probs([histories[row] for row in rows], num_items)
+            if allowed is not None:
+                log_probs = log_probs.masked_fill(~allowed.rows(rows).mask(num_items), -torch.inf)
+            fused = fuse(
+                log_probs,
+                torch.from_numpy(beam_items[rows]).long(),
+                torch.from_numpy(beam_scores[rows]).float(),
+                self.weight,
+                self.floor,
+            )
+            top = fused.topk(min(k, num_items), 1)
+            found = torch.isfinite(top.values)
+            items[rows, : top.indices.shape[1]] = torch.where(found, top.indices, -1).numpy()
+            scores[rows, : top.values.shape[1]] = top.values.numpy()
+        return items, scores
+
+
+def train_item_model(dataset: Dataset, cfg: RunConfig, run_dir: str | Path, device: str) -> tuple[dict, bool]:
+    """Train the run's item model (``fusion.item_model``) on the run's split, picked by the validation
+    metric TIGER's checkpoints are picked by, and keep it in ``run_dir``; one the directory already holds,
+    trained with the same settings (``rundir.item_model_settings``), is reused. Returns its training summary
+    and whether it was trained now."""
+    run_dir = Path(run_dir)
+    settings = item_model_settings(cfg)
+    record = read_record(run_dir / ITEM_MODEL_RECORD)
+    if record is not None and record.get("settings") == settings and (run_dir / ITEM_MODEL).is_file():
+        log.info("reusing the item model in %s", run_dir / ITEM_MODEL)
+        return record["training"], False
+    log.info("training the item model (fusion.item_model=%s) for fused ranking", cfg.fusion.item_model)
+    split = leave_one_out(dataset, cfg.data.backtest)
+    model, summary = train_sasrec(
+        split.train,
+        dataset.num_items,
+        split.valid_history,
+        split.valid_target,
+        cfg.sasrec,
+        device,
+        exclude_history=cfg.eval.exclude_history,
+    )
+    save_model(model, run_dir / ITEM_MODEL)
+    # The record last: a directory with weights but no record trains them again.
+    write_json(run_dir / ITEM_MODEL_RECORD, {"settings": settings, "items": dataset.num_items, "training": summary})
+    return summary, True
+
+
+def load_fusion(run_dir: str | Path, cfg: RunConfig, device: str = "cpu") -> Fusion | None:
+    """The run's ``Fusion`` (None when its config fuses no item model), on ``device``."""
+    if cfg.fusion.item_model == "none":
+        return None
+    path = Path(run_dir) / ITEM_MODEL
+    if not path.is_file():
+        raise TigerrecError(
+            f"{path} is missing: the run ranks with an item model (fusion.item_model={cfg.fusion.item_model}); "
+            "finish the run with `tigerrec run`"
+        )
+    try:
+        state = load_file(str(path))
+    except SafetensorError as e:
+        raise TigerrecError(f"{path} is corrupt ({brief(e)})") from None
+    model = SASRec(state["items.weight"].shape[0] - 1, cfg.sasrec)
+    model.load_state_dict(state)
+    return Fusion(model.to(device), cfg.fusion.weight, cfg.fusion.floor, use_bf16(device, cfg.sasrec.bf16))

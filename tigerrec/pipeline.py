@@ -26,6 +26,7 @@ from .data import Dataset, Split, leave_one_out, load_dataset
 from .device import provenance
 from .errors import TigerrecError
 from .evaluate import item_counts, save_target_ranks
+from .fusion import load_fusion, train_item_model
 from .io import RunLock, read_json, write_json
 from .members import fit_to_budget, load_best_model, train_members
 from .model import CAUSAL_HISTORIES, SequenceModel
@@ -54,7 +55,7 @@ from .rundir import (
 from .semantic_ids import IDS_FILE, SemanticIDs, has_collision_code
 from .sequences import Examples
 from .text import TextEncoder, item_sentence, read_item_vectors, read_titles, with_titles
-from .train import TrainData, distributed_context, evaluate_splits
+from .train import TrainData, distributed_context, evaluate_splits, training_device
 
 log = logging.getLogger(__name__)
 
@@ -263,13 +264,20 @@ def _run(
         return {}
     finished = read_json(run_dir / METRICS_FILE) if (run_dir / METRICS_FILE).exists() else None
     trained_now = sum(s["steps_this_run"] for s in summaries)
+    fusion = None
+    if cfg.fusion.item_model != "none":
+        start = time.perf_counter()
+        summary["item_model"], item_model_trained = train_item_model(dataset, cfg, run_dir, training_device())
+        trained_now += item_model_trained
+        timings["item_model_seconds"] = round(time.perf_counter() - start, 1)
+        fusion = load_fusion(run_dir, cfg, training_device())
     if trained_now == 0 and finished and _run_settings(finished.get("config", {})) == _run_settings(cfg.to_dict()):
         log.info("%s was finished with these settings: its metrics are those of %s", run_dir, METRICS_FILE)
         return finished
 
     # Test metrics once, on the checkpoint selected by validation.
     best = load_best_model(model, run_dir, cfg.train.members)
-    evals, ranks = evaluate_splits(best, data, test, cfg, dataset_name=dataset.name)
+    evals, ranks = evaluate_splits(best, data, test, cfg, dataset_name=dataset.name, fusion=fusion)
     save_target_ranks(run_dir / TARGET_RANKS_FILE, ranks)  # for paired comparisons with other models
     test_seconds = sum(p["seconds"] for p in evals["test_protocols"].values())
     timings["eval_seconds"] = round(evals["valid"]["seconds"] + test_seconds, 1)
@@ -291,9 +299,11 @@ def _run(
 
 
 def _run_settings(config: dict) -> dict:
-    """The sections of a config that a run's metrics depend on (not ``experiment`` or ``sasrec``), as JSON
-    reads them."""
-    return json.loads(json.dumps({key: value for key, value in config.items() if key not in ("experiment", "sasrec")}))
+    """The sections of a config that a run's metrics depend on, as JSON reads them: not ``experiment``, and
+    ``sasrec`` only when the run fuses that item model."""
+    fused = config.get("fusion", {}).get("item_model", "none") != "none"
+    skipped = ("experiment",) if fused else ("experiment", "sasrec")
+    return json.loads(json.dumps({key: value for key, value in config.items() if key not in skipped}))
 
 
 def _barrier() -> None:

@@ -8,7 +8,10 @@ The model generates Semantic IDs by beam search constrained to the catalogue
 (every result is a real item); ``score`` is the model's log-probability of the
 item's ID given the history, so 0 is certain and more negative is less likely.
 An RPG run (``model.kind=rpg``) scores every item exactly instead; its ``score`` is
-the sum of the log-probabilities of the item's codes, predicted independently.
+the sum of the log-probabilities of the item's codes, predicted independently. A run
+that fuses an item model (``fusion.item_model``, the default recipe's SASRec) re-ranks
+the beam, and ``score`` is the fused score: the item model's log-probability plus
+``fusion.weight`` times the generative one (``fusion``).
 
 Filters (``exclude_seen``, ``exclude``, ``only``, ``category``) are enforced inside
 decoding, not applied to its output: the top k holds k items that pass them whenever
@@ -34,6 +37,7 @@ from .config import RunConfig
 from .decoding import ItemFilter, merge_capped, new_item_cap, rank
 from .device import autocast, check_device, default_device, use_bf16
 from .errors import TigerrecError
+from .fusion import Fusion, load_fusion
 from .members import load_best_model
 from .model import SequenceModel
 from .new_items import VECTORS_FILE, guided_rank, load_item_vectors
@@ -104,8 +108,10 @@ class Recommender:
         run_dir: str | Path | None = None,
         trained_items: int | None = None,
         item_vectors: np.ndarray | None = None,
+        fusion: Fusion | None = None,
     ):
         self.model = model.eval()
+        self.fusion = fusion  # the item model that re-ranks the beam (fusion.item_model), or None
         self.device = str(next(model.parameters()).device)
         self.cfg = cfg
         self.run_dir = Path(run_dir) if run_dir is not None else None
@@ -170,7 +176,7 @@ class Recommender:
             model.num_parameters() / 1e6,
             device,
         )
-        return cls(model, ids, items, cfg, max_k, run_dir, trained, vectors)
+        return cls(model, ids, items, cfg, max_k, run_dir, trained, vectors, load_fusion(run_dir, cfg, device))
 
     def add_items(self, items: str | Path | dict[str, dict]) -> dict:
         """Add new items to the run directory (``catalogue.add_items``: an items table's path or {item id:
@@ -410,6 +416,11 @@ class Recommender:
                 allowed=allowed,
             )
         items, scores = out.items.cpu().numpy(), out.scores.float().cpu().numpy()
+        if self.fusion is not None and temperature is None:  # a sample keeps the order it was drawn in
+            rows = len(chunk)  # not the second decodes, among new items, of which the item model knows nothing
+            items[:rows], scores[:rows] = self.fusion.rerank(
+                [q.indices for q in chunk], items[:rows], scores[:rows], beam, self.num_items, allowed.rows(range(rows))
+            )
         if capped:
             extra = {row: (items[len(chunk) + i], scores[len(chunk) + i]) for i, row in enumerate(twice)}
             if guided:

@@ -10,6 +10,8 @@ Run directory layout:
     train_log.csv, valid_log.csv
     budget.json            how train.budget_minutes was shared out (``members.fit_to_budget``)
     members/1, ...         an ensemble's models after the first (train.members), one folder each
+    item_model.safetensors the item model whose scores re-rank the beam (fusion.item_model), and
+    item_model.json        what it was trained with, and how (``fusion``)
     metrics.json           test + validation metrics, timings, config
     report.html            ``tigerrec report``
 
@@ -22,6 +24,7 @@ deletes the stale stage and everything after it and builds them again.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Iterable
@@ -49,6 +52,8 @@ REPORT_FILE = "report.html"
 BUDGET_FILE = "budget.json"
 TARGET_RANKS_FILE = "test_target_ranks.npz"  # the test target ranks per protocol, for paired comparisons
 MEMBERS_DIR = "members"  # an ensemble's models after the first (train.members), one folder each
+ITEM_MODEL = "item_model.safetensors"  # fusion.item_model's weights (``fusion``)
+ITEM_MODEL_RECORD = "item_model.json"  # its settings and training summary
 # Everything trained from the Semantic IDs: one model, kept or deleted together.
 MODEL_FILES = (
     CHECKPOINT,
@@ -61,10 +66,24 @@ MODEL_FILES = (
     BUDGET_FILE,
     TARGET_RANKS_FILE,
     MEMBERS_DIR,
+    ITEM_MODEL,
+    ITEM_MODEL_RECORD,
 )
+# What the fused ranking is scored from besides the generative model: redone when the item model changes.
+ITEM_MODEL_FILES = (ITEM_MODEL, ITEM_MODEL_RECORD, METRICS_FILE, REPORT_FILE, TARGET_RANKS_FILE)
 
 
 MODEL_SECTIONS = ("data", "model", "train")  # the config sections the model is trained from
+
+
+def item_model_settings(cfg: RunConfig) -> dict:
+    """What the run's item model (``fusion.item_model``) is trained from besides the dataset and split,
+    which the model's fingerprint covers."""
+    return {
+        "item_model": cfg.fusion.item_model,
+        "sasrec": dataclasses.asdict(cfg.sasrec),
+        "exclude_history": cfg.eval.exclude_history,
+    }
 
 
 def member_dirs(run_dir: str | Path, members: int) -> list[Path]:
@@ -189,7 +208,8 @@ def check_run_dir(run_dir: str | Path, dataset: Dataset, cfg: RunConfig, overwri
     settings; a trained model (checkpoint.pt, model.safetensors) when fingerprint.json records
     another dataset, other Semantic IDs or other data, model and train settings (less
     ``RESUMABLE_KEYS``, which a run may be resumed with), or when there are no IDs or no record.
-    A stale stage goes with everything after it. Without ``overwrite`` stale paths are an error
+    The item model (fusion.item_model) is stale when item_model.json records other settings
+    (``item_model_settings``). A stale stage goes with everything after it. Without ``overwrite`` stale paths are an error
     that names the differences, raised before anything in the directory changes.
     """
     run_dir = Path(run_dir)
@@ -207,6 +227,12 @@ def check_run_dir(run_dir: str | Path, dataset: Dataset, cfg: RunConfig, overwri
             differences += changed_settings(recorded, model_inputs(dataset, cfg, ids_dir))
     if differences or problems:
         stale += [run_dir / name for name in MODEL_FILES]
+    else:
+        recorded = read_record(run_dir / ITEM_MODEL_RECORD)
+        item_model = changed_settings(recorded and recorded.get("settings"), item_model_settings(cfg))
+        if item_model:
+            differences += item_model
+            stale += [run_dir / name for name in ITEM_MODEL_FILES]
     stale = [path for path in stale if path.exists()]
     if stale and not overwrite:
         raise TigerrecError(refusal(run_dir, list(dict.fromkeys(differences)), problems, stale))

@@ -427,8 +427,10 @@ def evaluate_data(
     bf16: bool,
     desc: str,
     counts: np.ndarray | None = None,
+    fusion=None,
 ) -> dict:
-    """Metrics of ``examples`` of ``data``, each user with its own token, decoded as ``eval_cfg`` says."""
+    """Metrics of ``examples`` of ``data``, each user with its own token, decoded as ``eval_cfg`` says
+    (and re-ranked by ``fusion``, a ``fusion.Fusion``, when given)."""
     return evaluate(
         model,
         data.tokenizer,
@@ -442,6 +444,7 @@ def evaluate_data(
         desc=desc,
         exclude_history=eval_cfg.exclude_history,
         counts=counts,
+        fusion=fusion,
     )
 
 
@@ -452,18 +455,20 @@ def evaluate_splits(
     cfg: RunConfig,
     counts: np.ndarray | None = None,
     dataset_name: str = "",
+    fusion=None,
 ) -> tuple[dict, dict[str, np.ndarray]]:
     """Metrics of every validation and test example, decoded as ``cfg.eval`` says (per popularity group
     of the targets too, given the training ``counts`` of every item: ``evaluate.item_counts``).
 
     The test is scored under both protocols (``evaluate.evaluate_protocols``), and recorded in the
-    test ledger unless it is a backtest's; also returns its target ranks per protocol. With
+    test ledger unless it is a backtest's; also returns its target ranks per protocol. ``fusion`` (a
+    ``fusion.Fusion``) re-ranks both splits, and the generative model's own metrics come alongside. With
     ``eval.users``, both splits are the same fixed random sample of that many users."""
     valid = data.valid
     if cfg.eval.users and cfg.eval.users < len(test):
         sample = np.sort(np.random.default_rng(cfg.train.seed).choice(len(test), cfg.eval.users, replace=False))
         valid, test = valid.subset(sample), test.subset(sample)
-    evals = {"valid": evaluate_examples(model, data, valid, cfg, "valid", counts)}
+    evals = {"valid": evaluate_examples(model, data, valid, cfg, "valid", counts, fusion)}
     bf16 = _decoding(model, cfg)
     evals["test"], evals["test_protocols"], ranks = evaluate_protocols(
         model,
@@ -477,10 +482,12 @@ def evaluate_splits(
         bf16,
         cfg.eval.exclude_history,
         counts,
+        fusion=fusion,
     )
     if not cfg.data.backtest:
         members = f" x{cfg.train.members}" if cfg.train.members > 1 else ""
-        record_test(dataset_name, cfg.to_dict(), f"{cfg.model.kind}{members}", evals["test_protocols"])
+        fused = f" + {cfg.fusion.item_model} fused" if fusion is not None else ""
+        record_test(dataset_name, cfg.to_dict(), f"{cfg.model.kind}{members}{fused}", evals["test_protocols"])
     for name in ("valid", "test"):
         log.info("%s: %s", name, evals[name])
     return evals, ranks
@@ -493,9 +500,10 @@ def evaluate_examples(
     cfg: RunConfig,
     desc: str,
     counts: np.ndarray | None = None,
+    fusion=None,
 ) -> dict:
-    """Metrics of ``examples``, decoded as ``cfg.eval`` says."""
-    return evaluate_data(model, data, examples, cfg.eval, _decoding(model, cfg), desc, counts)
+    """Metrics of ``examples``, decoded as ``cfg.eval`` says (re-ranked by ``fusion`` when given)."""
+    return evaluate_data(model, data, examples, cfg.eval, _decoding(model, cfg), desc, counts, fusion)
 
 
 def _decoding(model: SequenceModel, cfg: RunConfig) -> bool:
