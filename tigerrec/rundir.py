@@ -209,8 +209,8 @@ def check_run_dir(run_dir: str | Path, dataset: Dataset, cfg: RunConfig, overwri
     another dataset, other Semantic IDs or other data, model and train settings (less
     ``RESUMABLE_KEYS``, which a run may be resumed with), or when there are no IDs or no record.
     The item model (fusion.item_model) is stale when item_model.json records other settings
-    (``item_model_settings``). A stale stage goes with everything after it. Without ``overwrite`` stale paths are an error
-    that names the differences, raised before anything in the directory changes.
+    (``item_model_settings``). A stale stage goes with everything after it. Without ``overwrite`` stale
+    paths are an error that names the differences, raised before anything in the directory changes.
     """
     run_dir = Path(run_dir)
     ids_dir = run_dir / IDS_DIR
