@@ -47,9 +47,12 @@ def frontier(run_dir: Path, baselines_dir: Path) -> dict:
         "dataset": run["dataset"],
         "default": {
             **default,
-            # Every part of the default is generative (Semantic ID decoders); a non-generative part would
-            # record its generative model's metrics in the run as "generative_alone".
-            "generative_alone": run.get("generative_alone", {"history_excluded": default["history_excluded"]}),
+            # The generative model's own ranking (the run's beam before the item model re-ranks it); a run
+            # without an item model is all generative.
+            "generative_alone": {
+                protocol: _metrics(values)
+                for protocol, values in run["test"].get("generative_alone", run["test_protocols"]).items()
+            },
             "end_to_end_seconds": round(sum(v for k, v in timings.items() if k.endswith("_seconds")), 1),
             "run_dir": str(run_dir),
         },

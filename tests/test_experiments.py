@@ -134,6 +134,57 @@ def tiny_tiger(tmp_path_factory):
     return run_dir
 
 
+def test_the_default_run_reranks_its_beam_with_an_item_model(tiny_tiger):
+    """The default recipe trains SASRec after TIGER and reports the fused ranking, with TIGER's own beside it."""
+    from tigerrec.evaluate import load_target_ranks
+    from tigerrec.recommend import Recommender
+
+    metrics = json.loads((tiny_tiger / "metrics.json").read_text())
+    assert metrics["config"]["fusion"]["item_model"] == "sasrec" and (tiny_tiger / "item_model.safetensors").is_file()
+    assert (
+        metrics["training"]["item_model"]["selection_metric"] == "ndcg@10" and metrics["timings"]["item_model_seconds"]
+    )
+    alone = metrics["test"]["generative_alone"]
+    assert set(alone) == {"history_ranked", "history_excluded"} and set(metrics["valid"]["generative_alone"]) >= set(
+        METRICS
+    )
+    ranks = load_target_ranks(tiny_tiger / "test_target_ranks.npz")
+    assert set(ranks) == {"history_ranked", "history_excluded"} | {f"generative_alone/{p}" for p in alone}
+    # The run asked again reuses both models, and its metrics stand.
+    stamp = (tiny_tiger / "item_model.safetensors").stat().st_mtime_ns
+    assert main(["run", "tiny", "--out", str(tiny_tiger), *SMOKE]) == 0
+    assert (tiny_tiger / "item_model.safetensors").stat().st_mtime_ns == stamp
+    assert json.loads((tiny_tiger / "metrics.json").read_text())["test"] == metrics["test"]
+    # Serving ranks fused as the evaluation does: the run's test users get the lists whose ranks it saved.
+    rec = Recommender.load(tiny_tiger, device="cpu")
+    assert rec.fusion is not None
+    dataset = make_tiny()
+    split = leave_one_out(dataset)
+    histories = [[dataset.item_ids[i] for i in history] for history in split.test_history]
+    for user, results in enumerate(rec.recommend_batch(histories, k=10, exclude_seen=True)):
+        served = [r["item_id"] for r in results]
+        target = dataset.item_ids[split.test_target[user]]
+        assert (served.index(target) if target in served else -1) == ranks["history_excluded"][user]
+
+
+def test_a_changed_item_model_setting_is_refused_without_overwrite(tiny_tiger, capsys):
+    assert main(["run", "tiny", "--out", str(tiny_tiger), *SMOKE, "--set", "sasrec.hidden=32"]) == 2
+    assert "sasrec=" in capsys.readouterr().err and (tiny_tiger / "item_model.safetensors").is_file()
+
+
+def test_baselines_read_the_runs_item_model_when_its_settings_match(tmp_path, tiny_tiger):
+    from safetensors.torch import load_file
+
+    assert main(["experiment", "baselines", "tiny", "--out", str(tmp_path), "--run-dir", str(tiny_tiger)]) == 0
+    training = _read(tmp_path, "baselines")["sasrec_training"]
+    assert training["reused_from"] == str(tiny_tiger / "item_model.safetensors")
+    theirs, ours = (
+        load_file(str(tmp_path / "baselines" / "sasrec.safetensors")),
+        load_file(str(training["reused_from"])),
+    )
+    assert set(theirs) == set(ours) and all(theirs[name].equal(ours[name]) for name in ours)
+
+
 def _read(out, name):
     result = json.loads((out / f"{name}.json").read_text())
     assert (out / f"{name}.md").read_text().startswith(f"# {name}")

@@ -62,6 +62,7 @@ from .evaluate import (
     recommend_examples,
     save_target_ranks,
 )
+from .fusion import load_item_model, reusable_item_model
 from .io import read_json, write_json, write_text
 from .ledger import record_test
 from .members import load_best_model
@@ -71,7 +72,7 @@ from .pipeline import embed_items, prepare, run
 from .presets import paper_table1
 from .quantize import load_quantizer
 from .registry import make_model, make_tokenizer
-from .rundir import IDS_DIR, QUANTIZER_FILE, TARGET_RANKS_FILE, load_ids, read_run_config
+from .rundir import IDS_DIR, ITEM_MODEL, QUANTIZER_FILE, TARGET_RANKS_FILE, load_ids, read_run_config
 from .semantic_ids import IDS_FILE, SemanticIDs
 from .sequences import Examples
 from .train import training_device
@@ -629,9 +630,17 @@ def baselines(source, cfg: RunConfig, out_dir: Path, run_dir: str | Path | None 
     device, _ = _device_and_bf16(cfg)
     bf16 = use_bf16(device, cfg.sasrec.bf16)
     exclude = cfg.eval.exclude_history  # validation ranks as the run's does: its checkpoint is picked the same way
-    sasrec, sasrec_summary = train_sasrec(
-        split.train, n, split.valid_history, split.valid_target, cfg.sasrec, device, exclude_history=exclude
-    )
+    # A default run trained this SASRec already, as its item model (``fusion``): the same settings, split
+    # and seed give the same model, so it is read, not trained again.
+    sasrec_summary = None if run_dir is None else reusable_item_model(run_dir, cfg, n)
+    if sasrec_summary is not None:
+        log.info("SASRec: the item model of %s, trained with these settings", run_dir)
+        sasrec = load_item_model(run_dir, cfg, device)
+        sasrec_summary = {**sasrec_summary, "reused_from": str(Path(run_dir) / ITEM_MODEL)}
+    else:
+        sasrec, sasrec_summary = train_sasrec(
+            split.train, n, split.valid_history, split.valid_target, cfg.sasrec, device, exclude_history=exclude
+        )
     save_model(sasrec, out_dir / "baselines" / "sasrec.safetensors")
     rankers = {
         "MostPop": partial(most_popular, split.train, n, k=k),

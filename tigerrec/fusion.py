@@ -141,10 +141,8 @@ def train_item_model(dataset: Dataset, cfg: RunConfig, run_dir: str | Path, devi
     return summary, True
 
 
-def load_fusion(run_dir: str | Path, cfg: RunConfig, device: str = "cpu") -> Fusion | None:
-    """The run's ``Fusion`` (None when its config fuses no item model), on ``device``."""
-    if cfg.fusion.item_model == "none":
-        return None
+def load_item_model(run_dir: str | Path, cfg: RunConfig, device: str = "cpu") -> SASRec:
+    """The item model a run trained (``train_item_model``), on ``device``."""
     path = Path(run_dir) / ITEM_MODEL
     if not path.is_file():
         raise TigerrecError(
@@ -157,4 +155,22 @@ def load_fusion(run_dir: str | Path, cfg: RunConfig, device: str = "cpu") -> Fus
         raise TigerrecError(f"{path} is corrupt ({brief(e)})") from None
     model = SASRec(state["items.weight"].shape[0] - 1, cfg.sasrec)
     model.load_state_dict(state)
-    return Fusion(model.to(device), cfg.fusion.weight, cfg.fusion.floor, use_bf16(device, cfg.sasrec.bf16))
+    return model.to(device).eval()
+
+
+def reusable_item_model(run_dir: str | Path, cfg: RunConfig, num_items: int) -> dict | None:
+    """The training summary of the item model in ``run_dir`` when it was trained with ``cfg``'s settings on
+    a catalogue of ``num_items`` (the SASRec baseline is then that model, not trained twice), else None."""
+    record = read_record(Path(run_dir) / ITEM_MODEL_RECORD)
+    if record is None or not (Path(run_dir) / ITEM_MODEL).is_file():
+        return None
+    settings = {**item_model_settings(cfg), "item_model": "sasrec"}
+    return record["training"] if record.get("settings") == settings and record.get("items") == num_items else None
+
+
+def load_fusion(run_dir: str | Path, cfg: RunConfig, device: str = "cpu") -> Fusion | None:
+    """The run's ``Fusion`` (None when its config fuses no item model), on ``device``."""
+    if cfg.fusion.item_model == "none":
+        return None
+    model = load_item_model(run_dir, cfg, device)
+    return Fusion(model, cfg.fusion.weight, cfg.fusion.floor, use_bf16(device, cfg.sasrec.bf16))
