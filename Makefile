@@ -10,11 +10,12 @@ MODEL ?= tiger
 OUT ?= runs/$(DATASET)$(if $(filter rpg,$(MODEL)),-rpg)
 # Training recipe: tuned (the default: the paper's model with one pooled token per history item, a final
 # lr cooldown, RQ-KMeans IDs, code embeddings that start from the codewords, no user token, history items
-# kept out of each ranking, at most 30 passes over the training examples, two such models ranked as one
-# ensemble) or paper (the paper's exact recipe).
+# kept out of each ranking, at most 30 passes over the training examples, its beam re-ranked by a SASRec
+# trained in the same run) or paper (the paper's exact recipe).
 RECIPE ?= tuned
 # The default model is defined by passes and seeds, not minutes, so every machine trains the same one:
-# the tuned recipe stops each model at 30 passes, and its two ensemble members differ only by seed.
+# the tuned recipe stops the model at 30 passes and its item model (SASRec) by patience on validation,
+# both from fixed seeds.
 # The run logs a forecast of its training time on this machine once it has timed its first steps.
 # MAX_MINUTES caps each model's training and BUDGET_MINUTES the whole run (embeddings, Semantic IDs,
 # training, final evaluation); both are 0 (off) unless you choose them, and a cap that binds is
