@@ -74,6 +74,7 @@ def measure(num_items: int, minutes: float, users: int, work: Path) -> dict:
         [
             f"text.embeddings_file={vectors}",
             "train.members=1",
+            "fusion.item_model=none",  # the generative model alone: SASRec is measured beside it
             f"train.max_minutes={minutes}",
             "train.eval_every=0",
             f"train.eval_every_minutes={minutes / 4}",
