@@ -382,7 +382,8 @@ class Recommender:
         lists merge by score with at most ``new_cap`` new items (exactly that many, as far as there are,
         with ``reserve_new``). The model ranks the new items by a second decode, or, for reserved slots in
         a run with item vectors, the guided rule does: their score is then their content similarity to
-        the guided profile (``new_items.guided_rank``)."""
+        the guided profile (``new_items.guided_rank``), guided by the model's own beam. A run with an item
+        model (``fusion``) re-ranks the beam of each query's first decode."""
         examples = Examples.from_histories(
             [q.indices for q in chunk], np.full(len(chunk), -1), np.zeros(len(chunk)), self.max_history
         )  # keeps the most recent items
@@ -416,8 +417,10 @@ class Recommender:
                 allowed=allowed,
             )
         items, scores = out.items.cpu().numpy(), out.scores.float().cpu().numpy()
+        beam_items, beam_scores = items, scores  # the guided rule's guides: the model's own best, by probability
         if self.fusion is not None and temperature is None:  # a sample keeps the order it was drawn in
             rows = len(chunk)  # not the second decodes, among new items, of which the item model knows nothing
+            items, scores = items.copy(), scores.copy()
             items[:rows], scores[:rows] = self.fusion.rerank(
                 [q.indices for q in chunk], items[:rows], scores[:rows], beam, self.num_items, allowed.rows(range(rows))
             )
@@ -428,8 +431,8 @@ class Recommender:
                 new_items, new_scores = guided_rank(
                     self.item_vectors,
                     [chunk[row].indices for row in guided],
-                    items[guided, :guides],
-                    scores[guided, :guides],
+                    beam_items[guided, :guides],
+                    beam_scores[guided, :guides],
                     new,
                     new_filter,
                     self.cfg.eval.new_item_pull,
