@@ -280,7 +280,7 @@ def test_baselines_command(tmp_path, tiny_tiger, exclude_history):
     ]
     assert main(["experiment", "baselines", "tiny", "--out", str(tmp_path), *args]) == 0
     methods = _read(tmp_path, "baselines")["methods"]
-    extra = {"TIGER"} if exclude_history else set()
+    extra = {"TIGER + SASRec, fused"} if exclude_history else set()  # the default run re-ranks with SASRec
     assert set(methods) == {"MostPop", "Markov (last item)", "Semantic_KNN", "SASRec"} | extra
     protocol = "history_excluded" if exclude_history else "history_ranked"
     for m in methods.values():
@@ -288,7 +288,7 @@ def test_baselines_command(tmp_path, tiny_tiger, exclude_history):
         assert all(m["test"][k] == m["test_protocols"][protocol][k] for k in METRICS)
         assert all(0 <= v <= 1 for v in m["test_protocols"]["history_ranked"].values())
     if exclude_history:  # the run kept its test target ranks: a paired interval against every baseline
-        intervals = methods["TIGER"]["paired_ci95_run_minus"]
+        intervals = methods["TIGER + SASRec, fused"]["paired_ci95_run_minus"]
         assert set(intervals) == {"MostPop", "Markov (last item)", "Semantic_KNN", "SASRec"}
         low, high = intervals["MostPop"]["history_excluded"]["recall@10"]
         assert low <= high
@@ -299,7 +299,7 @@ def test_baselines_command(tmp_path, tiny_tiger, exclude_history):
         }
         assert (
             summary["default"]["history_ranked"]["recall@10"]
-            == methods["TIGER"]["test_protocols"]["history_ranked"]["recall@10"]
+            == methods["TIGER + SASRec, fused"]["test_protocols"]["history_ranked"]["recall@10"]
         )
         low, high = summary["paired_ci95_default_minus_sasrec"]["ndcg@10"]
         assert -1 <= low <= high <= 1

@@ -659,8 +659,11 @@ def baselines(source, cfg: RunConfig, out_dir: Path, run_dir: str | Path | None 
         {f"{name}/{protocol}": r for name, by_protocol in ranks.items() for protocol, r in by_protocol.items()},
     )
     if tiger is not None:
-        kind = tiger.get("config", {}).get("model", {}).get("kind", "tiger")  # the row is named after the run's model
-        results[kind.upper()] = _run_row(Path(run_dir), tiger, ranks)
+        config = tiger.get("config", {})  # the row is named after the run's model, and its item model if it fuses one
+        name = config.get("model", {}).get("kind", "tiger").upper()
+        if config.get("fusion", {}).get("item_model", "none") != "none":
+            name += " + SASRec, fused"
+        results[name] = _run_row(Path(run_dir), tiger, ranks)
     tables = [f"Test metrics over all {dataset.num_users} users, full catalogue of {n} items.\n"]
     for protocol in PROTOCOLS:
         rows = [[name, *(r["test_protocols"].get(protocol, {}).get(m) for m in METRICS)] for name, r in results.items()]
