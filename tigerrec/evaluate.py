@@ -185,20 +185,45 @@ def recommend_examples(
     return items, codes, scores
 
 
-def fused_top_k(
-    fusion,
+def ranked_examples(
+    model,
+    tokenizer,
+    trie,
     examples: Examples,
-    beam_items: np.ndarray,
-    beam_scores: np.ndarray,
+    user_tokens: np.ndarray,
+    beam_size: int,
     top_k: int,
-    num_items: int,
+    batch_size: int,
+    bf16: bool,
+    desc: str,
     exclude_history: bool,
-) -> np.ndarray:
-    """(N, top_k) items of ``examples`` ranked by ``fusion`` (a ``fusion.Fusion``) from their beams, each
-    user's whole history read by the item model and, with ``exclude_history``, kept out."""
+    constrained: bool = True,
+    fusion=None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(N, top_k) items of ``examples`` as evaluation ranks them: the model's top-k (``recommend_examples``),
+    or with a ``fusion.Fusion`` its whole beam re-ranked, each user's whole history read by the item model
+    and, with ``exclude_history``, kept out. The second array is the generative model's own top-k when the
+    first is fused, else None."""
+    ranked, _, scores = recommend_examples(
+        model,
+        tokenizer,
+        trie,
+        examples,
+        user_tokens,
+        beam_size,
+        top_k if fusion is None else beam_size,
+        batch_size,
+        constrained,
+        bf16,
+        desc,
+        exclude_history=exclude_history,
+    )
+    if fusion is None:
+        return ranked, None
     histories = examples.seen_items(np.arange(len(examples)))
     allowed = ItemFilter(histories) if exclude_history else None
-    return fusion.rerank(histories, beam_items, beam_scores, top_k, num_items, allowed)[0]
+    fused, _ = fusion.rerank(histories, ranked, scores, top_k, tokenizer.num_items, allowed)
+    return fused, ranked[:, :top_k]
 
 
 def evaluate(
@@ -221,27 +246,13 @@ def evaluate(
     item, also per popularity group of the targets (``by_popularity``). With a ``fusion.Fusion`` the
     top-k is the fused one, and ``generative_alone`` holds the generative model's own."""
     start = time.perf_counter()
-    ranked, _, scores = recommend_examples(
-        model,
-        tokenizer,
-        trie,
-        examples,
-        user_tokens,
-        beam_size,
-        top_k if fusion is None else beam_size,
-        batch_size,
-        constrained,
-        bf16,
-        desc,
-        exclude_history=exclude_history,
-    )
-    alone = None
-    if fusion is not None:
-        alone = ranking_metrics(ranked[:, :top_k], examples.targets)
-        ranked = fused_top_k(fusion, examples, ranked, scores, top_k, tokenizer.num_items, exclude_history)
+    ranked, alone = ranked_examples(
+        model, tokenizer, trie, examples, user_tokens, beam_size, top_k, batch_size, bf16, desc, exclude_history,
+        constrained, fusion,
+    )  # fmt: skip
     metrics = ranking_metrics(ranked, examples.targets)
     if alone is not None:
-        metrics["generative_alone"] = alone
+        metrics["generative_alone"] = ranking_metrics(alone, examples.targets)
     if counts is not None:
         metrics["by_popularity"] = metrics_by_popularity(ranked, examples.targets, counts)
     if not constrained:
@@ -277,24 +288,13 @@ def evaluate_protocols(
     protocols, ranks, by_popularity, alone = {}, {}, None, {}
     for name, exclude in PROTOCOLS.items():
         start = time.perf_counter()
-        ranked, _, scores = recommend_examples(
-            model,
-            tokenizer,
-            trie,
-            examples,
-            user_tokens,
-            beam_size,
-            top_k if fusion is None else beam_size,
-            batch_size,
-            True,
-            bf16,
-            f"{desc} ({name.replace('_', ' ')})",
-            exclude_history=exclude,
-        )
-        if fusion is not None:
-            ranks[f"generative_alone/{name}"] = target_ranks(ranked[:, :top_k], examples.targets)
+        ranked, generative = ranked_examples(
+            model, tokenizer, trie, examples, user_tokens, beam_size, top_k, batch_size, bf16,
+            f"{desc} ({name.replace('_', ' ')})", exclude, fusion=fusion,
+        )  # fmt: skip
+        if generative is not None:
+            ranks[f"generative_alone/{name}"] = target_ranks(generative, examples.targets)
             alone[name] = mean_metrics(ranks[f"generative_alone/{name}"])
-            ranked = fused_top_k(fusion, examples, ranked, scores, top_k, tokenizer.num_items, exclude)
         ranks[name] = target_ranks(ranked, examples.targets)
         protocols[name] = mean_metrics(ranks[name])
         protocols[name]["seconds"] = round(time.perf_counter() - start, 2)
