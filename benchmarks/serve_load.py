@@ -39,7 +39,9 @@ from tigerrec.cli import serving_threads
 from tigerrec.data import leave_one_out
 from tigerrec.device import provenance, use_bf16
 from tigerrec.evaluate import evaluate
+from tigerrec.fusion import load_fusion
 from tigerrec.io import read_json
+from tigerrec.ledger import record_test
 from tigerrec.pipeline import load_trained_run
 from tigerrec.rundir import ITEMS_FILE, METRICS_FILE, read_items
 
@@ -83,8 +85,9 @@ def offline_rate(run_dir: Path, data_dir: Path) -> tuple[dict, list[list[str]]]:
     bf16 = use_bf16("cpu", cfg.train.bf16)
     metrics = evaluate(
         model, data.tokenizer, data.trie, test, data.user_tokens, beam, 10, cfg.eval.batch_size, bf16,
-        exclude_history=True,
+        exclude_history=True, fusion=load_fusion(run_dir, cfg),  # as served: re-ranked when the run fuses
     )  # fmt: skip
+    record_test(dataset.name, cfg.to_dict(), "serve_load offline rate", {"history_excluded": metrics})
     recorded = read_json(run_dir / METRICS_FILE)
     recorded_test = recorded.get("test_protocols", {}).get("history_excluded", recorded["test"])
     split = leave_one_out(dataset, cfg.data.backtest)
