@@ -392,7 +392,7 @@ def speed() -> str:
     return table([*header, "command", "result"], rows)
 
 
-SERVE_LOAD = "2026-12-07-serving/serve_load_beauty_m1.json"
+SERVE_LOAD = "2026-12-07-fused-default/serve_load_beauty_fused.json"  # the default, fused
 
 
 def serving() -> str:
