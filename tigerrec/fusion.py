@@ -120,10 +120,10 @@ def train_item_model(dataset: Dataset, cfg: RunConfig, run_dir: str | Path, devi
     and whether it was trained now."""
     run_dir = Path(run_dir)
     settings = item_model_settings(cfg)
-    record = read_record(run_dir / ITEM_MODEL_RECORD)
-    if record is not None and record.get("settings") == settings and (run_dir / ITEM_MODEL).is_file():
+    recorded = _trained_with(run_dir, settings, dataset.num_items)
+    if recorded is not None:
         log.info("reusing the item model in %s", run_dir / ITEM_MODEL)
-        return record["training"], False
+        return recorded, False
     log.info("training the item model (fusion.item_model=%s) for fused ranking", cfg.fusion.item_model)
     split = leave_one_out(dataset, cfg.data.backtest)
     model, summary = train_sasrec(
@@ -161,10 +161,15 @@ def load_item_model(run_dir: str | Path, cfg: RunConfig, device: str = "cpu") ->
 def reusable_item_model(run_dir: str | Path, cfg: RunConfig, num_items: int) -> dict | None:
     """The training summary of the item model in ``run_dir`` when it was trained with ``cfg``'s settings on
     a catalogue of ``num_items`` (the SASRec baseline is then that model, not trained twice), else None."""
-    record = read_record(Path(run_dir) / ITEM_MODEL_RECORD)
-    if record is None or not (Path(run_dir) / ITEM_MODEL).is_file():
+    return _trained_with(Path(run_dir), {**item_model_settings(cfg), "item_model": "sasrec"}, num_items)
+
+
+def _trained_with(run_dir: Path, settings: dict, num_items: int) -> dict | None:
+    """The training summary of the item model in ``run_dir`` if it was trained with ``settings`` on
+    ``num_items`` items (``item_model.json`` says so and its weights are there), else None."""
+    record = read_record(run_dir / ITEM_MODEL_RECORD)
+    if record is None or not (run_dir / ITEM_MODEL).is_file():
         return None
-    settings = {**item_model_settings(cfg), "item_model": "sasrec"}
     return record["training"] if record.get("settings") == settings and record.get("items") == num_items else None
 
 

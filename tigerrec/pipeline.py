@@ -264,19 +264,18 @@ def _run(
         return {}
     finished = read_json(run_dir / METRICS_FILE) if (run_dir / METRICS_FILE).exists() else None
     trained_now = sum(s["steps_this_run"] for s in summaries)
-    fusion = None
     if cfg.fusion.item_model != "none":
         start = time.perf_counter()
         summary["item_model"], item_model_trained = train_item_model(dataset, cfg, run_dir, training_device())
         trained_now += item_model_trained
         timings["item_model_seconds"] = round(time.perf_counter() - start, 1)
-        fusion = load_fusion(run_dir, cfg, training_device())
     if trained_now == 0 and finished and _run_settings(finished.get("config", {})) == _run_settings(cfg.to_dict()):
         log.info("%s was finished with these settings: its metrics are those of %s", run_dir, METRICS_FILE)
         return finished
 
-    # Test metrics once, on the checkpoint selected by validation.
+    # Test metrics once, on the checkpoint selected by validation (re-ranked by the item model, if any).
     best = load_best_model(model, run_dir, cfg.train.members)
+    fusion = load_fusion(run_dir, cfg, training_device())
     evals, ranks = evaluate_splits(best, data, test, cfg, dataset_name=dataset.name, fusion=fusion)
     save_target_ranks(run_dir / TARGET_RANKS_FILE, ranks)  # for paired comparisons with other models
     test_seconds = sum(p["seconds"] for p in evals["test_protocols"].values())

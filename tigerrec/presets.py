@@ -56,7 +56,7 @@ PRESETS: dict[str, dict] = {
 #     improving while the training loss kept falling ("Many passes on a bf16 CPU");
 #   - the beam re-ranked by a SASRec trained in the same run (fusion.item_model=sasrec, ``fusion``): the
 #     generative model's log-probabilities summed with the item model's, which beat each alone and
-#     reciprocal-rank fusion on validation ("Fusion with SASRec"). It takes the place of a second
+#     reciprocal-rank fusion on validation (BENCHMARKS.md, "Frontier"). It takes the place of a second
 #     ensemble member (train.members=2, model.TigerEnsemble; "Two models as one ensemble"): both cost
 #     more than the 2.5 h a default run may take on a 2-core CPU, and the item model costs a third
 #     of a member.
