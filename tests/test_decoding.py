@@ -52,6 +52,29 @@ def test_constrained_beam_search_returns_only_real_distinct_items():
     assert (out.scores[:, :-1] >= out.scores[:, 1:]).all()
 
 
+def test_the_last_decoder_pass_runs_only_for_beams_whose_prefix_holds_several_items():
+    codes, tokenizer, model, tokens = small_tiger()
+    trie = PrefixTrie(codes, 8)
+    decoded_rows, prefixes = [], []
+    decode, children = model.decode, trie.children
+
+    def counting_decode(decoder_tokens, *args):
+        decoded_rows.append(len(decoder_tokens))
+        return decode(decoder_tokens, *args)
+
+    def recording_children(nodes):
+        prefixes.append(nodes.clone())
+        return children(nodes)
+
+    model.decode, trie.children = counting_decode, recording_children
+    out = generate(model, tokens, trie, beam_size=12, top_k=12)
+    del model.decode, trie.children
+    last = prefixes[-1]  # (16, 12): the prefixes of the beams entering the last step
+    shared = int((torch.from_numpy(trie.node_size)[last] > 1).sum())
+    assert 0 < shared < last.numel() and decoded_rows == [16, 16 * 8, 16 * 12, shared]
+    assert torch.equal(generate(model, tokens, trie, beam_size=12, top_k=12).items, out.items)
+
+
 def test_popularity_penalty_subtracts_weight_times_log_count_from_every_items_score():
     codes, tokenizer, model, tokens = small_tiger()
     trie = PrefixTrie(codes, 8)

@@ -18,9 +18,15 @@ def test_ensemble_scores_each_item_by_the_members_mean_log_probabilities_at_ever
     trie = PrefixTrie(codes, 8)
     out = generate(ensemble, tokens[:3], trie, beam_size=60, top_k=60)  # exhaustive: every item scored
     decoder_tokens = tokenizer.decoder_input(torch.from_numpy(codes))
+    # The last code is renormalised over the last codes of the items that share the item's prefix.
+    siblings = torch.from_numpy((codes[:, None, :3] == codes[None, :, :3]).all(-1))  # (item, item)
+    last_open = torch.zeros(len(codes), 8, dtype=torch.bool)
+    last_open[torch.nonzero(siblings)[:, 0], torch.from_numpy(codes[:, 3])[torch.nonzero(siblings)[:, 1]]] = True
+    assert (siblings.sum(1) == 1).any() and (siblings.sum(1) > 1).any()  # both kinds of prefix occur
     for row in range(3):
         inputs = tokens[row : row + 1].expand(len(codes), -1)
         mean = torch.stack([m(inputs, decoder_tokens).log_softmax(-1) for m in (first, second)]).mean(0).log_softmax(-1)
+        mean[:, 3] = mean[:, 3].masked_fill(~last_open, float("-inf")).log_softmax(-1)
         expected = mean.gather(2, torch.from_numpy(codes)[..., None]).squeeze(-1).sum(1)
         got = dict(zip(out.items[row].tolist(), out.scores[row].tolist()))
         assert set(got) == set(range(len(codes)))

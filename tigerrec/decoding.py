@@ -307,7 +307,12 @@ def generate(
     allowed: ItemFilter | None = None,
 ) -> Generated:
     """Top-k Semantic IDs for each input row (of the items ``allowed`` keeps for it, when given), from a
-    model with TIGER's ``encode`` and ``decode`` (``model.TigerModel``, ``model.TigerEnsemble``).
+    model with TIGER's ``encode``, ``memory_rows`` and ``decode`` (``model.TigerModel``, ``model.TigerEnsemble``).
+
+    An item's score is the log-probability of its ID, the last code renormalised over the last codes of
+    the catalogue's items with its prefix. That code only tells apart the items of one prefix (the
+    collision suffix), and most prefixes hold one item: its ID scores as its prefix, and its beam skips
+    the last decoder pass.
 
     With ``temperature`` set, each beam keeps its continuation by sampling from
     the tempered distribution instead of taking the most likely ones (diverse
@@ -330,16 +335,32 @@ def generate(
     last = torch.full((batch, 1), BOS, dtype=torch.long, device=device)
     restriction = trie.restrict(allowed).to(device) if allowed is not None else None
     for position in range(length):
-        logits = model.decode(last, memory_kv, memory_mask, cache)[:, -1].float()
-        logits = logits.view(batch, beams, size)
-        log_probs = logits.log_softmax(-1)
+        final = position == length - 1
         children = trie.children(nodes)  # (batch, beams, size): where each code leads; -1 nowhere
         if constrained:
             valid = children >= 0
             if restriction is not None:
                 valid = restriction.apply(valid, nodes, position)
+        if constrained and final:
+            # The last code is scored among the catalogue's items under its prefix (not the row's filter,
+            # so a score never depends on the request): most prefixes hold one item, whose last code
+            # then costs nothing and needs no decoder pass.
+            open_codes = (children >= 0).flatten(0, 1)
+            ask = (open_codes.sum(-1) > 1).nonzero().flatten()
+            logits = torch.zeros(batch * beams, size, device=device)
+            if len(ask):
+                kv, mask = model.memory_rows(memory_kv, memory_mask, ask // beams)
+                rows_cache = [(k[ask], v[ask]) for k, v in cache]
+                logits[ask] = model.decode(last[ask], kv, mask, rows_cache)[:, -1].float()
+            logits = logits.masked_fill(~open_codes, float("-inf")).view(batch, beams, size)
+            # A dead beam (fewer items than beams) has no code open and would give NaN: keep it at -inf.
+            log_probs = logits.log_softmax(-1).nan_to_num(nan=float("-inf"))
+        else:
+            logits = model.decode(last, memory_kv, memory_mask, cache)[:, -1].float().view(batch, beams, size)
+            log_probs = logits.log_softmax(-1)
+        if constrained:
             if trie.log_mass is not None:
-                log_probs = log_probs + trie.popularity_step(nodes, children, position == length - 1)
+                log_probs = log_probs + trie.popularity_step(nodes, children, final)
             log_probs = log_probs.masked_fill(~valid, float("-inf"))
             children = children.masked_fill(~valid, -1)
         total = (scores[..., None] + log_probs).flatten(1)  # (batch, beams * size)
@@ -362,9 +383,9 @@ def generate(
         parent, code = chosen // size, chosen % size
         codes = torch.cat([codes.gather(1, parent[..., None].expand(-1, -1, position)), code[..., None]], dim=2)
         nodes = children.flatten(1).gather(1, chosen)
-        # Each surviving beam continues from its parent's cache.
-        rows = (torch.arange(batch, device=device)[:, None] * beams + parent).flatten()
-        cache[:] = [(k[rows], v[rows]) for k, v in cache]
+        if not final:  # each surviving beam continues from its parent's cache
+            rows = (torch.arange(batch, device=device)[:, None] * beams + parent).flatten()
+            cache[:] = [(k[rows], v[rows]) for k, v in cache]
         last = (code + offsets[position]).flatten()[:, None]
         beams = keep
     # Beam search keeps beams sorted by score; sampled beams come in the order they were drawn.

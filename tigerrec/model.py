@@ -363,6 +363,12 @@ class TigerModel(BeamSearch, SequenceModel):
         # Keys/values for every decoder layer, computed once per input (beam search reuses them).
         return [layer.cross_attn.keys_values(memory) for layer in self.decoder_layers], mask
 
+    @staticmethod
+    def memory_rows(memory_kv, memory_mask, inputs: torch.Tensor):
+        """``encode``'s output for the input rows ``inputs`` (one per decoder row, repeats allowed), so
+        that ``decode`` can run on some beams only."""
+        return [(k[inputs], v[inputs]) for k, v in memory_kv], memory_mask[inputs]
+
     def decode(self, decoder_tokens: torch.Tensor, memory_kv, memory_mask, cache: list | None = None) -> torch.Tensor:
         """Logits (B, P, codebook_size) for the next code after each of the P decoder tokens.
 
@@ -439,6 +445,10 @@ class TigerEnsemble(BeamSearch, SequenceModel):
     def encode(self, tokens: torch.Tensor):
         """Every member's memory; the mask slot is unused (each member keeps its own)."""
         return [m.encode(tokens) for m in self.members], None
+
+    def memory_rows(self, memory_kv, memory_mask, inputs: torch.Tensor):
+        """Every member's memory for the input rows ``inputs`` (``TigerModel.memory_rows``)."""
+        return [m.memory_rows(kv, mask, inputs) for m, (kv, mask) in zip(self.members, memory_kv)], None
 
     def decode(self, decoder_tokens: torch.Tensor, memory_kv, memory_mask, cache: list | None = None) -> torch.Tensor:
         """Mean log-probabilities (B, P, codebook_size). ``cache`` holds the members' layer caches one

@@ -6,7 +6,9 @@
 
 The model generates Semantic IDs by beam search constrained to the catalogue
 (every result is a real item); ``score`` is the model's log-probability of the
-item's ID given the history, so 0 is certain and more negative is less likely.
+item's ID given the history, so 0 is certain and more negative is less likely (the
+last code, which only tells apart items that share a prefix, among those items:
+``decoding.generate``).
 An RPG run (``model.kind=rpg``) scores every item exactly instead; its ``score`` is
 the sum of the log-probabilities of the item's codes, predicted independently. A run
 that fuses an item model (``fusion.item_model``, the default recipe's SASRec) re-ranks

@@ -76,8 +76,9 @@ class ASCIIJSONResponse(JSONResponse):
 class Recommendation(BaseModel):
     item_id: str
     score: float = Field(
-        description="log-probability of the item's Semantic ID given the history; for a new item in a reserved "
-        "slot (reserve_new), its content similarity to the user's guided profile"
+        description="log-probability of the item's Semantic ID given the history (the last code scored among the "
+        "items that share the others); for a run with an item model (fusion), the fused score; for a new item in "
+        "a reserved slot (reserve_new), its content similarity to the user's guided profile"
     )
     semantic_id: list[int]
     title: str | None = None
