@@ -158,8 +158,8 @@ TABLE1_RUNS = {
         ("TIGER, `--recipe paper`", "2026-11-29-paper-recipe/run_beauty_130min.json"),
     ],
     "toys": [
-        ("**TIGER, 2 models** (the default before)", f"{ENSEMBLE}/run_toys_ensemble.json"),
-        ("TIGER, one model", f"{CAP}/run_toys_cap30.json"),
+        ("**TIGER + SASRec, `make run DATASET=toys`** (default)", "2026-12-07-fused-default/run_toys_fused.json"),
+        ("TIGER, 2 models (the default before)", f"{ENSEMBLE}/run_toys_ensemble.json"),
         ("RPG", f"{RPG}/rpg_toys.json"),
     ],
     "sports": [
@@ -179,6 +179,11 @@ def table1(dataset: str) -> str:
         rows.append(
             [label, protocol(rel), *map(num, vals), share(vals, paper["TIGER"]), training(run), *provenance(rel)]
         )
+        ranked = run.get("test_protocols", {}).get("history_ranked")
+        if ranked and protocol(rel) != PROTOCOL["history_ranked"]:  # the paper's own protocol beside it
+            vals = values(ranked)
+            rows.append(["the same run", PROTOCOL["history_ranked"], *map(num, vals), share(vals, paper["TIGER"]),
+                         "", "", "", ""])  # fmt: skip
     steps = papers()["tiger_training_steps"][dataset]
     paper_link = link("papers/paper_rows.json")
     rows.append(
@@ -271,19 +276,6 @@ def baselines() -> str:
     return table(header, rows)
 
 
-def sasrec_curves() -> str:
-    """Beauty validation: each SASRec setting tried, its best epoch and validation metrics."""
-    rows = []
-    for label, rel in SASREC_TUNING:
-        result = load(rel)
-        if "sasrec_training" in result:  # a baselines run: its SASRec's curve
-            result = result["sasrec_training"]
-        best = max(result["history"], key=lambda r: r["ndcg@10"])
-        rows.append([label, best["epoch"], len(result["history"]), *map(num, values(best)), *provenance(rel)])
-    header = ["Beauty validation", "best epoch", "epochs", "R@5", "N@5", "R@10", "N@10", "machine, date", "command"]
-    return table(header + ["result"], rows)
-
-
 FUSED = "2026-12-07-fused-default"
 # The default against the tuned SASRec on the same users, one file per dataset run with the fused default.
 FRONTIER = {d: f"{FUSED}/frontier_{d}.json" for d in DATASETS}
@@ -318,14 +310,6 @@ def frontier() -> str:
 
 def interval(by_metric: dict) -> str:
     return " / ".join(f"[{lo:+.4f}, {hi:+.4f}]".replace("0.", ".") for lo, hi in by_metric.values())
-
-
-SASREC_TUNING = [
-    ("SASRec+SS settings: 1 block, dropout 0.2, 256 negatives", f"{SASREC}/tuning_beauty_ss64.json"),
-    ("the same with 256 factors (the benchmark's configs)", f"{SASREC}/tuning_beauty_ss256.json"),
-    ("1 block, dropout 0.2, full softmax", f"{SASREC}/tuning_beauty_ce64_b1_d02.json"),
-    ("**2 blocks, dropout 0.5, full softmax (default)**", f"{SASREC}/baselines_converged_beauty.json"),
-]
 
 
 TIME_RUNS = [
@@ -538,6 +522,9 @@ def readme_results() -> str:
                 link(default),
             ]
         )
+        ranked = load(default).get("test_protocols", {}).get("history_ranked")
+        if ranked and protocol(default) != PROTOCOL["history_ranked"]:  # the paper's protocol, to compare with it
+            rows.append([f"{name}, the same run", PROTOCOL["history_ranked"], *map(num, values(ranked)), link(default)])
         rows.append([f"{name}, RPG", protocol(rpg), *map(num, values(load(rpg)["test"])), link(rpg)])
         markov = markov_excluded(load(COUNTING)["datasets"][dataset]["methods"])
         rows.append([f"{name}, Markov chain", "history excluded", *map(num, values(markov)), link(COUNTING)])
@@ -608,7 +595,6 @@ TABLES = {
     "table1-toys": lambda: table1("toys"),
     "table1-sports": lambda: table1("sports"),
     "baselines": baselines,
-    "sasrec-curves": sasrec_curves,
     "time-to-quality": time_to_quality,
     "backtests": backtests,
     "speed": speed,
