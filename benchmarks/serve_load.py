@@ -12,6 +12,8 @@
    ``tigerrec add-items`` of ``--new-items`` items (existing items' text under new ids) into the served
    copy. Its requests ask for one reserved new-item slot (``max_new_share`` 0.1, ``reserve_new``): every
    request must be answered, and after the swap every list holds a new item.
+
+``--offline-only`` measures the offline rate alone (1.), e.g. to compare two versions of the decoder.
 """
 
 from __future__ import annotations
@@ -205,6 +207,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--seconds", type=float, default=60, help="length of each load point")
     parser.add_argument("--new-items", type=int, default=50)
     parser.add_argument("--threads", type=int, help="the server's model threads (default: tigerrec serve's)")
+    parser.add_argument("--offline-only", action="store_true", help="measure the offline decode rate alone")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     if args.out.exists():
@@ -214,6 +217,8 @@ def main(argv=None) -> dict:
 
     result, histories = offline_rate(args.run_dir, args.data_dir)
     log.info("offline: %s", result)
+    if args.offline_only:
+        return write_result(args, {**result, "run_dir": str(args.run_dir), "k": 10, **provenance()})
     bodies = [{"history": h, "k": 10} for h in histories]
     reserved = [{**body, "max_new_share": 0.1, "reserve_new": True} for body in bodies]
     with tempfile.TemporaryDirectory() as tmp:
@@ -247,6 +252,10 @@ def main(argv=None) -> dict:
             "seen items excluded",
         }
     )
+    return write_result(args, result)
+
+
+def write_result(args, result: dict) -> dict:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

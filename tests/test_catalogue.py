@@ -68,14 +68,15 @@ def test_add_items_keeps_every_existing_id_and_old_recommendations(run_copy, tmp
     after = Recommender.load(run_copy, device="cpu")
     assert after.num_items == before.num_items + 12 and after.trained_items == before.num_items
     assert after.item("new3")["title"] == "green perfume no. 3"
-    # No new item in the results: exactly the items the trained catalogue gave, in its order (the scores
-    # to float precision: the decoder's shapes change with the catalogue, and fp32 kernels with them).
+    # No new item in the results: exactly the items the trained catalogue gave, in its order. Scores agree to
+    # a little more than float precision: an ID's last code is scored among the items that share its prefix,
+    # new ones included now, to which the model gives next to no probability.
     got = [after.recommend(h, k=10, max_new_share=0) for h in histories]
     assert [[{**r, "score": None} for r in recs] for recs in got] == [
         [{**r, "score": None} for r in recs] for recs in expected
     ]
     assert [r["score"] for recs in got for r in recs] == pytest.approx(
-        [r["score"] for recs in expected for r in recs], abs=1e-5
+        [r["score"] for recs in expected for r in recs], abs=1e-3
     )
     # New items are reachable and capped.
     only_new = after.recommend(histories[0], k=5, only=[f"new{i}" for i in range(12)])
