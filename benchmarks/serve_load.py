@@ -6,8 +6,9 @@
 1. **Offline rate**: ``evaluate`` over every test user with the served beam, k = 10, history excluded
    (what ``tigerrec run`` measures; ``metrics_json_users_per_s`` is the rate its metrics.json records).
 2. **Served**: a copy of the run served by ``tigerrec serve`` (a subprocess, 127.0.0.1, an API key), and
-   clients on the same cores posting the real test histories (k = 10, seen items excluded) for
-   ``--seconds`` each, at 50 and at 4 clients: throughput, latency percentiles, errors (any non-200).
+   aiohttp clients on the same cores posting the real test histories (k = 10, seen items excluded) for
+   ``--seconds`` each, at 50 and at 4 clients: throughput, latency percentiles, errors (any non-200), and
+   the CPU milliseconds each request cost the server process and the clients.
 3. **With reloads**: the 50-client load again, with a POST /admin/reload every 5 s and, half-way, one
    ``tigerrec add-items`` of ``--new-items`` items (existing items' text under new ids) into the served
    copy. Its requests ask for one reserved new-item slot (``max_new_share`` 0.1, ``reserve_new``): every
@@ -31,10 +32,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
-import httpx
+import aiohttp
 import numpy as np
 
 from tigerrec.cli import serving_threads
@@ -71,9 +73,10 @@ def start_server(
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with code {proc.returncode}:\n{log_path.read_text()[-3000:]}")
         try:
-            if httpx.get(f"http://{host}:{port}/health", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
+            with urllib.request.urlopen(f"http://{host}:{port}/health", timeout=2) as response:
+                if response.status == 200:
+                    return proc
+        except OSError:  # not listening yet (URLError and connection errors are OSErrors)
             pass
         time.sleep(0.5)
     proc.terminate()
@@ -105,31 +108,63 @@ def offline_rate(run_dir: Path, data_dir: Path) -> tuple[dict, list[list[str]]]:
     }, histories
 
 
-async def load(url: str, bodies, clients: int, seconds: float, stop_early=None) -> dict:
-    """``clients`` clients posting ``bodies`` in turn for ``seconds``: latencies, statuses, responses."""
+def cpu_seconds(pid: int | None = None) -> float | None:
+    """CPU time (user + system) a process has used so far: this one, or ``pid`` (Linux's /proc; None elsewhere)."""
+    if pid is None:
+        return time.process_time()
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def cpu_ms_per_request(server_pid: int | None, before: tuple, requests: int) -> dict:
+    """What each request cost the server process and the load generator, in CPU milliseconds, since
+    ``before`` (from ``cpu_marks``): on shared cores the clients' share is taken from the server."""
+    after = cpu_marks(server_pid)
+    spent = [None if a is None or b is None else (a - b) * 1000 / max(requests, 1) for a, b in zip(after, before)]
+    return {name: None if ms is None else round(ms, 2) for name, ms in zip(("server", "clients"), spent)}
+
+
+def cpu_marks(server_pid: int | None) -> tuple:
+    return cpu_seconds(server_pid) if server_pid else None, cpu_seconds()
+
+
+async def load(url: str, bodies, clients: int, seconds: float, server_pid: int | None = None) -> dict:
+    """``clients`` clients posting ``bodies`` in turn for ``seconds``: latencies, statuses, responses, and the
+    CPU each request cost the server and the clients.
+
+    The clients are aiohttp's: on the same cores as the server, the load generator's own CPU comes out of the
+    server's, and httpx's async client costs several times more per request (``http_overhead.py``)."""
     latencies, statuses, answered = [], Counter(), []
     order = itertools.count()
+    payloads = [json.dumps(body).encode() for body in bodies]  # encoded once, not in the timed loop
+    headers = {**HEADERS, "Content-Type": "application/json"}
     deadline = time.perf_counter() + seconds
 
-    async def client_loop(client: httpx.AsyncClient):
+    async def client_loop(session: aiohttp.ClientSession):
         while time.perf_counter() < deadline:
-            body = bodies[next(order) % len(bodies)]
+            payload = payloads[next(order) % len(payloads)]
             start = time.perf_counter()
             try:
-                response = await client.post(f"{url}/recommend", json=body, headers=HEADERS)
-                status = str(response.status_code)
-                if response.status_code == 200:
-                    answered.append((start, response.json()["recommendations"]))
-            except httpx.HTTPError as e:
+                async with session.post(f"{url}/recommend", data=payload, headers=headers) as response:
+                    status = str(response.status)
+                    body = await response.read()
+                if response.status == 200:
+                    answered.append((start, body))
+            except (aiohttp.ClientError, TimeoutError) as e:
                 status = type(e).__name__
             latencies.append(time.perf_counter() - start)
             statuses[status] += 1
 
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+    connector = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
+        before = cpu_marks(server_pid)
         start = time.perf_counter()
-        await asyncio.gather(*(client_loop(client) for _ in range(clients)))
+        await asyncio.gather(*(client_loop(session) for _ in range(clients)))
         wall = time.perf_counter() - start
+        cpu = cpu_ms_per_request(server_pid, before, len(latencies))
     ms = np.array(latencies) * 1000
     return {
         "clients": clients,
@@ -139,6 +174,7 @@ async def load(url: str, bodies, clients: int, seconds: float, stop_early=None) 
         "latency_ms": {name: round(float(np.percentile(ms, q)), 1) for name, q in (("p50", 50), ("p99", 99))},
         "errors": sum(n for status, n in statuses.items() if status != "200"),
         "status_counts": dict(statuses),
+        "cpu_ms_per_request": cpu,
         "_answered": answered,
     }
 
@@ -148,7 +184,7 @@ async def load_with_reloads(url: str, bodies, run_copy: Path, new_items: Path, s
     reloads, added_at = [], []
 
     async def reloader():
-        async with httpx.AsyncClient(timeout=120) as client:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
             start = time.perf_counter()
             while time.perf_counter() - start < seconds:
                 await asyncio.sleep(5)
@@ -159,13 +195,14 @@ async def load_with_reloads(url: str, bodies, run_copy: Path, new_items: Path, s
                     )  # fmt: skip
                     if await add.wait() != 0:
                         raise RuntimeError("tigerrec add-items failed")
-                response = await client.post(f"{url}/admin/reload", headers=HEADERS)
-                reloads.append(response.status_code)
-                if response.status_code == 200 and not added_at and response.json()["new_items"] > 0:
-                    added_at.append(time.perf_counter())
+                async with session.post(f"{url}/admin/reload", headers=HEADERS) as response:
+                    reloads.append(response.status)
+                    if response.status == 200 and not added_at and (await response.json())["new_items"] > 0:
+                        added_at.append(time.perf_counter())
 
     result, _ = await asyncio.gather(load(url, bodies, 50, seconds), reloader())
-    after = [recs for start, recs in result.pop("_answered") if added_at and start > added_at[0]]
+    answered = result.pop("_answered")
+    after = [json.loads(body)["recommendations"] for start, body in answered if added_at and start > added_at[0]]
     return {
         "requests": result["requests"],
         "answered": result["status_counts"].get("200", 0),
@@ -213,7 +250,6 @@ def main(argv=None) -> dict:
     if args.out.exists():
         raise SystemExit(f"{args.out} exists: a result file is never reused for another run")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
 
     result, histories = offline_rate(args.run_dir, args.data_dir)
     log.info("offline: %s", result)
@@ -230,7 +266,7 @@ def main(argv=None) -> dict:
         try:
             asyncio.run(load(url, bodies, 4, 5))  # warm-up, untimed
             for clients in (50, 4):
-                point = asyncio.run(load(url, bodies, clients, args.seconds))
+                point = asyncio.run(load(url, bodies, clients, args.seconds, proc.pid))
                 point.pop("_answered")
                 result[f"clients_{clients}"] = point
                 log.info("%d clients: %s", clients, point)
@@ -248,7 +284,7 @@ def main(argv=None) -> dict:
             "seconds_per_point": args.seconds,
             "server_threads": args.threads or serving_threads(),
             **provenance(),
-            "note": f"server and clients share the machine's {os.cpu_count()} CPUs; real test histories, "
+            "note": f"server and aiohttp clients share the machine's {os.cpu_count()} CPUs; real test histories, "
             "seen items excluded",
         }
     )
