@@ -105,6 +105,22 @@ def test_one_failing_query_leaves_the_others_in_its_batch_answered(recommender, 
         batcher.close()
 
 
+def test_queries_arriving_just_after_one_share_its_model_call(recommender, history):
+    calls = []
+    fake = copy.copy(recommender)
+    fake.run = lambda queries: calls.append(len(queries)) or recommender.run(queries)
+    batcher = MicroBatcher(fake, max_batch=3, gather_seconds=WAIT)  # a full batch goes before the window closes
+    try:
+        futures = [batcher.submit(recommender.query(history, k=k)) for k in (3, 4)]
+        time.sleep(0.05)  # the worker holds the first queries and waits for more
+        futures.append(batcher.submit(recommender.query(history, k=5)))
+        started = time.monotonic()
+        assert [len(f.result(WAIT)) for f in futures] == [3, 4, 5]
+        assert calls == [3] and time.monotonic() - started < WAIT / 2
+    finally:
+        batcher.close()
+
+
 def test_close_answers_the_queued_queries_and_refuses_new_ones(recommender, history):
     fake = gated(recommender)
     batcher = MicroBatcher(fake)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 from collections import defaultdict, deque
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -557,6 +558,10 @@ def _category_index(item_ids: list[str], items: dict[str, dict]) -> dict[str, se
 
 
 MAX_QUEUE = 1024  # queries a MicroBatcher holds waiting by default: 16 batches of 64, ~20x what 50 clients keep waiting
+# How long a batch waits for more queries after its first one (as TF Serving's and Triton's batchers do): clients
+# answered together send their next queries within a few milliseconds, and without the wait the first of them
+# decodes alone while the rest queue behind it. A model call costs tens of milliseconds even for one query.
+GATHER_SECONDS = 0.003
 
 
 class BatcherUnavailable(RuntimeError):
@@ -578,9 +583,9 @@ class WorkerStopped(BatcherUnavailable):
 class MicroBatcher:
     """Runs queries submitted from many threads in shared model calls.
 
-    A worker thread takes the next query, plus every query that arrived meanwhile
-    (up to ``max_batch``), and runs them together: under load, requests queue while
-    a batch decodes and go in the next one; an idle server adds no waiting time.
+    A worker thread takes the next query, plus every query that arrives within ``gather_seconds``
+    of it or arrived meanwhile (up to ``max_batch``), and runs them together: under load, requests
+    queue while a batch decodes and go in the next one; an idle server adds at most ``gather_seconds``.
     Seeded queries run alone, so a seed always gives the same results.
 
     At most ``max_queue`` queries wait (``submit`` raises QueueFull beyond). A batch whose
@@ -590,10 +595,17 @@ class MicroBatcher:
     ``close()`` refuses new queries (BatcherClosed) and lets the worker answer those queued.
     """
 
-    def __init__(self, recommender: Recommender, max_batch: int = 64, max_queue: int = MAX_QUEUE):
+    def __init__(
+        self,
+        recommender: Recommender,
+        max_batch: int = 64,
+        max_queue: int = MAX_QUEUE,
+        gather_seconds: float = GATHER_SECONDS,
+    ):
         if max_batch < 1 or max_queue < 1:
             raise TigerrecError(f"max_batch and max_queue must be at least 1, not {max_batch} and {max_queue}")
         self.recommender, self.max_batch, self.max_queue = recommender, max_batch, max_queue
+        self.gather_seconds = gather_seconds
         self._jobs: deque[tuple[Query, Future]] = deque()
         self._cond = threading.Condition()  # guards _jobs, _closed and the worker thread
         self._closed = False
@@ -648,6 +660,12 @@ class MicroBatcher:
                     self._cond.wait()
                 if not self._jobs:  # closed and drained
                     return
+                deadline = time.monotonic() + self.gather_seconds
+                while len(self._jobs) < self.max_batch and not self._closed:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
                 jobs = [self._jobs.popleft() for _ in range(min(self.max_batch, len(self._jobs)))]
             # A future the caller cancelled is skipped; the others can no longer be cancelled.
             jobs = [(q, f) for q, f in jobs if f.set_running_or_notify_cancel()]
