@@ -324,7 +324,7 @@ TIME_RUNS = [
     ("pooled history, 60 min (fp32)", f"{POOLED}/run_beauty_avx2_pooled_60min.json"),
     ("pooled history, 130 min, no pass cap (fp32)", f"{POOLED}/run_beauty_avx2_pooled_uncapped.json"),
     ("one model, 30 passes (bf16)", f"{CAP}/run_beauty_cap30.json"),
-    ("two models of 30 passes: `make run` (bf16)", f"{ENSEMBLE}/run_beauty_ensemble.json"),
+    ("two models of 30 passes: `make run` before (bf16)", f"{ENSEMBLE}/run_beauty_ensemble.json"),
 ]
 
 
@@ -344,7 +344,7 @@ def time_to_quality() -> str:
 BACKTESTS = [
     ("**30 passes** (the default per model)", f"{CAP}/run_beauty_backtest_30passes.json"),
     ("88 passes (110 minutes, no cap)", f"{CAP}/run_beauty_backtest_long.json"),
-    ("**two models of 30 passes** (the default)", f"{ENSEMBLE}/run_beauty_backtest_ensemble2.json"),
+    ("two models of 30 passes (the default before)", f"{ENSEMBLE}/run_beauty_backtest_ensemble2.json"),
     ("two models of 15 passes", f"{ENSEMBLE}/run_beauty_backtest_2x15.json"),
 ]
 
@@ -385,7 +385,7 @@ def speed() -> str:
 
 
 # The default, fused, loaded by aiohttp clients (which cost the shared cores far less than httpx's).
-SERVE_LOAD = "2026-12-07-fused-default/serve_load_beauty_fused.json"
+SERVE_LOAD = "2026-12-07-decode-rate/serve_load_beauty_gather.json"
 
 
 def serving() -> str:
