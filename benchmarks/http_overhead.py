@@ -20,7 +20,7 @@ import aiohttp
 import httpx
 import serve_load
 
-from tigerrec.cli import serving_threads
+from tigerrec.cli import serving_workers
 from tigerrec.device import provenance
 
 
@@ -65,7 +65,7 @@ def main(argv=None) -> dict:
     port = serve_load.free_port(host)
     points = {}
     with tempfile.TemporaryDirectory() as tmp:
-        proc = serve_load.start_server(args.run_dir, host, port, 300, Path(tmp) / "server.log")
+        proc = serve_load.start_server(args.run_dir, host, port, 300, Path(tmp) / "server.log", *serving_workers())
         try:
             url = f"http://{host}:{port}"
             for client in ("aiohttp", "httpx"):
@@ -76,7 +76,7 @@ def main(argv=None) -> dict:
             proc.terminate()
             proc.wait(timeout=30)
     result = {"route": "GET /health", "points": points, "seconds_per_point": args.seconds,
-              "server_threads": serving_threads(), **provenance(),
+              "server_workers_threads": serving_workers(), **provenance(),
               "note": "server and clients share the machine's CPUs"}  # fmt: skip
     return serve_load.write_result(args, result)
 

@@ -39,7 +39,7 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 
-from tigerrec.cli import serving_threads
+from tigerrec.cli import serving_workers
 from tigerrec.data import leave_one_out
 from tigerrec.device import provenance, use_bf16
 from tigerrec.evaluate import evaluate
@@ -61,11 +61,11 @@ def free_port(host: str) -> int:
 
 
 def start_server(
-    run_dir: Path, host: str, port: int, timeout: float, log_path: Path, threads: int | None = None
+    run_dir: Path, host: str, port: int, timeout: float, log_path: Path, workers: int, threads: int
 ) -> subprocess.Popen:
     """`tigerrec serve --admin` in a subprocess; returns once /health answers."""
     cmd = [sys.executable, "-m", "tigerrec.cli", "serve", str(run_dir), "--host", host, "--port", str(port)]
-    cmd += ["--no-access-log", "--admin", *(["--threads", str(threads)] if threads else [])]
+    cmd += ["--no-access-log", "--admin", "--workers", str(workers), "--threads", str(threads)]
     env = {**os.environ, "TIGERREC_API_KEY": API_KEY}
     proc = subprocess.Popen(cmd, stdout=open(log_path, "w"), stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + timeout
@@ -184,7 +184,10 @@ async def load_with_reloads(url: str, bodies, run_copy: Path, new_items: Path, s
     reloads, added_at = [], []
 
     async def reloader():
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
+        # A new connection per reload: a kept-alive one idles 5 s between reloads (longer around add-items),
+        # which is uvicorn's keep-alive timeout, and the server may close it just as it is reused.
+        connector = aiohttp.TCPConnector(force_close=True)
+        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
             start = time.perf_counter()
             while time.perf_counter() - start < seconds:
                 await asyncio.sleep(5)
@@ -243,7 +246,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--data-dir", type=Path, required=True, help="the run's dataset (its test histories)")
     parser.add_argument("--seconds", type=float, default=60, help="length of each load point")
     parser.add_argument("--new-items", type=int, default=50)
-    parser.add_argument("--threads", type=int, help="the server's model threads (default: tigerrec serve's)")
+    parser.add_argument("--workers", type=int, help="the server's model workers (default: tigerrec serve's)")
+    parser.add_argument("--threads", type=int, help="torch threads per worker (default: tigerrec serve's)")
     parser.add_argument("--offline-only", action="store_true", help="measure the offline decode rate alone")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
@@ -255,13 +259,14 @@ def main(argv=None) -> dict:
     log.info("offline: %s", result)
     if args.offline_only:
         return write_result(args, {**result, "run_dir": str(args.run_dir), "k": 10, **provenance()})
+    workers, threads = serving_workers(args.workers, args.threads)
     bodies = [{"history": h, "k": 10} for h in histories]
     reserved = [{**body, "max_new_share": 0.1, "reserve_new": True} for body in bodies]
     with tempfile.TemporaryDirectory() as tmp:
         run_copy = Path(shutil.copytree(args.run_dir, Path(tmp) / "run"))
         host = "127.0.0.1"
         port = free_port(host)
-        proc = start_server(run_copy, host, port, 300, Path(tmp) / "server.log", args.threads)
+        proc = start_server(run_copy, host, port, 300, Path(tmp) / "server.log", workers, threads)
         url = f"http://{host}:{port}"
         try:
             asyncio.run(load(url, bodies, 4, 5))  # warm-up, untimed
@@ -273,6 +278,9 @@ def main(argv=None) -> dict:
             new = new_items_table(args.run_dir, Path(tmp) / "new.csv", args.new_items)
             result["with_reloads"] = asyncio.run(load_with_reloads(url, reserved, run_copy, new, args.seconds))
             log.info("with reloads: %s", result["with_reloads"])
+        except BaseException:
+            log.error("the server's log ends:\n%s", (Path(tmp) / "server.log").read_text()[-3000:])
+            raise
         finally:
             proc.terminate()
             proc.wait(timeout=30)
@@ -282,7 +290,8 @@ def main(argv=None) -> dict:
             "run_dir": str(args.run_dir),
             "k": 10,
             "seconds_per_point": args.seconds,
-            "server_threads": args.threads or serving_threads(),
+            "server_workers": workers,
+            "server_threads": threads,
             **provenance(),
             "note": f"server and aiohttp clients share the machine's {os.cpu_count()} CPUs; real test histories, "
             "seen items excluded",

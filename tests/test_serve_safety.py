@@ -121,6 +121,52 @@ def test_queries_arriving_just_after_one_share_its_model_call(recommender, histo
         batcher.close()
 
 
+def test_workers_decode_batches_side_by_side(recommender, history):
+    both_running = threading.Barrier(2, timeout=WAIT)  # broken (an error) unless two calls run at once
+    fake = copy.copy(recommender)
+
+    def run(queries):
+        both_running.wait()
+        return recommender.run(queries)
+
+    fake.run = run
+    batcher = MicroBatcher(fake, max_batch=1, gather_seconds=0, workers=2)
+    try:
+        futures = [batcher.submit(recommender.query(history, k=k)) for k in (3, 4)]
+        assert [len(f.result(WAIT)) for f in futures] == [3, 4] and batcher.alive
+    finally:
+        batcher.close()
+    assert not batcher.alive
+
+
+def test_a_catalogue_swap_waits_for_running_calls_and_goes_before_new_ones():
+    from tigerrec.recommend import SharedLock
+
+    lock, order = SharedLock(), []
+    with lock.shared():
+        swap = threading.Event()
+
+        def swapper():
+            with lock.exclusive():
+                order.append("swap")
+            swap.set()
+
+        def caller():
+            with lock.shared():
+                order.append("call")
+
+        swapping = threading.Thread(target=swapper)
+        swapping.start()
+        wait_until(lambda: lock._waiting == 1)  # the swap waits for the running call
+        late = threading.Thread(target=caller)
+        late.start()
+        time.sleep(0.05)
+        assert order == []  # neither the swap nor the call that came after it has run
+    assert swap.wait(WAIT)
+    late.join(WAIT)
+    assert order == ["swap", "call"]
+
+
 def test_close_answers_the_queued_queries_and_refuses_new_ones(recommender, history):
     fake = gated(recommender)
     batcher = MicroBatcher(fake)
@@ -287,14 +333,17 @@ def test_serve_refuses_a_public_host_without_a_key(tiny_run, capsys, monkeypatch
     assert error.startswith("tigerrec: error: --host 0.0.0.0") and "API key" in error and error.count("\n") == 1
     assert main(["serve", str(tiny_run), "--admin"]) == 2
     assert "admin endpoints need an API key" in capsys.readouterr().err
-    assert main(["serve", str(tiny_run), "--threads", "0"]) == 2
-    assert capsys.readouterr().err == "tigerrec: error: --threads must be at least 1, not 0\n"
+    assert main(["serve", str(tiny_run), "--workers", "1", "--threads", "0"]) == 2
+    assert capsys.readouterr().err == "tigerrec: error: --workers and --threads must be at least 1, not 1 and 0\n"
+    assert main(["serve", str(tiny_run), "--workers", "0"]) == 2
+    assert capsys.readouterr().err.startswith("tigerrec: error: --workers and --threads must be at least 1, not 0")
 
 
-def test_serving_leaves_one_cpu_to_the_http_server(monkeypatch):
-    from tigerrec.cli import serving_threads
+def test_serving_decodes_on_one_single_threaded_worker_per_cpu(monkeypatch):
+    from tigerrec.cli import serving_workers
 
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
-    assert serving_threads() == 3
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
-    assert serving_threads() == 1
+    monkeypatch.setattr("tigerrec.device.default_device", lambda: "cpu")
+    for cpus, expected in ((1, (1, 1)), (2, (2, 1)), (4, (4, 1)), (16, (4, 4))):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, n=cpus: set(range(n)))
+        assert serving_workers() == expected
+    assert serving_workers(workers=2) == (2, 8) and serving_workers(workers=2, threads=1) == (2, 1)

@@ -205,9 +205,7 @@ def cmd_serve(args) -> None:
         )
     if args.timeout is not None and args.timeout < 0:
         raise TigerrecError(f"--timeout must be >= 0 seconds (0: no limit), not {args.timeout}")
-    threads = serving_threads() if args.threads is None else args.threads
-    if threads < 1:
-        raise TigerrecError(f"--threads must be at least 1, not {threads}")
+    workers, threads = serving_workers(args.workers, args.threads)
     try:
         import uvicorn
 
@@ -219,7 +217,8 @@ def cmd_serve(args) -> None:
     import torch
 
     torch.set_num_threads(threads)
-    limits = {"max_queue": args.max_queue, "max_body_bytes": args.max_body_bytes}
+    log.info("decoding with %d worker(s) of %d thread(s) each", workers, threads)
+    limits = {"max_queue": args.max_queue, "max_body_bytes": args.max_body_bytes, "workers": workers}
     if args.timeout is not None:
         limits["timeout_s"] = args.timeout or None
     app = create_app(
@@ -233,11 +232,17 @@ def cmd_serve(args) -> None:
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=not args.no_access_log)
 
 
-def serving_threads() -> int:
-    """The model's threads when serving: every CPU this process may use but one, which the HTTP event
-    loop keeps. Sharing every core with the model's threads more than doubled the latency of a 2-core
-    server at low concurrency (BENCHMARKS.md, "Serving")."""
-    return max(1, len(os.sched_getaffinity(0)) - 1)
+def serving_workers(workers: int | None = None, threads: int | None = None) -> tuple[int, int]:
+    """The server's model workers and torch threads each: ``device.decode_workers`` for this machine (on a
+    CPU, one single-threaded worker per core: independent batches keep the cores busier than one batch
+    on every thread), or what the user chose (--workers, --threads)."""
+    from .device import decode_workers, default_device
+
+    workers, default_threads = decode_workers(default_device(), workers)
+    threads = default_threads if threads is None else threads
+    if workers < 1 or threads < 1:
+        raise TigerrecError(f"--workers and --threads must be at least 1, not {workers} and {threads}")
+    return workers, threads
 
 
 def _is_loopback(host: str) -> bool:
@@ -399,10 +404,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="queries waiting for the model before new requests get 503 (default 1024)",
     )
     serve.add_argument(
+        "--workers",
+        type=int,
+        help="batches the model decodes side by side (default: on a CPU one per core, at most 4; on a GPU 1)",
+    )
+    serve.add_argument(
         "--threads",
         type=int,
-        help="threads the model decodes with (default: one less than the CPUs available, at least 1; "
-        "the spare one keeps the HTTP server responsive)",
+        help="torch threads each worker decodes with (default: the CPUs shared among the workers)",
     )
     serve.add_argument(
         "--max-body-bytes",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import platform
 import subprocess
 import time
@@ -64,6 +65,42 @@ def autocast(device: str, enabled: bool | None = None):
     if not enabled:
         return contextlib.nullcontext()
     return torch.autocast(device.split(":")[0], dtype=torch.bfloat16)
+
+
+# Decoding runs many small ops per beam step, so one batch does not keep several cores busy; independent
+# batches on single-threaded workers do (BENCHMARKS.md, "Serving"). Measured up to 2 cores; beyond this many
+# workers the Python between ops (one interpreter lock) would limit them instead.
+MAX_DECODE_WORKERS = 4
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def decode_workers(device: str, workers: int | None = None, cpus: int | None = None) -> tuple[int, int]:
+    """(workers, torch threads each) for decoding independent batches side by side: on a CPU one worker
+    per CPU up to ``MAX_DECODE_WORKERS`` (or ``workers``), the CPUs shared among them; on an accelerator
+    one worker (or ``workers``) with torch's threads."""
+    if not device.startswith("cpu"):
+        return workers or 1, torch.get_num_threads()
+    cpus = available_cpus() if cpus is None else cpus
+    workers = max(1, min(cpus, MAX_DECODE_WORKERS)) if workers is None else workers
+    return workers, max(1, cpus // max(workers, 1))
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int):
+    """torch's intra-op threads set to ``threads`` inside the block, restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def machine_name() -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from scipy.stats import bootstrap
 from tqdm.auto import tqdm
 
 from .decoding import ItemFilter, PrefixTrie, rank
-from .device import autocast
+from .device import autocast, decode_workers, torch_threads
 from .io import atomic_path
 from .model import SequenceModel
 from .sequences import Examples, Tokenizer
@@ -152,7 +153,8 @@ def recommend_examples(
     exclude_history: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Top-k item indices (N, top_k), their ID codes (N, top_k, L) and scores (N, top_k) for every
-    example, in batches of similar length.
+    example, in batches of similar length, decoded side by side on a CPU's cores (``device.decode_workers``;
+    one at a time when sampling from a seeded ``generator``, so the draws stay reproducible).
 
     By either model kind (``decoding.rank``): TIGER's beam search over ``trie`` with ``beam_size``
     beams, or RPG's exact scores of every item (no trie: None). ``temperature`` samples instead.
@@ -168,8 +170,8 @@ def recommend_examples(
     codes = np.zeros((len(examples), top_k, tokenizer.id_length), dtype=np.int64)
     scores = np.full((len(examples), top_k), -np.inf, dtype=np.float32)
     only = None if allowed is None else np.flatnonzero(allowed)
-    for begin in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False, mininterval=2):
-        index = order[begin : begin + batch_size]
+
+    def decode(index: np.ndarray) -> None:  # writes rows no other batch writes
         tokens = tokenizer.encoder_input(
             torch.from_numpy(examples.histories[index]), torch.from_numpy(user_tokens[index])
         )
@@ -177,11 +179,19 @@ def recommend_examples(
         if exclude_history or only is not None:
             seen = examples.seen_items(index) if exclude_history else [np.zeros(0, dtype=np.int64)] * len(index)
             keep = ItemFilter(seen, [only] * len(index))
-        with autocast(str(device), bf16):
+        with autocast(str(device), bf16):  # autocast and no_grad hold per thread
             out = rank(model, tokens.to(device), top_k, trie, beam_size, constrained, temperature, generator, keep)
         items[index] = out.items.cpu().numpy()
         codes[index] = out.codes.cpu().numpy()
         scores[index] = out.scores.float().cpu().numpy()
+
+    batches = [order[begin : begin + batch_size] for begin in range(0, len(order), batch_size)]
+    workers, threads = (1, torch.get_num_threads()) if generator is not None else decode_workers(str(device))
+    workers = min(workers, len(batches)) or 1
+    with torch_threads(threads), ThreadPoolExecutor(workers, thread_name_prefix="tigerrec-decode") as pool:
+        done = pool.map(decode, batches)
+        for _ in tqdm(done, total=len(batches), desc=desc, unit="batch", leave=False, mininterval=2):
+            pass
     return items, codes, scores
 
 

@@ -28,6 +28,7 @@ import threading
 import time
 from collections import defaultdict, deque
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass
 from numbers import Integral, Real
 from pathlib import Path
@@ -91,11 +92,10 @@ class Recommender:
     """A trained model (TIGER or RPG, ``model.kind`` in the run's config.json) with its Semantic IDs and
     item metadata, ready to recommend.
 
-    Thread-safe: model calls are serialised by a lock (the model is shared, and one
-    call already uses every CPU thread), everything else is read-only after loading
-    (``add_items`` swaps the catalogue under the lock). Servers with many concurrent
-    callers should go through a ``MicroBatcher``, which runs the queries that arrive
-    together in one model call.
+    Thread-safe: model calls from several threads run side by side (the weights are only
+    read), and ``add_items`` swaps the catalogue while none runs (``SharedLock``). Servers
+    with many concurrent callers should go through a ``MicroBatcher``, which runs the
+    queries that arrive together in shared model calls.
 
     Items added after training (``add_items``, ``tigerrec add-items``) are "new": a
     request's ``max_new_share`` caps their share of the top k, and ``reserve_new`` fills that share.
@@ -121,7 +121,7 @@ class Recommender:
         self.bf16 = use_bf16(self.device, cfg.train.bf16)
         self.requested_max_k = max_k
         self.max_history = cfg.data.max_history
-        self._lock = threading.Lock()
+        self._lock = SharedLock()  # shared by model calls, exclusive to a catalogue swap
         self._set_catalogue(ids, items, trained_items, item_vectors)
 
     def _set_catalogue(
@@ -189,7 +189,7 @@ class Recommender:
         summary = catalogue.add_items(self.run_dir, items)
         ids, metadata = load_ids(self.run_dir / IDS_DIR, self.cfg), read_items(self.run_dir / ITEMS_FILE)
         vectors = load_item_vectors(self.run_dir / IDS_DIR, len(ids.item_ids))
-        with self._lock:
+        with self._lock.exclusive():
             self._set_catalogue(ids, metadata, summary["trained_items"], vectors)
         return summary
 
@@ -370,7 +370,7 @@ class Recommender:
             generator = torch.Generator(self.device).manual_seed(seed) if seed is not None else None
             for begin in range(0, len(members), step):
                 chunk = [queries[n] for n in members[begin : begin + step]]
-                with self._lock:  # one catalogue for the whole chunk, even while add_items swaps it
+                with self._lock.shared():  # one catalogue for the whole chunk, even while add_items swaps it
                     items, scores = self._rank(chunk, beam, temperature, generator)
                 for row, n in enumerate(members[begin : begin + step]):
                     results[n] = self._results(items[row], scores[row], k)
@@ -580,19 +580,55 @@ class WorkerStopped(BatcherUnavailable):
     """The worker thread died while running the query (the next ``submit`` starts a new one)."""
 
 
+class SharedLock:
+    """Held by many at once (``shared``) or by one alone (``exclusive``); a thread waiting for it alone
+    goes before new sharers, so a steady stream of model calls cannot keep a catalogue swap waiting."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._sharers, self._exclusive, self._waiting = 0, False, 0
+
+    @contextmanager
+    def shared(self):
+        with self._cond:
+            self._cond.wait_for(lambda: not self._exclusive and not self._waiting)
+            self._sharers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._sharers -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self):
+        with self._cond:
+            self._waiting += 1
+            self._cond.wait_for(lambda: not self._exclusive and not self._sharers)
+            self._waiting -= 1
+            self._exclusive = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
+
+
 class MicroBatcher:
     """Runs queries submitted from many threads in shared model calls.
 
     A worker thread takes the next query, plus every query that arrives within ``gather_seconds``
     of it or arrived meanwhile (up to ``max_batch``), and runs them together: under load, requests
     queue while a batch decodes and go in the next one; an idle server adds at most ``gather_seconds``.
+    ``workers`` threads do so side by side, each decoding its own batch (``device.decode_workers``).
     Seeded queries run alone, so a seed always gives the same results.
 
     At most ``max_queue`` queries wait (``submit`` raises QueueFull beyond). A batch whose
     model call raises is run again one query at a time, so only the queries at fault get
     the error. Cancelled futures (a caller that gave up) are skipped. ``alive`` says whether
-    the worker thread runs; should it ever die, the next ``submit`` starts another.
-    ``close()`` refuses new queries (BatcherClosed) and lets the worker answer those queued.
+    every worker thread runs; should one ever die, the next ``submit`` starts another.
+    ``close()`` refuses new queries (BatcherClosed) and lets the workers answer those queued.
     """
 
     def __init__(
@@ -601,20 +637,23 @@ class MicroBatcher:
         max_batch: int = 64,
         max_queue: int = MAX_QUEUE,
         gather_seconds: float = GATHER_SECONDS,
+        workers: int = 1,
     ):
-        if max_batch < 1 or max_queue < 1:
-            raise TigerrecError(f"max_batch and max_queue must be at least 1, not {max_batch} and {max_queue}")
+        if max_batch < 1 or max_queue < 1 or workers < 1:
+            raise TigerrecError(
+                f"max_batch, max_queue and workers must be at least 1, not {max_batch}, {max_queue} and {workers}"
+            )
         self.recommender, self.max_batch, self.max_queue = recommender, max_batch, max_queue
         self.gather_seconds = gather_seconds
         self._jobs: deque[tuple[Query, Future]] = deque()
-        self._cond = threading.Condition()  # guards _jobs, _closed and the worker thread
+        self._cond = threading.Condition()  # guards _jobs, _closed and the worker threads
         self._closed = False
-        self._start()
+        self._threads: list[threading.Thread] = [self._started() for _ in range(workers)]
 
     @property
     def alive(self) -> bool:
-        """Whether the worker thread runs (False after ``close()`` once the queue is drained)."""
-        return self._thread.is_alive()
+        """Whether every worker thread runs (False after ``close()`` once the queue is drained)."""
+        return all(thread.is_alive() for thread in self._threads)
 
     @property
     def closed(self) -> bool:
@@ -622,7 +661,7 @@ class MicroBatcher:
 
     @property
     def queued(self) -> int:
-        """Queries waiting (not counting the batch being decoded)."""
+        """Queries waiting (not counting the batches being decoded)."""
         return len(self._jobs)
 
     def submit(self, query: Query) -> Future:
@@ -632,26 +671,32 @@ class MicroBatcher:
                 raise BatcherClosed("the batcher is closed")
             if len(self._jobs) >= self.max_queue:
                 raise QueueFull(f"{len(self._jobs)} queries are waiting; retry later")
-            if not self._thread.is_alive():
-                log.error("the batcher's worker thread had stopped; starting a new one")
-                self._start()
+            self._restart_stopped()
             self._jobs.append((query, future))
             self._cond.notify()
         return future
 
     def close(self, timeout: float | None = 10) -> None:
-        """Refuse new queries; the worker answers every query already queued, then stops."""
+        """Refuse new queries; the workers answer every query already queued, then stop."""
         with self._cond:
             self._closed = True
-            if self._jobs and not self._thread.is_alive():
-                self._start()  # somebody has to answer them
+            if self._jobs:
+                self._restart_stopped()  # somebody has to answer them
             self._cond.notify_all()
-        if self._thread is not threading.current_thread():
-            self._thread.join(timeout)
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout)
 
-    def _start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="tigerrec-batcher", daemon=True)
-        self._thread.start()
+    def _started(self) -> threading.Thread:
+        thread = threading.Thread(target=self._loop, name="tigerrec-batcher", daemon=True)
+        thread.start()
+        return thread
+
+    def _restart_stopped(self) -> None:
+        for n, thread in enumerate(self._threads):
+            if not thread.is_alive():
+                log.error("a batcher worker thread had stopped; starting a new one")
+                self._threads[n] = self._started()
 
     def _loop(self) -> None:
         while True:

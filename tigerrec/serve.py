@@ -22,6 +22,7 @@ on SIGHUP (``tigerrec serve``), or on ``POST /admin/reload`` when created with `
 # the request models, which are built inside create_app (their limits depend on the run).
 
 import asyncio
+import functools
 import hmac
 import json
 import logging
@@ -131,16 +132,19 @@ def create_app(
     timeout_s: float | None = TIMEOUT_S,
     max_queue: int = MAX_QUEUE,
     max_body_bytes: int = MAX_BODY_BYTES,
+    workers: int = 1,
 ) -> FastAPI:
     """The API for a run directory (loaded once, here) or an already loaded Recommender.
 
     Concurrent requests share model calls (up to ``max_batch`` per call, see MicroBatcher), with
-    at most ``max_queue`` queries waiting. ``app.state.reload()`` loads the run directory again and
+    at most ``max_queue`` queries waiting; ``workers`` batches decode side by side (on a CPU, set
+    torch's threads so that workers x threads fit its cores, as ``tigerrec serve`` does with
+    ``device.decode_workers``). ``app.state.reload()`` loads the run directory again and
     swaps it in; ``admin`` also serves it as ``POST /admin/reload``, which needs ``api_key``.
     ``api_key`` guards every route but ``/health``; ``timeout_s`` (None: no limit) bounds each
     request's wait; bodies over ``max_body_bytes`` are refused unread.
     """
-    _check_settings(api_key, admin, timeout_s, max_queue, max_body_bytes)
+    _check_settings(api_key, admin, timeout_s, max_queue, max_body_bytes, workers)
     recommender = source if isinstance(source, Recommender) else Recommender.load(source)
     app = FastAPI(
         title="tigerrec",
@@ -149,8 +153,9 @@ def create_app(
         lifespan=_closing,
     )
     app.add_middleware(_Guard, api_key=api_key, max_body_bytes=max_body_bytes)
-    app.state.serving = Serving(recommender, MicroBatcher(recommender, max_batch, max_queue))
-    app.state.reload = _reloader(app.state, max_batch, max_queue)
+    batcher = functools.partial(MicroBatcher, max_batch=max_batch, max_queue=max_queue, workers=workers)
+    app.state.serving = Serving(recommender, batcher(recommender))
+    app.state.reload = _reloader(app.state, batcher)
     _add_error_handlers(app)
     _add_routes(app, _request_model(recommender, max_history_items), max_history_items, timeout_s)
     if admin:
@@ -158,7 +163,9 @@ def create_app(
     return app
 
 
-def _check_settings(api_key: str | None, admin: bool, timeout_s: float | None, max_queue: int, max_body_bytes: int):
+def _check_settings(
+    api_key: str | None, admin: bool, timeout_s: float | None, max_queue: int, max_body_bytes: int, workers: int
+):
     """One-line errors for settings the service cannot run with."""
     if api_key is not None and (not api_key or not api_key.isascii() or any(c.isspace() for c in api_key)):
         raise TigerrecError("the API key must be a non-empty string of ASCII characters without spaces")
@@ -168,6 +175,8 @@ def _check_settings(api_key: str | None, admin: bool, timeout_s: float | None, m
         raise TigerrecError(f"the request timeout must be > 0 seconds (or None for no limit), not {timeout_s}")
     if max_body_bytes < 1 or max_queue < 1:
         raise TigerrecError(f"max_body_bytes and max_queue must be at least 1, not {max_body_bytes} and {max_queue}")
+    if workers < 1:
+        raise TigerrecError(f"workers must be at least 1, not {workers}")
 
 
 def _request_model(recommender: Recommender, max_history_items: int) -> type[BaseModel]:
@@ -229,7 +238,7 @@ def _request_model(recommender: Recommender, max_history_items: int) -> type[Bas
     return RecommendRequest
 
 
-def _reloader(state, max_batch: int, max_queue: int):
+def _reloader(state, batcher):
     """``app.state.reload``: loads the run directory again and swaps it in, one reload at a time."""
     reload_lock = threading.Lock()
 
@@ -240,7 +249,7 @@ def _reloader(state, max_batch: int, max_queue: int):
             if old.recommender.run_dir is None:
                 raise RequestError("this server was given a Recommender without a run directory; nothing to reload")
             new = Recommender.load(old.recommender.run_dir, old.recommender.device, old.recommender.requested_max_k)
-            state.serving = Serving(new, MicroBatcher(new, max_batch, max_queue))  # one swap: both or neither
+            state.serving = Serving(new, batcher(new))  # one swap: both or neither
             old.batcher.close()  # answers the queries it already holds; later submits go to the new one
         log.info("reloaded %s: %d items (%d new)", new.run_dir, new.num_items, new.num_items - new.trained_items)
         return new
