@@ -561,9 +561,7 @@ MAX_QUEUE = 1024  # queries a MicroBatcher holds waiting by default: 16 batches 
 # How long a batch waits for more queries after its first one (as TF Serving's and Triton's batchers do): clients
 # answered together send their next queries within a few milliseconds, and without the wait the first of them
 # decodes alone while the rest queue behind it. A model call costs tens of milliseconds even for one query.
-import os as _os
-GATHER_SECONDS = float(_os.environ.get('TIGERREC_GATHER', '0.003'))
-_SIZES = []
+GATHER_SECONDS = 0.003
 
 
 class BatcherUnavailable(RuntimeError):
@@ -714,9 +712,6 @@ class MicroBatcher:
                         break
                     self._cond.wait(left)
                 jobs = [self._jobs.popleft() for _ in range(min(self.max_batch, len(self._jobs)))]
-                _SIZES.append(len(jobs))
-                if len(_SIZES) % 300 == 0:
-                    log.warning("batch sizes: mean %.1f, last 300 mean %.1f", sum(_SIZES) / len(_SIZES), sum(_SIZES[-300:]) / 300)
             # A future the caller cancelled is skipped; the others can no longer be cancelled.
             jobs = [(q, f) for q, f in jobs if f.set_running_or_notify_cancel()]
             batches = [[j for j in jobs if j[0].seed is None]] + [[j] for j in jobs if j[0].seed is not None]
