@@ -321,10 +321,10 @@ def interval(by_metric: dict) -> str:
 
 
 TIME_RUNS = [
-    ("pooled history, 60 min (fp32)", f"{POOLED}/run_beauty_avx2_pooled_60min.json"),
     ("pooled history, 130 min, no pass cap (fp32)", f"{POOLED}/run_beauty_avx2_pooled_uncapped.json"),
     ("one model, 30 passes (bf16)", f"{CAP}/run_beauty_cap30.json"),
     ("two models of 30 passes: `make run` before (bf16)", f"{ENSEMBLE}/run_beauty_ensemble.json"),
+    ("one model re-ranked by SASRec: `make run` (bf16)", "2026-12-07-fused-default/run_beauty_fused.json"),
 ]
 
 
@@ -384,8 +384,9 @@ def speed() -> str:
     return table([*header, "command", "result"], rows)
 
 
-# The default, fused, loaded by aiohttp clients (which cost the shared cores far less than httpx's).
-SERVE_LOAD = "2026-12-07-decode-rate/serve_load_beauty_gather.json"
+# The default, fused, loaded by aiohttp clients (which cost the shared cores far less than httpx's), served by
+# tigerrec serve's default model workers.
+SERVE_LOAD = "2026-12-07-decode-rate/serve_load_beauty_workers2.json"
 
 
 def serving() -> str:
