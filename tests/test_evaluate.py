@@ -83,3 +83,32 @@ def test_evaluation_keeps_the_whole_history_out_not_only_the_model_input_window(
     )
     seen = {*older.tolist(), *window.tolist()}
     assert kept[0].tolist() == [item for item in plain[0] if item not in seen][:10]
+
+
+def test_batches_decoded_side_by_side_give_what_one_at_a_time_gives(monkeypatch):
+    import itertools
+    import threading
+
+    import tigerrec.evaluate as evaluate_module
+
+    codes, tokenizer, model, _ = small_tiger()
+    rng = np.random.default_rng(5)
+    histories = [rng.choice(len(codes), size=rng.integers(1, 6), replace=False) for _ in range(23)]
+    examples = Examples.from_histories(histories, np.zeros(23, dtype=np.int64), np.arange(23), max_history=5)
+    user_tokens, trie = np.full(23, tokenizer.user_offset), PrefixTrie(codes, 8)
+    rank, results = evaluate_module.rank, {}
+    for workers in (1, 3):
+        calls, together = itertools.count(), threading.Barrier(workers, timeout=60)
+
+        def spy(*args, calls=calls, together=together):
+            if next(calls) < together.parties:
+                together.wait()  # broken, and the test fails, unless the first batches decode at once
+            return rank(*args)
+
+        monkeypatch.setattr(evaluate_module, "rank", spy)
+        monkeypatch.setattr(evaluate_module, "decode_workers", lambda device, n=workers: (n, 1))
+        results[workers] = recommend_examples(
+            model, tokenizer, trie, examples, user_tokens, beam_size=6, top_k=4, batch_size=2, exclude_history=True
+        )
+    for one, several in zip(results[1], results[3]):
+        np.testing.assert_array_equal(one, several)
