@@ -81,13 +81,13 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def decode_workers(device: str, workers: int | None = None, cpus: int | None = None) -> tuple[int, int]:
+def decode_workers(device: str, workers: int | None = None) -> tuple[int, int]:
     """(workers, torch threads each) for decoding independent batches side by side: on a CPU one worker
     per CPU up to ``MAX_DECODE_WORKERS`` (or ``workers``), the CPUs shared among them; on an accelerator
     one worker (or ``workers``) with torch's threads."""
     if not device.startswith("cpu"):
         return workers or 1, torch.get_num_threads()
-    cpus = available_cpus() if cpus is None else cpus
+    cpus = available_cpus()
     workers = max(1, min(cpus, MAX_DECODE_WORKERS)) if workers is None else workers
     return workers, max(1, cpus // max(workers, 1))
 
