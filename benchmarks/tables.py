@@ -321,7 +321,6 @@ def interval(by_metric: dict) -> str:
 
 
 TIME_RUNS = [
-    ("pooled history, 130 min, no pass cap (fp32)", f"{POOLED}/run_beauty_avx2_pooled_uncapped.json"),
     ("one model, 30 passes (bf16)", f"{CAP}/run_beauty_cap30.json"),
     ("two models of 30 passes: `make run` before (bf16)", f"{ENSEMBLE}/run_beauty_ensemble.json"),
     ("one model re-ranked by SASRec: `make run` (bf16)", "2026-12-07-fused-default/run_beauty_fused.json"),
