@@ -64,8 +64,9 @@ def main(argv=None) -> dict:
     host = "127.0.0.1"
     port = serve_load.free_port(host)
     points = {}
+    workers_threads = serving_workers()
     with tempfile.TemporaryDirectory() as tmp:
-        proc = serve_load.start_server(args.run_dir, host, port, 300, Path(tmp) / "server.log", *serving_workers())
+        proc = serve_load.start_server(args.run_dir, host, port, 300, Path(tmp) / "server.log", *workers_threads)
         try:
             url = f"http://{host}:{port}"
             for client in ("aiohttp", "httpx"):
@@ -76,7 +77,7 @@ def main(argv=None) -> dict:
             proc.terminate()
             proc.wait(timeout=30)
     result = {"route": "GET /health", "points": points, "seconds_per_point": args.seconds,
-              "server_workers_threads": serving_workers(), **provenance(),
+              "server_workers_threads": workers_threads, **provenance(),
               "note": "server and clients share the machine's CPUs"}  # fmt: skip
     return serve_load.write_result(args, result)
 
