@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from tigerrec.fusion import fuse
@@ -35,14 +36,21 @@ def small_item_model(num_items=12, seed=0):
     return SASRec(num_items, SASRecConfig(hidden=16, blocks=1, max_len=6, dropout=0.0)).eval()
 
 
-def test_rerank_equals_brute_force_on_a_tiny_catalogue():
+@pytest.mark.parametrize("chunk", [None, 2])
+def test_rerank_equals_brute_force_on_a_tiny_catalogue(chunk, monkeypatch):
     """Every item of a 15-item catalogue scored one by one by the rule, for an item model that knows the
-    first 12 (the last 3 were added after training), with filters and history items the model has no row for."""
+    first 12 (the last 3 were added after training), with filters and history items the model has no row for;
+    in one chunk of users, and in chunks of two (users are taken by history length, and each history is
+    padded only to its chunk's longest, against one by one here)."""
     import numpy as np
 
+    from tigerrec import fusion as fusion_module
     from tigerrec.baselines import sasrec_scores
     from tigerrec.decoding import ItemFilter
     from tigerrec.fusion import Fusion
+
+    if chunk:
+        monkeypatch.setattr(fusion_module, "rows_per_chunk", lambda num_items: chunk)
 
     model, catalogue, k = small_item_model(), 15, 6
     fusion = Fusion(model, weight=1.5, floor=1.0)

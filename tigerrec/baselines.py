@@ -226,8 +226,11 @@ def sasrec_scores(model: SASRec, histories: list[np.ndarray], bf16: bool = False
     """(N, items) float32 scores of every item after each history, on the model's device."""
     model.eval()
     device = next(model.parameters()).device
-    tokens = _pad(histories, model.cfg.max_len).to(device)
-    last = torch.tensor([min(len(h), model.cfg.max_len) - 1 for h in histories], device=device)
+    # Padded to the longest history read, not to max_len: padding lies after each history's last item,
+    # where the causal mask hides it, so the states read are the same and short histories cost less.
+    last = [min(len(h), model.cfg.max_len) - 1 for h in histories]
+    tokens = _pad(histories, max(last, default=0) + 1).to(device)
+    last = torch.tensor(last, device=device)
     with autocast(str(device), bf16):
         states = model(tokens)[torch.arange(len(histories), device=device), last]
         return model.logits(states).float()

@@ -216,6 +216,12 @@ class TrieFilter:
         return valid & (listed.view(batch, beams, size) == self.allow_listed[:, None, None])
 
 
+def take_rows(tensor: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``tensor[rows]`` along its first axis, as one copy of contiguous rows: on a CPU several times
+    faster than advanced indexing of a 4-d tensor, and the beam search copies its caches every step."""
+    return tensor.reshape(len(tensor), -1).index_select(0, rows).view(len(rows), *tensor.shape[1:])
+
+
 @dataclass
 class Generated:
     items: torch.Tensor  # (B, k) item indices, -1 = the ID matches no item (unconstrained only)
@@ -331,7 +337,8 @@ def generate(
     sample_keys = torch.zeros(batch, 1, device=device)  # tempered log-probabilities (sampling only)
     nodes = torch.zeros(batch, 1, dtype=torch.long, device=device)
     offsets = code_offsets(length, size, device)
-    cache: list = []  # decoder self-attention keys/values, one row per (input, beam)
+    cache: list = []  # decoder self-attention keys/values, one row per (input, beam) of the previous step
+    cache_rows = None  # the cache row each beam continues from (None: its own row)
     last = torch.full((batch, 1), BOS, dtype=torch.long, device=device)
     restriction = trie.restrict(allowed).to(device) if allowed is not None else None
     for position in range(length):
@@ -350,12 +357,15 @@ def generate(
             logits = torch.zeros(batch * beams, size, device=device)
             if len(ask):
                 kv, mask = model.memory_rows(memory_kv, memory_mask, ask // beams)
-                rows_cache = [(k[ask], v[ask]) for k, v in cache]
+                ask_rows = ask if cache_rows is None else cache_rows[ask]
+                rows_cache = [(take_rows(k, ask_rows), take_rows(v, ask_rows)) for k, v in cache]
                 logits[ask] = model.decode(last[ask], kv, mask, rows_cache)[:, -1].float()
             logits = logits.masked_fill(~open_codes, float("-inf")).view(batch, beams, size)
             # A dead beam (fewer items than beams) has no code open and would give NaN: keep it at -inf.
             log_probs = logits.log_softmax(-1).nan_to_num(nan=float("-inf"))
         else:
+            if cache_rows is not None:
+                cache[:] = [(take_rows(k, cache_rows), take_rows(v, cache_rows)) for k, v in cache]
             logits = model.decode(last, memory_kv, memory_mask, cache)[:, -1].float().view(batch, beams, size)
             log_probs = logits.log_softmax(-1)
         if constrained:
@@ -383,9 +393,9 @@ def generate(
         parent, code = chosen // size, chosen % size
         codes = torch.cat([codes.gather(1, parent[..., None].expand(-1, -1, position)), code[..., None]], dim=2)
         nodes = children.flatten(1).gather(1, chosen)
-        if not final:  # each surviving beam continues from its parent's cache
-            rows = (torch.arange(batch, device=device)[:, None] * beams + parent).flatten()
-            cache[:] = [(k[rows], v[rows]) for k, v in cache]
+        # Each surviving beam continues from its parent's cache; the copy waits for the next step, which at
+        # the last code takes only the rows it decodes.
+        cache_rows = (torch.arange(batch, device=device)[:, None] * beams + parent).flatten()
         last = (code + offsets[position]).flatten()[:, None]
         beams = keep
     # Beam search keeps beams sorted by score; sampled beams come in the order they were drawn.

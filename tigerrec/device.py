@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import functools
 import os
 import platform
@@ -90,6 +92,25 @@ def decode_workers(device: str, workers: int | None = None) -> tuple[int, int]:
     cpus = available_cpus()
     workers = max(1, min(cpus, MAX_DECODE_WORKERS)) if workers is None else workers
     return workers, max(1, cpus // max(workers, 1))
+
+
+# glibc's mallopt parameters: M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD (malloc.h).
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Have glibc keep freed blocks of up to 32 MiB (its largest mmap threshold) for reuse rather than hand
+    them back to the kernel. A beam-search step allocates and frees tens of MB of caches and activations,
+    and a block returned to the kernel costs a page fault per 4 kB the next time it is allocated: a sizeable
+    share of decoding time on a CPU (BENCHMARKS.md, "Serving"). Freed memory stays with the process, up to
+    its peak. Once per process; True where applied (glibc), False elsewhere."""
+    libc_name = ctypes.util.find_library("c") if platform.system() == "Linux" else None
+    mallopt = getattr(ctypes.CDLL(libc_name), "mallopt", None) if libc_name else None
+    if mallopt is None:  # musl, macOS, Windows: their allocators have no such switches
+        return False
+    settings = ((_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, 1 << 30), (_M_TOP_PAD, 64 << 20))
+    return all(mallopt(option, value) == 1 for option, value in settings)
 
 
 @contextlib.contextmanager

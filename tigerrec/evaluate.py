@@ -13,7 +13,7 @@ from scipy.stats import bootstrap
 from tqdm.auto import tqdm
 
 from .decoding import ItemFilter, PrefixTrie, rank
-from .device import autocast, decode_workers, torch_threads
+from .device import autocast, decode_workers, keep_freed_memory, torch_threads
 from .io import atomic_path
 from .model import SequenceModel
 from .sequences import Examples, Tokenizer
@@ -188,6 +188,7 @@ def recommend_examples(
     batches = [order[begin : begin + batch_size] for begin in range(0, len(order), batch_size)]
     workers, threads = (1, torch.get_num_threads()) if generator is not None else decode_workers(str(device))
     workers = min(workers, len(batches)) or 1
+    keep_freed_memory()
     with torch_threads(threads), ThreadPoolExecutor(workers, thread_name_prefix="tigerrec-decode") as pool:
         done = pool.map(decode, batches)
         for _ in tqdm(done, total=len(batches), desc=desc, unit="batch", leave=False, mininterval=2):

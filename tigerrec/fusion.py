@@ -94,8 +94,9 @@ class Fusion:
         items = np.full((len(histories), k), -1, dtype=np.int64)
         scores = np.full((len(histories), k), -np.inf, dtype=np.float32)
         step = rows_per_chunk(num_items)
+        by_length = np.argsort([len(history) for history in histories], kind="stable")  # chunks of like lengths
         for begin in range(0, len(histories), step):
-            rows = np.arange(begin, min(begin + step, len(histories)))
+            rows = by_length[begin : begin + step]
             log_probs = self.log_probs([histories[row] for row in rows], num_items)
             if allowed is not None:
                 log_probs = log_probs.masked_fill(~allowed.rows(rows).mask(num_items), -torch.inf)

@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .config import CAUSAL_HISTORIES, HISTORIES, POOLED_HISTORIES, EvalConfig, ModelConfig, RunConfig
-from .decoding import Generated, ItemFilter, PrefixTrie, generate
+from .decoding import Generated, ItemFilter, PrefixTrie, generate, take_rows
 from .io import atomic_path
 from .sequences import PAD, Tokenizer
 
@@ -136,9 +136,12 @@ class Attention(nn.Module):
 
 class FeedForward(nn.Sequential):
     def __init__(self, cfg: ModelConfig):
-        # No dropout on the 1024-wide hidden layer: its masks cost more than the matmuls on a CPU.
+        # No dropout on the 1024-wide hidden layer: its masks cost more than the matmuls on a CPU. The ReLU
+        # works in place: a fresh hidden-sized tensor per layer and step is a cost of its own when decoding.
         super().__init__(
-            nn.Linear(cfg.d_model, cfg.d_ff, bias=False), nn.ReLU(), nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
+            nn.Linear(cfg.d_model, cfg.d_ff, bias=False),
+            nn.ReLU(inplace=True),
+            nn.Linear(cfg.d_ff, cfg.d_model, bias=False),
         )
 
 
@@ -367,7 +370,7 @@ class TigerModel(BeamSearch, SequenceModel):
     def memory_rows(memory_kv, memory_mask, inputs: torch.Tensor):
         """``encode``'s output for the input rows ``inputs`` (one per decoder row, repeats allowed), so
         that ``decode`` can run on some beams only."""
-        return [(k[inputs], v[inputs]) for k, v in memory_kv], memory_mask[inputs]
+        return [(take_rows(k, inputs), take_rows(v, inputs)) for k, v in memory_kv], memory_mask[inputs]
 
     def decode(self, decoder_tokens: torch.Tensor, memory_kv, memory_mask, cache: list | None = None) -> torch.Tensor:
         """Logits (B, P, codebook_size) for the next code after each of the P decoder tokens.

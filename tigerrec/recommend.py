@@ -39,7 +39,7 @@ import torch
 from . import catalogue
 from .config import RunConfig
 from .decoding import ItemFilter, merge_capped, new_item_cap, rank
-from .device import autocast, check_device, default_device, use_bf16
+from .device import autocast, check_device, default_device, keep_freed_memory, use_bf16
 from .errors import TigerrecError
 from .fusion import Fusion, load_fusion
 from .members import load_best_model
@@ -648,6 +648,7 @@ class MicroBatcher:
         self._jobs: deque[tuple[Query, Future]] = deque()
         self._cond = threading.Condition()  # guards _jobs, _closed and the worker threads
         self._closed = False
+        keep_freed_memory()
         self._threads: list[threading.Thread] = [self._started() for _ in range(workers)]
 
     @property
