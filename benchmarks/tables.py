@@ -385,7 +385,7 @@ def speed() -> str:
 
 # The default, fused, loaded by aiohttp clients (which cost the shared cores far less than httpx's), served by
 # tigerrec serve's default model workers.
-SERVE_LOAD = "2026-12-07-decode-rate/serve_load_beauty_workers2.json"
+SERVE_LOAD = "2026-12-07-decode-rate/serve_load_beauty_fewer_copies.json"
 
 
 def serving() -> str:
